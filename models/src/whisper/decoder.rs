@@ -1,0 +1,264 @@
+//! Whisper's text decoder with a key/value cache.
+//!
+//! candle-transformers' `TextDecoder` caches only the cross-attention keys and
+//! values and re-runs self-attention over every previous token at each step,
+//! so a 224-token window costs O(n^2) projections. This decoder loads the same
+//! weight names (`model.decoder.*`) and keeps, per layer, the self-attention
+//! keys/values of the tokens already seen (a preallocated [`KvCache`]) plus
+//! the cross-attention keys/values of the current 30 s window, so each step
+//! only processes the new token.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::Config;
+
+fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        vb.get(size, "weight")?,
+        vb.get(size, "bias")?,
+        1e-5,
+    ))
+}
+
+/// One multi-head attention block's projections.
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    n_head: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(d: usize, n_head: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: candle_nn::linear(d, d, vb.pp("q_proj"))?,
+            // Whisper's key projection has no bias.
+            k: candle_nn::linear_no_bias(d, d, vb.pp("k_proj"))?,
+            v: candle_nn::linear(d, d, vb.pp("v_proj"))?,
+            out: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            n_head,
+            head_dim: d / n_head,
+        })
+    }
+
+    /// `[b, t, d]` -> `[b, heads, t, head_dim]`, contiguous.
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.n_head, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn keys_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.heads(&self.k.forward(x)?)?,
+            self.heads(&self.v.forward(x)?)?,
+        ))
+    }
+
+    /// Scaled dot-product attention of `x`'s queries over `k`/`v`
+    /// (`[b, heads, t, head_dim]`); `mask` is `[n, t]` additive.
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let q = (self.heads(&self.q.forward(x)?)? * (self.head_dim as f64).powf(-0.5))?;
+        let mut scores = q.matmul(&k.transpose(2, 3)?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = weights.matmul(v)?.transpose(1, 2)?.flatten_from(2)?;
+        self.out.forward(&ctx)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    self_attn: Attention,
+    self_attn_ln: LayerNorm,
+    cross_attn: Attention,
+    cross_attn_ln: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    mlp_ln: LayerNorm,
+}
+
+impl Layer {
+    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let h = cfg.decoder_attention_heads;
+        Ok(Self {
+            self_attn: Attention::load(d, h, vb.pp("self_attn"))?,
+            self_attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
+            cross_attn: Attention::load(d, h, vb.pp("encoder_attn"))?,
+            cross_attn_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
+            fc1: candle_nn::linear(d, 4 * d, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(4 * d, d, vb.pp("fc2"))?,
+            mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
+        })
+    }
+}
+
+/// Per-sequence decoding state: what the decoder has seen so far in this
+/// window. Created by [`TextDecoder::start`] for each window (and each
+/// temperature retry, which reuses the cross-attention tensors).
+pub struct DecoderState {
+    /// Self-attention keys/values of the tokens fed so far, per layer.
+    self_kv: Vec<KvCache>,
+    /// Cross-attention keys/values of the window's audio, per layer.
+    cross_kv: Vec<(Tensor, Tensor)>,
+    /// Tokens fed so far (the position of the next one).
+    len: usize,
+}
+
+impl DecoderState {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the tokens but keeps the audio (for a retry at another
+    /// temperature).
+    pub fn reset_tokens(&mut self) {
+        for kv in &mut self.self_kv {
+            kv.reset();
+        }
+        self.len = 0;
+    }
+}
+
+/// Whisper's text decoder (token + learned position embeddings, pre-norm
+/// blocks, output tied to the token embedding).
+#[derive(Debug, Clone)]
+pub struct TextDecoder {
+    embed_tokens: Tensor,
+    embed_positions: Tensor,
+    layers: Vec<Layer>,
+    ln: LayerNorm,
+    n_ctx: usize,
+}
+
+impl TextDecoder {
+    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        let embed_tokens = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        let embed_positions = vb.get((cfg.max_target_positions, d), "embed_positions.weight")?;
+        let layers = (0..cfg.decoder_layers)
+            .map(|i| Layer::load(cfg, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens,
+            embed_positions,
+            layers,
+            ln: layer_norm(d, vb.pp("layer_norm"))?,
+            n_ctx: cfg.max_target_positions,
+        })
+    }
+
+    /// Longest token sequence the decoder accepts.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Prepares decoding over `audio` (`[1, frames, d]` encoder output).
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let cross_kv = self
+            .layers
+            .iter()
+            .map(|l| l.cross_attn.keys_values(audio))
+            .collect::<Result<Vec<_>>>()?;
+        let self_kv = self
+            .layers
+            .iter()
+            .map(|_| KvCache::new(2, self.n_ctx))
+            .collect();
+        Ok(DecoderState {
+            self_kv,
+            cross_kv,
+            len: 0,
+        })
+    }
+
+    /// Feeds `tokens` after those already in `state` and returns the final
+    /// hidden states `[1, tokens.len(), d]`.
+    pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        let n = tokens.len();
+        let offset = state.len;
+        if offset + n > self.n_ctx {
+            candle_core::bail!(
+                "decoder context overflow: {} tokens, at most {}",
+                offset + n,
+                self.n_ctx
+            );
+        }
+        let device = self.embed_tokens.device();
+        let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let mut x = self
+            .embed_tokens
+            .embedding(&ids.flatten_all()?)?
+            .unsqueeze(0)?
+            .broadcast_add(&self.embed_positions.narrow(0, offset, n)?)?;
+        let mask = if n > 1 {
+            Some(causal_mask(n, offset, device)?)
+        } else {
+            None
+        };
+        for ((layer, kv), (ck, cv)) in self
+            .layers
+            .iter()
+            .zip(state.self_kv.iter_mut())
+            .zip(state.cross_kv.iter())
+        {
+            let h = layer.self_attn_ln.forward(&x)?;
+            let (k, v) = layer.self_attn.keys_values(&h)?;
+            let (k, v) = kv.append(&k, &v)?;
+            x = (x + layer.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            let h = layer.cross_attn_ln.forward(&x)?;
+            x = (x + layer.cross_attn.attend(&h, ck, cv, None)?)?;
+            let h = layer.mlp_ln.forward(&x)?;
+            x = (x + layer.fc2.forward(&layer.fc1.forward(&h)?.gelu()?)?)?;
+        }
+        state.len += n;
+        self.ln.forward(&x)
+    }
+
+    /// Vocabulary logits for hidden states `[n, d]` -> `[n, vocab]` (f32).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.matmul(&self.embed_tokens.t()?)?.to_dtype(DType::F32)
+    }
+}
+
+/// Additive mask `[n, offset + n]`: new token i sees cached tokens and new
+/// tokens up to itself.
+fn causal_mask(n: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let t = offset + n;
+    let mask: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (n, t), device)
+}
+
+/// The last hidden row of `[1, n, d]` as `[1, d]`.
+pub fn last_row(hidden: &Tensor) -> Result<Tensor> {
+    let n = hidden.dim(1)?;
+    hidden.narrow(1, n - 1, 1)?.squeeze(0)
+}
+
+/// Row `i` of `[1, n, d]` as `[1, d]`.
+pub fn row(hidden: &Tensor, i: usize) -> Result<Tensor> {
+    hidden.narrow(1, i, 1)?.squeeze(0)
+}

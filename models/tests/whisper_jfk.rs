@@ -1,0 +1,320 @@
+//! Whisper on a real recording: JFK's "ask not" clip with the real tiny.en
+//! and base weights (installed from the registries into the test cache).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use murmur_models::fetch;
+use murmur_models::registry;
+use murmur_models::testaudio;
+use murmur_models::transcript::{SpeechRegion, Transcript};
+use murmur_models::whisper::{DecodeOptions, Progress, Task, WhisperError, WhisperModel};
+
+/// Tests run in parallel threads; two models decoding at once on a 2-core
+/// machine only make each slower and the timings meaningless.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn model(name: &str) -> PathBuf {
+    let cache = registry::cache_dir();
+    let installed =
+        fetch::install(name, &cache.join("models"), &cache, &mut |_| {}).expect("install model");
+    installed.path
+}
+
+/// 16-bit PCM mono WAV -> f32 samples (the fixture's format).
+fn read_wav(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("read wav");
+    assert_eq!(&bytes[..4], b"RIFF");
+    let mut at = 12;
+    let mut fmt_ok = false;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("len")) as usize;
+        let body = &bytes[at + 8..(at + 8 + len).min(bytes.len())];
+        if id == b"fmt " {
+            let channels = u16::from_le_bytes([body[2], body[3]]);
+            let rate = u32::from_le_bytes(body[4..8].try_into().expect("rate"));
+            let bits = u16::from_le_bytes([body[14], body[15]]);
+            assert_eq!((channels, rate, bits), (1, 16_000, 16));
+            fmt_ok = true;
+        } else if id == b"data" {
+            assert!(fmt_ok);
+            return body
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0)
+                .collect();
+        }
+        at += 8 + len + (len & 1);
+    }
+    panic!("no data chunk");
+}
+
+fn jfk() -> Vec<f32> {
+    read_wav(&testaudio::jfk().expect("fetch jfk.wav"))
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Word error rate after lower-casing and dropping punctuation.
+fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+fn check_segments(t: &Transcript, from: f64, to: f64) {
+    assert!(!t.segments.is_empty());
+    let mut last_end = from;
+    for (i, s) in t.segments.iter().enumerate() {
+        assert_eq!(s.id as usize, i);
+        assert!(
+            s.start >= last_end - 1e-6,
+            "segment {i} starts before the previous ends: {t:?}"
+        );
+        assert!(s.end > s.start, "segment {i} is empty: {s:?}");
+        assert!(
+            s.start >= from && s.end <= to + 1e-6,
+            "segment {i} outside {from}..{to}: {s:?}"
+        );
+        assert!(!s.text.is_empty());
+        last_end = s.end;
+    }
+}
+
+fn transcribe_jfk(name: &str, opts: &DecodeOptions) -> Transcript {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let audio = jfk();
+    let t0 = Instant::now();
+    let mut m = WhisperModel::load(&model(name), &candle_core::Device::Cpu).expect("load");
+    let loaded = t0.elapsed();
+    let mut reports = 0;
+    let mut segments_reported = 0;
+    let t1 = Instant::now();
+    let t = m
+        .transcribe(&audio, opts, &mut |p: Progress| {
+            reports += 1;
+            segments_reported += usize::from(p.segment.is_some());
+            assert!(p.processed_s <= p.total_s + 1e-9);
+            true
+        })
+        .expect("transcribe");
+    eprintln!(
+        "{name} {:?}: load {:.2}s, transcribe {:.2}s for {:.2}s audio; {} progress reports\n{t:#?}",
+        opts.task,
+        loaded.as_secs_f64(),
+        t1.elapsed().as_secs_f64(),
+        audio.len() as f64 / 16_000.0,
+        reports
+    );
+    assert_eq!(
+        segments_reported,
+        t.segments.len(),
+        "one report per segment"
+    );
+    t
+}
+
+#[test]
+fn tiny_en_transcribes_jfk() {
+    let t = transcribe_jfk("tiny.en", &DecodeOptions::default());
+    let w = wer(testaudio::JFK_TEXT, &t.text);
+    eprintln!("tiny.en WER {:.1}%", w * 100.0);
+    assert!(w <= 0.05, "WER {w}: {}", t.text);
+    assert_eq!(t.language, "en");
+    assert!((t.duration_s - 11.0).abs() < 0.1, "{}", t.duration_s);
+    check_segments(&t, 0.0, 11.1);
+}
+
+#[test]
+fn base_detects_english_and_transcribes_jfk() {
+    let t = transcribe_jfk("base", &DecodeOptions::default());
+    let w = wer(testaudio::JFK_TEXT, &t.text);
+    eprintln!("base WER {:.1}%", w * 100.0);
+    assert!(w <= 0.05, "WER {w}: {}", t.text);
+    assert_eq!(t.language, "en", "language detection");
+    check_segments(&t, 0.0, 11.1);
+}
+
+#[test]
+fn base_translate_task_runs() {
+    // English speech "translated" to English must stay the same text.
+    let opts = DecodeOptions {
+        task: Task::Translate,
+        ..DecodeOptions::default()
+    };
+    let t = transcribe_jfk("base", &opts);
+    let w = wer(testaudio::JFK_TEXT, &t.text);
+    eprintln!("base translate WER {:.1}%", w * 100.0);
+    assert!(w <= 0.10, "WER {w}: {}", t.text);
+    check_segments(&t, 0.0, 11.1);
+}
+
+#[test]
+fn english_only_model_refuses_translation_and_other_languages() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let audio = vec![0f32; 16_000];
+    for opts in [
+        DecodeOptions {
+            task: Task::Translate,
+            ..DecodeOptions::default()
+        },
+        DecodeOptions {
+            language: Some("de".into()),
+            ..DecodeOptions::default()
+        },
+    ] {
+        let err = m
+            .transcribe(&audio, &opts, &mut |_| true)
+            .expect_err("must refuse");
+        assert!(matches!(err, WhisperError::EnglishOnly { .. }), "{err}");
+        assert!(err.to_string().contains("multilingual"), "{err}");
+    }
+}
+
+#[test]
+fn speech_regions_map_back_to_the_original_timeline() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // 20 s of silence, the clip, 5 s of silence: VAD would report the clip.
+    let speech = jfk();
+    let lead = 20 * 16_000;
+    let mut audio = vec![0f32; lead];
+    audio.extend_from_slice(&speech);
+    audio.extend(std::iter::repeat_n(0f32, 5 * 16_000));
+    let clip_s = speech.len() as f64 / 16_000.0;
+    let region = SpeechRegion {
+        start: 20.0,
+        end: 20.0 + clip_s,
+    };
+    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let t = m
+        .transcribe_regions(&audio, &[region], &DecodeOptions::default(), &mut |_| true)
+        .expect("transcribe");
+    eprintln!("{t:#?}");
+    assert!(wer(testaudio::JFK_TEXT, &t.text) <= 0.05, "{}", t.text);
+    assert!((t.duration_s - audio.len() as f64 / 16_000.0).abs() < 1e-6);
+    check_segments(&t, 20.0, 20.0 + clip_s + 0.01);
+
+    // No speech at all: nothing to decode.
+    let t = m
+        .transcribe_regions(&audio, &[], &DecodeOptions::default(), &mut |_| true)
+        .expect("transcribe");
+    assert!(t.segments.is_empty() && t.text.is_empty());
+}
+
+#[test]
+fn cancellation_is_prompt_and_typed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let audio = jfk();
+    let mut calls = 0;
+    let t0 = Instant::now();
+    let err = m
+        .transcribe(&audio, &DecodeOptions::default(), &mut |_| {
+            calls += 1;
+            false
+        })
+        .expect_err("cancelled");
+    assert!(matches!(err, WhisperError::Cancelled), "{err}");
+    assert_eq!(calls, 1, "stops at the first report");
+    assert!(t0.elapsed().as_secs_f64() < 1.0);
+}
+
+#[test]
+fn initial_prompt_is_accepted() {
+    let opts = DecodeOptions {
+        initial_prompt: Some("President Kennedy's inaugural address.".into()),
+        ..DecodeOptions::default()
+    };
+    let t = transcribe_jfk("tiny.en", &opts);
+    assert!(wer(testaudio::JFK_TEXT, &t.text) <= 0.05, "{}", t.text);
+}
+
+#[test]
+fn unknown_language_is_rejected_with_a_hint() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    assert!(m.is_multilingual());
+    let opts = DecodeOptions {
+        language: Some("klingon".into()),
+        ..DecodeOptions::default()
+    };
+    let err = m
+        .transcribe(&[0.0; 16_000], &opts, &mut |_| true)
+        .expect_err("unknown language");
+    assert!(matches!(err, WhisperError::UnknownLanguage(_)), "{err}");
+    assert!(err.to_string().contains("ISO 639-1"), "{err}");
+}
+
+#[test]
+fn missing_model_files_are_reported_with_a_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = WhisperModel::load(dir.path(), &candle_core::Device::Cpu).expect_err("empty dir");
+    assert!(matches!(err, WhisperError::MissingFile { .. }), "{err}");
+    assert!(err.to_string().contains("murmur models fetch"), "{err}");
+}
+
+#[test]
+fn two_regions_with_a_long_gap_keep_their_own_times() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The clip cut between its two sentences (7.7 s) with 10 s of silence
+    // put in between, and silence around.
+    let speech = jfk();
+    let cut = (7.7 * 16_000.0) as usize;
+    let mut audio = vec![0f32; 3 * 16_000];
+    audio.extend_from_slice(&speech[..cut]);
+    audio.extend(std::iter::repeat_n(0f32, 10 * 16_000));
+    audio.extend_from_slice(&speech[cut..]);
+    audio.extend(std::iter::repeat_n(0f32, 2 * 16_000));
+    let first = SpeechRegion {
+        start: 3.0,
+        end: 10.7,
+    };
+    let second = SpeechRegion {
+        start: 20.7,
+        end: 20.7 + (speech.len() - cut) as f64 / 16_000.0,
+    };
+    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let t = m
+        .transcribe_regions(
+            &audio,
+            &[second, first],
+            &DecodeOptions::default(),
+            &mut |_| true,
+        )
+        .expect("transcribe");
+    eprintln!("{t:#?}");
+    assert!(wer(testaudio::JFK_TEXT, &t.text) <= 0.05, "{}", t.text);
+    check_segments(&t, 3.0, second.end + 0.01);
+    for s in &t.segments {
+        let inside = |r: &SpeechRegion| s.start >= r.start - 1e-6 && s.end <= r.end + 1e-6;
+        assert!(
+            inside(&first) || inside(&second),
+            "segment spans the gap: {s:?}"
+        );
+    }
+}

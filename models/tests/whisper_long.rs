@@ -1,0 +1,125 @@
+//! Whisper beyond one window: the 30 s two-speaker telephone sample of
+//! pyannote-audio (against its STM reference) and 20 s of music without
+//! speech (demucs's test clip), with the real base weights.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use murmur_models::audio;
+use murmur_models::fetch;
+use murmur_models::registry;
+use murmur_models::testaudio;
+use murmur_models::whisper::{DecodeOptions, WhisperModel};
+
+fn model(name: &str) -> PathBuf {
+    let cache = registry::cache_dir();
+    fetch::install(name, &cache.join("models"), &cache, &mut |_| {})
+        .expect("install model")
+        .path
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn wer(reference: &str, hypothesis: &str) -> f64 {
+    let r = words(reference);
+    let h = words(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// The words of an STM file (`file channel speaker start end [<label>] text`),
+/// in time order.
+fn stm_text(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read stm");
+    let mut rows: Vec<(f64, String)> = text
+        .lines()
+        .filter(|l| !l.starts_with(";;") && !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let start: f64 = f.get(3)?.parse().ok()?;
+            let rest = if f.get(5).is_some_and(|s| s.starts_with('<')) {
+                &f[6..]
+            } else {
+                &f[5..]
+            };
+            Some((start, rest.join(" ")))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rows.into_iter().map(|r| r.1).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn base_on_two_speaker_telephone_sample() {
+    let sample = testaudio::pyannote_sample().expect("fetch sample");
+    let decoded = audio::decode_file(&sample.wav).expect("decode");
+    assert_eq!((decoded.sample_rate, decoded.channels), (16_000, 1));
+    let reference = stm_text(&sample.stm);
+    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    let t0 = Instant::now();
+    let t = m
+        .transcribe(&decoded.samples, &DecodeOptions::default(), &mut |_| true)
+        .expect("transcribe");
+    let w = wer(&reference, &t.text);
+    eprintln!(
+        "base on pyannote sample ({:.1} s) in {:.2} s: WER {:.1}%\nref: {reference}\nhyp: {}\n{:#?}",
+        t.duration_s,
+        t0.elapsed().as_secs_f64(),
+        w * 100.0,
+        t.text,
+        t.segments
+    );
+    assert_eq!(t.language, "en");
+    // Telephone speech; base is far from perfect on it (32% measured, where
+    // faster-whisper's greedy decoding of the same weights, without our
+    // repeated-sentence guard, gives 54%). The bound catches a broken
+    // decoder; the printed figure is the measurement.
+    assert!(w < 0.4, "WER {w}");
+    let mut last = 0.0;
+    for s in &t.segments {
+        assert!(s.start >= last - 1e-6 && s.end > s.start && s.end <= t.duration_s + 0.01);
+        last = s.end;
+    }
+}
+
+#[test]
+fn base_on_music_without_speech() {
+    let mp3 = testaudio::music_mp3().expect("fetch music");
+    let decoded = audio::decode_file(&mp3).expect("decode");
+    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    let t = m
+        .transcribe(
+            &decoded.samples,
+            &DecodeOptions {
+                language: Some("en".into()),
+                ..DecodeOptions::default()
+            },
+            &mut |_| true,
+        )
+        .expect("transcribe");
+    eprintln!("music: {:#?}", t);
+    let n = words(&t.text).len();
+    assert!(n <= 5, "{n} words transcribed from music: {}", t.text);
+}
