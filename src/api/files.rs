@@ -1,0 +1,340 @@
+//! `/v1/files`: streamed uploads, metadata, bytes, deletion.
+//!
+//! An upload is written to a hidden `.part` file while it streams, checked
+//! against the tier's file-size limit and the storage quota as bytes
+//! arrive, probed as audio, then renamed into place and only then recorded.
+//! A broken or refused upload leaves no row and no file.
+
+use std::path::Path;
+
+use bytes::Buf;
+use chrono::Utc;
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use warp::filters::multipart::{FormData, Part};
+use warp::filters::BoxedFilter;
+use warp::http::{header, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::{auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState};
+use crate::ids::new_id;
+use crate::store::{FileRecord, PageRequest, Role, Store};
+
+/// Room for multipart boundaries and part headers when judging an upload
+/// by its Content-Length before reading it.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+/// After refusing an upload, read at most this much more of the body so the
+/// client sees the answer rather than a reset connection.
+const DRAIN_BUDGET: u64 = 8 * 1024 * 1024;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let upload = warp::path!("v1" / "files")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(multipart_form())
+        .then(|s, a, len, form| async move { respond(upload(s, a, len, form).await) });
+    let list = warp::path!("v1" / "files")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(warp::query::<PageRequest>())
+        .then(|s, a, p| async move { respond(list(s, a, p).await) });
+    let one = warp::path!("v1" / "files" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(get(s, a, id).await) });
+    let content = warp::path!("v1" / "files" / String / "content")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(content(s, a, id).await) });
+    let delete = warp::path!("v1" / "files" / String)
+        .and(warp::delete())
+        .and(with_state(state))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(delete(s, a, id).await) });
+    upload
+        .or(list)
+        .unify()
+        .or(one)
+        .unify()
+        .or(content)
+        .unify()
+        .or(delete)
+        .unify()
+        .boxed()
+}
+
+/// The multipart body, or why it is not one, as a value: a rejection here
+/// would let warp try the other `/v1/files` routes and answer 405.
+fn multipart_form(
+) -> impl Filter<Extract = (Result<FormData, ApiError>,), Error = std::convert::Infallible> + Clone
+{
+    warp::multipart::form().max_length(None).map(Ok).or_else(
+        |rejection: warp::Rejection| async move {
+            let detail = match rejection.find::<warp::reject::InvalidHeader>() {
+                Some(e) => format!("not a multipart/form-data body with a boundary: {e}"),
+                None => {
+                    "the body must be multipart/form-data with a field named \"file\"".to_string()
+                }
+            };
+            Ok::<_, std::convert::Infallible>((Err(ApiError::invalid(detail)),))
+        },
+    )
+}
+
+pub fn file_view(f: &FileRecord) -> serde_json::Value {
+    json!({"id": f.id, "name": f.name, "size": f.size, "duration_s": f.duration_s,
+           "content_type": f.content_type, "created_at": f.created_at})
+}
+
+fn too_large(limit: u64, tier: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the file is larger than the {tier} tier's limit of {limit} bytes"),
+    )
+}
+
+/// Keeps only a safe display name: no path, no control characters.
+fn clean_name(raw: &str) -> String {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
+    let name: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if name.trim().is_empty() {
+        "upload".to_string()
+    } else {
+        name
+    }
+}
+
+/// Reads and discards up to `budget` more bytes of the request.
+async fn drain(mut form: FormData, mut budget: u64) {
+    while let Some(Ok(part)) = form.next().await {
+        let mut stream = part.stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            budget = budget.saturating_sub(chunk.remaining() as u64);
+            if budget == 0 {
+                return;
+            }
+        }
+    }
+}
+
+enum Refusal {
+    TooLarge,
+    OverQuota,
+}
+
+/// Streams one part into `path`, stopping at `max` bytes. Answers the size
+/// written or why it stopped.
+async fn write_part(
+    part: Part,
+    path: &Path,
+    max: u64,
+    quota_left: u64,
+) -> Result<Result<u64, Refusal>, ApiError> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut written: u64 = 0;
+    let mut stream = part
+        .stream()
+        .map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")));
+    while let Some(mut chunk) = stream.try_next().await? {
+        written += chunk.remaining() as u64;
+        if written > max {
+            return Ok(Err(Refusal::TooLarge));
+        }
+        if written > quota_left {
+            return Ok(Err(Refusal::OverQuota));
+        }
+        // A chunk may be several slices: write them all.
+        while chunk.has_remaining() {
+            let slice = chunk.chunk();
+            file.write_all(slice).await.map_err(ApiError::internal)?;
+            let n = slice.len();
+            chunk.advance(n);
+        }
+    }
+    file.sync_all().await.map_err(ApiError::internal)?;
+    Ok(Ok(written))
+}
+
+async fn upload(
+    state: AppState,
+    auth: Option<String>,
+    content_length: Option<u64>,
+    form: Result<FormData, ApiError>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("files:write", Role::Member))?;
+    let mut form = form?;
+    let tier = &caller.tier;
+    let limit = tier.max_file_bytes;
+    if content_length.is_some_and(|len| len > limit.saturating_add(MULTIPART_SLACK)) {
+        // Refuse before storing a byte: the client said how much is coming.
+        drain(form, DRAIN_BUDGET).await;
+        return Err(too_large(limit, &tier.name));
+    }
+    let tenant = caller.tenant_id().clone();
+    let quota_left = tier
+        .storage_bytes
+        .saturating_sub(state.store.storage_used(&tenant)?);
+    let part = loop {
+        match form.next().await {
+            None => {
+                return Err(ApiError::invalid(
+                    "the multipart body has no field named \"file\"",
+                ))
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::invalid(format!("malformed multipart body: {e}")))
+            }
+            Some(Ok(part)) if part.name() == "file" => break part,
+            Some(Ok(_)) => continue,
+        }
+    };
+    let name = clean_name(part.filename().unwrap_or("upload"));
+    let content_type = part.content_type().map(str::to_string);
+    let id = new_id("f");
+    tokio::fs::create_dir_all(state.store.blob_dir(&tenant))
+        .await
+        .map_err(ApiError::internal)?;
+    let partial = state.store.partial_blob_path(&tenant, &id);
+    let outcome = write_part(part, &partial, limit, quota_left).await;
+    let size = match outcome {
+        Ok(Ok(size)) => size,
+        Ok(Err(refusal)) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            drain(form, DRAIN_BUDGET).await;
+            return Err(match refusal {
+                Refusal::TooLarge => too_large(limit, &tier.name),
+                Refusal::OverQuota => ApiError::quota(format!(
+                    "the {} tier stores at most {} bytes; delete files to make room",
+                    tier.name, tier.storage_bytes
+                )),
+            });
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
+    };
+    let duration_s = match crate::media::probe(&partial, &name).await {
+        Ok(d) => d,
+        Err(reason) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_audio",
+                format!("{name} is not audio Murmur can decode: {reason}"),
+            ));
+        }
+    };
+    let relative = Store::blob_relative_path(&tenant, &id);
+    let final_path = state.store.data_dir().join(&relative);
+    tokio::fs::rename(&partial, &final_path)
+        .await
+        .map_err(ApiError::internal)?;
+    sync_dir(final_path.parent()).await;
+    let record = FileRecord {
+        id,
+        name,
+        path: relative,
+        size,
+        duration_s: Some(duration_s),
+        content_type,
+        user_id: caller.principal.user_id.clone(),
+        tenant_id: tenant.to_string(),
+        created_at: Utc::now(),
+    };
+    if let Err(e) = state.store.put_file(&tenant, &record).await {
+        let _ = tokio::fs::remove_file(&final_path).await;
+        return Err(e.into());
+    }
+    Ok(tag_tenant(
+        json_reply(StatusCode::CREATED, &file_view(&record)),
+        &caller,
+    ))
+}
+
+/// Makes a rename durable (the directory entry), best effort.
+async fn sync_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        if let Ok(d) = tokio::fs::File::open(dir).await {
+            let _ = d.sync_all().await;
+        }
+    }
+}
+
+async fn list(
+    state: AppState,
+    auth: Option<String>,
+    page: PageRequest,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let files = state
+        .store
+        .list_files(caller.tenant_id(), &page)?
+        .map(|f| file_view(&f));
+    Ok(tag_tenant(json_reply(StatusCode::OK, &files), &caller))
+}
+
+async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let file = state
+        .store
+        .file(caller.tenant_id(), &id)?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::OK, &file_view(&file)),
+        &caller,
+    ))
+}
+
+async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let file = state
+        .store
+        .file(caller.tenant_id(), &id)?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    let handle = tokio::fs::File::open(state.store.blob_path(&file))
+        .await
+        .map_err(|e| ApiError::internal(format!("file {} has no bytes on disk: {e}", file.id)))?;
+    let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
+    let mut res = Response::new(body);
+    let ct = file
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".to_string());
+    let headers = res.headers_mut();
+    if let Ok(v) = ct.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, file.size.into());
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        file.name.replace(['"', '\\'], "_")
+    );
+    if let Ok(v) = disposition.parse() {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(tag_tenant(res, &caller))
+}
+
+async fn delete(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("files:write", Role::Member))?;
+    if state
+        .store
+        .delete_file(caller.tenant_id(), &id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("file"));
+    }
+    Ok(tag_tenant(StatusCode::NO_CONTENT.into_response(), &caller))
+}

@@ -1,0 +1,331 @@
+//! `/v1/jobs`: submit, list, read, cancel, results.
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
+    AppState,
+};
+use crate::billing::Tier;
+use crate::billing::{gates, TierGate};
+use crate::ids::new_id;
+use crate::store::{EventType, Job, JobStatus, PageRequest, Role};
+use murmur_actors::params::JobParams;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let create = warp::path!("v1" / "jobs")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(json_body(&state))
+        .then(|s, a, b| async move { respond(create(s, a, b).await) });
+    let list = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(warp::query::<ListQuery>())
+        .then(|s, a, q| async move { respond(list(s, a, q).await) });
+    let one = warp::path!("v1" / "jobs" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(get(s, a, id).await) });
+    let cancel = warp::path!("v1" / "jobs" / String / "cancel")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(cancel(s, a, id).await) });
+    let events = warp::path!("v1" / "jobs" / String / "events")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(warp::query::<EventsQuery>())
+        .then(|id, s, a, q| async move { respond(events(s, a, id, q).await) });
+    let result = warp::path!("v1" / "jobs" / String / "result")
+        .and(warp::get())
+        .and(with_state(state))
+        .and(auth_header())
+        .and(warp::query::<ResultQuery>())
+        .then(|id, s, a, q| async move { respond(result(s, a, id, q).await) });
+    create
+        .or(list)
+        .unify()
+        .or(one)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(result)
+        .unify()
+        .or(events)
+        .unify()
+        .boxed()
+}
+
+/// The problem answer for a tier gate (API.md codes).
+pub fn tier_gate_error(gate: &TierGate, tier: &Tier) -> ApiError {
+    match gate {
+        TierGate::Model(model) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "model_not_in_tier",
+            format!(
+                "the {} tier cannot use model {model}; it allows {}",
+                tier.name,
+                tier.models.join(", ")
+            ),
+        ),
+        TierGate::Feature(feature) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "feature_not_in_tier",
+            format!(
+                "{feature} is not part of the {} tier; upgrade to use it",
+                tier.name
+            ),
+        ),
+    }
+}
+
+pub fn job_view(j: &Job) -> Value {
+    json!({
+        "id": j.id, "file_id": j.file_id, "workflow_id": j.workflow_id,
+        "job_type": j.job_type, "params": j.params, "status": j.status, "stage": j.stage,
+        "progress": j.progress, "attempts": j.attempts, "error": j.error,
+        "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJob {
+    file_id: String,
+    workflow_id: Option<String>,
+    #[serde(default)]
+    params: Value,
+}
+
+async fn create(
+    state: AppState,
+    auth: Option<String>,
+    body: bytes::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
+    let body: NewJob = parse_json(&body)?;
+    let tenant = caller.tenant_id();
+    let file = state
+        .store
+        .file(tenant, &body.file_id)?
+        .ok_or_else(|| ApiError::not_found("file"))?;
+    let base = match &body.workflow_id {
+        Some(id) => {
+            state
+                .store
+                .workflow(tenant, id)?
+                .ok_or_else(|| ApiError::not_found("workflow"))?
+                .config
+        }
+        None => JobParams::defaults(&state.settings.models.default_model),
+    };
+    let params = JobParams::merged(&base, &body.params)
+        .map_err(|e| ApiError::invalid(format!("params: {e}")))?;
+    // Gates are checked at run time too: a workflow saved on a higher tier
+    // meets the tenant's tier of today.
+    gates::check(&params, &caller.tier).map_err(|g| tier_gate_error(&g, &caller.tier))?;
+    let now = Utc::now();
+    let job = Job {
+        id: new_id("j"),
+        user_id: caller.principal.user_id.clone(),
+        tenant_id: caller.tenant.id.clone(),
+        file_id: file.id,
+        workflow_id: body.workflow_id,
+        job_type: params.job_type.as_str().to_string(),
+        params,
+        status: JobStatus::Queued,
+        stage: None,
+        progress: 0.0,
+        attempts: 0,
+        result: None,
+        error: None,
+        cancel_requested: false,
+        checkpoint: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    };
+    let event = state
+        .store
+        .create_job(tenant, &job, EventType::Queued)
+        .await?;
+    state.jobs.submitted(event);
+    Ok(tag_tenant(
+        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
+        &caller,
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list(state: AppState, auth: Option<String>, q: ListQuery) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid("status must be queued, running, completed, failed or cancelled")
+        })?),
+    };
+    let page = PageRequest {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let jobs = state
+        .store
+        .list_jobs(caller.tenant_id(), &page, status)?
+        .map(|j| job_view(&j));
+    Ok(tag_tenant(json_reply(StatusCode::OK, &jobs), &caller))
+}
+
+async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let job = state
+        .store
+        .job(caller.tenant_id(), &id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::OK, &job_view(&job)),
+        &caller,
+    ))
+}
+
+async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
+    let tenant = caller.tenant_id();
+    let job = state
+        .store
+        .job(tenant, &id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    if job.status.is_finished() {
+        return Err(ApiError::conflict(format!(
+            "the job has already ended ({})",
+            job.status.as_str()
+        )));
+    }
+    let now = Utc::now();
+    // A queued job ends here; nothing runs it yet.
+    let ended = state
+        .store
+        .transition_job(tenant, &id, None, EventType::Cancelled, |j| {
+            if j.status != JobStatus::Queued {
+                return false;
+            }
+            j.cancel_requested = true;
+            j.status = JobStatus::Cancelled;
+            j.finished_at = Some(now);
+            j.updated_at = now;
+            true
+        })
+        .await?;
+    let job = match ended {
+        Some((job, event)) => {
+            state.jobs.publish(event);
+            state.jobs.cancel(tenant.as_str(), &id);
+            job
+        }
+        None => {
+            // Running (or it just started): flag it and tell its actor; it
+            // ends `cancelled` at its next check.
+            let job = state
+                .store
+                .update_job(tenant, &id, |j| {
+                    if j.status.is_finished() {
+                        return false;
+                    }
+                    j.cancel_requested = true;
+                    j.updated_at = now;
+                    true
+                })
+                .await?
+                .ok_or_else(|| ApiError::not_found("job"))?;
+            if job.status.is_finished() && job.status != JobStatus::Cancelled {
+                return Err(ApiError::conflict(format!(
+                    "the job has already ended ({})",
+                    job.status.as_str()
+                )));
+            }
+            state.jobs.cancel(tenant.as_str(), &id);
+            job
+        }
+    };
+    Ok(tag_tenant(
+        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
+        &caller,
+    ))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// The polling fallback of the live events: the job's durable log after
+/// `after`.
+async fn events(
+    state: AppState,
+    auth: Option<String>,
+    id: String,
+    q: EventsQuery,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let tenant = caller.tenant_id();
+    if state.store.job(tenant, &id)?.is_none() {
+        return Err(ApiError::not_found("job"));
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    let items = state.store.events_after(tenant, &id, q.after, limit)?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::OK, &json!({"items": items})),
+        &caller,
+    ))
+}
+
+#[derive(Deserialize)]
+struct ResultQuery {
+    format: Option<String>,
+}
+
+async fn result(
+    state: AppState,
+    auth: Option<String>,
+    id: String,
+    q: ResultQuery,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let job = state
+        .store
+        .job(caller.tenant_id(), &id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let Some(result) = job
+        .result
+        .as_ref()
+        .filter(|_| job.status == JobStatus::Completed)
+    else {
+        return Err(ApiError::conflict(format!(
+            "the job has no result yet (status {})",
+            job.status.as_str()
+        )));
+    };
+    let format = q.format.as_deref().unwrap_or("json");
+    let res = crate::media::render_result(result, format, &job.id).map_err(ApiError::invalid)?;
+    Ok(tag_tenant(res, &caller))
+}

@@ -1,0 +1,237 @@
+//! The HTTP API (warp): one module per resource, composed here.
+//!
+//! Every route matches on path and method only, then runs an async handler
+//! that authenticates, does its work and answers either a reply or an
+//! [`ApiError`]. Doing auth inside handlers (not as rejecting filters) keeps
+//! a failed check from falling through to other routes.
+
+mod errors;
+mod files;
+mod jobs;
+mod keys;
+mod ops;
+mod session;
+mod users;
+mod workflows;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+pub use errors::ApiError;
+
+use crate::auth::{Operation, PasswordCost, Principal, TokenKeys};
+use crate::billing::{Tier, TierTable};
+use crate::config::Settings;
+use crate::store::{Role, Store, Tenant, TenantId};
+
+/// Everything a handler needs; cloning is shallow.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub keys: Arc<TokenKeys>,
+    pub tiers: Arc<TierTable>,
+    /// The actor system that runs jobs.
+    pub jobs: murmur_actors::System,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// A verified caller with its tenant's current row and tier.
+pub struct Caller {
+    pub principal: Principal,
+    pub tenant: Tenant,
+    /// The tenant's tier now (the store's, not the token's, when they differ).
+    pub tier: Tier,
+}
+
+impl Caller {
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.principal.tenant
+    }
+}
+
+/// Shorthand for an operation in handlers.
+pub const fn op(name: &'static str, min_role: Role) -> Operation {
+    Operation { name, min_role }
+}
+
+impl AppState {
+    pub fn password_cost(&self) -> PasswordCost {
+        PasswordCost {
+            memory_kib: self.settings.auth.argon2_memory_kib,
+            iterations: self.settings.auth.argon2_iterations,
+        }
+    }
+
+    /// Verifies the bearer token for `op`: signature, expiry, scope, role,
+    /// revocation, and that the tenant still exists.
+    pub fn authenticate(&self, header: Option<&str>, op: Operation) -> Result<Caller, ApiError> {
+        let token = header
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
+        let principal = self.keys.verify(token, op)?;
+        if self.store.is_revoked(&principal.revocation_ids)? {
+            return Err(ApiError::unauthorized("this API key has been revoked"));
+        }
+        let tenant = match self.store.tenant(&principal.tenant) {
+            Ok(t) => t,
+            Err(crate::store::StoreError::NotFound) => {
+                return Err(ApiError::unauthorized(
+                    "the token's tenant no longer exists",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tier = self.tiers.get_or_default(&tenant.subscription_tier).clone();
+        Ok(Caller {
+            principal,
+            tenant,
+            tier,
+        })
+    }
+}
+
+/// Parses a JSON body with a problem answer on failure.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid("the request needs a JSON body"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+}
+
+/// A JSON answer with a status.
+pub fn json_reply<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// Collapses a handler's result into a response.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| e.into_response())
+}
+
+/// The state, for `.and(with_state(..))`.
+pub fn with_state(
+    state: AppState,
+) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The optional `Authorization` header.
+pub fn auth_header(
+) -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
+    warp::header::optional::<String>("authorization")
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// A JSON request body, bounded by `server.max_json_bytes`.
+pub fn json_body(state: &AppState) -> BoxedFilter<(Bytes,)> {
+    warp::body::content_length_limit(state.settings.server.max_json_bytes)
+        .and(warp::body::bytes())
+        .boxed()
+}
+
+/// The whole API: every route, problem answers for unmatched requests,
+/// request logs and metrics.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let api = session::routes(state.clone())
+        .or(users::routes(state.clone()))
+        .unify()
+        .or(keys::routes(state.clone()))
+        .unify()
+        .or(files::routes(state.clone()))
+        .unify()
+        .or(workflows::routes(state.clone()))
+        .unify()
+        .or(jobs::routes(state.clone()))
+        .unify()
+        .or(ops::routes(state.clone()))
+        .unify()
+        .or(ws::routes(state.clone()))
+        .unify()
+        .recover(errors::recover)
+        .unify()
+        .boxed();
+    warp::any()
+        .map(Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(api)
+        .map(|started: Instant, method: warp::http::Method, path: warp::path::FullPath, mut res: Response| {
+            let route = route_label(path.as_str());
+            let status = res.status().as_u16();
+            let elapsed = started.elapsed();
+            let request_id = ulid::Ulid::new().to_string();
+            let tenant = res
+                .extensions_mut()
+                .remove::<TenantTag>()
+                .map(|t| t.0)
+                .unwrap_or_default();
+            tracing::info!(
+                request_id = %request_id,
+                tenant = %tenant,
+                method = %method,
+                route = %route,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+            metrics::counter!("murmur_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string()).increment(1);
+            metrics::histogram!("murmur_http_request_duration_seconds", "method" => method.to_string(), "route" => route).record(elapsed.as_secs_f64());
+            if let Ok(v) = warp::http::HeaderValue::from_str(&request_id) {
+                res.headers_mut().insert("x-request-id", v);
+            }
+            res
+        })
+        .boxed()
+}
+
+/// Attached to a response by handlers that know the caller's tenant, so the
+/// request log can name it; removed before the answer leaves.
+#[derive(Clone)]
+pub struct TenantTag(pub String);
+
+/// Tags `res` with the caller's tenant for the request log.
+pub fn tag_tenant(mut res: Response, caller: &Caller) -> Response {
+    res.extensions_mut()
+        .insert(TenantTag(caller.tenant.id.clone()));
+    res
+}
+
+/// A route label for metrics: ids replaced by `{id}` so labels stay few.
+fn route_label(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        let is_id = seg.len() >= 20 || seg.chars().filter(|c| c.is_ascii_digit()).count() >= 4;
+        out.push_str(if is_id { "{id}" } else { seg });
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels_hide_ids() {
+        assert_eq!(
+            super::route_label("/v1/jobs/j_01HZX3K4M5N6P7Q8R9S0T1V2W3/result"),
+            "/v1/jobs/{id}/result"
+        );
+        assert_eq!(super::route_label("/"), "/");
+        assert_eq!(super::route_label("/v1/files"), "/v1/files");
+    }
+}

@@ -1,0 +1,7 @@
+//! Who is calling: password hashing, biscuit tokens, API keys, roles.
+
+pub mod passwords;
+pub mod tokens;
+
+pub use passwords::PasswordCost;
+pub use tokens::{Operation, Principal, TokenError, TokenKeys, OPERATIONS, SCOPES};

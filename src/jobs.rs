@@ -1,0 +1,80 @@
+//! The bridge between the actor system and the store: the store answers the
+//! actors' [`JobStore`] questions, with tier limits from the tier table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use murmur_actors::job::{Event, EventType, Job};
+use murmur_actors::repo::{AudioFile, JobChange, JobStore, RepoError, TenantLimits};
+
+use crate::billing::TierTable;
+use crate::store::{Store, StoreError, TenantId};
+
+/// The store as the actors see it. Cloning is shallow.
+#[derive(Clone)]
+pub struct StoreJobs {
+    pub store: Store,
+    pub tiers: Arc<TierTable>,
+}
+
+fn repo(e: StoreError) -> RepoError {
+    RepoError(e.to_string())
+}
+
+/// Tenant ids reaching the actors come from stored jobs: trusted.
+fn tenant(id: &str) -> TenantId {
+    TenantId::trusted(id)
+}
+
+#[async_trait]
+impl JobStore for StoreJobs {
+    async fn job(&self, t: &str, id: &str) -> Result<Option<Job>, RepoError> {
+        self.store.job(&tenant(t), id).map_err(repo)
+    }
+
+    async fn transition(
+        &self,
+        t: &str,
+        id: &str,
+        kind: Option<EventType>,
+        mut change: JobChange,
+    ) -> Result<Option<(Job, Option<Event>)>, RepoError> {
+        let tid = tenant(t);
+        match kind {
+            Some(kind) => Ok(self
+                .store
+                .transition_job(&tid, id, None, kind, |j| change(j))
+                .await
+                .map_err(repo)?
+                .map(|(job, event)| (job, Some(event)))),
+            None => Ok(self
+                .store
+                .update_job(&tid, id, |j| change(j))
+                .await
+                .map_err(repo)?
+                .map(|job| (job, None))),
+        }
+    }
+
+    async fn unfinished_jobs(&self) -> Result<Vec<Job>, RepoError> {
+        self.store.unfinished_jobs().map_err(repo)
+    }
+
+    async fn tenant_limits(&self, t: &str) -> Result<TenantLimits, RepoError> {
+        let row = self.store.tenant(&tenant(t)).map_err(repo)?;
+        let tier = self.tiers.get_or_default(&row.subscription_tier);
+        Ok(TenantLimits {
+            concurrent_jobs: tier.concurrent_jobs,
+            priority: tier.rank,
+        })
+    }
+
+    async fn audio_file(&self, t: &str, file_id: &str) -> Result<Option<AudioFile>, RepoError> {
+        let file = self.store.file(&tenant(t), file_id).map_err(repo)?;
+        Ok(file.map(|f| AudioFile {
+            path: PathBuf::from(self.store.blob_path(&f)),
+            duration_s: f.duration_s,
+        }))
+    }
+}

