@@ -1,0 +1,66 @@
+//! What an inference worker runs for a job, behind a trait so the actor
+//! system can be driven by the real models or, in benchmarks and tests of
+//! the orchestration itself, by a trivial stage.
+//!
+//! A request names its audio by path (a blob), not by samples, and carries
+//! plain data only: it could cross a machine boundary as it is.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobStage;
+use crate::params::JobParams;
+
+/// One job's work for a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkRequest {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub audio: PathBuf,
+    pub params: JobParams,
+    /// What an earlier attempt finished, as the engine last reported it.
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone)]
+pub struct WorkOutput {
+    /// The job's result (API.md "Result JSON").
+    pub result: serde_json::Value,
+    /// Seconds of audio processed, for usage and real-time factor.
+    pub audio_seconds: f64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkError {
+    #[error("cancelled")]
+    Cancelled,
+    /// The input can never work (not audio, unsupported): fail at once.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Might work on another try (a worker died, a model failed to load).
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Where an engine reports as it works; calls are cheap and never block.
+pub trait WorkSink: Send {
+    fn stage(&mut self, stage: JobStage);
+    /// Overall progress of the job, 0.0 to 1.0.
+    fn progress(&mut self, fraction: f64);
+    /// A resumable snapshot of finished work.
+    fn checkpoint(&mut self, state: serde_json::Value);
+}
+
+/// Runs jobs' stages. Called on a blocking thread, one job per worker at a
+/// time; must return soon after `cancel` becomes true.
+pub trait Engine: Send + Sync + 'static {
+    fn run(
+        &self,
+        request: &WorkRequest,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+    ) -> Result<WorkOutput, WorkError>;
+}

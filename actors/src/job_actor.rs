@@ -1,0 +1,299 @@
+//! JobActor: runs one job. It marks the job running, hands the work to the
+//! inference pool, turns the engine's reports into durable state changes
+//! and events (each written before it is announced), stores the result and
+//! stops. A transient failure makes it fail, so its TenantSupervisor can
+//! retry it; a user's cancel ends it `cancelled`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::bus::BusMsg;
+use crate::engine::{WorkError, WorkOutput, WorkRequest};
+use crate::job::{EventType, Job, JobStage, JobStatus};
+use crate::pool::PoolMsg;
+use crate::repo::{JobChange, JobStore};
+use crate::system::SystemConfig;
+
+pub(crate) enum JobMsg {
+    Begin,
+    Stage(JobStage),
+    Progress(f64),
+    Checkpoint(serde_json::Value),
+    Finished(Result<WorkOutput, WorkError>),
+    Cancel,
+}
+
+/// What every actor of the tree shares; cloning is shallow.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub store: Arc<dyn JobStore>,
+    pub bus: ActorRef<BusMsg>,
+    pub pool: ActorRef<PoolMsg>,
+    pub config: Arc<SystemConfig>,
+}
+
+impl Ctx {
+    /// Applies a change durably, then announces its event.
+    pub async fn transition(
+        &self,
+        job: &Job,
+        kind: Option<EventType>,
+        change: JobChange,
+    ) -> Result<Option<Job>, ActorProcessingErr> {
+        let outcome = self
+            .store
+            .transition(&job.tenant_id, &job.id, kind, change)
+            .await
+            .map_err(|e| format!("{e}"))?;
+        Ok(outcome.map(|(job, event)| {
+            if let Some(event) = event {
+                let _ = self.bus.send_message(BusMsg::Publish(event));
+            }
+            job
+        }))
+    }
+}
+
+pub(crate) struct JobActor;
+
+pub(crate) struct JobArgs {
+    pub tenant: String,
+    pub job_id: String,
+    pub ctx: Ctx,
+}
+
+pub(crate) struct JobState {
+    job: Job,
+    ctx: Ctx,
+    /// When the current stage began, for stage-duration metrics.
+    stage_started: Instant,
+    /// Set once the user asked to cancel: the engine's `Cancelled` then
+    /// ends the job `cancelled` (and not on a shutdown).
+    cancel_requested: bool,
+    done: bool,
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = JobState;
+    type Arguments = JobArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<JobMsg>,
+        args: JobArgs,
+    ) -> Result<JobState, ActorProcessingErr> {
+        let job = args
+            .ctx
+            .store
+            .job(&args.tenant, &args.job_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("job {} vanished", args.job_id))?;
+        me.send_message(JobMsg::Begin)?;
+        Ok(JobState {
+            cancel_requested: job.cancel_requested,
+            job,
+            ctx: args.ctx,
+            stage_started: Instant::now(),
+            done: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<JobMsg>,
+        msg: JobMsg,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.done {
+            // Late reports after the end (a replaced worker) change nothing.
+            return Ok(());
+        }
+        match msg {
+            JobMsg::Begin => begin(&me, state).await?,
+            JobMsg::Stage(stage) => {
+                record_stage_time(state);
+                state.stage_started = Instant::now();
+                update(state, Some(EventType::Stage), move |j| {
+                    j.stage = Some(stage);
+                    true
+                })
+                .await?;
+            }
+            JobMsg::Progress(p) => {
+                let p = p.clamp(0.0, 1.0);
+                update(state, Some(EventType::Progress), move |j| {
+                    if p <= j.progress {
+                        return false;
+                    }
+                    j.progress = p;
+                    true
+                })
+                .await?;
+            }
+            JobMsg::Checkpoint(value) => {
+                update(state, None, move |j| {
+                    j.checkpoint = Some(value.clone());
+                    true
+                })
+                .await?;
+            }
+            JobMsg::Cancel => {
+                state.cancel_requested = true;
+                let _ = state.ctx.pool.send_message(PoolMsg::Cancel {
+                    job_id: state.job.id.clone(),
+                });
+            }
+            JobMsg::Finished(outcome) => {
+                record_stage_time(state);
+                finish(&me, state, outcome).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_stage_time(state: &JobState) {
+    if let Some(stage) = state.job.stage {
+        metrics::histogram!("murmur_stage_seconds", "stage" => stage.as_str())
+            .record(state.stage_started.elapsed().as_secs_f64());
+    }
+}
+
+async fn update(
+    state: &mut JobState,
+    kind: Option<EventType>,
+    change: impl FnMut(&mut Job) -> bool + Send + 'static,
+) -> Result<(), ActorProcessingErr> {
+    if let Some(job) = state
+        .ctx
+        .transition(&state.job, kind, Box::new(change))
+        .await?
+    {
+        state.job = job;
+    }
+    Ok(())
+}
+
+/// Marks the job running and hands it to the pool, unless it ended or was
+/// cancelled while it waited.
+async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorProcessingErr> {
+    if state.job.status.is_finished() {
+        state.done = true;
+        me.stop(None);
+        return Ok(());
+    }
+    if state.job.cancel_requested {
+        return finish(me, state, Err(WorkError::Cancelled)).await;
+    }
+    let now = Utc::now();
+    update(state, Some(EventType::Started), move |j| {
+        j.status = JobStatus::Running;
+        j.attempts += 1;
+        j.started_at.get_or_insert(now);
+        j.updated_at = now;
+        j.error = None;
+        true
+    })
+    .await?;
+    let ctx = &state.ctx;
+    let job = &state.job;
+    let audio = ctx
+        .store
+        .audio_file(&job.tenant_id, &job.file_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(audio) = audio else {
+        let msg = "the job's file was deleted before the job ran; upload it again".to_string();
+        return finish(me, state, Err(WorkError::InvalidInput(msg))).await;
+    };
+    let limits = ctx
+        .store
+        .tenant_limits(&job.tenant_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = &ctx.config;
+    let deadline = config.deadline_base
+        + Duration::from_secs_f64(
+            audio.duration_s.unwrap_or(600.0) * config.deadline_per_audio_second,
+        );
+    ctx.pool.send_message(PoolMsg::Submit {
+        request: WorkRequest {
+            job_id: job.id.clone(),
+            tenant_id: job.tenant_id.clone(),
+            audio: audio.path,
+            params: job.params.clone(),
+            checkpoint: job.checkpoint.clone(),
+        },
+        priority: limits.priority,
+        deadline,
+        reply: me.clone(),
+    })?;
+    Ok(())
+}
+
+async fn finish(
+    me: &ActorRef<JobMsg>,
+    state: &mut JobState,
+    outcome: Result<WorkOutput, WorkError>,
+) -> Result<(), ActorProcessingErr> {
+    let now = Utc::now();
+    state.done = true;
+    match outcome {
+        Ok(output) => {
+            let result = output.result;
+            update(state, Some(EventType::Completed), move |j| {
+                j.status = JobStatus::Completed;
+                j.progress = 1.0;
+                j.result = Some(result.clone());
+                j.checkpoint = None;
+                j.error = None;
+                j.finished_at = Some(now);
+                j.updated_at = now;
+                true
+            })
+            .await?;
+            metrics::counter!("murmur_jobs_total", "outcome" => "completed").increment(1);
+            metrics::counter!("murmur_audio_seconds_total")
+                .increment(output.audio_seconds.round() as u64);
+        }
+        Err(WorkError::Cancelled) if !state.cancel_requested => {
+            // Stopped by a shutdown, not by the user: the job stays running
+            // with its checkpoint and resumes at the next start.
+        }
+        Err(WorkError::Cancelled) => {
+            update(state, Some(EventType::Cancelled), move |j| {
+                if j.status.is_finished() {
+                    return false;
+                }
+                j.status = JobStatus::Cancelled;
+                j.finished_at = Some(now);
+                j.updated_at = now;
+                true
+            })
+            .await?;
+            metrics::counter!("murmur_jobs_total", "outcome" => "cancelled").increment(1);
+        }
+        Err(WorkError::InvalidInput(msg)) => {
+            update(state, Some(EventType::Failed), move |j| {
+                j.status = JobStatus::Failed;
+                j.error = Some(msg.clone());
+                j.finished_at = Some(now);
+                j.updated_at = now;
+                true
+            })
+            .await?;
+            metrics::counter!("murmur_jobs_total", "outcome" => "failed").increment(1);
+        }
+        Err(WorkError::Transient(msg)) => {
+            // Fail the actor: the TenantSupervisor decides on a retry.
+            return Err(msg.into());
+        }
+    }
+    me.stop(None);
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The actor tree (ractor) that runs jobs; see ARCHITECTURE.md:
+//!
+//! ```text
+//! Orchestrator (root)     recovers unfinished jobs at start, routes jobs
+//!  |- TenantSupervisor(t) a tenant's FIFO queue and concurrency limit;
+//!  |   '- JobActor(j)     runs one job, checkpoints, emits events
+//!  |- InferencePool       workers that run the models, priority by tier
+//!  '- EventBus            durable per-job event log + live subscribers
+//! ```
+//!
+//! The crate knows nothing of HTTP; it reaches durable state only through
+//! the [`JobStore`] trait, and the models only through the [`Engine`] trait,
+//! so either side can move to another machine later.
+
+pub mod bus;
+pub mod engine;
+pub mod job;
+mod job_actor;
+pub mod model_engine;
+mod orchestrator;
+pub mod params;
+pub mod pool;
+pub mod repo;
+mod system;
+mod tenant;
+
+pub use bus::EventBus;
+pub use engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+pub use repo::{JobStore, RepoError, TenantLimits};
+pub use system::{System, SystemConfig};

@@ -1,0 +1,191 @@
+//! Orchestrator: the root. It starts the inference pool and the event bus,
+//! puts every unfinished job back in its tenant's queue at start (a job that
+//! was running resumes from its checkpoint), and routes jobs and cancels to
+//! TenantSupervisors, which it spawns on demand and retires when idle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{call, Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::bus::EventBus;
+use crate::engine::Engine;
+use crate::job_actor::Ctx;
+use crate::pool::{InferencePool, PoolArgs};
+use crate::repo::JobStore;
+use crate::system::SystemConfig;
+use crate::tenant::{TenantArgs, TenantMsg, TenantSupervisor};
+
+pub(crate) enum OrchMsg {
+    Enqueue {
+        tenant: String,
+        job_id: String,
+    },
+    Cancel {
+        tenant: String,
+        job_id: String,
+    },
+    /// From a TenantSupervisor with nothing left to do.
+    Idle(String),
+    /// The bus and pool, for the system handle.
+    Ctx(ractor::RpcReplyPort<Ctx>),
+}
+
+pub(crate) struct Orchestrator;
+
+pub(crate) struct OrchArgs {
+    pub store: Arc<dyn JobStore>,
+    pub engines: Vec<Arc<dyn Engine>>,
+    pub config: Arc<SystemConfig>,
+}
+
+pub(crate) struct OrchState {
+    ctx: Ctx,
+    tenants: HashMap<String, ActorRef<TenantMsg>>,
+}
+
+impl Actor for Orchestrator {
+    type Msg = OrchMsg;
+    type State = OrchState;
+    type Arguments = OrchArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<OrchMsg>,
+        args: OrchArgs,
+    ) -> Result<OrchState, ActorProcessingErr> {
+        let (bus, _) = Actor::spawn_linked(None, EventBus, (), me.get_cell()).await?;
+        let (pool, _) = Actor::spawn_linked(
+            None,
+            InferencePool,
+            PoolArgs {
+                engines: args.engines,
+            },
+            me.get_cell(),
+        )
+        .await?;
+        let ctx = Ctx {
+            store: args.store,
+            bus,
+            pool,
+            config: args.config,
+        };
+        // Recovery: every queued or running job goes back in line, oldest
+        // first. Nothing a tenant submitted is lost to a crash or restart.
+        let unfinished = ctx
+            .store
+            .unfinished_jobs()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !unfinished.is_empty() {
+            tracing::info!(jobs = unfinished.len(), "recovering unfinished jobs");
+        }
+        for job in unfinished {
+            me.send_message(OrchMsg::Enqueue {
+                tenant: job.tenant_id,
+                job_id: job.id,
+            })?;
+        }
+        Ok(OrchState {
+            ctx,
+            tenants: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<OrchMsg>,
+        msg: OrchMsg,
+        state: &mut OrchState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            OrchMsg::Enqueue { tenant, job_id } => {
+                let sup = supervisor(&me, state, &tenant).await?;
+                sup.send_message(TenantMsg::Enqueue(job_id))?;
+            }
+            OrchMsg::Cancel { tenant, job_id } => {
+                if let Some(sup) = state.tenants.get(&tenant) {
+                    let _ = sup.send_message(TenantMsg::Cancel(job_id));
+                }
+            }
+            OrchMsg::Idle(tenant) => {
+                if let Some(sup) = state.tenants.get(&tenant).cloned() {
+                    // Messages to it are ordered: if an Enqueue went out
+                    // before this question, it is not idle any more.
+                    if let Ok(true) = call!(sup, TenantMsg::ConfirmIdle) {
+                        state.tenants.remove(&tenant);
+                    }
+                }
+            }
+            OrchMsg::Ctx(reply) => {
+                let _ = reply.send(state.ctx.clone());
+            }
+        }
+        metrics::gauge!("murmur_tenant_supervisors").set(state.tenants.len() as f64);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<OrchMsg>,
+        event: SupervisionEvent,
+        state: &mut OrchState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            let failed = state
+                .tenants
+                .iter()
+                .find(|(_, sup)| sup.get_id() == cell.get_id())
+                .map(|(t, _)| t.clone());
+            match failed {
+                Some(tenant) => {
+                    // Rebuild the tenant's queue from the store.
+                    tracing::error!(%tenant, %err, "tenant supervisor failed; restarting it");
+                    state.tenants.remove(&tenant);
+                    let jobs = state
+                        .ctx
+                        .store
+                        .unfinished_jobs()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for job in jobs.into_iter().filter(|j| j.tenant_id == tenant) {
+                        me.send_message(OrchMsg::Enqueue {
+                            tenant: job.tenant_id,
+                            job_id: job.id,
+                        })?;
+                    }
+                }
+                None => {
+                    // The pool or the bus: without them no job can run. Stop
+                    // the tree; the service sees it end and exits, its process
+                    // supervisor restarts it, and recovery resumes every job.
+                    return Err(format!("a core actor failed: {err}").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn supervisor(
+    me: &ActorRef<OrchMsg>,
+    state: &mut OrchState,
+    tenant: &str,
+) -> Result<ActorRef<TenantMsg>, ActorProcessingErr> {
+    if let Some(sup) = state.tenants.get(tenant) {
+        return Ok(sup.clone());
+    }
+    let (sup, _) = Actor::spawn_linked(
+        None,
+        TenantSupervisor,
+        TenantArgs {
+            tenant: tenant.to_string(),
+            ctx: state.ctx.clone(),
+            orchestrator: me.clone(),
+        },
+        me.get_cell(),
+    )
+    .await?;
+    state.tenants.insert(tenant.to_string(), sup.clone());
+    Ok(sup)
+}

@@ -1,0 +1,217 @@
+//! Job parameters (API.md "Workflows and job parameters"): what a job asks
+//! for, and how a request's partial parameters are merged over a workflow's
+//! and the defaults. Tier gates live with the tiers, in the service.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Every model name the API accepts (installed or not).
+pub const MODEL_NAMES: &[&str] = &[
+    "tiny",
+    "tiny.en",
+    "base",
+    "base.en",
+    "small",
+    "small.en",
+    "medium",
+    "large-v3",
+    "large-v3-turbo",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    Transcription,
+    Vad,
+    BgmSeparation,
+}
+
+impl JobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Transcription => "transcription",
+            JobType::Vad => "vad",
+            JobType::BgmSeparation => "bgm_separation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Transcribe,
+    Translate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VadParams {
+    pub enabled: bool,
+    pub threshold: f64,
+    pub min_speech_ms: u32,
+    pub min_silence_ms: u32,
+    pub speech_pad_ms: u32,
+    /// Longest speech region before it is split; `None` means no limit.
+    #[serde(default)]
+    pub max_speech_s: Option<f64>,
+}
+
+impl Default for VadParams {
+    fn default() -> Self {
+        VadParams {
+            enabled: true,
+            threshold: 0.5,
+            min_speech_ms: 250,
+            min_silence_ms: 2000,
+            speech_pad_ms: 400,
+            max_speech_s: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeparateParams {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiarizeParams {
+    pub enabled: bool,
+    pub min_speakers: Option<u32>,
+    pub max_speakers: Option<u32>,
+}
+
+/// Fully resolved job parameters, as stored on a job or a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobParams {
+    pub job_type: JobType,
+    pub model: String,
+    pub task: Task,
+    pub language: Option<String>,
+    pub vad: VadParams,
+    pub separate_bgm: SeparateParams,
+    pub diarize: DiarizeParams,
+    pub initial_prompt: Option<String>,
+    pub temperature: f64,
+}
+
+impl JobParams {
+    pub fn defaults(default_model: &str) -> JobParams {
+        JobParams {
+            job_type: JobType::Transcription,
+            model: default_model.to_string(),
+            task: Task::Transcribe,
+            language: None,
+            vad: VadParams::default(),
+            separate_bgm: SeparateParams::default(),
+            diarize: DiarizeParams::default(),
+            initial_prompt: None,
+            temperature: 0.0,
+        }
+    }
+
+    /// `base` with every field of the JSON object `overrides` laid over it,
+    /// nested objects merged key by key. Unknown fields and wrong types are
+    /// errors, so a typo never silently runs the default.
+    pub fn merged(base: &JobParams, overrides: &Value) -> Result<JobParams, String> {
+        if overrides.is_null() {
+            return Ok(base.clone());
+        }
+        if !overrides.is_object() {
+            return Err("params must be a JSON object".into());
+        }
+        let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
+        merge_json(&mut value, overrides);
+        let params: JobParams = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        params.validate()?;
+        Ok(params)
+    }
+
+    /// Checks the values that serde's types do not.
+    pub fn validate(&self) -> Result<(), String> {
+        if !MODEL_NAMES.contains(&self.model.as_str()) {
+            return Err(format!(
+                "unknown model {:?}; choose one of {}",
+                self.model,
+                MODEL_NAMES.join(", ")
+            ));
+        }
+        if self.task == Task::Translate && self.model.ends_with(".en") {
+            return Err(format!(
+                "model {} is English-only and cannot translate; use a multilingual model",
+                self.model
+            ));
+        }
+        if let Some(lang) = &self.language {
+            let ok = (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
+            if !ok {
+                return Err(format!(
+                    "language {lang:?} is not an ISO 639-1 code such as \"en\""
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.vad.threshold) {
+            return Err("vad.threshold must be between 0 and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.temperature) {
+            return Err("temperature must be between 0 and 1".into());
+        }
+        if let (Some(lo), Some(hi)) = (self.diarize.min_speakers, self.diarize.max_speakers) {
+            if lo > hi {
+                return Err("diarize.min_speakers is larger than diarize.max_speakers".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merge_json(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merges_nested_overrides_and_keeps_defaults() {
+        let base = JobParams::defaults("base");
+        let p = JobParams::merged(
+            &base,
+            &json!({"vad": {"threshold": 0.3}, "model": "tiny.en"}),
+        )
+        .unwrap();
+        assert_eq!(p.vad.threshold, 0.3);
+        assert_eq!(p.vad.min_silence_ms, 2000);
+        assert_eq!(p.model, "tiny.en");
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        let base = JobParams::defaults("base");
+        assert!(JobParams::merged(&base, &json!({"modle": "tiny"})).is_err());
+        assert!(JobParams::merged(&base, &json!({"model": "huge"})).is_err());
+        assert!(JobParams::merged(&base, &json!({"task": "summarise"})).is_err());
+        assert!(
+            JobParams::merged(&base, &json!({"model": "tiny.en", "task": "translate"})).is_err()
+        );
+        assert!(JobParams::merged(&base, &json!({"language": "English"})).is_err());
+        assert!(JobParams::merged(&base, &json!([1])).is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! The one seam to durable state: what the actors need from the store, and
+//! nothing of how it is kept (sled today, a distributed store later).
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::job::{Event, EventType, Job};
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct RepoError(pub String);
+
+/// A tenant's current limits, read at each job start so tier changes apply
+/// to the next job.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantLimits {
+    pub concurrent_jobs: u32,
+    /// Higher runs first in the inference pool (enterprise > premium > basic).
+    pub priority: u32,
+}
+
+/// A job's input audio, by reference.
+#[derive(Debug, Clone)]
+pub struct AudioFile {
+    pub path: PathBuf,
+    pub duration_s: Option<f64>,
+}
+
+/// Changes a job row; answers `false` to leave it as it is. May run more
+/// than once (transactions retry).
+pub type JobChange = Box<dyn FnMut(&mut Job) -> bool + Send>;
+
+/// Durable state as the actors see it. Every write is durable when the
+/// future completes.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, RepoError>;
+    /// Applies `change` and, when `kind` is given, appends the event that
+    /// announces it, atomically. Answers the job and its event, or `None`
+    /// when the job does not exist or `change` declined.
+    async fn transition(
+        &self,
+        tenant: &str,
+        id: &str,
+        kind: Option<EventType>,
+        change: JobChange,
+    ) -> Result<Option<(Job, Option<Event>)>, RepoError>;
+    /// Every job that is `queued` or `running`, oldest first.
+    async fn unfinished_jobs(&self) -> Result<Vec<Job>, RepoError>;
+    /// The tenant's limits now.
+    async fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, RepoError>;
+    /// The audio of a tenant's file, if it still exists.
+    async fn audio_file(&self, tenant: &str, file_id: &str)
+        -> Result<Option<AudioFile>, RepoError>;
+}

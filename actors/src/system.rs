@@ -1,0 +1,135 @@
+//! The handle the service holds on the actor tree: submit, cancel,
+//! subscribe, shut down. Cloning is shallow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{call, Actor, ActorRef};
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::bus::BusMsg;
+use crate::engine::Engine;
+use crate::job::Event;
+use crate::job_actor::Ctx;
+use crate::orchestrator::{OrchArgs, OrchMsg, Orchestrator};
+use crate::repo::JobStore;
+
+/// Supervision settings (`[jobs]` in the service's config).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SystemConfig {
+    /// Runs of a job before a transient failure becomes final.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    #[serde(with = "millis")]
+    pub backoff_base: Duration,
+    #[serde(with = "millis")]
+    pub backoff_max: Duration,
+    /// A worker is stuck when one job runs longer than
+    /// `deadline_base + deadline_per_audio_second * audio seconds`.
+    #[serde(with = "millis")]
+    pub deadline_base: Duration,
+    pub deadline_per_audio_second: f64,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            max_attempts: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            deadline_base: Duration::from_secs(120),
+            deadline_per_audio_second: 20.0,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the job system could not start: {0}")]
+pub struct StartError(String);
+
+#[derive(Clone)]
+pub struct System {
+    orchestrator: ActorRef<OrchMsg>,
+    bus: ActorRef<BusMsg>,
+}
+
+impl System {
+    /// Starts the tree; unfinished jobs in `store` are resumed at once.
+    /// `engines` has one entry per inference worker. Answers the handle and
+    /// the root's join handle (it ends when the tree stops).
+    pub async fn start(
+        store: Arc<dyn JobStore>,
+        engines: Vec<Arc<dyn Engine>>,
+        config: SystemConfig,
+    ) -> Result<(System, JoinHandle<()>), StartError> {
+        let (orchestrator, handle) = Actor::spawn(
+            None,
+            Orchestrator,
+            OrchArgs {
+                store,
+                engines,
+                config: Arc::new(config),
+            },
+        )
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+        let ctx: Ctx = call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError(e.to_string()))?;
+        Ok((
+            System {
+                orchestrator,
+                bus: ctx.bus,
+            },
+            handle,
+        ))
+    }
+
+    /// A job was created (its `queued` event is durable): announce it and
+    /// queue it for its tenant.
+    pub fn submitted(&self, queued: Event) {
+        let tenant = queued.tenant_id.clone();
+        let job_id = queued.job_id.clone();
+        self.publish(queued);
+        let _ = self
+            .orchestrator
+            .send_message(OrchMsg::Enqueue { tenant, job_id });
+    }
+
+    /// Announces an event the service wrote itself (a queued job cancelled).
+    pub fn publish(&self, event: Event) {
+        let _ = self.bus.send_message(BusMsg::Publish(event));
+    }
+
+    /// Asks a running job to stop; the store already says it should.
+    pub fn cancel(&self, tenant: &str, job_id: &str) {
+        let _ = self.orchestrator.send_message(OrchMsg::Cancel {
+            tenant: tenant.to_string(),
+            job_id: job_id.to_string(),
+        });
+    }
+
+    /// A live feed of every announced event; filter by tenant before use.
+    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Event>>> {
+        call!(self.bus, BusMsg::Subscribe).ok()
+    }
+
+    /// Stops the tree. Running jobs keep their `running` state and last
+    /// checkpoint, and resume at the next start.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .orchestrator
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+    }
+}

@@ -1,0 +1,275 @@
+//! TenantSupervisor: one per tenant with work, spawned on demand by the
+//! orchestrator and stopped when idle. Keeps the tenant's FIFO queue, starts
+//! at most the tier's number of jobs at once (read at each start, so a tier
+//! change applies to the next job), and supervises its JobActors: a job that
+//! fails transiently is retried with exponential backoff up to the
+//! configured attempts, then marked failed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::job::{EventType, JobStatus};
+use crate::job_actor::{Ctx, JobActor, JobArgs, JobMsg};
+use crate::orchestrator::OrchMsg;
+
+pub(crate) enum TenantMsg {
+    Enqueue(String),
+    Cancel(String),
+    /// A backoff ended: run the job again.
+    Retry(String),
+    /// From the orchestrator: still idle? If so the supervisor stops.
+    ConfirmIdle(RpcReplyPort<bool>),
+}
+
+pub(crate) struct TenantSupervisor;
+
+pub(crate) struct TenantArgs {
+    pub tenant: String,
+    pub ctx: Ctx,
+    pub orchestrator: ActorRef<OrchMsg>,
+}
+
+pub(crate) struct TenantState {
+    tenant: String,
+    ctx: Ctx,
+    orchestrator: ActorRef<OrchMsg>,
+    queue: VecDeque<String>,
+    running: HashMap<ActorId, (String, ActorRef<JobMsg>)>,
+    /// Jobs waiting out a retry backoff.
+    backing_off: HashSet<String>,
+}
+
+impl TenantState {
+    fn knows(&self, job_id: &str) -> bool {
+        self.queue.iter().any(|j| j == job_id)
+            || self.backing_off.contains(job_id)
+            || self.running.values().any(|(j, _)| j == job_id)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.running.is_empty() && self.backing_off.is_empty()
+    }
+}
+
+impl Actor for TenantSupervisor {
+    type Msg = TenantMsg;
+    type State = TenantState;
+    type Arguments = TenantArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> Result<TenantState, ActorProcessingErr> {
+        Ok(TenantState {
+            tenant: args.tenant,
+            ctx: args.ctx,
+            orchestrator: args.orchestrator,
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            backing_off: HashSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Enqueue(job_id) => {
+                if !state.knows(&job_id) {
+                    state.queue.push_back(job_id);
+                }
+            }
+            TenantMsg::Retry(job_id) => {
+                if state.backing_off.remove(&job_id) {
+                    // It had its turn already: first in line again.
+                    state.queue.push_front(job_id);
+                }
+            }
+            TenantMsg::Cancel(job_id) => {
+                // A queued job was ended by the API already; drop it here.
+                state.queue.retain(|j| *j != job_id);
+                state.backing_off.remove(&job_id);
+                if let Some((_, actor)) = state.running.values().find(|(j, _)| *j == job_id) {
+                    let _ = actor.send_message(JobMsg::Cancel);
+                }
+            }
+            TenantMsg::ConfirmIdle(reply) => {
+                let idle = state.is_idle();
+                let _ = reply.send(idle);
+                if idle {
+                    me.stop(None);
+                }
+                return Ok(());
+            }
+        }
+        pump(&me, state).await?;
+        report(state);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<TenantMsg>,
+        event: SupervisionEvent,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.running.remove(&cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some((job_id, _)) = state.running.remove(&cell.get_id()) {
+                    retry_or_fail(&me, state, job_id, err.to_string()).await?;
+                }
+            }
+            _ => return Ok(()),
+        }
+        pump(&me, state).await?;
+        report(state);
+        Ok(())
+    }
+}
+
+/// Starts queued jobs while the tier allows more to run.
+async fn pump(me: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
+    if state.queue.is_empty() {
+        return Ok(());
+    }
+    let limit = state
+        .ctx
+        .store
+        .tenant_limits(&state.tenant)
+        .await
+        .map_err(|e| e.to_string())?
+        .concurrent_jobs
+        .max(1) as usize;
+    while state.running.len() < limit {
+        let Some(job_id) = state.queue.pop_front() else {
+            break;
+        };
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            JobActor,
+            JobArgs {
+                tenant: state.tenant.clone(),
+                job_id: job_id.clone(),
+                ctx: state.ctx.clone(),
+            },
+            me.get_cell(),
+        )
+        .await?;
+        state.running.insert(actor.get_id(), (job_id, actor));
+    }
+    Ok(())
+}
+
+/// After a transient failure: back off and retry, or give up.
+async fn retry_or_fail(
+    me: &ActorRef<TenantMsg>,
+    state: &mut TenantState,
+    job_id: String,
+    error: String,
+) -> Result<(), ActorProcessingErr> {
+    let Some(job) = state
+        .ctx
+        .store
+        .job(&state.tenant, &job_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
+    if job.status.is_finished() {
+        return Ok(());
+    }
+    let config = &state.ctx.config;
+    let now = Utc::now();
+    if job.cancel_requested || job.attempts >= config.max_attempts {
+        let cancelled = job.cancel_requested;
+        let kind = if cancelled {
+            EventType::Cancelled
+        } else {
+            EventType::Failed
+        };
+        let message = format!("failed after {} attempts: {error}", job.attempts);
+        state
+            .ctx
+            .transition(
+                &job,
+                Some(kind),
+                Box::new(move |j| {
+                    j.status = if cancelled {
+                        JobStatus::Cancelled
+                    } else {
+                        JobStatus::Failed
+                    };
+                    if !cancelled {
+                        j.error = Some(message.clone());
+                    }
+                    j.finished_at = Some(now);
+                    j.updated_at = now;
+                    true
+                }),
+            )
+            .await?;
+        metrics::counter!("murmur_jobs_total", "outcome" => if cancelled { "cancelled" } else { "failed" }).increment(1);
+        return Ok(());
+    }
+    let delay = backoff(config.backoff_base, config.backoff_max, job.attempts);
+    let message = error.clone();
+    state
+        .ctx
+        .transition(
+            &job,
+            Some(EventType::Retrying),
+            Box::new(move |j| {
+                j.status = JobStatus::Queued;
+                j.error = Some(message.clone());
+                j.updated_at = now;
+                true
+            }),
+        )
+        .await?;
+    metrics::counter!("murmur_job_retries_total").increment(1);
+    tracing::warn!(job = %job_id, attempt = job.attempts, ?delay, %error, "job failed transiently; retrying");
+    state.backing_off.insert(job_id.clone());
+    me.send_after(delay, move || TenantMsg::Retry(job_id));
+    Ok(())
+}
+
+/// `base * 2^(attempt-1)`, at most `max`.
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    base.saturating_mul(factor).min(max)
+}
+
+/// Tells the orchestrator when there is nothing left to do.
+fn report(state: &TenantState) {
+    if state.is_idle() {
+        let _ = state
+            .orchestrator
+            .send_message(OrchMsg::Idle(state.tenant.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(500);
+        let max = Duration::from_secs(10);
+        assert_eq!(backoff(base, max, 1), Duration::from_millis(500));
+        assert_eq!(backoff(base, max, 2), Duration::from_secs(1));
+        assert_eq!(backoff(base, max, 3), Duration::from_secs(2));
+        assert_eq!(backoff(base, max, 10), max);
+    }
+}

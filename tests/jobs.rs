@@ -1,0 +1,476 @@
+//! Jobs running through the actor system, end to end against the real
+//! binary with real audio and real weights (tiny.en): live events over
+//! WebSocket, results in every format, tenant concurrency limits, cancel,
+//! corrupt input, crash recovery, replay with `after`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{files_under, signup, wait_job, Client, Server};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn jfk_bytes() -> Vec<u8> {
+    std::fs::read(murmur_models::testaudio::jfk().expect("fetch jfk.wav")).unwrap()
+}
+
+fn setup() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+}
+
+async fn connect(server: &Server, token: &str) -> Ws {
+    let url = format!(
+        "{}/v1/ws?token={token}",
+        server.base.replace("http://", "ws://")
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket upgrade");
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string())).await.unwrap();
+}
+
+/// The next JSON message, within `secs`.
+async fn next(ws: &mut Ws, secs: u64) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(secs), ws.next())
+            .await
+            .expect("a websocket message in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Events of one job until it ends.
+async fn events_until_end(ws: &mut Ws, job_id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let m = next(ws, 120).await;
+        if m["job_id"] != job_id {
+            continue;
+        }
+        let kind = m["type"].as_str().unwrap().to_string();
+        out.push(m);
+        if ["completed", "failed", "cancelled"].contains(&kind.as_str()) {
+            return out;
+        }
+    }
+}
+
+async fn upload_jfk(c: &Client) -> String {
+    c.upload("jfk.wav", jfk_bytes()).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn submit(c: &Client, file_id: &str, params: Value) -> String {
+    c.post("/v1/jobs", json!({"file_id": file_id, "params": params}))
+        .await
+        .expect(202)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn jfk_job_streams_events_and_serves_every_format() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let mut ws = connect(&server, a.client.token.as_deref().unwrap()).await;
+    send(&mut ws, json!({"op": "subscribe", "topic": "tenant"})).await;
+    assert_eq!(next(&mut ws, 10).await["type"], "subscribed");
+    let jid = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    let events = events_until_end(&mut ws, &jid).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"queued"), "{kinds:?}");
+    assert_eq!(kinds[1], "started", "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
+    for stage in ["decode", "vad", "transcribe"] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["type"] == "stage" && e["stage"] == stage),
+            "no {stage} stage event in {kinds:?}"
+        );
+    }
+    assert!(kinds.contains(&"progress"), "{kinds:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq must increase by one: {seqs:?}"
+    );
+    let progress: Vec<f64> = events
+        .iter()
+        .map(|e| e["progress"].as_f64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|w| w[1] >= w[0]), "{progress:?}");
+    assert_eq!(*progress.last().unwrap(), 1.0);
+    for e in &events {
+        assert!(
+            e.get("tenant_id").is_none(),
+            "events do not leak tenant ids"
+        );
+        assert!(e["at"].is_string());
+    }
+
+    // The polling fallback has the same log.
+    let polled = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200);
+    assert_eq!(polled["items"].as_array().unwrap().len(), events.len());
+    let later = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events?after=2"))
+        .await
+        .expect(200);
+    assert_eq!(later["items"][0]["seq"], 3);
+
+    let result = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/result"))
+        .await
+        .expect(200);
+    assert_eq!(result["language"], "en");
+    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    assert_eq!(words(result["text"].as_str().unwrap()), expected);
+    let segs = result["segments"].as_array().unwrap();
+    assert!(!segs.is_empty());
+    assert!(segs.iter().all(
+        |s| s["start"].as_f64().unwrap() < s["end"].as_f64().unwrap()
+            && s["end"].as_f64().unwrap() <= 11.1
+    ));
+
+    let srt = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/result?format=srt"))
+        .await;
+    assert_eq!(srt.status, 200);
+    assert!(
+        srt.content_type.starts_with("application/x-subrip"),
+        "{}",
+        srt.content_type
+    );
+    let parsed = murmur_models::formats::parse_srt(&srt.text).expect("valid SRT");
+    assert_eq!(parsed.len(), segs.len());
+    assert!(srt.text.starts_with("1\n00:00:0"), "{}", srt.text);
+    let srt_words: Vec<String> = parsed.iter().flat_map(|s| words(&s.text)).collect();
+    assert_eq!(srt_words, expected);
+    let vtt = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/result?format=vtt"))
+        .await;
+    assert!(vtt.text.starts_with("WEBVTT"), "{}", vtt.text);
+    assert_eq!(
+        murmur_models::formats::parse_vtt(&vtt.text).unwrap().len(),
+        segs.len()
+    );
+    let txt = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/result?format=txt"))
+        .await;
+    assert!(txt.content_type.starts_with("text/plain"));
+    assert_eq!(words(&txt.text), expected);
+    let tsv = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/result?format=tsv"))
+        .await;
+    assert!(tsv.text.starts_with("start\tend\ttext"), "{}", tsv.text);
+    a.client
+        .get(&format!("/v1/jobs/{jid}/result?format=docx"))
+        .await
+        .problem(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn reconnect_with_after_replays_exactly_the_missed_events() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Globex").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    let done = wait_job(&a.client, &jid, 120).await;
+    assert_eq!(done["status"], "completed");
+    let log = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200)["items"]
+        .clone();
+    let log = log.as_array().unwrap();
+    assert!(log.len() >= 5);
+
+    // A client that saw up to seq 3 gets 4.. exactly once, in order.
+    let mut ws = connect(&server, a.client.token.as_deref().unwrap()).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "topic": format!("job:{jid}"), "after": 3}),
+    )
+    .await;
+    assert_eq!(next(&mut ws, 10).await["type"], "subscribed");
+    for expected in &log[3..] {
+        let got = next(&mut ws, 10).await;
+        assert_eq!(&got, expected);
+    }
+    // Nothing more arrives: no duplicates.
+    assert!(tokio::time::timeout(Duration::from_millis(500), ws.next())
+        .await
+        .is_err());
+
+    // Another tenant cannot subscribe to this job, nor see it on its topic.
+    let mut other = connect(&server, b.client.token.as_deref().unwrap()).await;
+    send(
+        &mut other,
+        json!({"op": "subscribe", "topic": format!("job:{jid}"), "after": 0}),
+    )
+    .await;
+    let refused = next(&mut other, 10).await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["code"], "not_found");
+    send(&mut other, json!({"op": "subscribe", "topic": "tenant"})).await;
+    assert_eq!(next(&mut other, 10).await["type"], "subscribed");
+    let again = submit(
+        &a.client,
+        &fid,
+        json!({"model": "tiny.en", "job_type": "vad"}),
+    )
+    .await;
+    wait_job(&a.client, &again, 60).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), other.next())
+            .await
+            .is_err(),
+        "tenant B received tenant A's events"
+    );
+    b.client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .problem(404, "not_found");
+    // Bad tokens never upgrade.
+    let url = format!(
+        "{}/v1/ws?token=forged",
+        server.base.replace("http://", "ws://")
+    );
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+}
+
+/// Start and end times of each job from its event log.
+async fn run_interval(
+    c: &Client,
+    job_id: &str,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let log = c
+        .get(&format!("/v1/jobs/{job_id}/events"))
+        .await
+        .expect(200);
+    let at = |kind: &str| {
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| {
+                e["at"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap()
+            })
+            .next_back()
+            .unwrap_or_else(|| panic!("no {kind} event in {log}"))
+    };
+    (at("started"), at("completed"))
+}
+
+#[tokio::test]
+async fn tenant_limit_caps_running_jobs_and_other_tenants_are_not_held_up() {
+    setup();
+    let server = Server::start_with(&[("MURMUR__MODELS__WORKERS", "2")]);
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Globex").await;
+    let fid = upload_jfk(&a.client).await;
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(submit(&a.client, &fid, json!({"model": "tiny.en"})).await);
+    }
+    let bfid = upload_jfk(&b.client).await;
+    let bjob = submit(
+        &b.client,
+        &bfid,
+        json!({"model": "tiny.en", "job_type": "vad"}),
+    )
+    .await;
+    for j in &jobs {
+        assert_eq!(wait_job(&a.client, j, 300).await["status"], "completed");
+    }
+    assert_eq!(wait_job(&b.client, &bjob, 60).await["status"], "completed");
+    let mut intervals = Vec::new();
+    for j in &jobs {
+        intervals.push(run_interval(&a.client, j).await);
+    }
+    // At no job's start were more than 2 of the tenant's jobs running.
+    for (start, _) in &intervals {
+        let running = intervals
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(running <= 2, "{running} jobs ran at once: {intervals:?}");
+    }
+    // B's job did not wait for A's queue: it started before A's last job.
+    let (b_start, _) = run_interval(&b.client, &bjob).await;
+    let a_last_start = intervals.iter().map(|(s, _)| *s).max().unwrap();
+    assert!(
+        b_start < a_last_start,
+        "tenant B waited behind tenant A's queue"
+    );
+}
+
+#[tokio::test]
+async fn cancel_during_transcription_frees_the_slot() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let mut ws = connect(&server, a.client.token.as_deref().unwrap()).await;
+    send(&mut ws, json!({"op": "subscribe", "topic": "tenant"})).await;
+    next(&mut ws, 10).await;
+    // No VAD and a slower model: transcription takes long enough to cancel.
+    let jid = submit(
+        &a.client,
+        &fid,
+        json!({"model": "tiny.en", "vad": {"enabled": false}}),
+    )
+    .await;
+    loop {
+        let e = next(&mut ws, 60).await;
+        if e["job_id"] == jid.as_str() && e["type"] == "stage" && e["stage"] == "transcribe" {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    a.client
+        .post(&format!("/v1/jobs/{jid}/cancel"), json!({}))
+        .await
+        .expect(202);
+    let ended = wait_job(&a.client, &jid, 30).await;
+    let took = asked.elapsed();
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    assert!(ended["result"].is_null());
+    a.client
+        .get(&format!("/v1/jobs/{jid}/result"))
+        .await
+        .problem(409, "conflict");
+    // The slot is free: the next job runs to completion.
+    let next_job = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    assert_eq!(
+        wait_job(&a.client, &next_job, 120).await["status"],
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_file_fails_its_job_and_disturbs_no_other() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let good = upload_jfk(&a.client).await;
+    let bad = upload_jfk(&a.client).await;
+    // The stored bytes rot on disk after the upload was accepted.
+    let path = files_under(&server.data_dir.join("files"))
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy() == bad)
+        .unwrap();
+    std::fs::write(&path, b"this is no longer audio, just noise in a file").unwrap();
+    let bad_job = submit(&a.client, &bad, json!({"model": "tiny.en"})).await;
+    let good_job = submit(&a.client, &good, json!({"model": "tiny.en"})).await;
+    let failed = wait_job(&a.client, &bad_job, 60).await;
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("cannot be decoded"), "{error}");
+    assert!(
+        !error.contains(&server.data_dir.display().to_string()),
+        "leaks a server path: {error}"
+    );
+    assert_eq!(failed["attempts"], 1, "invalid input is not retried");
+    assert_eq!(
+        wait_job(&a.client, &good_job, 120).await["status"],
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn kill9_mid_job_then_restart_completes_it_exactly_once() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(
+        &a.client,
+        &fid,
+        json!({"model": "tiny.en", "vad": {"enabled": false}}),
+    )
+    .await;
+    // Wait until it is transcribing, then crash.
+    loop {
+        let job = a.client.get(&format!("/v1/jobs/{jid}")).await.expect(200);
+        if job["stage"] == "transcribe" {
+            break;
+        }
+        assert_ne!(job["status"], "completed", "finished before the crash");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server = server.restart_after_kill9();
+    let client = Client {
+        base: server.base.clone(),
+        ..a.client.clone()
+    };
+    let done = wait_job(&client, &jid, 120).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 2, "one run before the crash, one after");
+    let log = client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200);
+    let log = log["items"].as_array().unwrap();
+    let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "the log has a gap"
+    );
+    let completed = log.iter().filter(|e| e["type"] == "completed").count();
+    assert_eq!(completed, 1, "completed exactly once");
+    let result = client
+        .get(&format!("/v1/jobs/{jid}/result"))
+        .await
+        .expect(200);
+    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    let got = words(result["text"].as_str().unwrap());
+    let missing = expected.iter().filter(|w| !got.contains(w)).count();
+    assert!(missing <= 1, "resumed transcript lost words: {got:?}");
+}
