@@ -67,6 +67,7 @@ impl JobStore for StoreJobs {
         Ok(TenantLimits {
             concurrent_jobs: tier.concurrent_jobs,
             priority: tier.rank,
+            tier: tier.name.clone(),
         })
     }
 

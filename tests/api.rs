@@ -863,7 +863,14 @@ async fn operations_endpoints() {
     let server = Server::start();
     let anon = server.client();
     assert_eq!(anon.get("/healthz").await.expect(200)["status"], "ok");
+    // Ready once the default model and the VAD are installed.
+    common::install_models(&["base", "silero-vad"]);
     assert_eq!(anon.get("/readyz").await.expect(200)["status"], "ready");
+    let bare = Server::start_with(&[("MURMUR__MODELS__DIR", "/nonexistent/models")]);
+    bare.client()
+        .get("/readyz")
+        .await
+        .problem(503, "unavailable");
     let spec = anon.get("/openapi.json").await.expect(200);
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
@@ -880,6 +887,36 @@ async fn operations_endpoints() {
     }
     let a = signup(&server, "Acme").await;
     a.client.get("/v1/files").await.expect(200);
+    let models = a.client.get("/v1/models").await.expect(200);
+    let by_id = |id: &str| {
+        models["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id("base")["installed"], true);
+    assert_eq!(by_id("base")["allowed"], true);
+    assert_eq!(by_id("base")["default"], true);
+    assert_eq!(by_id("small")["allowed"], false, "basic tier");
+    assert_eq!(by_id("large-v3")["available"], false, "no registry package");
+    anon.get("/v1/models").await.problem(401, "unauthorized");
+    // A model the tier allows that the server does not have: 422.
+    let f = a
+        .client
+        .upload("a.wav", tone_wav(1.0, 16000))
+        .await
+        .expect(201);
+    assert_eq!(by_id("tiny")["available"], false);
+    a.client
+        .post(
+            "/v1/jobs",
+            json!({"file_id": f["id"], "params": {"model": "tiny"}}),
+        )
+        .await
+        .problem(422, "invalid_request");
     let metrics = anon.get("/metrics").await;
     assert_eq!(metrics.status, 200);
     assert!(

@@ -13,11 +13,13 @@ pub struct RepoError(pub String);
 
 /// A tenant's current limits, read at each job start so tier changes apply
 /// to the next job.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TenantLimits {
     pub concurrent_jobs: u32,
     /// Higher runs first in the inference pool (enterprise > premium > basic).
     pub priority: u32,
+    /// The tier's name, for metrics labelled by tier (never by tenant).
+    pub tier: String,
 }
 
 /// A job's input audio, by reference.

@@ -40,6 +40,10 @@ pub(crate) struct TenantState {
     running: HashMap<ActorId, (String, ActorRef<JobMsg>)>,
     /// Jobs waiting out a retry backoff.
     backing_off: HashSet<String>,
+    /// The tenant's tier when last looked up, and the queued/running counts
+    /// this supervisor has added to that tier's gauges.
+    tier: String,
+    counted: (f64, f64),
 }
 
 impl TenantState {
@@ -71,6 +75,8 @@ impl Actor for TenantSupervisor {
             queue: VecDeque::new(),
             running: HashMap::new(),
             backing_off: HashSet::new(),
+            tier: String::new(),
+            counted: (0.0, 0.0),
         })
     }
 
@@ -142,14 +148,18 @@ async fn pump(me: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), A
     if state.queue.is_empty() {
         return Ok(());
     }
-    let limit = state
+    let limits = state
         .ctx
         .store
         .tenant_limits(&state.tenant)
         .await
-        .map_err(|e| e.to_string())?
-        .concurrent_jobs
-        .max(1) as usize;
+        .map_err(|e| e.to_string())?;
+    if limits.tier != state.tier {
+        // Move this tenant's counts to its new tier's gauges.
+        set_gauges(state, 0.0, 0.0);
+        state.tier = limits.tier;
+    }
+    let limit = limits.concurrent_jobs.max(1) as usize;
     while state.running.len() < limit {
         let Some(job_id) = state.queue.pop_front() else {
             break;
@@ -250,8 +260,26 @@ pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
-/// Tells the orchestrator when there is nothing left to do.
-fn report(state: &TenantState) {
+/// Brings the tier's `murmur_jobs_queued` / `murmur_jobs_running` gauges
+/// to this tenant's current counts (gauges are shared by all tenants of a
+/// tier, so each supervisor adds only its own difference).
+fn set_gauges(state: &mut TenantState, queued: f64, running: f64) {
+    if state.tier.is_empty() {
+        return;
+    }
+    let (was_queued, was_running) = state.counted;
+    let tier = state.tier.clone();
+    metrics::gauge!("murmur_jobs_queued", "tier" => tier.clone()).increment(queued - was_queued);
+    metrics::gauge!("murmur_jobs_running", "tier" => tier).increment(running - was_running);
+    state.counted = (queued, running);
+}
+
+/// Updates the gauges and tells the orchestrator when there is nothing left
+/// to do.
+fn report(state: &mut TenantState) {
+    let queued = (state.queue.len() + state.backing_off.len()) as f64;
+    let running = state.running.len() as f64;
+    set_gauges(state, queued, running);
     if state.is_idle() {
         let _ = state
             .orchestrator

@@ -16,7 +16,7 @@ use crate::billing::Tier;
 use crate::billing::{gates, TierGate};
 use crate::ids::new_id;
 use crate::store::{EventType, Job, JobStatus, PageRequest, Role};
-use murmur_actors::params::JobParams;
+use murmur_actors::params::{JobParams, JobType};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "jobs")
@@ -135,6 +135,16 @@ async fn create(
     // Gates are checked at run time too: a workflow saved on a higher tier
     // meets the tenant's tier of today.
     gates::check(&params, &caller.tier).map_err(|g| tier_gate_error(&g, &caller.tier))?;
+    if params.job_type == JobType::Transcription && !super::model_available(&state, &params.model) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!(
+                "model {} is not installed on this server; GET /v1/models lists what is",
+                params.model
+            ),
+        ));
+    }
     let now = Utc::now();
     let job = Job {
         id: new_id("j"),

@@ -9,6 +9,7 @@ mod errors;
 mod files;
 mod jobs;
 mod keys;
+mod models;
 mod ops;
 mod session;
 mod users;
@@ -26,6 +27,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 pub use errors::ApiError;
+pub use models::model_available;
 
 use crate::auth::{Operation, PasswordCost, Principal, TokenKeys};
 use crate::billing::{Tier, TierTable};
@@ -159,6 +161,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(ops::routes(state.clone()))
         .unify()
         .or(ws::routes(state.clone()))
+        .unify()
+        .or(models::routes(state.clone()))
         .unify()
         .recover(errors::recover)
         .unify()

@@ -59,5 +59,23 @@ fn readyz(state: AppState) -> Response {
             return ApiError::unavailable(format!("store is not readable: {e}")).into_response();
         }
     }
-    json_reply(StatusCode::OK, &json!({"status": "ready", "store": "ok"}))
+    // Jobs need the default Whisper model and the VAD.
+    let default_model = &state.settings.models.default_model;
+    let models_dir = state.settings.models_dir();
+    let missing: Vec<&str> = [default_model.as_str(), "silero-vad"]
+        .into_iter()
+        .filter(|m| murmur_models::fetch::installed(&models_dir, m).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return ApiError::unavailable(format!(
+            "models not installed yet: {} (run `murmur models fetch`, or wait for the \
+             download started at launch)",
+            missing.join(", ")
+        ))
+        .into_response();
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({"status": "ready", "store": "ok", "default_model": default_model}),
+    )
 }
