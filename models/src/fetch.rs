@@ -7,7 +7,7 @@
 //! [`crate::ct2`], and installs the result as `<models_dir>/<name>/`:
 //!
 //! - Whisper: `model.safetensors`, `config.json`, `tokenizer.json`
-//! - Silero VAD: `silero_vad_16k.safetensors`
+//! - Silero VAD: `silero_vad_16k.safetensors` and `silero_vad_16k_op15.onnx`
 //!
 //! plus `murmur-model.json`, written last, which marks a complete install.
 //! Everything is staged in a sibling directory and renamed into place, so an
@@ -115,7 +115,13 @@ static CATALOGUE: &[CatalogEntry] = &[
             version: "6.2.3",
             sha256: "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
         }],
-        weights: &[m(0, "silero_vad/data/silero_vad_16k.safetensors")],
+        // The ONNX file is the checkpoint silero's own API (and faster-whisper)
+        // run; the safetensors file in the same wheel is a different one.
+        // `SileroVad::load_dir` prefers the ONNX file.
+        weights: &[
+            m(0, "silero_vad/data/silero_vad_16k.safetensors"),
+            m(0, "silero_vad/data/silero_vad_16k_op15.onnx"),
+        ],
         config: None,
         tokenizer: None,
     },
@@ -215,7 +221,8 @@ pub struct InstalledModel {
     pub path: PathBuf,
 }
 
-const FORMAT: u32 = 1;
+/// Bumped when an install's files change (2: Silero's ONNX checkpoint).
+const FORMAT: u32 = 2;
 
 fn sources(entry: &CatalogEntry) -> Vec<SourceRecord> {
     entry
