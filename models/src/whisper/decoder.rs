@@ -222,7 +222,8 @@ impl TextDecoder {
             let h = layer.cross_attn_ln.forward(&x)?;
             x = (x + layer.cross_attn.attend(&h, ck, cv, None)?)?;
             let h = layer.mlp_ln.forward(&x)?;
-            x = (x + layer.fc2.forward(&layer.fc1.forward(&h)?.gelu()?)?)?;
+            // Whisper's MLP uses the exact (erf) GELU.
+            x = (x + layer.fc2.forward(&layer.fc1.forward(&h)?.gelu_erf()?)?)?;
         }
         state.len += n;
         self.ln.forward(&x)
