@@ -875,10 +875,20 @@ async fn operations_endpoints() {
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/v1/auth/signup",
-        "/v1/files",
-        "/v1/jobs/{id}",
-        "/v1/workflows/{id}",
+        "/v1/auth/login",
+        "/v1/me",
+        "/v1/users",
         "/v1/api-keys/{id}",
+        "/v1/files/{id}/content",
+        "/v1/workflows/{id}",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/result",
+        "/v1/jobs/{id}/events",
+        "/v1/ws",
+        "/v1/models",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),

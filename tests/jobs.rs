@@ -474,3 +474,123 @@ async fn kill9_mid_job_then_restart_completes_it_exactly_once() {
     let missing = expected.iter().filter(|w| !got.contains(w)).count();
     assert!(missing <= 1, "resumed transcript lost words: {got:?}");
 }
+
+#[tokio::test]
+async fn sigterm_checkpoints_and_the_job_resumes_after_restart() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(
+        &a.client,
+        &fid,
+        json!({"model": "tiny.en", "vad": {"enabled": false}}),
+    )
+    .await;
+    loop {
+        let job = a.client.get(&format!("/v1/jobs/{jid}")).await.expect(200);
+        if job["stage"] == "transcribe" {
+            break;
+        }
+        assert_ne!(job["status"], "completed", "finished before the shutdown");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Graceful stop: the job is left running (not cancelled) for next time.
+    let server = server.restart_graceful();
+    let client = Client {
+        base: server.base.clone(),
+        ..a.client.clone()
+    };
+    let done = wait_job(&client, &jid, 120).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let log = client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200);
+    let kinds: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        !kinds.contains(&"cancelled"),
+        "a shutdown is not a cancel: {kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "started").count(),
+        2,
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_then_fail() {
+    setup();
+    // A models dir whose tiny.en weights are damaged: loading fails every
+    // time, which the system treats as transient (the model, not the input).
+    let broken = tempfile::tempdir().unwrap();
+    let good = common::models_dir();
+    for name in ["silero-vad", "tiny.en"] {
+        let dst = broken.path().join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(good.join(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+    let weights = broken.path().join("tiny.en/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
+    let server = Server::start_with(&[
+        ("MURMUR__MODELS__DIR", broken.path().to_str().unwrap()),
+        ("MURMUR__JOBS__MAX_ATTEMPTS", "3"),
+        ("MURMUR__JOBS__BACKOFF_BASE", "300"),
+    ]);
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    let failed = wait_job(&a.client, &jid, 60).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["attempts"], 3);
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("after 3 attempts"),
+        "{failed}"
+    );
+    let log = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200);
+    let items = log["items"].as_array().unwrap();
+    let retrying: Vec<&Value> = items.iter().filter(|e| e["type"] == "retrying").collect();
+    assert_eq!(retrying.len(), 2, "two retries before giving up");
+    assert_eq!(retrying[0]["attempt"], 1);
+    assert_eq!(retrying[1]["attempt"], 2);
+    // Exponential backoff: the second wait is about twice the first.
+    let at = |e: &Value| {
+        e["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    let starts: Vec<_> = items
+        .iter()
+        .filter(|e| e["type"] == "started")
+        .map(at)
+        .collect();
+    let retries: Vec<_> = retrying.iter().map(|e| at(e)).collect();
+    let first_wait = (starts[1] - retries[0]).num_milliseconds();
+    let second_wait = (starts[2] - retries[1]).num_milliseconds();
+    assert!(
+        first_wait >= 250 && second_wait >= 550,
+        "waits {first_wait} ms, {second_wait} ms"
+    );
+    // Other jobs on the same server still run (VAD needs no Whisper model).
+    let vad = submit(&a.client, &fid, json!({"job_type": "vad"})).await;
+    assert_eq!(wait_job(&a.client, &vad, 60).await["status"], "completed");
+}

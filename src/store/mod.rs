@@ -49,6 +49,12 @@ pub enum StoreError {
 pub struct TenantId(String);
 
 impl TenantId {
+    /// An id typed by an operator (admin CLI, benchmarks); never from a
+    /// request.
+    pub fn for_operator(id: &str) -> TenantId {
+        TenantId(id.to_string())
+    }
+
     /// Only for ids the server itself vouches for: a verified token's
     /// authority block, a tenant being created, a row read back from the
     /// store, or an operator's command line.
@@ -214,7 +220,7 @@ impl Store {
         decode(tenant.as_str().as_bytes(), &bytes)
     }
 
-    /// Looks a tenant up by an id an operator typed (admin CLI only).
+    /// Looks a tenant up by an id an operator typed (admin CLI, benchmarks).
     pub fn tenant_for_operator(&self, id: &str) -> Result<(TenantId, Tenant), StoreError> {
         let tid = TenantId::trusted(id);
         let tenant = self.tenant(&tid)?;

@@ -1,0 +1,239 @@
+//! Orchestration benchmark (`scripts/bench-orchestrator`): the real service
+//! (store on disk, actor tree, HTTP and WebSocket on loopback) with a
+//! trivial engine in place of the models, so the figures are the overhead
+//! of accepting, persisting, scheduling, running and announcing jobs.
+//!
+//! 1. Throughput: N jobs submitted over HTTP (32 in flight), timed until
+//!    every `completed` event has arrived over WebSocket.
+//! 2. Event latency: 500 WebSocket subscribers on the tenant topic while
+//!    jobs run; latency is receipt time minus the event's `at` stamp.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use murmur::config::Settings;
+use murmur_actors::job::JobStage;
+use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The trivial stage: report one stage and full progress, answer at once.
+struct TrivialEngine;
+
+impl Engine for TrivialEngine {
+    fn run(
+        &self,
+        _r: &WorkRequest,
+        sink: &mut dyn WorkSink,
+        _c: &AtomicBool,
+    ) -> Result<WorkOutput, WorkError> {
+        sink.stage(JobStage::Transcribe);
+        sink.progress(1.0);
+        Ok(WorkOutput {
+            result: json!({"language": "en", "duration_s": 1.0, "text": "", "segments": []}),
+            audio_seconds: 1.0,
+        })
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wav() -> Vec<u8> {
+    let n: u32 = 16000;
+    let mut out = Vec::new();
+    for (tag, v) in [(b"RIFF", 36 + 2 * n)] {
+        out.extend_from_slice(tag);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&32000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(2 * n).to_le_bytes());
+    out.resize(out.len() + 2 * n as usize, 0);
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn ws(
+    base: &str,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}/v1/ws?token={token}", base.replace("http://", "ws://"));
+    let (mut s, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    s.send(Message::Text(
+        json!({"op": "subscribe", "topic": "tenant"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    s
+}
+
+async fn submit_all(http: &reqwest::Client, base: &str, token: &str, file_id: &str, n: usize) {
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let http = http.clone();
+            let url = format!("{base}/v1/jobs");
+            let body = json!({"file_id": file_id, "params": {"model": "base"}});
+            let token = token.to_string();
+            async move {
+                let res = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    res.status(),
+                    202,
+                    "{}",
+                    res.text().await.unwrap_or_default()
+                );
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let jobs = arg("--jobs", 1000);
+    let subscribers = arg("--subscribers", 500);
+    let latency_jobs = arg("--latency-jobs", 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = Settings::load(None).unwrap();
+    settings.store.data_dir = tmp.path().join("data");
+    settings.auth.argon2_memory_kib = 1024;
+    settings.auth.argon2_iterations = 1;
+    settings.models.fetch_missing = true; // the trivial engine needs no model
+    let engines: Vec<Arc<dyn Engine>> = vec![Arc::new(TrivialEngine); 2];
+    let (state, _root) = murmur::server::start(settings, engines).await.unwrap();
+    let store = state.store.clone();
+    let (addr, server) =
+        warp::serve(murmur::api::routes(state)).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+
+    let signup: Value = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"tenant": "Bench", "email": "bench@bench.example", "password": "bench password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["token"].as_str().unwrap().to_string();
+    let tenant = murmur::store::TenantId::for_operator(signup["tenant"]["id"].as_str().unwrap());
+    store.set_tier(&tenant, "enterprise").await.unwrap();
+    let part = reqwest::multipart::Part::bytes(wav()).file_name("one.wav");
+    let file: Value = http
+        .post(format!("{base}/v1/files"))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file_id = file["id"].as_str().unwrap().to_string();
+
+    // 1. Throughput.
+    let mut watcher = ws(&base, &token).await;
+    let started = Instant::now();
+    let submit = submit_all(&http, &base, &token, &file_id, jobs);
+    let watch = async {
+        let mut completed = 0;
+        while completed < jobs {
+            let Some(Ok(Message::Text(t))) = watcher.next().await else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "completed" {
+                completed += 1;
+            }
+        }
+    };
+    tokio::join!(submit, watch);
+    let elapsed = started.elapsed();
+    println!(
+        "throughput: {jobs} jobs accepted, persisted, run and completed in {:.2} s = {:.0} jobs/s",
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
+
+    // 2. Event latency with many subscribers.
+    let mut clients = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        clients.push(ws(&base, &token).await);
+    }
+    let expected_completed = latency_jobs;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut completed = 0;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while completed < expected_completed && Instant::now() < deadline {
+                    let Ok(Some(Ok(Message::Text(t)))) =
+                        tokio::time::timeout(Duration::from_secs(10), c.next()).await
+                    else {
+                        break;
+                    };
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let Some(at) = v["at"].as_str() else { continue };
+                    let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+                    let ms =
+                        (chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    latencies.push(ms);
+                    if v["type"] == "completed" {
+                        completed += 1;
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    submit_all(&http, &base, &token, &file_id, latency_jobs).await;
+    let mut all = Vec::new();
+    for r in readers {
+        all.extend(r.await.unwrap());
+    }
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "event latency with {subscribers} subscribers: {} events received, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        all.len(),
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        all.last().copied().unwrap_or(f64::NAN)
+    );
+}
