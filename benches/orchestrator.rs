@@ -19,6 +19,9 @@ use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// The trivial stage: report one stage and full progress, answer at once.
 struct TrivialEngine;
 
@@ -45,30 +48,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn wav() -> Vec<u8> {
-    let n: u32 = 16000;
-    let mut out = Vec::new();
-    for (tag, v) in [(b"RIFF", 36 + 2 * n)] {
-        out.extend_from_slice(tag);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(b"WAVEfmt ");
-    for v in [16u32] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [1u16, 1] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&32000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(2 * n).to_le_bytes());
-    out.resize(out.len() + 2 * n as usize, 0);
-    out
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -131,7 +110,9 @@ async fn main() {
     settings.auth.argon2_memory_kib = 1024;
     settings.auth.argon2_iterations = 1;
     settings.models.fetch_missing = true; // the trivial engine needs no model
-    let engines: Vec<Arc<dyn Engine>> = vec![Arc::new(TrivialEngine); 2];
+                                          // Two workers sharing one engine, as `serve` shares one per device.
+    let engine: Arc<dyn Engine> = Arc::new(TrivialEngine);
+    let engines = vec![engine; 2];
     let (state, _root) = murmur::server::start(settings, engines).await.unwrap();
     let store = state.store.clone();
     let (addr, server) =
@@ -152,7 +133,7 @@ async fn main() {
     let token = signup["token"].as_str().unwrap().to_string();
     let tenant = murmur::store::TenantId::for_operator(signup["tenant"]["id"].as_str().unwrap());
     store.set_tier(&tenant, "enterprise").await.unwrap();
-    let part = reqwest::multipart::Part::bytes(wav()).file_name("one.wav");
+    let part = reqwest::multipart::Part::bytes(common::tone_wav(1.0, 16000)).file_name("one.wav");
     let file: Value = http
         .post(format!("{base}/v1/files"))
         .bearer_auth(&token)

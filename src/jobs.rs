@@ -1,7 +1,6 @@
 //! The bridge between the actor system and the store: the store answers the
 //! actors' [`JobStore`] questions, with tier limits from the tier table.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -74,7 +73,7 @@ impl JobStore for StoreJobs {
     async fn audio_file(&self, t: &str, file_id: &str) -> Result<Option<AudioFile>, RepoError> {
         let file = self.store.file(&tenant(t), file_id).map_err(repo)?;
         Ok(file.map(|f| AudioFile {
-            path: PathBuf::from(self.store.blob_path(&f)),
+            path: self.store.blob_path(&f),
             duration_s: f.duration_s,
         }))
     }

@@ -222,13 +222,13 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             audio.duration_s.unwrap_or(600.0) * config.deadline_per_audio_second,
         );
     ctx.pool.send_message(PoolMsg::Submit {
-        request: WorkRequest {
+        request: Box::new(WorkRequest {
             job_id: job.id.clone(),
             tenant_id: job.tenant_id.clone(),
             audio: audio.path,
             params: job.params.clone(),
             checkpoint: job.checkpoint.clone(),
-        },
+        }),
         priority: limits.priority,
         deadline,
         reply: me.clone(),

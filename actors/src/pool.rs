@@ -25,7 +25,7 @@ const WATCHDOG_EVERY: Duration = Duration::from_secs(2);
 
 pub(crate) enum PoolMsg {
     Submit {
-        request: WorkRequest,
+        request: Box<WorkRequest>,
         priority: u32,
         /// Longest the work may take before its worker counts as stuck.
         deadline: Duration,
@@ -44,7 +44,7 @@ pub(crate) enum PoolMsg {
 struct Waiting {
     priority: u32,
     order: u64,
-    request: WorkRequest,
+    request: Box<WorkRequest>,
     deadline: Duration,
     reply: ActorRef<JobMsg>,
 }
@@ -300,7 +300,7 @@ fn dispatch(state: &mut PoolState) {
 
 pub(crate) enum WorkerMsg {
     Run {
-        request: WorkRequest,
+        request: Box<WorkRequest>,
         cancel: Arc<AtomicBool>,
         reply: ActorRef<JobMsg>,
     },
