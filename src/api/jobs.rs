@@ -10,7 +10,7 @@ use warp::Filter;
 
 use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
-    AppState,
+    AppState, Caller,
 };
 use crate::billing::Tier;
 use crate::billing::{gates, TierGate};
@@ -115,12 +115,37 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
     let body: NewJob = parse_json(&body)?;
+    let job = submit_job(
+        &state,
+        &caller,
+        &body.file_id,
+        body.workflow_id.as_deref(),
+        &body.params,
+    )
+    .await?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
+        &caller,
+    ))
+}
+
+/// Creates a job for the caller on one of its files: resolves parameters
+/// (defaults, then the workflow's, then `params`), checks every gate,
+/// stores it `queued` with its first event and hands it to the actor
+/// system. Every entry point that starts jobs goes through here.
+pub async fn submit_job(
+    state: &AppState,
+    caller: &Caller,
+    file_id: &str,
+    workflow_id: Option<&str>,
+    params: &Value,
+) -> Result<Job, ApiError> {
     let tenant = caller.tenant_id();
     let file = state
         .store
-        .file(tenant, &body.file_id)?
+        .file(tenant, file_id)?
         .ok_or_else(|| ApiError::not_found("file"))?;
-    let base = match &body.workflow_id {
+    let base = match workflow_id {
         Some(id) => {
             state
                 .store
@@ -130,12 +155,12 @@ async fn create(
         }
         None => JobParams::defaults(&state.settings.models.default_model),
     };
-    let params = JobParams::merged(&base, &body.params)
-        .map_err(|e| ApiError::invalid(format!("params: {e}")))?;
+    let params =
+        JobParams::merged(&base, params).map_err(|e| ApiError::invalid(format!("params: {e}")))?;
     // Gates are checked at run time too: a workflow saved on a higher tier
     // meets the tenant's tier of today.
     gates::check(&params, &caller.tier).map_err(|g| tier_gate_error(&g, &caller.tier))?;
-    if params.job_type == JobType::Transcription && !super::model_available(&state, &params.model) {
+    if params.job_type == JobType::Transcription && !super::model_available(state, &params.model) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -151,7 +176,7 @@ async fn create(
         user_id: caller.principal.user_id.clone(),
         tenant_id: caller.tenant.id.clone(),
         file_id: file.id,
-        workflow_id: body.workflow_id,
+        workflow_id: workflow_id.map(str::to_string),
         job_type: params.job_type.as_str().to_string(),
         params,
         status: JobStatus::Queued,
@@ -172,10 +197,7 @@ async fn create(
         .create_job(tenant, &job, EventType::Queued)
         .await?;
     state.jobs.submitted(event);
-    Ok(tag_tenant(
-        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
-        &caller,
-    ))
+    Ok(job)
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@
 
 mod errors;
 mod files;
-mod jobs;
+pub mod jobs;
 mod keys;
 mod models;
 mod ops;
