@@ -12,14 +12,14 @@ use candle_core::Device;
 use murmur_models::audio::{self, AudioError};
 use murmur_models::fetch;
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
-use murmur_models::vad::{self, SileroVad};
+use murmur_models::vad::SileroVad;
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use crate::job::JobStage;
-use crate::params::{JobParams, JobType, Task, VadParams};
+use crate::params::{JobParams, JobType, Task};
 
 /// Name of the VAD model in the catalogue.
 const VAD_MODEL: &str = "silero-vad";
@@ -148,18 +148,6 @@ fn audio_error(e: AudioError, path: &std::path::Path) -> WorkError {
     }
 }
 
-fn vad_params(p: &VadParams) -> vad::VadParams {
-    vad::VadParams {
-        enabled: p.enabled,
-        threshold: p.threshold as f32,
-        neg_threshold: None,
-        min_speech_ms: p.min_speech_ms,
-        min_silence_ms: p.min_silence_ms,
-        speech_pad_ms: p.speech_pad_ms,
-        max_speech_s: p.max_speech_s,
-    }
-}
-
 fn decode_options(p: &JobParams) -> DecodeOptions {
     let mut opts = DecodeOptions {
         task: match p.task {
@@ -238,7 +226,7 @@ impl Engine for ModelEngine {
                     sink.stage(JobStage::Vad);
                     let vad = self.vad()?;
                     let found = vad
-                        .speech_regions(&samples, &vad_params(&params.vad))
+                        .speech_regions(&samples, &params.vad)
                         .map_err(|e| WorkError::Transient(e.to_string()))?;
                     checkpoint.regions = Some(found.clone());
                     sink.checkpoint(json!(checkpoint));

@@ -43,31 +43,9 @@ pub enum Task {
     Translate,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VadParams {
-    pub enabled: bool,
-    pub threshold: f64,
-    pub min_speech_ms: u32,
-    pub min_silence_ms: u32,
-    pub speech_pad_ms: u32,
-    /// Longest speech region before it is split; `None` means no limit.
-    #[serde(default)]
-    pub max_speech_s: Option<f64>,
-}
-
-impl Default for VadParams {
-    fn default() -> Self {
-        VadParams {
-            enabled: true,
-            threshold: 0.5,
-            min_speech_ms: 250,
-            min_silence_ms: 2000,
-            speech_pad_ms: 400,
-            max_speech_s: None,
-        }
-    }
-}
+/// The `vad` block: the speech engine's own parameters, so what a job
+/// asks for is exactly what Silero runs with.
+pub use murmur_models::vad::VadParams;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,9 +131,7 @@ impl JobParams {
                 ));
             }
         }
-        if !(0.0..=1.0).contains(&self.vad.threshold) {
-            return Err("vad.threshold must be between 0 and 1".into());
-        }
+        self.vad.validate()?;
         if !(0.0..=1.0).contains(&self.temperature) {
             return Err("temperature must be between 0 and 1".into());
         }

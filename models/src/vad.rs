@@ -55,11 +55,11 @@ pub enum VadError {
 pub struct VadParams {
     pub enabled: bool,
     /// Probability at or above which a frame is speech.
-    pub threshold: f32,
+    pub threshold: f64,
     /// Probability below which speech ends; `threshold - 0.15` (at least
     /// 0.01) when unset, as in silero.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub neg_threshold: Option<f32>,
+    pub neg_threshold: Option<f64>,
     /// Shorter speech regions are dropped.
     pub min_speech_ms: u32,
     /// Silence must last this long to end a region.
@@ -513,9 +513,12 @@ pub fn regions_from_probs(
 ) -> Vec<SpeechRegion> {
     let rate = f64::from(SAMPLE_RATE);
     let window = FRAME_SAMPLES as f64;
-    let threshold = params.threshold;
+    // Probabilities are f32; the thresholds are f64 only so that an API
+    // value like 0.4 reads back as 0.4.
+    let threshold = params.threshold as f32;
     let neg_threshold = params
         .neg_threshold
+        .map(|n| n as f32)
         .unwrap_or_else(|| (threshold - 0.15).max(0.01));
     let min_speech = rate * f64::from(params.min_speech_ms) / 1000.0;
     let pad = rate * f64::from(params.speech_pad_ms) / 1000.0;
@@ -699,7 +702,7 @@ mod tests {
         })
         .contains("vad.threshold"));
         assert!(bad(VadParams {
-            threshold: f32::NAN,
+            threshold: f64::NAN,
             ..VadParams::default()
         })
         .contains("vad.threshold"));
