@@ -54,12 +54,20 @@ pub struct ModelSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BillingSettings {
     pub tiers_file: String,
+    /// How often paid tiers whose expiry passed are moved back, in seconds.
+    pub expiry_sweep_seconds: u64,
     pub revenuecat: RevenueCatSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RevenueCatSettings {
     pub webhook_secret: String,
+    pub allow_sandbox: bool,
+    /// Ask RevenueCat's REST API after each event and trust its answer.
+    pub rest_sync: bool,
+    pub rest_base_url: String,
+    pub rest_api_key: String,
+    pub rest_timeout_ms: u64,
 }
 
 impl Settings {

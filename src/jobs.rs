@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use murmur_actors::job::{Event, EventType, Job};
 use murmur_actors::repo::{AudioFile, JobChange, JobStore, RepoError, TenantLimits};
 
-use crate::billing::TierTable;
-use crate::store::{Store, StoreError, TenantId};
+use crate::billing::{revenuecat, TierTable};
+use crate::store::{JobStatus, Store, StoreError, TenantId};
 
 /// The store as the actors see it. Cloning is shallow.
 #[derive(Clone)]
@@ -26,6 +26,29 @@ fn tenant(id: &str) -> TenantId {
     TenantId::trusted(id)
 }
 
+impl StoreJobs {
+    /// Prometheus counters of processed audio and jobs, labelled by tier
+    /// (never by tenant: that is what `/v1/usage` is for). The exact,
+    /// per-tenant figures were written with the completion itself.
+    fn count_completion(&self, tenant: &TenantId, job: &Job) {
+        let tier = self
+            .store
+            .tenant(tenant)
+            .map(|t| self.tiers.get_or_default(&t.subscription_tier).name.clone())
+            .unwrap_or_else(|_| "unknown".into());
+        let seconds = job
+            .result
+            .as_ref()
+            .and_then(|r| r.get("duration_s"))
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0);
+        metrics::counter!("murmur_usage_audio_milliseconds_total", "tier" => tier.clone())
+            .increment((seconds * 1000.0).round() as u64);
+        metrics::counter!("murmur_usage_jobs_completed_total", "tier" => tier, "kind" => job.job_type.clone())
+            .increment(1);
+    }
+}
+
 #[async_trait]
 impl JobStore for StoreJobs {
     async fn job(&self, t: &str, id: &str) -> Result<Option<Job>, RepoError> {
@@ -41,12 +64,19 @@ impl JobStore for StoreJobs {
     ) -> Result<Option<(Job, Option<Event>)>, RepoError> {
         let tid = tenant(t);
         match kind {
-            Some(kind) => Ok(self
-                .store
-                .transition_job(&tid, id, None, kind, |j| change(j))
-                .await
-                .map_err(repo)?
-                .map(|(job, event)| (job, Some(event)))),
+            Some(kind) => {
+                let changed = self
+                    .store
+                    .transition_job(&tid, id, None, kind, |j| change(j))
+                    .await
+                    .map_err(repo)?;
+                if let Some((job, _)) = changed.as_ref().filter(|(j, _)| {
+                    kind == EventType::Completed && j.status == JobStatus::Completed
+                }) {
+                    self.count_completion(&tid, job);
+                }
+                Ok(changed.map(|(job, event)| (job, Some(event))))
+            }
             None => Ok(self
                 .store
                 .update_job(&tid, id, |j| change(j))
@@ -62,7 +92,13 @@ impl JobStore for StoreJobs {
 
     async fn tenant_limits(&self, t: &str) -> Result<TenantLimits, RepoError> {
         let row = self.store.tenant(&tenant(t)).map_err(repo)?;
-        let tier = self.tiers.get_or_default(&row.subscription_tier);
+        // A paid tier whose expiry passed is over, event or not.
+        let lapsed = revenuecat::has_lapsed(&self.store, &self.tiers, &row).map_err(repo)?;
+        let tier = if lapsed {
+            self.tiers.get_or_default(self.tiers.default_tier())
+        } else {
+            self.tiers.get_or_default(&row.subscription_tier)
+        };
         Ok(TenantLimits {
             concurrent_jobs: tier.concurrent_jobs,
             priority: tier.rank,

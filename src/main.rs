@@ -41,7 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::ModelsCommand,
     },
-    /// Operator commands on a stopped service's data dir.
+    /// Operator commands on a data dir: through the running server when
+    /// there is one (loopback, operator token), else on the store directly.
     Admin {
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -95,12 +96,29 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
                     tiers.names().collect::<Vec<_>>().join(", ")
                 );
             }
-            let store = murmur::store::Store::open(&settings.store.data_dir)?;
+            let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let data_dir = &settings.store.data_dir;
+            // sled lets one process hold a data dir: while a server runs,
+            // ask it (it writes operator.json with its URL and token).
+            if let Some(answer) = set_tier_via_server(data_dir, &tenant, &tier, &operator).await? {
+                println!(
+                    "tenant {} moved from {} to {} (through the running server)",
+                    answer["tenant"].as_str().unwrap_or(&tenant),
+                    answer["from"].as_str().unwrap_or("?"),
+                    answer["to"].as_str().unwrap_or(&tier),
+                );
+                return Ok(());
+            }
+            let store = murmur::store::Store::open(data_dir).with_context(|| {
+                format!(
+                    "opening the store in {} (is a server running without its operator.json?)",
+                    data_dir.display()
+                )
+            })?;
             let (id, before) = store
                 .tenant_for_operator(&tenant)
                 .with_context(|| format!("no tenant {tenant}"))?;
             let after = store.set_tier(&id, &tier).await?;
-            let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             tracing::info!(
                 target: "audit",
                 operator = %operator,
@@ -108,6 +126,7 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
                 from = %before.subscription_tier,
                 to = %after.subscription_tier,
                 tier_epoch = after.tier_epoch,
+                via = "store",
                 "admin set-tier"
             );
             println!(
@@ -117,4 +136,51 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// Sends set-tier to the server that holds `data_dir`, if one answers.
+/// `None`: no server runs (no operator file, or nobody listening at its
+/// address), so the caller opens the store itself.
+async fn set_tier_via_server(
+    data_dir: &std::path::Path,
+    tenant: &str,
+    tier: &str,
+    operator: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = murmur::server::operator_file(data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let file: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(url), Some(token)) = (file["url"].as_str(), file["token"].as_str()) else {
+        anyhow::bail!("{} is not an operator file", path.display());
+    };
+    let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
+    let sent = murmur::billing::http::request(
+        "POST",
+        &format!("{url}/v1/admin/set-tier"),
+        Some(token),
+        Some(body.to_string().into_bytes()),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let (status, answer) = match sent {
+        Ok(x) => x,
+        // A server that crashed leaves its file behind: nobody answers.
+        Err(e) => {
+            tracing::debug!(error = %e, "no server answers; using the store directly");
+            return Ok(None);
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    if status != 200 {
+        anyhow::bail!(
+            "the server refused set-tier ({status}): {}",
+            answer["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(Some(answer))
 }

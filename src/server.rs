@@ -51,6 +51,15 @@ pub async fn start(
         settings.jobs.clone(),
     )
     .await?;
+    // Webhook events stored but not applied before a crash.
+    let replayed =
+        crate::billing::revenuecat::replay(&store, &tiers, &settings.billing.revenuecat).await?;
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "applied RevenueCat events left from the last run"
+        );
+    }
     let state = AppState {
         settings: Arc::new(settings),
         store,
@@ -58,8 +67,49 @@ pub async fn start(
         tiers,
         jobs,
         metrics: crate::telemetry::metrics_handle(),
+        operator_token: Arc::new(hex::encode(rand::random::<[u8; 32]>())),
     };
     Ok((state, root))
+}
+
+/// Where `murmur admin` finds a running server: its loopback URL and the
+/// operator token.
+pub fn operator_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("operator.json")
+}
+
+/// Writes [`operator_file`] with mode 0600 (owner only), replacing any
+/// left by an earlier run.
+fn write_operator_file(
+    data_dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        }
+    } else {
+        addr.ip()
+    };
+    let url = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+    let body = serde_json::json!({"url": url, "token": token, "pid": std::process::id()});
+    let path = operator_file(data_dir);
+    let tmp = data_dir.join(".operator.json.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp)?;
+    file.write_all(body.to_string().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }
 
 /// Installs the default model and the VAD in the background, so the first
@@ -98,6 +148,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (state, mut root) = start(settings, engines).await?;
     let store = state.store.clone();
     let jobs = state.jobs.clone();
+    let data_dir = state.settings.store.data_dir.clone();
+    let operator_token = state.operator_token.clone();
+    let sweep = crate::billing::revenuecat::spawn_expiry_sweep(
+        store.clone(),
+        state.tiers.clone(),
+        std::time::Duration::from_secs(state.settings.billing.expiry_sweep_seconds.max(1)),
+    );
     let routes = api::routes(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (addr, server) = warp::serve(routes)
@@ -105,6 +162,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         })
         .with_context(|| format!("cannot listen on {listen}"))?;
+    write_operator_file(&data_dir, addr, &operator_token).context("writing the operator file")?;
     // Scripts and tests wait for this line to learn the port.
     println!("murmur listening on http://{addr}");
     tracing::info!(%addr, "murmur listening");
@@ -115,6 +173,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let _ = stop_tx.send(());
     let _ = server.await;
+    sweep.abort();
+    let _ = std::fs::remove_file(operator_file(&data_dir));
     jobs.shutdown().await;
     store
         .flush()

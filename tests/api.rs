@@ -887,6 +887,10 @@ async fn operations_endpoints() {
         "/v1/jobs/{id}/events",
         "/v1/ws",
         "/v1/models",
+        "/v1/usage",
+        "/v1/subscription",
+        "/v1/billing/revenuecat",
+        "/v1/admin/set-tier",
         "/readyz",
         "/metrics",
     ] {

@@ -12,11 +12,10 @@ use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
     AppState, Caller,
 };
-use crate::billing::Tier;
-use crate::billing::{gates, TierGate};
+use crate::billing::{Tier, TierGate, Translation};
 use crate::ids::new_id;
-use crate::store::{EventType, Job, JobStatus, PageRequest, Role};
-use murmur_actors::params::{JobParams, JobType};
+use crate::store::{EventType, Job, JobStatus, PageRequest, Role, StoreError, TranslationLimit};
+use murmur_actors::params::{JobParams, JobType, Task};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "jobs")
@@ -83,7 +82,8 @@ pub fn tier_gate_error(gate: &TierGate, tier: &Tier) -> ApiError {
             StatusCode::FORBIDDEN,
             "feature_not_in_tier",
             format!(
-                "{feature} is not part of the {} tier; upgrade to use it",
+                "{} is not part of the {} tier; upgrade to use it",
+                feature.label(),
                 tier.name
             ),
         ),
@@ -159,7 +159,30 @@ pub async fn submit_job(
         JobParams::merged(&base, params).map_err(|e| ApiError::invalid(format!("params: {e}")))?;
     // Gates are checked at run time too: a workflow saved on a higher tier
     // meets the tenant's tier of today.
-    gates::check(&params, &caller.tier).map_err(|g| tier_gate_error(&g, &caller.tier))?;
+    state.check_gates(caller, &params)?;
+    let translates = params.job_type == JobType::Transcription && params.task == Task::Translate;
+    let limit = match (&caller.tier.translation, translates) {
+        (Translation::Limited, true) => {
+            let max_s = caller.tier.translation_max_file_seconds.unwrap_or(0);
+            let duration = file.duration_s.unwrap_or(f64::INFINITY);
+            if duration > max_s as f64 {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "feature_not_in_tier",
+                    format!(
+                        "the {} tier translates files of at most {max_s} s; this file is \
+                         {duration:.1} s long (upgrade for longer translations)",
+                        caller.tier.name
+                    ),
+                ));
+            }
+            caller
+                .tier
+                .translation_jobs_per_month
+                .map(|per_month| TranslationLimit { per_month })
+        }
+        _ => None,
+    };
     if params.job_type == JobType::Transcription && !super::model_available(state, &params.model) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -192,10 +215,29 @@ pub async fn submit_job(
         started_at: None,
         finished_at: None,
     };
-    let event = state
+    let event = match state
         .store
-        .create_job(tenant, &job, EventType::Queued)
-        .await?;
+        .create_job(tenant, &job, EventType::Queued, limit)
+        .await
+    {
+        Ok(event) => event,
+        Err(StoreError::LimitReached {
+            used,
+            limit,
+            period,
+        }) => {
+            return Err(ApiError::quota(format!(
+                "the {} tier allows {limit} translation jobs per calendar month (UTC); \
+                 {used} used in {period}; upgrade or wait for next month",
+                caller.tier.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if translates {
+        metrics::counter!("murmur_usage_translation_jobs_total", "tier" => caller.tier.name.clone())
+            .increment(1);
+    }
     state.jobs.submitted(event);
     Ok(job)
 }

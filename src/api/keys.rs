@@ -77,7 +77,7 @@ async fn create(
         &caller.principal.user_id,
         caller.tenant_id(),
         caller.principal.role,
-        &caller.tenant.subscription_tier,
+        &caller.tier,
         caller.tenant.tier_epoch,
         &body.scopes,
         body.expires_at,

@@ -5,6 +5,7 @@
 //! [`ApiError`]. Doing auth inside handlers (not as rejecting filters) keeps
 //! a failed check from falling through to other routes.
 
+mod billing;
 mod errors;
 mod files;
 pub mod jobs;
@@ -29,8 +30,9 @@ use warp::{Filter, Reply};
 pub use errors::ApiError;
 pub use models::model_available;
 
+use crate::auth::tokens::GateError;
 use crate::auth::{Operation, PasswordCost, Principal, TokenKeys};
-use crate::billing::{Tier, TierTable};
+use crate::billing::{gates, Tier, TierTable};
 use crate::config::Settings;
 use crate::store::{Role, Store, Tenant, TenantId};
 
@@ -44,6 +46,9 @@ pub struct AppState {
     /// The actor system that runs jobs.
     pub jobs: murmur_actors::System,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The secret `murmur admin` presents to the loopback-only operator
+    /// endpoint; written to `<data_dir>/operator.json` (mode 0600) at start.
+    pub operator_token: Arc<String>,
 }
 
 /// A verified caller with its tenant's current row and tier.
@@ -74,7 +79,9 @@ impl AppState {
     }
 
     /// Verifies the bearer token for `op`: signature, expiry, scope, role,
-    /// revocation, and that the tenant still exists.
+    /// revocation, and that the tenant still exists. The caller's tier is
+    /// the store's, and a paid tier whose expiry passed with no event is
+    /// already the default one here (the downgrade is written behind).
     pub fn authenticate(&self, header: Option<&str>, op: Operation) -> Result<Caller, ApiError> {
         let token = header
             .and_then(|h| {
@@ -95,12 +102,50 @@ impl AppState {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut tenant = tenant;
+        if crate::billing::revenuecat::has_lapsed(&self.store, &self.tiers, &tenant)? {
+            tenant.subscription_tier = self.tiers.default_tier().to_string();
+            let (store, tiers, id) = (
+                self.store.clone(),
+                self.tiers.clone(),
+                principal.tenant.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = crate::billing::revenuecat::expire_lapsed(&store, &tiers, &id).await
+                {
+                    tracing::warn!(tenant = %id, error = %e, "cannot record a lapsed subscription");
+                }
+            });
+        }
         let tier = self.tiers.get_or_default(&tenant.subscription_tier).clone();
         Ok(Caller {
             principal,
             tenant,
             tier,
         })
+    }
+}
+
+impl AppState {
+    /// Checks what `params` need from the tier (model family, diarization,
+    /// BGM separation, translation) in the caller's token authorizer, with
+    /// the tenant's current tier and epoch (see `auth::tokens`).
+    pub fn check_gates(
+        &self,
+        caller: &Caller,
+        params: &murmur_actors::params::JobParams,
+    ) -> Result<(), ApiError> {
+        let needs = gates::needs(params);
+        match self.keys.authorize_gates(
+            &caller.principal,
+            &caller.tier,
+            caller.tenant.tier_epoch,
+            &needs,
+        ) {
+            Ok(()) => Ok(()),
+            Err(GateError::Refused(gate)) => Err(jobs::tier_gate_error(&gate, &caller.tier)),
+            Err(GateError::Token(e)) => Err(e.into()),
+        }
     }
 }
 
@@ -163,6 +208,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(ws::routes(state.clone()))
         .unify()
         .or(models::routes(state.clone()))
+        .unify()
+        .or(billing::routes(state.clone()))
         .unify()
         .recover(errors::recover)
         .unify()

@@ -97,7 +97,7 @@ fn login_token(
         &user.id,
         &TenantId::trusted(&tenant.id),
         user.role,
-        &tenant.subscription_tier,
+        state.tiers.get_or_default(&tenant.subscription_tier),
         tenant.tier_epoch,
         expires_at,
     )?;

@@ -8,12 +8,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::jobs::tier_gate_error;
 use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
     AppState, Caller,
 };
-use crate::billing::gates;
 use crate::ids::new_id;
 use crate::store::{PageRequest, Role, Workflow};
 use murmur_actors::params::JobParams;
@@ -82,13 +80,14 @@ fn check_name(name: &str) -> Result<String, ApiError> {
 
 /// Resolves and gates a workflow's parameters for the caller's tier.
 fn resolve_params(
+    state: &AppState,
     caller: &Caller,
     base: &JobParams,
     params: &Value,
 ) -> Result<JobParams, ApiError> {
     let params =
         JobParams::merged(base, params).map_err(|e| ApiError::invalid(format!("params: {e}")))?;
-    gates::check(&params, &caller.tier).map_err(|g| tier_gate_error(&g, &caller.tier))?;
+    state.check_gates(caller, &params)?;
     Ok(params)
 }
 
@@ -101,7 +100,7 @@ async fn create(
     let body: WorkflowBody = parse_json(&body)?;
     let name = check_name(body.name.as_deref().unwrap_or(""))?;
     let defaults = JobParams::defaults(&state.settings.models.default_model);
-    let params = resolve_params(&caller, &defaults, &body.params)?;
+    let params = resolve_params(&state, &caller, &defaults, &body.params)?;
     if let Some(max) = caller.tier.max_workflows {
         if state.store.count_workflows(caller.tenant_id())? >= max {
             return Err(ApiError::quota(format!(
@@ -167,7 +166,7 @@ async fn update(
     if let Some(name) = &body.name {
         wf.name = check_name(name)?;
     }
-    wf.config = resolve_params(&caller, &wf.config, &body.params)?;
+    wf.config = resolve_params(&state, &caller, &wf.config, &body.params)?;
     wf.updated_at = Utc::now();
     state.store.put_workflow(caller.tenant_id(), &wf).await?;
     Ok(tag_tenant(

@@ -7,6 +7,15 @@
 //! its own, then attenuated by a second block that lists the operations its
 //! scopes allow (`scope_op`) and its optional expiry. The request's
 //! authorizer states the operation and the time and requires a role level.
+//!
+//! The authority block also states what the tenant's tier allows:
+//! `capability("diarization")`, `capability("bgm_separation")`,
+//! `capability("translation")` and one `model("<family>")` per model family
+//! (`model("*")` for every model). A job's needs are checked against them
+//! by [`TokenKeys::authorize_gates`], and only while the token's
+//! `tier_epoch` and `tier` are the tenant's current ones: a token minted
+//! before a tier change is stale, and its capabilities are then re-derived
+//! from the tenant's current tier instead of trusted.
 
 use std::io::Write;
 use std::path::Path;
@@ -18,6 +27,8 @@ use biscuit_auth::macros::{authorizer, biscuit, rule};
 use biscuit_auth::{Biscuit, KeyPair, PrivateKey};
 use chrono::{DateTime, Utc};
 
+use crate::billing::gates::{self, TierGate};
+use crate::billing::{tiers::model_family, Tier};
 use crate::store::{Role, TenantId};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,35 @@ pub struct Principal {
     pub api_key_id: Option<String>,
     /// Revocation ids of the token's blocks, checked against the store.
     pub revocation_ids: Vec<Vec<u8>>,
+    /// Whether the authority block states the tier's models (tokens minted
+    /// before capabilities existed do not: they are always re-derived).
+    pub states_capabilities: bool,
+    /// The verified token, kept for the per-operation capability checks.
+    pub token: Biscuit,
+}
+
+impl Principal {
+    /// Whether the token's tier facts still describe the tenant: same tier
+    /// epoch, same tier, and capabilities stated at all.
+    pub fn tier_is_current(&self, tier: &str, tier_epoch: u64) -> bool {
+        self.states_capabilities && self.tier_epoch == tier_epoch && self.token_tier == tier
+    }
+}
+
+/// Why a job's tier gates could not be passed.
+#[derive(Debug)]
+pub enum GateError {
+    /// The tier lacks what the job needs.
+    Refused(TierGate),
+    Token(TokenError),
+}
+
+fn limits() -> RunLimits {
+    RunLimits {
+        max_facts: 1000,
+        max_iterations: 100,
+        max_time: Duration::from_millis(20),
+    }
 }
 
 /// The operation a route performs, for roles and API-key scopes: each is
@@ -143,17 +183,27 @@ impl TokenKeys {
         user_id: &str,
         tenant: &TenantId,
         role: Role,
-        tier: &str,
+        tier: &Tier,
         tier_epoch: u64,
     ) -> Result<biscuit_auth::builder::BiscuitBuilder, TokenError> {
-        Ok(biscuit!(
+        let build = |e: biscuit_auth::error::Token| TokenError::Build(e.to_string());
+        let mut builder = biscuit!(
             r#"user({user}); tenant({tenant}); role({role}); tier({tier}); tier_epoch({epoch});"#,
             user = user_id,
             tenant = tenant.as_str(),
             role = role.as_str(),
-            tier = tier,
+            tier = tier.name.as_str(),
             epoch = tier_epoch as i64,
-        ))
+        );
+        for c in gates::capabilities(tier) {
+            builder = builder
+                .fact(fact("capability", &[string(c.fact())]))
+                .map_err(build)?;
+        }
+        for m in &tier.models {
+            builder = builder.fact(fact("model", &[string(m)])).map_err(build)?;
+        }
+        Ok(builder)
     }
 
     /// A login token valid until `expires_at`.
@@ -162,7 +212,7 @@ impl TokenKeys {
         user_id: &str,
         tenant: &TenantId,
         role: Role,
-        tier: &str,
+        tier: &Tier,
         tier_epoch: u64,
         expires_at: DateTime<Utc>,
     ) -> Result<String, TokenError> {
@@ -189,7 +239,7 @@ impl TokenKeys {
         user_id: &str,
         tenant: &TenantId,
         role: Role,
-        tier: &str,
+        tier: &Tier,
         tier_epoch: u64,
         scopes: &[String],
         expires_at: Option<DateTime<Utc>>,
@@ -249,11 +299,7 @@ impl TokenKeys {
             op = op.name,
             min = role_level(op.min_role),
         )
-        .set_limits(RunLimits {
-            max_facts: 1000,
-            max_iterations: 100,
-            max_time: Duration::from_millis(20),
-        })
+        .set_limits(limits())
         .build(&biscuit)
         .map_err(|_| TokenError::Invalid)?;
         authorizer.authorize().map_err(classify_failure)?;
@@ -267,8 +313,12 @@ impl TokenKeys {
         let keys: Vec<(String,)> = authorizer
             .query(rule!("key($k) <- api_key($k)"))
             .map_err(|_| TokenError::Invalid)?;
+        let models: Vec<(String,)> = authorizer
+            .query(rule!("m($m) <- model($m)"))
+            .map_err(|_| TokenError::Invalid)?;
         let role = Role::parse(&role).ok_or(TokenError::Invalid)?;
         Ok(Principal {
+            states_capabilities: !models.is_empty(),
             user_id,
             tenant: TenantId::trusted(tenant),
             role,
@@ -276,7 +326,91 @@ impl TokenKeys {
             tier_epoch: epoch.max(0) as u64,
             api_key_id: keys.into_iter().next().map(|(k,)| k),
             revocation_ids: biscuit.revocation_identifiers(),
+            token: biscuit,
         })
+    }
+
+    /// Checks a job's needs (model family, capabilities) in the token's
+    /// authorizer. A current token answers from its own authority block
+    /// (and the check also requires its `tier_epoch` to be `current_epoch`);
+    /// a stale one from facts re-derived here from `current`, the tenant's
+    /// tier now. Answers the first need refused.
+    pub fn authorize_gates(
+        &self,
+        principal: &Principal,
+        current: &Tier,
+        current_epoch: u64,
+        needs: &[TierGate],
+    ) -> Result<(), GateError> {
+        use biscuit_auth::macros::check;
+        let build =
+            |e: biscuit_auth::error::Token| GateError::Token(TokenError::Build(e.to_string()));
+        let fresh = principal.tier_is_current(&current.name, current_epoch);
+        let epoch = current_epoch as i64;
+        // The token's own checks (expiry, API-key scopes) run again here:
+        // state the time and the job operation they look at.
+        let mut builder = authorizer!(
+            r#"time({now}); operation("jobs:write"); allow if true;"#,
+            now = SystemTime::now()
+        )
+        .set_limits(limits());
+        if !fresh {
+            for c in gates::capabilities(current) {
+                builder = builder
+                    .fact(fact("current_capability", &[string(c.fact())]))
+                    .map_err(build)?;
+            }
+            for m in &current.models {
+                builder = builder
+                    .fact(fact("current_model", &[string(m)]))
+                    .map_err(build)?;
+            }
+        }
+        for need in needs {
+            let c = match (need, fresh) {
+                (TierGate::Model(m), true) => check!(
+                    r#"check if model({m}), tier_epoch({epoch}) or model("*"), tier_epoch({epoch})"#,
+                    m = model_family(m),
+                    epoch = epoch,
+                ),
+                (TierGate::Model(m), false) => check!(
+                    r#"check if current_model({m}) or current_model("*")"#,
+                    m = model_family(m),
+                ),
+                (TierGate::Feature(c), true) => check!(
+                    "check if capability({c}), tier_epoch({epoch})",
+                    c = c.fact(),
+                    epoch = epoch,
+                ),
+                (TierGate::Feature(c), false) => {
+                    check!("check if current_capability({c})", c = c.fact())
+                }
+            };
+            builder = builder.check(c).map_err(build)?;
+        }
+        let mut authorizer = builder
+            .build(&principal.token)
+            .map_err(|_| GateError::Token(TokenError::Invalid))?;
+        match authorizer.authorize() {
+            Ok(_) => Ok(()),
+            Err(biscuit_auth::error::Token::FailedLogic(
+                biscuit_auth::error::Logic::Unauthorized { checks, .. },
+            )) => {
+                let first = checks
+                    .iter()
+                    .filter_map(|c| match c {
+                        biscuit_auth::error::FailedCheck::Authorizer(a) => Some(a.check_id),
+                        biscuit_auth::error::FailedCheck::Block(_) => None,
+                    })
+                    .min();
+                match first.and_then(|i| needs.get(i as usize)) {
+                    Some(need) => Err(GateError::Refused(need.clone())),
+                    // A failed block check (an expiry passed meanwhile).
+                    None => Err(GateError::Token(TokenError::Expired)),
+                }
+            }
+            Err(e) => Err(GateError::Token(classify_failure(e))),
+        }
     }
 }
 
@@ -323,6 +457,54 @@ mod tests {
         min_role: Role::Member,
     };
 
+    fn tier(name: &str) -> Tier {
+        crate::billing::TierTable::load("")
+            .unwrap()
+            .get(name)
+            .unwrap()
+            .clone()
+    }
+
+    fn basic() -> Tier {
+        tier("basic")
+    }
+
+    #[test]
+    fn capabilities_follow_the_current_tier_epoch() {
+        use crate::billing::Capability;
+        let (_d, keys) = new_keys();
+        let t = TenantId::trusted("t1");
+        let future = Utc::now() + chrono::Duration::hours(1);
+        let premium = tier("premium");
+        let token = keys
+            .mint_login("u1", &t, Role::Owner, &premium, 3, future)
+            .unwrap();
+        let p = keys.verify(&token, READ).unwrap();
+        assert!(p.states_capabilities);
+        let diarize = [TierGate::Feature(Capability::Diarization)];
+        let small = [TierGate::Model("small.en".into())];
+        // Current: the token's own facts answer.
+        assert!(keys.authorize_gates(&p, &premium, 3, &diarize).is_ok());
+        assert!(keys.authorize_gates(&p, &premium, 3, &small).is_ok());
+        // The tenant moved to basic since (epoch 4): re-derived, refused.
+        let refused =
+            keys.authorize_gates(&p, &basic(), 4, &[small[0].clone(), diarize[0].clone()]);
+        assert!(matches!(refused, Err(GateError::Refused(TierGate::Model(m))) if m == "small.en"));
+        assert!(matches!(
+            keys.authorize_gates(&p, &basic(), 4, &diarize),
+            Err(GateError::Refused(TierGate::Feature(
+                Capability::Diarization
+            )))
+        ));
+        // A basic token after an upgrade gains at once.
+        let old = keys
+            .mint_login("u1", &t, Role::Owner, &basic(), 0, future)
+            .unwrap();
+        let p = keys.verify(&old, READ).unwrap();
+        assert!(keys.authorize_gates(&p, &basic(), 0, &diarize).is_err());
+        assert!(keys.authorize_gates(&p, &premium, 1, &diarize).is_ok());
+    }
+
     fn new_keys() -> (tempfile::TempDir, TokenKeys) {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
@@ -338,7 +520,7 @@ mod tests {
                 "u1",
                 &t,
                 Role::Member,
-                "basic",
+                &basic(),
                 0,
                 Utc::now() + chrono::Duration::hours(1),
             )
@@ -364,7 +546,7 @@ mod tests {
         let t = TenantId::trusted("t1");
         let past = Utc::now() - chrono::Duration::seconds(5);
         let expired = keys
-            .mint_login("u1", &t, Role::Owner, "basic", 0, past)
+            .mint_login("u1", &t, Role::Owner, &basic(), 0, past)
             .unwrap();
         assert!(matches!(
             keys.verify(&expired, READ),
@@ -372,14 +554,14 @@ mod tests {
         ));
         let future = Utc::now() + chrono::Duration::hours(1);
         let foreign = other
-            .mint_login("u1", &t, Role::Owner, "basic", 0, future)
+            .mint_login("u1", &t, Role::Owner, &basic(), 0, future)
             .unwrap();
         assert!(matches!(
             keys.verify(&foreign, READ),
             Err(TokenError::Invalid)
         ));
         let viewer = keys
-            .mint_login("u1", &t, Role::Viewer, "basic", 0, future)
+            .mint_login("u1", &t, Role::Viewer, &basic(), 0, future)
             .unwrap();
         assert!(keys.verify(&viewer, READ).is_ok());
         assert!(matches!(
@@ -403,7 +585,7 @@ mod tests {
                 "u1",
                 &t,
                 Role::Owner,
-                "basic",
+                &basic(),
                 0,
                 &["read".into()],
                 None,
@@ -418,7 +600,7 @@ mod tests {
         ));
         let past = Utc::now() - chrono::Duration::seconds(1);
         let (expired, _) = keys
-            .mint_api_key("k2", "u1", &t, Role::Owner, "basic", 0, &[], Some(past))
+            .mint_api_key("k2", "u1", &t, Role::Owner, &basic(), 0, &[], Some(past))
             .unwrap();
         assert!(matches!(
             keys.verify(&expired, READ),

@@ -6,35 +6,105 @@ use murmur_actors::params::{JobParams, JobType, Task};
 
 use super::{Tier, Translation};
 
-/// Why a tier refuses a job.
+/// Why a tier refuses a job: a model family it does not include, or a
+/// capability it lacks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TierGate {
     Model(String),
-    Feature(&'static str),
+    Feature(Capability),
 }
 
-/// The first tier gate `params` fail, if any.
-pub fn check(params: &JobParams, tier: &Tier) -> Result<(), TierGate> {
+/// What a tier may do beyond running models; stated in every token's
+/// authority block as `capability("<fact name>")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Diarization,
+    BgmSeparation,
+    /// The `translate` task, within the tier's limits when they are
+    /// `limited`.
+    Translation,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 3] = [
+        Capability::Diarization,
+        Capability::BgmSeparation,
+        Capability::Translation,
+    ];
+
+    /// The name in `capability(...)` facts.
+    pub fn fact(self) -> &'static str {
+        match self {
+            Capability::Diarization => "diarization",
+            Capability::BgmSeparation => "bgm_separation",
+            Capability::Translation => "translation",
+        }
+    }
+
+    /// How answers name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Capability::Diarization => "speaker diarization",
+            Capability::BgmSeparation => "BGM separation",
+            Capability::Translation => "translation",
+        }
+    }
+
+    pub fn in_tier(self, tier: &Tier) -> bool {
+        match self {
+            Capability::Diarization => tier.diarization,
+            Capability::BgmSeparation => tier.bgm_separation,
+            Capability::Translation => tier.translation != Translation::None,
+        }
+    }
+}
+
+/// The capabilities a tier's tokens state.
+pub fn capabilities(tier: &Tier) -> Vec<Capability> {
+    Capability::ALL
+        .into_iter()
+        .filter(|c| c.in_tier(tier))
+        .collect()
+}
+
+/// What running `params` needs from a tier, in the order refusals are
+/// reported: the model family, then each capability.
+pub fn needs(params: &JobParams) -> Vec<TierGate> {
+    let mut out = Vec::new();
     // Only transcription runs a Whisper model; vad and separation jobs
     // carry the field but never load it.
-    if params.job_type == JobType::Transcription && !tier.allows_model(&params.model) {
-        return Err(TierGate::Model(params.model.clone()));
+    if params.job_type == JobType::Transcription {
+        out.push(TierGate::Model(params.model.clone()));
     }
     let separates = params.job_type == JobType::BgmSeparation
         || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
-    if separates && !tier.bgm_separation {
-        return Err(TierGate::Feature("BGM separation"));
+    if separates {
+        out.push(TierGate::Feature(Capability::BgmSeparation));
     }
-    if params.job_type == JobType::Transcription && params.diarize.enabled && !tier.diarization {
-        return Err(TierGate::Feature("speaker diarization"));
+    if params.job_type == JobType::Transcription && params.diarize.enabled {
+        out.push(TierGate::Feature(Capability::Diarization));
     }
-    if params.job_type == JobType::Transcription
-        && params.task == Task::Translate
-        && tier.translation == Translation::None
-    {
-        return Err(TierGate::Feature("translation"));
+    if params.job_type == JobType::Transcription && params.task == Task::Translate {
+        out.push(TierGate::Feature(Capability::Translation));
     }
-    Ok(())
+    out
+}
+
+/// Whether `tier` meets one need.
+pub fn allows(tier: &Tier, gate: &TierGate) -> bool {
+    match gate {
+        TierGate::Model(model) => tier.allows_model(model),
+        TierGate::Feature(c) => c.in_tier(tier),
+    }
+}
+
+/// The first tier gate `params` fail, if any: the rule the token
+/// authorizer enforces, stated without tokens.
+pub fn check(params: &JobParams, tier: &Tier) -> Result<(), TierGate> {
+    match needs(params).into_iter().find(|g| !allows(tier, g)) {
+        Some(gate) => Err(gate),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -52,7 +122,7 @@ mod tests {
         let diarize = JobParams::merged(&base, &json!({"diarize": {"enabled": true}})).unwrap();
         assert_eq!(
             check(&diarize, basic),
-            Err(TierGate::Feature("speaker diarization"))
+            Err(TierGate::Feature(Capability::Diarization))
         );
         assert_eq!(check(&diarize, premium), Ok(()));
         let small = JobParams::merged(&base, &json!({"model": "small"})).unwrap();
@@ -60,6 +130,9 @@ mod tests {
         let vad = JobParams::merged(&base, &json!({"job_type": "vad", "model": "small"})).unwrap();
         assert_eq!(check(&vad, basic), Ok(()));
         let bgm = JobParams::merged(&base, &json!({"job_type": "bgm_separation"})).unwrap();
-        assert_eq!(check(&bgm, basic), Err(TierGate::Feature("BGM separation")));
+        assert_eq!(
+            check(&bgm, basic),
+            Err(TierGate::Feature(Capability::BgmSeparation))
+        );
     }
 }

@@ -1,9 +1,10 @@
-//! Subscription tiers and what they allow. RevenueCat and usage metering
-//! arrive with the billing issue; the tier table is needed from the start
-//! because every upload and job is checked against it.
+//! Subscription tiers and what they allow, RevenueCat webhooks and sync,
+//! and the expiry of paid tiers.
 
 pub mod gates;
+pub mod http;
+pub mod revenuecat;
 pub mod tiers;
 
-pub use gates::TierGate;
+pub use gates::{Capability, TierGate};
 pub use tiers::{Tier, TierTable, Translation};

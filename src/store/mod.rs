@@ -40,6 +40,12 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("not found")]
     NotFound,
+    #[error("{used} of {limit} used in {period}")]
+    LimitReached {
+        used: u64,
+        limit: u64,
+        period: String,
+    },
 }
 
 /// A tenant id that came from a verified token (or signup, or an operator):
@@ -94,6 +100,33 @@ pub struct Store {
     event_seq: sled::Tree,
     /// "<tenant>/<job>/" + seq (u64 big-endian) -> event: the durable log.
     events: sled::Tree,
+    /// "<tenant>/<YYYY-MM>" -> [`Usage`], changed with the jobs it counts.
+    usage: sled::Tree,
+    /// tenant id -> [`Subscription`].
+    subscriptions: sled::Tree,
+    /// RevenueCat event id -> [`BillingEvent`]: the webhook's durable inbox
+    /// and its idempotency record.
+    billing_events: sled::Tree,
+}
+
+/// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
+pub fn usage_period(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// What a subscription change decided: the tier to move to (`None` keeps
+/// the tenant's tier) and a word for the logs and the event's record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionChange {
+    pub tier: Option<String>,
+    pub outcome: String,
+}
+
+/// A translation limit to hold a new job to: at most `limit` translation
+/// jobs in the job's month.
+#[derive(Debug, Clone, Copy)]
+pub struct TranslationLimit {
+    pub per_month: u64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -122,6 +155,75 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
         TransactionError::Abort(e) => e,
         TransactionError::Storage(e) => StoreError::Sled(e),
     }
+}
+
+fn is_translation(job: &Job) -> bool {
+    use murmur_actors::params::{JobType, Task};
+    job.params.job_type == JobType::Transcription && job.params.task == Task::Translate
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Counts a job's change in its tenant's usage (see `transition_job`).
+fn meter(
+    tenant: &TenantId,
+    before: Option<&Job>,
+    after: &Job,
+    limit: Option<TranslationLimit>,
+    usage: &sled::transaction::TransactionalTree,
+    files: &sled::transaction::TransactionalTree,
+) -> TxResult<()> {
+    let was_open = before.is_none_or(|j| !j.status.is_finished());
+    let update =
+        |period: String, f: &dyn Fn(&mut Usage) -> Result<(), StoreError>| -> TxResult<()> {
+            let key = scoped_key(tenant, &period);
+            let mut u: Usage = match usage.get(&key)? {
+                Some(b) => decode(&key, &b).map_err(ConflictableTransactionError::Abort)?,
+                None => Usage::default(),
+            };
+            f(&mut u).map_err(ConflictableTransactionError::Abort)?;
+            usage.insert(key, encode(&u))?;
+            Ok(())
+        };
+    if before.is_none() && is_translation(after) {
+        let period = usage_period(after.created_at);
+        let p = period.clone();
+        update(period, &|u| {
+            if let Some(limit) = limit {
+                if u.translation_jobs >= limit.per_month {
+                    return Err(StoreError::LimitReached {
+                        used: u.translation_jobs,
+                        limit: limit.per_month,
+                        period: p.clone(),
+                    });
+                }
+            }
+            u.translation_jobs += 1;
+            Ok(())
+        })?;
+    }
+    // Only a job's first arrival at `completed` counts.
+    if !was_open || after.status != JobStatus::Completed {
+        return Ok(());
+    }
+    let file_key = scoped_key(tenant, &after.file_id);
+    let from_file = match files.get(&file_key)? {
+        Some(b) => decode::<FileRecord>(&file_key, &b)
+            .ok()
+            .and_then(|f| f.duration_s),
+        None => None,
+    };
+    let seconds = from_file
+        .or_else(|| after.result.as_ref()?.get("duration_s")?.as_f64())
+        .unwrap_or(0.0);
+    let period = usage_period(after.finished_at.unwrap_or_else(chrono::Utc::now));
+    let kind = after.job_type.clone();
+    update(period, &|u| {
+        u.audio_seconds += seconds;
+        u.jobs += 1;
+        *u.jobs_by_kind.entry(kind.clone()).or_default() += 1;
+        Ok(())
+    })
 }
 
 impl Store {
@@ -166,6 +268,9 @@ impl Store {
             jobs: Scoped::open(&db, "jobs")?,
             event_seq: db.open_tree("job_event_seq")?,
             events: db.open_tree("job_events")?,
+            usage: db.open_tree("usage")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            billing_events: db.open_tree("billing_events")?,
             db,
         };
         store.sweep_partial_uploads()?;
@@ -227,20 +332,160 @@ impl Store {
         Ok((tid, tenant))
     }
 
-    /// Moves a tenant to `tier`, bumping its tier epoch.
+    /// Moves a tenant to `tier` by an operator's decision, bumping its tier
+    /// epoch. The tier no longer ends on its own (no expiry); later
+    /// RevenueCat events still apply.
     pub async fn set_tier(&self, tenant: &TenantId, tier: &str) -> Result<Tenant, StoreError> {
-        let mut result = None;
-        self.tenants.update_and_fetch(tenant.as_str(), |old| {
-            let old = old?;
-            let mut t: Tenant = serde_json::from_slice(old).ok()?;
-            t.subscription_tier = tier.to_string();
-            t.tier_epoch += 1;
-            result = Some(t.clone());
-            Some(encode(&t))
-        })?;
-        let tenant = result.ok_or(StoreError::NotFound)?;
+        let now = chrono::Utc::now();
+        let (_, after, _) = self
+            .change_subscription(tenant, None, |_, sub| {
+                sub.source = Some("admin".into());
+                sub.expires_at_ms = None;
+                sub.billing_issue = false;
+                sub.updated_at = Some(now);
+                SubscriptionChange {
+                    tier: Some(tier.to_string()),
+                    outcome: "set by an operator".into(),
+                }
+            })
+            .await?;
+        Ok(after)
+    }
+
+    // ---- subscriptions and billing events --------------------------------
+
+    pub fn subscription(&self, tenant: &TenantId) -> Result<Option<Subscription>, StoreError> {
+        match self.subscriptions.get(tenant.as_str())? {
+            Some(bytes) => decode(tenant.as_str().as_bytes(), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `decide` to a tenant's subscription and, when it names a
+    /// different tier, moves the tenant (bumping its tier epoch), in one
+    /// transaction that also marks `event_id` applied; flushed before it
+    /// returns. Answers the tenant before and after, and the outcome.
+    pub async fn change_subscription(
+        &self,
+        tenant: &TenantId,
+        event_id: Option<&str>,
+        decide: impl Fn(&Tenant, &mut Subscription) -> SubscriptionChange,
+    ) -> Result<(Tenant, Tenant, String), StoreError> {
+        let key = tenant.as_str().as_bytes();
+        let outcome = (&self.tenants, &self.subscriptions, &self.billing_events)
+            .transaction(|(tenants, subs, events)| {
+                let Some(bytes) = tenants.get(key)? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound));
+                };
+                let before: Tenant =
+                    decode(key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let mut sub: Subscription = match subs.get(key)? {
+                    Some(b) => decode(key, &b).map_err(ConflictableTransactionError::Abort)?,
+                    None => Subscription::default(),
+                };
+                let change = decide(&before, &mut sub);
+                let mut after = before.clone();
+                if let Some(tier) = change
+                    .tier
+                    .as_ref()
+                    .filter(|t| **t != before.subscription_tier)
+                {
+                    after.subscription_tier = tier.clone();
+                    after.tier_epoch += 1;
+                }
+                after.subscription_id = sub.product_id.clone().or(after.subscription_id);
+                if after != before {
+                    tenants.insert(key, encode(&after))?;
+                }
+                subs.insert(key, encode(&sub))?;
+                if let Some(id) = event_id {
+                    if let Some(b) = events.get(id.as_bytes())? {
+                        let mut ev: BillingEvent = decode(id.as_bytes(), &b)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        ev.processed = true;
+                        ev.outcome = Some(change.outcome.clone());
+                        events.insert(id.as_bytes(), encode(&ev))?;
+                    }
+                }
+                Ok((before, after, change.outcome))
+            })
+            .map_err(tx_error)?;
         self.flush().await?;
-        Ok(tenant)
+        Ok(outcome)
+    }
+
+    /// Records a webhook event unless one with its id is already there,
+    /// and flushes: once this answers `true` a crash cannot lose it.
+    /// `false` means a replay.
+    pub async fn record_billing_event(&self, event: &BillingEvent) -> Result<bool, StoreError> {
+        let fresh = self
+            .billing_events
+            .compare_and_swap(event.id.as_bytes(), None::<&[u8]>, Some(encode(event)))?
+            .is_ok();
+        if fresh {
+            self.flush().await?;
+        }
+        Ok(fresh)
+    }
+
+    pub fn billing_event(&self, id: &str) -> Result<Option<BillingEvent>, StoreError> {
+        match self.billing_events.get(id.as_bytes())? {
+            Some(b) => decode(id.as_bytes(), &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks an event that changed no tenant (a test, a sandbox event, an
+    /// unknown user) as applied.
+    pub async fn finish_billing_event(&self, id: &str, outcome: &str) -> Result<(), StoreError> {
+        self.billing_events.update_and_fetch(id.as_bytes(), |old| {
+            let mut ev: BillingEvent = serde_json::from_slice(old?).ok()?;
+            ev.processed = true;
+            ev.outcome = Some(outcome.to_string());
+            Some(encode(&ev))
+        })?;
+        self.flush().await
+    }
+
+    /// Events received but not applied yet (a crash came between), oldest
+    /// first by their own timestamp.
+    pub fn unprocessed_billing_events(&self) -> Result<Vec<BillingEvent>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.billing_events.iter() {
+            let (key, bytes) = item?;
+            let ev: BillingEvent = decode(&key, &bytes)?;
+            if !ev.processed {
+                out.push(ev);
+            }
+        }
+        out.sort_by_key(|e| e.event["event_timestamp_ms"].as_i64().unwrap_or(0));
+        Ok(out)
+    }
+
+    /// Tenants whose paid tier ended before `now_ms` by its expiry time.
+    pub fn lapsed_subscriptions(&self, now_ms: i64) -> Result<Vec<TenantId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.subscriptions.iter() {
+            let (key, bytes) = item?;
+            let sub: Subscription = decode(&key, &bytes)?;
+            if sub.expires_at_ms.is_some_and(|e| e <= now_ms) {
+                out.push(TenantId::trusted(
+                    String::from_utf8_lossy(&key).into_owned(),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- usage -------------------------------------------------------------
+
+    /// A tenant's usage in `period` (`YYYY-MM`); zero when nothing was used.
+    pub fn usage(&self, tenant: &TenantId, period: &str) -> Result<Usage, StoreError> {
+        let key = scoped_key(tenant, period);
+        match self.usage.get(&key)? {
+            Some(b) => decode(&key, &b),
+            None => Ok(Usage::default()),
+        }
     }
 
     pub fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
@@ -467,15 +712,18 @@ impl Store {
             .list(tenant, page, |j| status.is_none_or(|s| j.status == s))
     }
 
-    /// Creates a job together with the first entry of its event log.
+    /// Creates a job together with the first entry of its event log. A
+    /// translation job is counted in its month's usage in the same
+    /// transaction, and refused with `LimitReached` when `limit` is full.
     pub async fn create_job(
         &self,
         tenant: &TenantId,
         job: &Job,
         kind: EventType,
+        limit: Option<TranslationLimit>,
     ) -> Result<Event, StoreError> {
         let created = self
-            .transition_job(tenant, &job.id, Some(job.clone()), kind, |_| true)
+            .transition(tenant, &job.id, Some(job.clone()), kind, limit, |_| true)
             .await?;
         created.map(|(_, event)| event).ok_or(StoreError::NotFound)
     }
@@ -485,6 +733,11 @@ impl Store {
     /// before anyone hears of it, and the log has no gaps. `change` answers
     /// `false` to leave the job alone (no event then). `insert` creates the
     /// row when it does not exist yet.
+    ///
+    /// Usage is metered here, in the same transaction: a job that
+    /// completes adds its audio seconds and counts as a job of its kind in
+    /// the month it completes. (Translation jobs count when created, see
+    /// `create_job`.)
     pub async fn transition_job(
         &self,
         tenant: &TenantId,
@@ -493,23 +746,44 @@ impl Store {
         kind: EventType,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
+        self.transition(tenant, id, insert, kind, None, change)
+            .await
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        insert: Option<Job>,
+        kind: EventType,
+        limit: Option<TranslationLimit>,
+        change: impl FnMut(&mut Job) -> bool,
+    ) -> Result<Option<(Job, Event)>, StoreError> {
         let key = scoped_key(tenant, id);
         // sled retries transactions through an `Fn`: lend it the closure.
         let change = std::cell::RefCell::new(change);
-        let outcome = (self.jobs.tree(), &self.event_seq, &self.events)
-            .transaction(|(jobs, seqs, events)| {
-                let mut job: Job = match jobs.get(&key)? {
+        let outcome = (
+            self.jobs.tree(),
+            &self.event_seq,
+            &self.events,
+            &self.usage,
+            self.files.tree(),
+        )
+            .transaction(|(jobs, seqs, events, usage, files)| {
+                let before: Option<Job> = match jobs.get(&key)? {
                     Some(bytes) => {
-                        decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?
+                        Some(decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?)
                     }
-                    None => match &insert {
-                        Some(job) => job.clone(),
-                        None => return Ok(None),
-                    },
+                    None => None,
+                };
+                let mut job: Job = match (&before, &insert) {
+                    (Some(job), _) | (None, Some(job)) => job.clone(),
+                    (None, None) => return Ok(None),
                 };
                 if !(change.borrow_mut())(&mut job) {
                     return Ok(None);
                 }
+                meter(tenant, before.as_ref(), &job, limit, usage, files)?;
                 let seq = match seqs.get(&key)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
                     None => 1,
@@ -588,5 +862,101 @@ impl Store {
     ) -> Result<(), StoreError> {
         tree.put(tenant, id, value)?;
         self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use murmur_actors::params::JobParams;
+
+    fn job(tenant: &TenantId, id: &str, params: JobParams) -> Job {
+        let now = Utc::now();
+        Job {
+            id: id.into(),
+            user_id: "u1".into(),
+            tenant_id: tenant.as_str().into(),
+            file_id: "f1".into(),
+            workflow_id: None,
+            job_type: params.job_type.as_str().into(),
+            params,
+            status: JobStatus::Queued,
+            stage: None,
+            progress: 0.0,
+            attempts: 0,
+            result: None,
+            error: None,
+            cancel_requested: false,
+            checkpoint: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn usage_is_metered_with_the_jobs_it_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = TenantId::trusted("t1");
+        let file = FileRecord {
+            id: "f1".into(),
+            name: "a.wav".into(),
+            path: "files/t1/f1".into(),
+            size: 10,
+            duration_s: Some(2.5),
+            content_type: None,
+            user_id: "u1".into(),
+            tenant_id: "t1".into(),
+            created_at: Utc::now(),
+        };
+        store.put_file(&t, &file).await.unwrap();
+        let base = JobParams::defaults("base");
+        let translate =
+            JobParams::merged(&base, &serde_json::json!({"task": "translate"})).unwrap();
+        let limit = Some(TranslationLimit { per_month: 1 });
+        store
+            .create_job(
+                &t,
+                &job(&t, "j1", translate.clone()),
+                EventType::Queued,
+                limit,
+            )
+            .await
+            .unwrap();
+        let refused = store
+            .create_job(&t, &job(&t, "j2", translate), EventType::Queued, limit)
+            .await;
+        assert!(matches!(
+            refused,
+            Err(StoreError::LimitReached {
+                used: 1,
+                limit: 1,
+                ..
+            })
+        ));
+        assert!(store.job(&t, "j2").unwrap().is_none(), "nothing written");
+        // Completing counts once, however often it is reported.
+        for _ in 0..2 {
+            store
+                .transition_job(&t, "j1", None, EventType::Completed, |j| {
+                    j.status = JobStatus::Completed;
+                    j.finished_at = Some(Utc::now());
+                    true
+                })
+                .await
+                .unwrap();
+        }
+        let u = store.usage(&t, &usage_period(Utc::now())).unwrap();
+        assert_eq!(u.translation_jobs, 1);
+        assert_eq!(u.jobs, 1);
+        assert_eq!(u.jobs_by_kind.get("transcription"), Some(&1));
+        assert!((u.audio_seconds - 2.5).abs() < 1e-9);
+        let other = store
+            .usage(&TenantId::trusted("t2"), &usage_period(Utc::now()))
+            .unwrap();
+        assert_eq!(other, Usage::default());
     }
 }

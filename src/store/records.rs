@@ -1,5 +1,7 @@
 //! The rows Murmur keeps, as stored (JSON values in sled trees).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -101,3 +103,61 @@ pub struct Workflow {
 }
 
 pub use murmur_actors::job::{Job, JobStage, JobStatus};
+
+/// One tenant's metered use in one calendar month (UTC), kept under
+/// `<tenant>/<YYYY-MM>` and changed only in the transaction that changes
+/// the job it counts, so it is exact across crashes and restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Usage {
+    /// Seconds of audio of the jobs that completed this month.
+    pub audio_seconds: f64,
+    /// Jobs that completed this month, and the same by `job_type`.
+    pub jobs: u64,
+    pub jobs_by_kind: BTreeMap<String, u64>,
+    /// Translation jobs accepted this month (the limited-translation
+    /// measure): counted when submitted, whatever their end.
+    pub translation_jobs: u64,
+}
+
+/// A tenant's subscription as RevenueCat (or an operator) last set it.
+/// The tier itself lives on the tenant row; this says why and until when.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Subscription {
+    /// "revenuecat", "revenuecat_sync" or "admin": who set the tier last.
+    pub source: Option<String>,
+    /// The entitlement that gives the tier, when RevenueCat gave it.
+    pub entitlement: Option<String>,
+    pub product_id: Option<String>,
+    pub store: Option<String>,
+    pub environment: Option<String>,
+    pub period_type: Option<String>,
+    /// When the paid tier ends (ms since the epoch); `None` never ends.
+    pub expires_at_ms: Option<i64>,
+    /// False after a CANCELLATION: the tier lasts until `expires_at_ms`.
+    pub will_renew: bool,
+    /// Set by BILLING_ISSUE, cleared by the next grant.
+    pub billing_issue: bool,
+    pub cancel_reason: Option<String>,
+    pub expiration_reason: Option<String>,
+    pub last_event_id: Option<String>,
+    pub last_event_type: Option<String>,
+    /// `event_timestamp_ms` of the newest applied event: an older one
+    /// arriving later changes nothing.
+    pub last_event_ms: i64,
+    /// `request_date_ms` of the newest applied REST sync.
+    pub last_sync_ms: Option<i64>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A RevenueCat webhook event as received: written and flushed before the
+/// webhook answers, applied after, replayed at start until applied.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BillingEvent {
+    pub id: String,
+    pub received_at: DateTime<Utc>,
+    /// The whole `event` object, as sent.
+    pub event: serde_json::Value,
+    pub processed: bool,
+    /// What applying it did ("applied", "stale", "ignored: sandbox", ...).
+    pub outcome: Option<String>,
+}
