@@ -280,7 +280,16 @@ impl Store {
     /// Makes every write so far durable. Called before a write is
     /// acknowledged to a client.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        // Not sled's `flush_async`: it runs the flush on sled's own small
+        // thread pool, which also performs the log writes the flush waits
+        // for, and under a few dozen concurrent flushes every pool thread
+        // waits and nothing writes (a deadlock the orchestrator benchmark
+        // hit at ~1000 jobs). A blocking flush on tokio's blocking pool
+        // leaves sled's threads free.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
 
