@@ -165,7 +165,10 @@ async fn main() {
         if usage["jobs"].as_u64().unwrap_or(0) >= jobs as u64 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "jobs did not finish: {usage}");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "jobs did not finish: {usage}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();

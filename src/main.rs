@@ -115,20 +115,10 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
                     data_dir.display()
                 )
             })?;
-            let (id, before) = store
-                .tenant_for_operator(&tenant)
-                .with_context(|| format!("no tenant {tenant}"))?;
-            let after = store.set_tier(&id, &tier).await?;
-            tracing::info!(
-                target: "audit",
-                operator = %operator,
-                tenant = %after.id,
-                from = %before.subscription_tier,
-                to = %after.subscription_tier,
-                tier_epoch = after.tier_epoch,
-                via = "store",
-                "admin set-tier"
-            );
+            let (before, after) =
+                murmur::billing::set_tier_by_operator(&store, &tenant, &tier, &operator, "store")
+                    .await
+                    .with_context(|| format!("moving tenant {tenant} to {tier}"))?;
             println!(
                 "tenant {} moved from {} to {}",
                 after.id, before.subscription_tier, after.subscription_tier

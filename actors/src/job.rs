@@ -76,6 +76,41 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl Job {
+    /// A new job, `queued`, not yet stored.
+    pub fn queued(
+        id: String,
+        tenant_id: String,
+        user_id: String,
+        file_id: String,
+        workflow_id: Option<String>,
+        params: JobParams,
+    ) -> Job {
+        let now = Utc::now();
+        Job {
+            id,
+            user_id,
+            tenant_id,
+            file_id,
+            workflow_id,
+            job_type: params.job_type.as_str().to_string(),
+            params,
+            status: JobStatus::Queued,
+            stage: None,
+            progress: 0.0,
+            attempts: 0,
+            result: None,
+            error: None,
+            cancel_requested: false,
+            checkpoint: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 impl JobStatus {
     pub fn as_str(self) -> &'static str {
         match self {

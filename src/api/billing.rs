@@ -243,23 +243,19 @@ async fn set_tier(
             state.tiers.names().collect::<Vec<_>>().join(", ")
         )));
     }
-    let (id, before) = state
-        .store
-        .tenant_for_operator(&body.tenant)
-        .map_err(|_| ApiError::not_found("tenant"))?;
-    let after = state.store.set_tier(&id, &body.tier).await?;
     let operator = body.operator.unwrap_or_else(|| "unknown".into());
-    tracing::info!(
-        target: "audit",
-        operator = %operator,
-        tenant = %after.id,
-        from = %before.subscription_tier,
-        to = %after.subscription_tier,
-        tier_epoch = after.tier_epoch,
-        via = "server",
-        "admin set-tier"
-    );
-    revenuecat::audit_tier_change(&before, &after, "admin", "admin set-tier");
+    let (before, after) = crate::billing::set_tier_by_operator(
+        &state.store,
+        &body.tenant,
+        &body.tier,
+        &operator,
+        "server",
+    )
+    .await
+    .map_err(|e| match e {
+        crate::store::StoreError::NotFound => ApiError::not_found("tenant"),
+        other => other.into(),
+    })?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"tenant": after.id, "from": before.subscription_tier,

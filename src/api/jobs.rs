@@ -193,28 +193,14 @@ pub async fn submit_job(
             ),
         ));
     }
-    let now = Utc::now();
-    let job = Job {
-        id: new_id("j"),
-        user_id: caller.principal.user_id.clone(),
-        tenant_id: caller.tenant.id.clone(),
-        file_id: file.id,
-        workflow_id: workflow_id.map(str::to_string),
-        job_type: params.job_type.as_str().to_string(),
+    let job = Job::queued(
+        new_id("j"),
+        caller.tenant.id.clone(),
+        caller.principal.user_id.clone(),
+        file.id,
+        workflow_id.map(str::to_string),
         params,
-        status: JobStatus::Queued,
-        stage: None,
-        progress: 0.0,
-        attempts: 0,
-        result: None,
-        error: None,
-        cancel_requested: false,
-        checkpoint: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-    };
+    );
     let event = match state
         .store
         .create_job(tenant, &job, EventType::Queued, limit)

@@ -881,28 +881,14 @@ mod tests {
     use murmur_actors::params::JobParams;
 
     fn job(tenant: &TenantId, id: &str, params: JobParams) -> Job {
-        let now = Utc::now();
-        Job {
-            id: id.into(),
-            user_id: "u1".into(),
-            tenant_id: tenant.as_str().into(),
-            file_id: "f1".into(),
-            workflow_id: None,
-            job_type: params.job_type.as_str().into(),
+        Job::queued(
+            id.into(),
+            tenant.as_str().into(),
+            "u1".into(),
+            "f1".into(),
+            None,
             params,
-            status: JobStatus::Queued,
-            stage: None,
-            progress: 0.0,
-            attempts: 0,
-            result: None,
-            error: None,
-            cancel_requested: false,
-            checkpoint: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-        }
+        )
     }
 
     #[tokio::test]
