@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{files_under, signup, tone_wav, Server};
+use common::{files_under, signup, tone_wav, Base, Server};
 use serde_json::json;
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{files_under, signup, tone_wav, Answer, Server};
+use common::{files_under, signup, tone_wav, Answer, Base, Server};
 use serde_json::{json, Value};
 
 const SECRET: &str = "Bearer rc-webhook-secret";

@@ -197,14 +197,6 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
-
-    pub fn client(&self) -> Client {
-        Client {
-            base: self.base.clone(),
-            http: reqwest::Client::new(),
-            token: None,
-        }
-    }
 }
 
 impl Drop for Server {
@@ -331,7 +323,37 @@ pub struct Tenant {
     pub client: Client,
 }
 
-pub async fn signup(server: &Server, name: &str) -> Tenant {
+/// A server running inside the test process (see `tests/pool.rs`).
+pub struct InProcess {
+    pub base: String,
+    pub _tmp: tempfile::TempDir,
+}
+
+/// What [`signup`] needs of a server: where it is.
+pub trait Base {
+    fn base(&self) -> &str;
+    fn client(&self) -> Client {
+        Client {
+            base: self.base().to_string(),
+            http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+}
+
+impl Base for Server {
+    fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+impl Base for InProcess {
+    fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+pub async fn signup(server: &impl Base, name: &str) -> Tenant {
     let email = format!("owner-{}@{}.example", ulid_like(), name.to_lowercase());
     let password = "correct horse battery".to_string();
     let body = server
