@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{files_under, signup, wait_job, Client, Server};
+use common::{files_under, signup, wait_job, Base, Client, Server};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -593,4 +593,116 @@ async fn transient_failures_are_retried_with_backoff_then_fail() {
     // Other jobs on the same server still run (VAD needs no Whisper model).
     let vad = submit(&a.client, &fid, json!({"job_type": "vad"})).await;
     assert_eq!(wait_job(&a.client, &vad, 60).await["status"], "completed");
+}
+
+/// A multipart request shaped like the OpenAI SDK's.
+async fn openai(c: &Client, path: &str, fields: &[(&str, &str)]) -> common::Answer {
+    let part = reqwest::multipart::Part::bytes(jfk_bytes())
+        .file_name("jfk.wav")
+        .mime_str("audio/wav")
+        .unwrap();
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form = form.part("file", part);
+    c.send(c.request(reqwest::Method::POST, path).multipart(form))
+        .await
+}
+
+#[tokio::test]
+async fn openai_compatible_transcriptions() {
+    setup();
+    common::install_models(&["base"]);
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    let json_answer = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "tiny.en")],
+    )
+    .await
+    .expect(200);
+    assert_eq!(words(json_answer["text"].as_str().unwrap()), expected);
+    let verbose = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[
+            ("model", "tiny.en"),
+            ("response_format", "verbose_json"),
+            ("language", "en"),
+        ],
+    )
+    .await
+    .expect(200);
+    assert_eq!(verbose["language"], "en");
+    assert!((verbose["duration"].as_f64().unwrap() - 11.0).abs() < 0.1);
+    assert!(!verbose["segments"].as_array().unwrap().is_empty());
+    let srt = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "tiny.en"), ("response_format", "srt")],
+    )
+    .await;
+    assert_eq!(srt.status, 200);
+    assert!(
+        murmur_models::formats::parse_srt(&srt.text).is_ok(),
+        "{}",
+        srt.text
+    );
+    // OpenAI's own model name runs the server's default model (base).
+    let whisper1 = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "whisper-1"), ("response_format", "text")],
+    )
+    .await;
+    assert_eq!(whisper1.status, 200);
+    assert!(whisper1.content_type.starts_with("text/plain"));
+    assert_eq!(words(&whisper1.text), expected);
+    // Same gates as /v1/jobs: an English-only model cannot translate, a
+    // model outside the tier is refused, no token is 401.
+    openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "tiny.en"), ("temperature", "warm")],
+    )
+    .await
+    .problem(400, "invalid_request");
+    openai(&a.client, "/v1/audio/translations", &[("model", "tiny.en")])
+        .await
+        .problem(400, "invalid_request");
+    openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "medium")],
+    )
+    .await
+    .problem(403, "model_not_in_tier");
+    openai(
+        &server.client(),
+        "/v1/audio/transcriptions",
+        &[("model", "tiny.en")],
+    )
+    .await
+    .problem(401, "unauthorized");
+    // Uploads are not kept (as with OpenAI); the jobs are, and are the
+    // tenant's own: listed for A, invisible to B.
+    assert!(a.client.get("/v1/files").await.expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let b = signup(&server, "Globex").await;
+    assert!(b.client.get("/v1/jobs").await.expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        a.client.get("/v1/jobs?status=completed").await.expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
 }

@@ -5,6 +5,7 @@
 //! arrive, probed as audio, then renamed into place and only then recorded.
 //! A broken or refused upload leaves no row and no file.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Buf;
@@ -18,7 +19,9 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState};
+use super::{
+    auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState, Caller,
+};
 use crate::ids::new_id;
 use crate::store::{FileRecord, PageRequest, Role, Store};
 
@@ -72,7 +75,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 
 /// The multipart body, or why it is not one, as a value: a rejection here
 /// would let warp try the other `/v1/files` routes and answer 405.
-fn multipart_form(
+pub fn multipart_form(
 ) -> impl Filter<Extract = (Result<FormData, ApiError>,), Error = std::convert::Infallible> + Clone
 {
     warp::multipart::form().max_length(None).map(Ok).or_else(
@@ -172,32 +175,102 @@ async fn upload(
     form: Result<FormData, ApiError>,
 ) -> Result<Response, ApiError> {
     let caller = state.authenticate(auth.as_deref(), op("files:write", Role::Member))?;
-    let mut form = form?;
+    let (record, _fields) = receive_form(&state, &caller, content_length, form?).await?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::CREATED, &file_view(&record)),
+        &caller,
+    ))
+}
+
+/// Largest text field (model, language, prompt...) read beside the file.
+const MAX_TEXT_FIELD: usize = 64 * 1024;
+
+/// Reads a multipart upload: its `file` part is streamed into the caller's
+/// storage (checked against the tier's file size and storage quota as bytes
+/// arrive, probed as audio, renamed into place, recorded); its other parts
+/// are answered as text fields. Any failure leaves no file and no row.
+pub async fn receive_form(
+    state: &AppState,
+    caller: &Caller,
+    content_length: Option<u64>,
+    mut form: FormData,
+) -> Result<(FileRecord, HashMap<String, String>), ApiError> {
     let tier = &caller.tier;
-    let limit = tier.max_file_bytes;
-    if content_length.is_some_and(|len| len > limit.saturating_add(MULTIPART_SLACK)) {
+    if content_length.is_some_and(|len| len > tier.max_file_bytes.saturating_add(MULTIPART_SLACK)) {
         // Refuse before storing a byte: the client said how much is coming.
         drain(form, DRAIN_BUDGET).await;
-        return Err(too_large(limit, &tier.name));
+        return Err(too_large(tier.max_file_bytes, &tier.name));
     }
+    let mut fields = HashMap::new();
+    let mut stored: Option<FileRecord> = None;
+    let outcome: Result<(), ApiError> = async {
+        while let Some(part) = form.next().await {
+            let part =
+                part.map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")))?;
+            if part.name() == "file" {
+                if stored.is_some() {
+                    return Err(ApiError::invalid(
+                        "send one field named \"file\", not several",
+                    ));
+                }
+                stored = Some(store_part(state, caller, part).await?);
+            } else {
+                let name = part.name().to_string();
+                fields.insert(name.clone(), read_text(part, &name).await?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match (outcome, stored) {
+        (Ok(()), Some(record)) => Ok((record, fields)),
+        (Ok(()), None) => Err(ApiError::invalid(
+            "the multipart body has no field named \"file\"",
+        )),
+        (Err(e), stored) => {
+            if let Some(record) = stored {
+                let _ = state
+                    .store
+                    .delete_file(caller.tenant_id(), &record.id)
+                    .await;
+            }
+            // Let the client finish sending so it reads the answer.
+            drain(form, DRAIN_BUDGET).await;
+            Err(e)
+        }
+    }
+}
+
+async fn read_text(part: Part, name: &str) -> Result<String, ApiError> {
+    let mut bytes = Vec::new();
+    let mut stream = part.stream();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")))?;
+        while chunk.has_remaining() {
+            let slice = chunk.chunk();
+            bytes.extend_from_slice(slice);
+            let n = slice.len();
+            chunk.advance(n);
+        }
+        if bytes.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::invalid(format!(
+                "field {name} is longer than {MAX_TEXT_FIELD} bytes"
+            )));
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::invalid(format!("field {name} is not UTF-8 text")))
+}
+
+/// Stores one file part for the caller and records it.
+async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<FileRecord, ApiError> {
+    let tier = &caller.tier;
+    let limit = tier.max_file_bytes;
     let tenant = caller.tenant_id().clone();
     let quota_left = tier
         .storage_bytes
         .saturating_sub(state.store.storage_used(&tenant)?);
-    let part = loop {
-        match form.next().await {
-            None => {
-                return Err(ApiError::invalid(
-                    "the multipart body has no field named \"file\"",
-                ))
-            }
-            Some(Err(e)) => {
-                return Err(ApiError::invalid(format!("malformed multipart body: {e}")))
-            }
-            Some(Ok(part)) if part.name() == "file" => break part,
-            Some(Ok(_)) => continue,
-        }
-    };
     let name = clean_name(part.filename().unwrap_or("upload"));
     let content_type = part.content_type().map(str::to_string);
     let id = new_id("f");
@@ -210,7 +283,6 @@ async fn upload(
         Ok(Ok(size)) => size,
         Ok(Err(refusal)) => {
             let _ = tokio::fs::remove_file(&partial).await;
-            drain(form, DRAIN_BUDGET).await;
             return Err(match refusal {
                 Refusal::TooLarge => too_large(limit, &tier.name),
                 Refusal::OverQuota => ApiError::quota(format!(
@@ -256,10 +328,7 @@ async fn upload(
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(e.into());
     }
-    Ok(tag_tenant(
-        json_reply(StatusCode::CREATED, &file_view(&record)),
-        &caller,
-    ))
+    Ok(record)
 }
 
 /// Makes a rename durable (the directory entry), best effort.

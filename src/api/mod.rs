@@ -7,10 +7,11 @@
 
 mod billing;
 mod errors;
-mod files;
+pub mod files;
 pub mod jobs;
 mod keys;
 mod models;
+mod openai;
 mod ops;
 mod session;
 mod users;
@@ -208,6 +209,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(ws::routes(state.clone()))
         .unify()
         .or(models::routes(state.clone()))
+        .unify()
+        .or(openai::routes(state.clone()))
         .unify()
         .or(billing::routes(state.clone()))
         .unify()

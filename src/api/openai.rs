@@ -1,0 +1,185 @@
+//! OpenAI-compatible speech endpoints: `POST /v1/audio/transcriptions` and
+//! `/v1/audio/translations` (multipart `file`, `model`, `language`,
+//! `prompt`, `response_format`, `temperature`). Each uploads the file for
+//! the caller's tenant, runs a job under the same gates as `/v1/jobs`, and
+//! answers when it ends, so OpenAI clients work against Murmur unchanged.
+//! As with OpenAI, the upload is not kept: the file is deleted once its job
+//! ends (so it does not fill the tenant's storage); the job and its result
+//! stay, listed under `/v1/jobs`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use murmur_actors::params::MODEL_NAMES;
+use murmur_models::formats::{self, Format};
+use murmur_models::transcript::Transcript;
+use serde_json::json;
+use warp::filters::multipart::FormData;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use super::files::{multipart_form, receive_form};
+use super::jobs::submit_job;
+use super::{auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState};
+use crate::store::{JobStatus, Role};
+
+/// Longest a request waits for its job before answering 503 (the job goes
+/// on; its id is in the answer).
+const WAIT_LIMIT: Duration = Duration::from_secs(3600);
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let transcriptions = warp::path!("v1" / "audio" / "transcriptions")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(multipart_form())
+        .then(
+            |s, a, len, form| async move { respond(speech(s, a, len, form, "transcribe").await) },
+        );
+    let translations = warp::path!("v1" / "audio" / "translations")
+        .and(warp::post())
+        .and(with_state(state))
+        .and(auth_header())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(multipart_form())
+        .then(|s, a, len, form| async move { respond(speech(s, a, len, form, "translate").await) });
+    transcriptions.or(translations).unify().boxed()
+}
+
+async fn speech(
+    state: AppState,
+    auth: Option<String>,
+    content_length: Option<u64>,
+    form: Result<FormData, ApiError>,
+    task: &'static str,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
+    let (file, fields) = receive_form(&state, &caller, content_length, form?).await?;
+    let submitted = async {
+        let format = response_format(&fields)?;
+        let params = job_params(&state, &fields, task)?;
+        let job = submit_job(&state, &caller, &file.id, None, &params).await?;
+        Ok::<_, ApiError>((format, job))
+    }
+    .await;
+    let (format, job) = match submitted {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Refused (bad fields, a gate): keep nothing of the request.
+            let _ = state.store.delete_file(caller.tenant_id(), &file.id).await;
+            return Err(e);
+        }
+    };
+    let started = std::time::Instant::now();
+    let job = loop {
+        let current = state
+            .store
+            .job(caller.tenant_id(), &job.id)?
+            .ok_or_else(|| ApiError::not_found("job"))?;
+        if current.status.is_finished() {
+            break current;
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            return Err(ApiError::unavailable(format!(
+                "job {} is still running; follow it at /v1/jobs/{}",
+                job.id, job.id
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The job's result is stored with the job; the audio is not needed.
+    if let Err(e) = state.store.delete_file(caller.tenant_id(), &file.id).await {
+        tracing::warn!(error = %e, file = %file.id, "could not remove an OpenAI-endpoint upload");
+    }
+    if job.status != JobStatus::Completed {
+        let detail = job
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("the job ended {}", job.status.as_str()));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_audio",
+            detail,
+        ));
+    }
+    let transcript: Transcript = serde_json::from_value(job.result.clone().unwrap_or_default())
+        .map_err(ApiError::internal)?;
+    let res = match format {
+        "json" => json_reply(StatusCode::OK, &json!({"text": transcript.text})),
+        "verbose_json" => json_reply(
+            StatusCode::OK,
+            &json!({
+                "task": task,
+                "language": transcript.language,
+                "duration": transcript.duration_s,
+                "text": transcript.text,
+                "segments": transcript.segments.iter().map(|s| json!({
+                    "id": s.id, "seek": 0, "start": s.start, "end": s.end, "text": s.text,
+                    "tokens": [], "temperature": job.params.temperature,
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        other => {
+            let (body, ct) = match other {
+                "srt" => (
+                    formats::render(&transcript, Format::Srt),
+                    Format::Srt.content_type(),
+                ),
+                "vtt" => (
+                    formats::render(&transcript, Format::Vtt),
+                    Format::Vtt.content_type(),
+                ),
+                _ => (transcript.text.clone(), "text/plain; charset=utf-8"),
+            };
+            let mut res = body.into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            res
+        }
+    };
+    Ok(tag_tenant(res, &caller))
+}
+
+fn response_format(fields: &HashMap<String, String>) -> Result<&'static str, ApiError> {
+    let asked = fields
+        .get("response_format")
+        .map(String::as_str)
+        .unwrap_or("json");
+    ["json", "text", "srt", "verbose_json", "vtt"]
+        .into_iter()
+        .find(|f| *f == asked)
+        .ok_or_else(|| {
+            ApiError::invalid("response_format must be json, text, srt, verbose_json or vtt")
+        })
+}
+
+/// Job parameters from the OpenAI fields.
+fn job_params(
+    state: &AppState,
+    fields: &HashMap<String, String>,
+    task: &str,
+) -> Result<serde_json::Value, ApiError> {
+    // OpenAI's model names (whisper-1, ...) mean "the server's default".
+    let model = fields
+        .get("model")
+        .filter(|m| MODEL_NAMES.contains(&m.as_str()))
+        .cloned()
+        .unwrap_or_else(|| state.settings.models.default_model.clone());
+    let mut params = json!({"model": model, "task": task});
+    if let Some(lang) = fields.get("language").filter(|l| !l.is_empty()) {
+        params["language"] = json!(lang.to_lowercase());
+    }
+    if let Some(prompt) = fields.get("prompt").filter(|p| !p.is_empty()) {
+        params["initial_prompt"] = json!(prompt);
+    }
+    if let Some(t) = fields.get("temperature").filter(|t| !t.is_empty()) {
+        let t: f64 = t
+            .parse()
+            .map_err(|_| ApiError::invalid("temperature must be a number"))?;
+        params["temperature"] = json!(t);
+    }
+    Ok(params)
+}
