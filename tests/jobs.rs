@@ -75,6 +75,28 @@ async fn upload_jfk(c: &Client) -> String {
         .to_string()
 }
 
+/// Submits a job long enough to interrupt (tiny.en, no VAD) and answers
+/// its id once it is transcribing.
+async fn transcribing_job(c: &Client, file_id: &str) -> String {
+    let jid = submit(
+        c,
+        file_id,
+        json!({"model": "tiny.en", "vad": {"enabled": false}}),
+    )
+    .await;
+    loop {
+        let job = c.get(&format!("/v1/jobs/{jid}")).await.expect(200);
+        if job["stage"] == "transcribe" {
+            return jid;
+        }
+        assert_ne!(
+            job["status"], "completed",
+            "finished before it could be interrupted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn submit(c: &Client, file_id: &str, params: Value) -> String {
     c.post("/v1/jobs", json!({"file_id": file_id, "params": params}))
         .await
@@ -155,7 +177,7 @@ async fn jfk_job_streams_events_and_serves_every_format() {
         .await
         .expect(200);
     assert_eq!(result["language"], "en");
-    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    let expected = words(murmur_models::testaudio::JFK_TEXT);
     assert_eq!(words(result["text"].as_str().unwrap()), expected);
     let segs = result["segments"].as_array().unwrap();
     assert!(!segs.is_empty());
@@ -429,21 +451,7 @@ async fn kill9_mid_job_then_restart_completes_it_exactly_once() {
     let server = Server::start();
     let a = signup(&server, "Acme").await;
     let fid = upload_jfk(&a.client).await;
-    let jid = submit(
-        &a.client,
-        &fid,
-        json!({"model": "tiny.en", "vad": {"enabled": false}}),
-    )
-    .await;
-    // Wait until it is transcribing, then crash.
-    loop {
-        let job = a.client.get(&format!("/v1/jobs/{jid}")).await.expect(200);
-        if job["stage"] == "transcribe" {
-            break;
-        }
-        assert_ne!(job["status"], "completed", "finished before the crash");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let jid = transcribing_job(&a.client, &fid).await;
     let server = server.restart_after_kill9();
     let client = Client {
         base: server.base.clone(),
@@ -469,7 +477,7 @@ async fn kill9_mid_job_then_restart_completes_it_exactly_once() {
         .get(&format!("/v1/jobs/{jid}/result"))
         .await
         .expect(200);
-    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    let expected = words(murmur_models::testaudio::JFK_TEXT);
     let got = words(result["text"].as_str().unwrap());
     let missing = expected.iter().filter(|w| !got.contains(w)).count();
     assert!(missing <= 1, "resumed transcript lost words: {got:?}");
@@ -481,20 +489,7 @@ async fn sigterm_checkpoints_and_the_job_resumes_after_restart() {
     let server = Server::start();
     let a = signup(&server, "Acme").await;
     let fid = upload_jfk(&a.client).await;
-    let jid = submit(
-        &a.client,
-        &fid,
-        json!({"model": "tiny.en", "vad": {"enabled": false}}),
-    )
-    .await;
-    loop {
-        let job = a.client.get(&format!("/v1/jobs/{jid}")).await.expect(200);
-        if job["stage"] == "transcribe" {
-            break;
-        }
-        assert_ne!(job["status"], "completed", "finished before the shutdown");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let jid = transcribing_job(&a.client, &fid).await;
     // Graceful stop: the job is left running (not cancelled) for next time.
     let server = server.restart_graceful();
     let client = Client {
@@ -616,7 +611,7 @@ async fn openai_compatible_transcriptions() {
     common::install_models(&["base"]);
     let server = Server::start();
     let a = signup(&server, "Acme").await;
-    let expected = words("And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.");
+    let expected = words(murmur_models::testaudio::JFK_TEXT);
     let json_answer = openai(
         &a.client,
         "/v1/audio/transcriptions",

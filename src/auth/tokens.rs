@@ -216,13 +216,8 @@ impl TokenKeys {
         tier_epoch: u64,
         expires_at: DateTime<Utc>,
     ) -> Result<String, TokenError> {
-        let exp =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(expires_at.timestamp().max(0) as u64);
         self.authority(user_id, tenant, role, tier, tier_epoch)?
-            .check(biscuit_auth::macros::check!(
-                "check if time($t), $t <= {exp}",
-                exp = exp
-            ))
+            .check(expiry_check(expires_at))
             .and_then(|b| b.fact(fact("session", &[string("login")])))
             .and_then(|b| b.build(&self.root))
             .and_then(|t| t.to_base64())
@@ -263,14 +258,7 @@ impl TokenKeys {
             ))
             .map_err(build)?;
         if let Some(expires_at) = expires_at {
-            let exp =
-                SystemTime::UNIX_EPOCH + Duration::from_secs(expires_at.timestamp().max(0) as u64);
-            block = block
-                .check(biscuit_auth::macros::check!(
-                    "check if time($t), $t <= {exp}",
-                    exp = exp
-                ))
-                .map_err(build)?;
+            block = block.check(expiry_check(expires_at)).map_err(build)?;
         }
         let token = token.append(block).map_err(build)?;
         let ids = token
@@ -412,6 +400,13 @@ impl TokenKeys {
             Err(e) => Err(GateError::Token(classify_failure(e))),
         }
     }
+}
+
+/// The check that ends a token (or an API key's block) at `expires_at`;
+/// [`classify_failure`] recognises its `time($t)` to answer "expired".
+fn expiry_check(expires_at: DateTime<Utc>) -> biscuit_auth::builder::Check {
+    let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(expires_at.timestamp().max(0) as u64);
+    biscuit_auth::macros::check!("check if time($t), $t <= {exp}", exp = exp)
 }
 
 /// Tells an expired token (a failed `time` check: log in again) from one
