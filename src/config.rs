@@ -24,6 +24,10 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub max_json_bytes: u64,
+    /// Serve the dashboard from this folder instead of the copy embedded at
+    /// build time (for working on `web/` without rebuilding). Empty: embedded.
+    #[serde(default)]
+    pub web_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,7 @@ mod openai;
 mod ops;
 mod session;
 mod users;
+mod web;
 mod workflows;
 mod ws;
 
@@ -213,6 +214,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(openai::routes(state.clone()))
         .unify()
         .or(billing::routes(state.clone()))
+        .unify()
+        .or(web::routes(state.clone()))
         .unify()
         .recover(errors::recover)
         .unify()
