@@ -73,15 +73,19 @@ pub fn title(status: StatusCode) -> &'static str {
     status.canonical_reason().unwrap_or("Error")
 }
 
-impl Reply for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
+impl ApiError {
+    /// The problem body (RFC 9457) every error answers with.
+    fn problem(&self) -> serde_json::Value {
+        json!({
             "type": format!("urn:murmur:problem:{}", self.code),
             "title": title(self.status),
             "status": self.status.as_u16(),
             "detail": self.detail,
             "code": self.code,
-        });
+        })
+    }
+
+    fn with_body(self, body: serde_json::Value) -> Response {
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         res.headers_mut().insert(
@@ -89,6 +93,27 @@ impl Reply for ApiError {
             warp::http::HeaderValue::from_static("application/problem+json"),
         );
         res
+    }
+
+    /// The problem body plus OpenAI's `error` object, for the
+    /// OpenAI-compatible endpoints: OpenAI's SDKs read the message from
+    /// `error.message` and show "(no body)" without it.
+    pub fn into_openai_response(self) -> Response {
+        let mut body = self.problem();
+        body["error"] = json!({
+            "message": self.detail,
+            "type": self.code,
+            "param": null,
+            "code": self.code,
+        });
+        self.with_body(body)
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.problem();
+        self.with_body(body)
     }
 }
 

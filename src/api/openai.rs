@@ -22,7 +22,7 @@ use warp::{Filter, Reply};
 
 use super::files::{multipart_form, receive_form};
 use super::jobs::submit_job;
-use super::{auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState};
+use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{JobStatus, Role};
 
 /// Longest a request waits for its job before answering 503 (the job goes
@@ -36,17 +36,24 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth_header())
         .and(warp::header::optional::<u64>("content-length"))
         .and(multipart_form())
-        .then(
-            |s, a, len, form| async move { respond(speech(s, a, len, form, "transcribe").await) },
-        );
+        .then(|s, a, len, form| async move {
+            openai_respond(speech(s, a, len, form, "transcribe").await)
+        });
     let translations = warp::path!("v1" / "audio" / "translations")
         .and(warp::post())
         .and(with_state(state))
         .and(auth_header())
         .and(warp::header::optional::<u64>("content-length"))
         .and(multipart_form())
-        .then(|s, a, len, form| async move { respond(speech(s, a, len, form, "translate").await) });
+        .then(|s, a, len, form| async move {
+            openai_respond(speech(s, a, len, form, "translate").await)
+        });
     transcriptions.or(translations).unify().boxed()
+}
+
+/// Errors carry OpenAI's `error` object beside the problem fields.
+fn openai_respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_openai_response)
 }
 
 async fn speech(
