@@ -110,6 +110,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         audio: args.file.clone(),
         params,
         checkpoint: None,
+        artifacts: None,
     };
     let progress = bar(
         1000,

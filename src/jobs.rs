@@ -106,6 +106,10 @@ impl JobStore for StoreJobs {
         })
     }
 
+    fn artifact_dir(&self, t: &str, job_id: &str) -> std::path::PathBuf {
+        self.store.artifact_dir(&tenant(t), job_id)
+    }
+
     async fn audio_file(&self, t: &str, file_id: &str) -> Result<Option<AudioFile>, RepoError> {
         let file = self.store.file(&tenant(t), file_id).map_err(repo)?;
         Ok(file.map(|f| AudioFile {

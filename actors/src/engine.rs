@@ -22,6 +22,12 @@ pub struct WorkRequest {
     pub params: JobParams,
     /// What an earlier attempt finished, as the engine last reported it.
     pub checkpoint: Option<serde_json::Value>,
+    /// Folder for files the job produces beside its result (separated
+    /// stems), created by the engine when it writes one; the same folder on
+    /// every attempt, so a resumed job finds what an earlier one wrote.
+    /// `None`: keep nothing on disk.
+    #[serde(default)]
+    pub artifacts: Option<PathBuf>,
 }
 
 /// What a finished job produced.

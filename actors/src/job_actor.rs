@@ -228,6 +228,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             audio: audio.path,
             params: job.params.clone(),
             checkpoint: job.checkpoint.clone(),
+            artifacts: Some(ctx.store.artifact_dir(&job.tenant_id, &job.id)),
         }),
         priority: limits.priority,
         deadline,

@@ -52,6 +52,8 @@ pub trait JobStore: Send + Sync + 'static {
     async fn unfinished_jobs(&self) -> Result<Vec<Job>, RepoError>;
     /// The tenant's limits now.
     async fn tenant_limits(&self, tenant: &str) -> Result<TenantLimits, RepoError>;
+    /// Folder where a job's produced files live (see `WorkRequest::artifacts`).
+    fn artifact_dir(&self, tenant: &str, job_id: &str) -> PathBuf;
     /// The audio of a tenant's file, if it still exists.
     async fn audio_file(&self, tenant: &str, file_id: &str)
         -> Result<Option<AudioFile>, RepoError>;

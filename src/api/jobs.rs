@@ -4,7 +4,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
+use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
@@ -46,6 +46,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(auth_header())
         .and(warp::query::<EventsQuery>())
         .then(|id, s, a, q| async move { respond(events(s, a, id, q).await) });
+    let stem = warp::path!("v1" / "jobs" / String / "stems" / String)
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, name, s, a| async move { respond(stem(s, a, id, name).await) });
     let result = warp::path!("v1" / "jobs" / String / "result")
         .and(warp::get())
         .and(with_state(state))
@@ -62,6 +67,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(result)
         .unify()
         .or(events)
+        .unify()
+        .or(stem)
         .unify()
         .boxed()
 }
@@ -387,5 +394,53 @@ async fn result(
     };
     let format = q.format.as_deref().unwrap_or("json");
     let res = crate::media::render_result(result, format, &job.id).map_err(ApiError::invalid)?;
+    Ok(tag_tenant(res, &caller))
+}
+
+/// The stems a separation writes, by the name the URL uses.
+pub const STEM_NAMES: [&str; 2] = ["vocals", "accompaniment"];
+
+/// `GET /v1/jobs/{id}/stems/{vocals|accompaniment}`: a separated stem as WAV.
+async fn stem(
+    state: AppState,
+    auth: Option<String>,
+    id: String,
+    name: String,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let job = state
+        .store
+        .job(caller.tenant_id(), &id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let name = name.strip_suffix(".wav").unwrap_or(&name);
+    if !STEM_NAMES.contains(&name) {
+        return Err(ApiError::not_found("stem"));
+    }
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "the job has no stems yet (status {})",
+            job.status.as_str()
+        )));
+    }
+    let path = state
+        .store
+        .artifact_dir(caller.tenant_id(), &job.id)
+        .join(format!("{name}.wav"));
+    let handle = match tokio::fs::File::open(&path).await {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found("stem (the job did not separate its audio)"))
+        }
+        Err(e) => return Err(ApiError::internal(format!("stem {name} of job {id}: {e}"))),
+    };
+    let len = handle.metadata().await.map_err(ApiError::internal)?.len();
+    let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
+    let mut res = Response::new(body);
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("audio/wav"));
+    headers.insert(header::CONTENT_LENGTH, len.into());
+    if let Ok(v) = format!("attachment; filename=\"{}-{name}.wav\"", job.id).parse() {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
     Ok(tag_tenant(res, &caller))
 }

@@ -603,6 +603,15 @@ impl Store {
         self.blob_dir(tenant).join(format!(".{file_id}.part"))
     }
 
+    /// Files a job produced beside its result (separated stems), one folder
+    /// per job under the tenant's own folder.
+    pub fn artifact_dir(&self, tenant: &TenantId, job_id: &str) -> PathBuf {
+        self.data_dir
+            .join("artifacts")
+            .join(tenant.as_str())
+            .join(job_id)
+    }
+
     pub fn blob_path(&self, file: &FileRecord) -> PathBuf {
         self.data_dir.join(&file.path)
     }
