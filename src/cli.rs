@@ -13,7 +13,7 @@ use murmur::config::Settings;
 use murmur_actors::job::JobStage;
 use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::params::JobParams;
-use murmur_actors::{Engine, WorkError, WorkRequest, WorkSink};
+use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use murmur_models::fetch::{self, InstallEvent};
 use murmur_models::formats::{self, Format};
 use murmur_models::transcript::Transcript;
@@ -34,10 +34,10 @@ pub struct TranscribeArgs {
     /// Decode the whole file instead of only the speech VAD finds.
     #[arg(long)]
     no_vad: bool,
-    /// Label speakers (not available yet).
+    /// Label speakers (who spoke when).
     #[arg(long)]
     diarize: bool,
-    /// Remove background music first (not available yet).
+    /// Remove background music before transcribing.
     #[arg(long)]
     separate_bgm: bool,
     /// Output format: json, srt, vtt, txt, tsv.
@@ -46,6 +46,15 @@ pub struct TranscribeArgs {
     /// Write the result here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SeparateArgs {
+    /// The audio file (WAV, MP3, FLAC, Ogg Vorbis, AAC/M4A).
+    file: PathBuf,
+    /// Folder to write vocals.wav and accompaniment.wav into.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -79,20 +88,16 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
-pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Result<()> {
-    let format: Format = args.format.parse()?;
-    let defaults = JobParams::defaults(&settings.models.default_model);
-    let overrides = serde_json::json!({
-        "model": args.model.unwrap_or(defaults.model.clone()),
-        "task": args.task,
-        "language": args.language,
-        "vad": {"enabled": !args.no_vad},
-        "diarize": {"enabled": args.diarize},
-        "separate_bgm": {"enabled": args.separate_bgm},
-    });
-    let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
-    if !args.file.is_file() {
-        bail!("{} is not a file", args.file.display());
+/// Runs one job's work on this machine, with a progress bar, through the
+/// engine the service uses (models are fetched on first use).
+async fn run_engine(
+    settings: &Settings,
+    file: &std::path::Path,
+    params: JobParams,
+    artifacts: Option<PathBuf>,
+) -> anyhow::Result<WorkOutput> {
+    if !file.is_file() {
+        bail!("{} is not a file", file.display());
     }
     let device = murmur_models::device::device_from_str(&settings.models.device)?;
     let engine = Arc::new(ModelEngine::new(
@@ -107,10 +112,10 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     let request = WorkRequest {
         job_id: "cli".into(),
         tenant_id: "cli".into(),
-        audio: args.file.clone(),
+        audio: file.to_path_buf(),
         params,
         checkpoint: None,
-        artifacts: None,
+        artifacts,
     };
     let progress = bar(
         1000,
@@ -124,12 +129,44 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         engine.run(&request, &mut sink, &cancel)
     })
     .await
-    .context("the transcription thread failed")?;
+    .context("the worker thread failed")?;
     progress.finish_and_clear();
-    let output = output.map_err(|e| match e {
+    output.map_err(|e| match e {
         WorkError::InvalidInput(m) | WorkError::Transient(m) => anyhow::anyhow!(m),
         WorkError::Cancelled => anyhow::anyhow!("cancelled"),
-    })?;
+    })
+}
+
+/// `murmur separate FILE --out DIR`: vocals and accompaniment as WAV files.
+pub async fn separate(settings: &Settings, args: SeparateArgs) -> anyhow::Result<()> {
+    let defaults = JobParams::defaults(&settings.models.default_model);
+    let params = JobParams::merged(
+        &defaults,
+        &serde_json::json!({"job_type": "bgm_separation"}),
+    )
+    .map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    run_engine(settings, &args.file, params, Some(args.out.clone())).await?;
+    for stem in ["vocals", "accompaniment"] {
+        println!("{}", args.out.join(format!("{stem}.wav")).display());
+    }
+    Ok(())
+}
+
+pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Result<()> {
+    let format: Format = args.format.parse()?;
+    let defaults = JobParams::defaults(&settings.models.default_model);
+    let overrides = serde_json::json!({
+        "model": args.model.unwrap_or(defaults.model.clone()),
+        "task": args.task,
+        "language": args.language,
+        "vad": {"enabled": !args.no_vad},
+        "diarize": {"enabled": args.diarize},
+        "separate_bgm": {"enabled": args.separate_bgm},
+    });
+    let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
+    let output = run_engine(settings, &args.file, params, None).await?;
     let transcript: Transcript = serde_json::from_value(output.result)?;
     let text = formats::render(&transcript, format);
     match args.out {

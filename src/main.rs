@@ -36,6 +36,8 @@ enum Command {
     },
     /// Transcribe (or translate) one audio file, without a server.
     Transcribe(cli::TranscribeArgs),
+    /// Split a file into vocals and accompaniment (background music).
+    Separate(cli::SeparateArgs),
     /// Install or list model weights.
     Models {
         #[command(subcommand)]
@@ -91,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(murmur::server::serve(settings))
         }
         Command::Transcribe(args) => runtime.block_on(cli::transcribe(&settings, args)),
+        Command::Separate(args) => runtime.block_on(cli::separate(&settings, args)),
         Command::Models { command } => cli::models(&settings, command),
         Command::TestAudio { recording } => {
             use murmur_models::testaudio;

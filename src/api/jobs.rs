@@ -429,7 +429,9 @@ async fn stem(
     let handle = match tokio::fs::File::open(&path).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found("stem (the job did not separate its audio)"))
+            return Err(ApiError::not_found(
+                "stem (the job did not separate its audio)",
+            ))
         }
         Err(e) => return Err(ApiError::internal(format!("stem {name} of job {id}: {e}"))),
     };
@@ -437,7 +439,10 @@ async fn stem(
     let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
     let mut res = Response::new(body);
     let headers = res.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("audio/wav"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("audio/wav"),
+    );
     headers.insert(header::CONTENT_LENGTH, len.into());
     if let Ok(v) = format!("attachment; filename=\"{}-{name}.wav\"", job.id).parse() {
         headers.insert(header::CONTENT_DISPOSITION, v);
