@@ -885,6 +885,9 @@ async fn operations_endpoints() {
         "/v1/jobs/{id}/cancel",
         "/v1/jobs/{id}/result",
         "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/stems/{name}",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
         "/v1/ws",
         "/v1/models",
         "/v1/usage",
@@ -893,6 +896,7 @@ async fn operations_endpoints() {
         "/v1/admin/set-tier",
         "/readyz",
         "/metrics",
+        "/",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
