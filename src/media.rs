@@ -27,7 +27,17 @@ pub fn render_result(
     format: &str,
     job_id: &str,
 ) -> Result<Response, String> {
-    let format: Format = format.parse().map_err(|e: FormatError| e.to_string())?;
+    if format.eq_ignore_ascii_case("rttm") {
+        return Ok(download(
+            rttm(result, job_id)?,
+            "text/plain; charset=utf-8",
+            job_id,
+            "rttm",
+        ));
+    }
+    let format: Format = format
+        .parse()
+        .map_err(|e: FormatError| format!("{e}, or rttm"))?;
     let (body, content_type) = if format == Format::Json {
         (result.to_string(), format.content_type())
     } else {
@@ -36,14 +46,34 @@ pub fn render_result(
         })?;
         (formats::render(&transcript, format), format.content_type())
     };
+    Ok(download(body, content_type, job_id, format.extension()))
+}
+
+fn download(body: String, content_type: &'static str, job_id: &str, extension: &str) -> Response {
     let mut res = body.into_response();
     let headers = res.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "inline; filename=\"{job_id}.{}\"",
-        format.extension()
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{job_id}.{extension}\"")) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
-    Ok(res)
+    res
+}
+
+/// The speaker turns a diarized job stored beside its segments, as RTTM.
+fn rttm(result: &serde_json::Value, job_id: &str) -> Result<String, String> {
+    let turns = result
+        .get("turns")
+        .and_then(serde_json::Value::as_array)
+        .ok_or("this job ran without speaker diarization; RTTM needs diarize.enabled")?;
+    let turns: Vec<formats::SpeakerTurn> = turns
+        .iter()
+        .filter_map(|t| {
+            Some(formats::SpeakerTurn {
+                start: t.get("start")?.as_f64()?,
+                end: t.get("end")?.as_f64()?,
+                speaker: t.get("speaker")?.as_str()?.to_string(),
+            })
+        })
+        .collect();
+    Ok(formats::to_rttm(job_id, &turns))
 }
