@@ -134,6 +134,7 @@ impl From<TokenError> for ApiError {
             TokenError::Denied => ApiError::forbidden(
                 "your role or this API key's scope does not allow this operation",
             ),
+            TokenError::Busy => ApiError::unavailable(e.to_string()),
             other => ApiError::internal(other),
         }
     }

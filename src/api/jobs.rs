@@ -200,6 +200,24 @@ pub async fn submit_job(
             ),
         ));
     }
+    let separating = params.job_type == JobType::BgmSeparation
+        || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
+    let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
+    for (wanted, model, feature) in [
+        (separating, "spleeter-2stems", "background-music separation"),
+        (diarizing, "diarization", "speaker diarization"),
+    ] {
+        if wanted && !super::model_available(state, model) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!(
+                    "{feature} is not installed on this server (the operator can run \
+                     `murmur models fetch {model}`)"
+                ),
+            ));
+        }
+    }
     let job = Job::queued(
         new_id("j"),
         caller.tenant.id.clone(),
