@@ -147,6 +147,23 @@ describe('Murmur Transcribe', () => {
         assert.match(out, PHRASE)
     })
 
+    test('as a chatflow ending node it transcribes once, in run', async () => {
+        const Node = nodeClass('MurmurTranscribe')
+        const node = new Node()
+        assert.deepEqual(
+            node.outputs.map((o: any) => o.name),
+            ['output', 'EndingNode']
+        )
+        const data = { ...nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en' }), outputs: { output: 'EndingNode' } }
+        const before = (await api(credentials.credA.apiKey, 'GET', '/v1/jobs')).items.length
+        // Flowise's buildFlow first calls init on every node, the ending node included...
+        assert.equal(await node.init(data, 'hello', options()), undefined)
+        assert.equal((await api(credentials.credA.apiKey, 'GET', '/v1/jobs')).items.length, before, 'init started no job')
+        // ...then run on the ending node, whose string answer becomes the reply's text.
+        assert.match(await new Node().run(data, 'hello', options()), PHRASE)
+        assert.equal((await api(credentials.credA.apiKey, 'GET', '/v1/jobs')).items.length, before + 1)
+    })
+
     test('SRT output parses into timed cues', async () => {
         const Node = nodeClass('MurmurTranscribe')
         const node = new Node()
@@ -240,6 +257,9 @@ describe('Murmur Transcribe', () => {
             return true
         }
         await assert.rejects(node.init(nodeData(node, 'credBad', { audioFile: audioUri, model: 'tiny.en' }), '', options()), unauthorized)
+        // A larger body makes the server's early 401 cut the upload short (EPIPE): same message.
+        const large = `data:audio/wav;base64,${Buffer.concat([audioBytes, Buffer.alloc(1_500_000)]).toString('base64')},filename:large.wav`
+        await assert.rejects(node.init(nodeData(node, 'credBad', { audioFile: large, model: 'tiny.en' }), '', options()), unauthorized)
         await assert.rejects(node.loadMethods.listModels(nodeData(node, 'credBad', {}), options()), unauthorized)
     })
 

@@ -152,7 +152,18 @@ export class MurmurClient {
     async uploadFile(file: AudioFile): Promise<MurmurFile> {
         const form = new FormData()
         form.append('file', new Blob([file.data], { type: file.mime }), file.name)
-        return this.json<MurmurFile>('POST', '/v1/files', { body: form, ctx: { action: 'upload the audio', fileName: file.name } } as any)
+        try {
+            return await this.json<MurmurFile>('POST', '/v1/files', { body: form, ctx: { action: 'upload the audio', fileName: file.name } } as any)
+        } catch (e) {
+            // A server that refuses an upload early (a bad key answers 401
+            // before the body is read) may close the connection while the body
+            // is still being sent: the client then sees EPIPE/ECONNRESET, not
+            // the answer. Ask a cheap question to learn the real reason.
+            if (e instanceof MurmurError && e.code === 'network') {
+                await this.json('GET', '/v1/me', { ctx: { action: 'upload the audio' } })
+            }
+            throw e
+        }
     }
 
     async submitJob(fileId: string, params: Record<string, any>, workflowId?: string, ctx: ErrorContext = {}): Promise<MurmurJob> {
@@ -203,12 +214,12 @@ export class MurmurClient {
         }
         if (!opts.pollOnly) {
             const ended = await this.followOverSocket(jobId, deadline, () => lastSeq, seen)
-            if (ended) return { job: await this.getJob(jobId), via: 'ws', events }
+            if (ended) return { job: await this.steady(() => this.getJob(jobId)), via: 'ws', events }
         }
         // Polling fallback: the durable log after the last seq we have.
         const pollMs = opts.pollMs ?? 1000
         for (;;) {
-            for (const e of await this.events(jobId, lastSeq)) seen(e, 'poll')
+            for (const e of await this.steady(() => this.events(jobId, lastSeq))) seen(e, 'poll')
             const last = events[events.length - 1]
             if (last && FINISHED.has(last.status)) break
             if (Date.now() > deadline) {
@@ -216,7 +227,29 @@ export class MurmurClient {
             }
             await sleep(pollMs)
         }
-        return { job: await this.getJob(jobId), via: 'poll', events }
+        return { job: await this.steady(() => this.getJob(jobId)), via: 'poll', events }
+    }
+
+    /**
+     * Retries a read made while following a job the same key just submitted,
+     * when the failure is likely transient: the network, a 5xx, rate
+     * limiting, or a 401. A Murmur server under heavy CPU load has been seen
+     * to answer 401 "malformed token" for a valid key (its token check has a
+     * time limit); a key really revoked meanwhile still fails after the
+     * retries.
+     */
+    private async steady<T>(read: () => Promise<T>): Promise<T> {
+        for (let attempt = 0; ; attempt++) {
+            try {
+                return await read()
+            } catch (e) {
+                const transient =
+                    e instanceof MurmurError &&
+                    (e.code === 'network' || e.code === 'unauthorized' || e.code === 'rate_limited' || e.code === 'unavailable' || e.status >= 500)
+                if (!transient || attempt >= 3) throw e
+                await sleep(500 * (attempt + 1))
+            }
+        }
     }
 
     /**

@@ -2,7 +2,8 @@
 
 import { MurmurClient } from './client'
 import { murmurConnection } from './flowise'
-import { ICommonObject, INodeData, INodeOptionsValue, INodeParams } from './Interface'
+import { checkDenyList } from './flowise'
+import { ICommonObject, INodeData, INodeOptionsValue, INodeOutputsValue, INodeParams } from './Interface'
 
 export const CATEGORY = 'Murmur'
 export const ICON = 'murmur.svg'
@@ -15,7 +16,28 @@ export const CREDENTIAL: INodeParams = {
 }
 
 export async function clientFor(nodeData: INodeData, options?: ICommonObject): Promise<MurmurClient> {
-    return new MurmurClient(await murmurConnection(nodeData, options))
+    const conn = await murmurConnection(nodeData, options)
+    await checkDenyList(conn.baseUrl, options)
+    return new MurmurClient(conn)
+}
+
+/**
+ * Two outputs, as Flowise's own Custom JS Function has: `output` feeds other
+ * nodes, `EndingNode` makes the node the end of a chatflow (Flowise accepts an
+ * ending node outside the Chains/Agents categories only when its selected
+ * output is `EndingNode`), so a chatflow of this one node answers with its
+ * result.
+ */
+export function outputs(type: string, label: string): INodeOutputsValue[] {
+    return [
+        { label, name: 'output', baseClasses: ['string', 'json'] },
+        { label: 'Ending Node', name: 'EndingNode', baseClasses: [type] }
+    ]
+}
+
+/** As an ending node Flowise calls `init` (building the flow) and then `run`: do the work once, in `run`. */
+export function skipInit(nodeData: INodeData, options?: ICommonObject): boolean {
+    return nodeData.outputs?.output === 'EndingNode' && !options?.isRun
 }
 
 /** `loadMethods.listModels`: the models this server has, marked when the plan does not allow them. */

@@ -25,6 +25,7 @@ export type GetFileFromStorage = (file: string, ...paths: string[]) => Promise<B
 export interface MurmurHostAdapter {
     getCredentialData?: GetCredentialData
     getFileFromStorage?: GetFileFromStorage
+    checkDenyList?: (url: string) => Promise<void>
 }
 
 let components: ICommonObject | null | undefined
@@ -66,6 +67,24 @@ export function resolveGetFileFromStorage(options: ICommonObject | undefined): G
         'Murmur: the audio input is a Flowise stored file (FILE-STORAGE::...), which only Flowise can read: ' +
             'this node is not running inside Flowise and no options.murmurHost.getFileFromStorage was given'
     )
+}
+
+/**
+ * Inside Flowise, applies its outgoing-request deny list (HTTP_SECURITY_CHECK,
+ * HTTP_DENY_LIST; loopback and private addresses by default) to the Murmur
+ * URL, as Flowise's own HTTP nodes do with `secureFetch`.
+ */
+export async function checkDenyList(url: string, options: ICommonObject | undefined): Promise<void> {
+    const check = adapter(options)?.checkDenyList ?? (flowiseComponents()?.checkDenyList as ((u: string) => Promise<void>) | undefined)
+    if (!check) return
+    try {
+        await check(url)
+    } catch (e: any) {
+        throw new Error(
+            `Murmur: Flowise's HTTP security check refuses the Murmur Base URL ${url} (${e?.message ?? e}). ` +
+                'For a Murmur server on a private or loopback address, the Flowise operator must allow it (HTTP_SECURITY_CHECK=false, or a narrower HTTP_DENY_LIST).'
+        )
+    }
 }
 
 /** Same rule as Flowise's `getCredentialParam`: a node input overrides the credential's field. */

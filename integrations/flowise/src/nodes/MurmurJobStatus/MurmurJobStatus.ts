@@ -1,5 +1,5 @@
-import { CATEGORY, clientFor, CREDENTIAL, ICON } from '../../lib/common'
-import { ICommonObject, INode, INodeData, INodeParams } from '../../lib/Interface'
+import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit } from '../../lib/common'
+import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeParams } from '../../lib/Interface'
 import { OUTPUT_FORMATS, outputFormat } from '../../lib/run'
 import { jobReport } from '../../lib/status'
 
@@ -14,6 +14,7 @@ class MurmurJobStatus_Murmur implements INode {
     baseClasses: string[]
     credential: INodeParams
     inputs: INodeParams[]
+    outputs: INodeOutputsValue[]
 
     constructor() {
         this.label = 'Murmur Job Status'
@@ -23,8 +24,9 @@ class MurmurJobStatus_Murmur implements INode {
         this.icon = ICON
         this.category = CATEGORY
         this.description = "A Murmur job's status and progress, and its result once it completed"
-        this.baseClasses = [this.type, 'json', 'string']
+        this.baseClasses = [this.type]
         this.credential = CREDENTIAL
+        this.outputs = outputs(this.type, 'Job Status (JSON)')
         this.inputs = [
             {
                 label: 'Job ID',
@@ -54,11 +56,17 @@ class MurmurJobStatus_Murmur implements INode {
 
     /** Answers the report as JSON text: `{id, status, stage, progress, error, created_at, finished_at, result?}`. */
     async init(nodeData: INodeData, _input: string, options?: ICommonObject): Promise<any> {
+        if (skipInit(nodeData, options)) return
         const inputs = nodeData.inputs ?? {}
         const include = inputs.includeResult === undefined || inputs.includeResult === '' ? true : String(inputs.includeResult) === 'true'
         const client = await clientFor(nodeData, options)
         const report = await jobReport(client, String(inputs.jobId ?? ''), include ? outputFormat(inputs.outputFormat) : 'none')
         return JSON.stringify(report, null, 2)
+    }
+
+    /** Flowise runs an ending node with `run`. */
+    async run(nodeData: INodeData, input: string, options?: ICommonObject): Promise<string> {
+        return this.init(nodeData, input, { ...(options ?? {}), isRun: true })
     }
 }
 

@@ -1,6 +1,6 @@
 import { readAudioInput, AUDIO_FILE_TYPES } from '../../lib/audio'
-import { CATEGORY, clientFor, CREDENTIAL, ICON, listWorkflowOptions } from '../../lib/common'
-import { ICommonObject, INode, INodeData, INodeOptionsValue, INodeParams } from '../../lib/Interface'
+import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listWorkflowOptions } from '../../lib/common'
+import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
 import { OUTPUT_FORMATS, outputFormat, timeoutMs, transcribeFile } from '../../lib/run'
 
 class MurmurRunWorkflow_Murmur implements INode {
@@ -14,17 +14,19 @@ class MurmurRunWorkflow_Murmur implements INode {
     baseClasses: string[]
     credential: INodeParams
     inputs: INodeParams[]
+    outputs: INodeOutputsValue[]
 
     constructor() {
         this.label = 'Murmur Run Workflow'
         this.name = 'murmurRunWorkflow'
         this.version = 1.0
-        this.type = 'MurmurTranscript'
+        this.type = 'MurmurRunWorkflow'
         this.icon = ICON
         this.category = CATEGORY
         this.description = 'Run one of your stored Murmur workflows (saved job settings) on an audio file'
-        this.baseClasses = [this.type, 'string', 'json']
+        this.baseClasses = [this.type]
         this.credential = CREDENTIAL
+        this.outputs = outputs(this.type, 'Transcript')
         this.inputs = [
             {
                 label: 'Workflow',
@@ -64,18 +66,24 @@ class MurmurRunWorkflow_Murmur implements INode {
     }
 
     async init(nodeData: INodeData, _input: string, options?: ICommonObject): Promise<any> {
+        if (skipInit(nodeData, options)) return
         const inputs = nodeData.inputs ?? {}
         const workflowId = String(inputs.workflow ?? '').trim()
         if (!workflowId) throw new Error('Murmur: choose a workflow in the "Workflow" input.')
         const format = outputFormat(inputs.outputFormat)
         const client = await clientFor(nodeData, options)
         const files = await readAudioInput(inputs.audioFile, options)
-        const outputs: string[] = []
+        const results: string[] = []
         for (const file of files) {
             const run = await transcribeFile(client, file, { params: {}, workflowId, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) })
-            outputs.push(run.output)
+            results.push(run.output)
         }
-        return outputs.join('\n\n')
+        return results.join('\n\n')
+    }
+
+    /** Flowise runs an ending node with `run`. */
+    async run(nodeData: INodeData, input: string, options?: ICommonObject): Promise<string> {
+        return this.init(nodeData, input, { ...(options ?? {}), isRun: true })
     }
 }
 

@@ -1,6 +1,6 @@
 import { readAudioInput, AUDIO_FILE_TYPES } from '../../lib/audio'
-import { CATEGORY, clientFor, CREDENTIAL, ICON, listModelOptions } from '../../lib/common'
-import { ICommonObject, INode, INodeData, INodeOptionsValue, INodeParams } from '../../lib/Interface'
+import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
+import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
 import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeFile } from '../../lib/run'
 
 class MurmurTranscribe_Murmur implements INode {
@@ -14,17 +14,19 @@ class MurmurTranscribe_Murmur implements INode {
     baseClasses: string[]
     credential: INodeParams
     inputs: INodeParams[]
+    outputs: INodeOutputsValue[]
 
     constructor() {
         this.label = 'Murmur Transcribe'
         this.name = 'murmurTranscribe'
         this.version = 1.0
-        this.type = 'MurmurTranscript'
+        this.type = 'MurmurTranscribe'
         this.icon = ICON
         this.category = CATEGORY
         this.description = 'Transcribe or translate an audio file with Murmur speech-to-text'
-        this.baseClasses = [this.type, 'string', 'json']
+        this.baseClasses = [this.type]
         this.credential = CREDENTIAL
+        this.outputs = outputs(this.type, 'Transcript')
         this.inputs = [
             {
                 label: 'Audio File',
@@ -107,17 +109,23 @@ class MurmurTranscribe_Murmur implements INode {
     }
 
     async init(nodeData: INodeData, _input: string, options?: ICommonObject): Promise<any> {
+        if (skipInit(nodeData, options)) return
         const inputs = nodeData.inputs ?? {}
         const format = outputFormat(inputs.outputFormat)
         const { params, ctx } = paramsFromInputs(inputs)
         const client = await clientFor(nodeData, options)
         const files = await readAudioInput(inputs.audioFile, options)
-        const outputs: string[] = []
+        const results: string[] = []
         for (const file of files) {
             const run = await transcribeFile(client, file, { params, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
-            outputs.push(run.output)
+            results.push(run.output)
         }
-        return outputs.join('\n\n')
+        return results.join('\n\n')
+    }
+
+    /** Flowise runs an ending node with `run`. */
+    async run(nodeData: INodeData, input: string, options?: ICommonObject): Promise<string> {
+        return this.init(nodeData, input, { ...(options ?? {}), isRun: true })
     }
 }
 
