@@ -59,8 +59,23 @@ function options(extra: Record<string, any> = {}): Record<string, any> {
     }
 }
 
+/**
+ * fetch for the tests' own calls with valid keys. Under heavy CPU load the
+ * server has answered a valid key with a spurious 401 (see README, "Known
+ * issues"); ask again, as the nodes do, so that bug does not fail unrelated
+ * tests. Calls meant to be refused do not go through here.
+ */
+async function murmurFetch(url: string, init: RequestInit): Promise<Response> {
+    for (let attempt = 0; ; attempt++) {
+        const res = await fetch(url, init)
+        if (res.status !== 401 || attempt >= 2) return res
+        await res.arrayBuffer()
+        await new Promise((r) => setTimeout(r, 250 * (attempt + 1)))
+    }
+}
+
 async function api(token: string, method: string, path: string, body?: unknown): Promise<any> {
-    const res = await fetch(`${server.base}${path}`, {
+    const res = await murmurFetch(`${server.base}${path}`, {
         method,
         headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined
@@ -80,7 +95,7 @@ async function apiKey(token: string, name: string): Promise<string> {
 async function jobThroughApi(token: string): Promise<string> {
     const form = new FormData()
     form.append('file', new Blob([audioBytes], { type: 'audio/wav' }), 'jfk.wav')
-    const res = await fetch(`${server.base}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: form })
+    const res = await murmurFetch(`${server.base}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: form })
     assert.equal(res.status, 201, await res.clone().text())
     const file: any = await res.json()
     const job = await api(token, 'POST', '/v1/jobs', { file_id: file.id, params: { model: 'tiny.en' } })
@@ -391,7 +406,8 @@ describe('Murmur Transcribe Tool', () => {
         // An agent's call carries a file id it was told about.
         const form = new FormData()
         form.append('file', new Blob([audioBytes], { type: 'audio/wav' }), 'jfk.wav')
-        const res = await fetch(`${server.base}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${credentials.credA.apiKey}` }, body: form })
+        const res = await murmurFetch(`${server.base}/v1/files`, { method: 'POST', headers: { authorization: `Bearer ${credentials.credA.apiKey}` }, body: form })
+        assert.equal(res.status, 201)
         const file: any = await res.json()
         const text = await tool.invoke({ file_id: file.id })
         assert.match(text, PHRASE)

@@ -99,16 +99,27 @@ export class MurmurClient {
         const headers = this.headers(init.json !== undefined ? { 'content-type': 'application/json' } : {})
         const body = init.json !== undefined ? JSON.stringify(init.json) : init.body
         let res: Response
-        try {
-            res = await fetch(`${this.baseUrl}${path}`, { method, headers, body })
-        } catch (e: any) {
-            const cause = e?.cause?.code || e?.cause?.message || e?.message || String(e)
-            throw new MurmurError(
-                `Could not reach Murmur at ${this.baseUrl} (${cause}). Check the "Murmur API" credential's Base URL and that the server is running.`,
-                'network',
-                0,
-                String(cause)
-            )
+        for (let attempt = 0; ; attempt++) {
+            try {
+                res = await fetch(`${this.baseUrl}${path}`, { method, headers, body })
+            } catch (e: any) {
+                const cause = e?.cause?.code || e?.cause?.message || e?.message || String(e)
+                throw new MurmurError(
+                    `Could not reach Murmur at ${this.baseUrl} (${cause}). Check the "Murmur API" credential's Base URL and that the server is running.`,
+                    'network',
+                    0,
+                    String(cause)
+                )
+            }
+            // A Murmur server under heavy CPU load has been seen to answer a
+            // valid key with 401 "malformed token" (about 1 request in 600 at
+            // a load average of 9 on 2 cores: its token check has a 20 ms run
+            // limit). A 401 is decided before anything is applied, so asking
+            // again is safe for every request; a really bad key still fails,
+            // 0.75 s later.
+            if (res.status !== 401 || attempt >= 2) break
+            await res.arrayBuffer().catch(() => undefined)
+            await sleep(250 * (attempt + 1))
         }
         if (!res.ok) {
             const text = await res.text()
@@ -231,12 +242,9 @@ export class MurmurClient {
     }
 
     /**
-     * Retries a read made while following a job the same key just submitted,
-     * when the failure is likely transient: the network, a 5xx, rate
-     * limiting, or a 401. A Murmur server under heavy CPU load has been seen
-     * to answer 401 "malformed token" for a valid key (its token check has a
-     * time limit); a key really revoked meanwhile still fails after the
-     * retries.
+     * Retries a read made while following a job, when the failure is likely
+     * transient (the network, a 5xx, rate limiting): a long transcription
+     * should not fail for one lost poll.
      */
     private async steady<T>(read: () => Promise<T>): Promise<T> {
         for (let attempt = 0; ; attempt++) {
@@ -244,8 +252,7 @@ export class MurmurClient {
                 return await read()
             } catch (e) {
                 const transient =
-                    e instanceof MurmurError &&
-                    (e.code === 'network' || e.code === 'unauthorized' || e.code === 'rate_limited' || e.code === 'unavailable' || e.status >= 500)
+                    e instanceof MurmurError && (e.code === 'network' || e.code === 'rate_limited' || e.code === 'unavailable' || e.status >= 500)
                 if (!transient || attempt >= 3) throw e
                 await sleep(500 * (attempt + 1))
             }
