@@ -1,0 +1,100 @@
+// What the Transcribe, Run Workflow and tool nodes share: upload, submit,
+// follow, format.
+
+import { AudioFile } from './audio'
+import { MurmurClient, MurmurJob, ResultFormat } from './client'
+import { describeJobEnd, ErrorContext, MurmurError } from './errors'
+import { INodeOptionsValue } from './Interface'
+
+/** The node's output formats: `text` is the plain transcript, the others Murmur's own. */
+export type OutputFormat = 'text' | 'json' | 'srt' | 'vtt' | 'tsv'
+
+export const OUTPUT_FORMATS: INodeOptionsValue[] = [
+    { label: 'Text', name: 'text', description: 'The transcript as plain text' },
+    { label: 'JSON', name: 'json', description: 'Language, duration and timed segments (and speakers when diarized)' },
+    { label: 'SRT subtitles', name: 'srt' },
+    { label: 'WebVTT subtitles', name: 'vtt' },
+    { label: 'TSV (start, end, text)', name: 'tsv' }
+]
+
+export function outputFormat(value: unknown): OutputFormat {
+    const v = String(value || 'text')
+    if (['text', 'json', 'srt', 'vtt', 'tsv'].includes(v)) return v as OutputFormat
+    throw new Error(`Murmur: unknown output format "${v}"; use text, json, srt, vtt or tsv`)
+}
+
+export function truthy(value: unknown, fallback: boolean): boolean {
+    if (value === undefined || value === null || value === '') return fallback
+    if (typeof value === 'boolean') return value
+    return String(value).toLowerCase() === 'true'
+}
+
+export function timeoutMs(value: unknown): number {
+    const s = Number(value)
+    return Number.isFinite(s) && s > 0 ? s * 1000 : 15 * 60_000
+}
+
+/** Renders a completed job's result in a node output format. */
+export async function formatResult(client: MurmurClient, job: MurmurJob, format: OutputFormat): Promise<string> {
+    if (format === 'text') {
+        const body = JSON.parse(await client.result(job.id, 'json'))
+        if (typeof body.text === 'string') return body.text.trim()
+        // vad and bgm_separation jobs have no transcript: give their JSON.
+        return JSON.stringify(body, null, 2)
+    }
+    if (format === 'json') return JSON.stringify(JSON.parse(await client.result(job.id, 'json')), null, 2)
+    return client.result(job.id, format as ResultFormat)
+}
+
+export interface RunOutcome {
+    fileId: string
+    job: MurmurJob
+    output: string
+    via: 'ws' | 'poll'
+}
+
+/** Uploads one audio file, runs one job on it and renders the result. */
+export async function transcribeFile(
+    client: MurmurClient,
+    file: AudioFile,
+    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    ctx: ErrorContext = {}
+): Promise<RunOutcome> {
+    const uploaded = await client.uploadFile(file)
+    return runOnFile(client, uploaded.id, request, { ...ctx, fileName: file.name })
+}
+
+/** Runs one job on an uploaded Murmur file and renders the result. */
+export async function runOnFile(
+    client: MurmurClient,
+    fileId: string,
+    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    ctx: ErrorContext = {}
+): Promise<RunOutcome> {
+    const submitted = await client.submitJob(fileId, request.params, request.workflowId, ctx)
+    const { job, via } = await client.followJob(submitted.id, { timeoutMs: request.timeoutMs, pollOnly: request.pollOnly })
+    if (job.status !== 'completed') {
+        throw new MurmurError(describeJobEnd(job.status, job.error, job.id), `job_${job.status}`, 0, job.error ?? '')
+    }
+    return { fileId, job, output: await formatResult(client, job, request.format), via }
+}
+
+/** Job parameters from the Transcribe node's inputs; unset ones keep the server's defaults. */
+export function paramsFromInputs(inputs: Record<string, any>): { params: Record<string, any>; ctx: ErrorContext } {
+    const params: Record<string, any> = {}
+    const model = String(inputs.model ?? '').trim()
+    if (model) params.model = model
+    const task = String(inputs.task ?? '').trim()
+    if (task) {
+        if (task !== 'transcribe' && task !== 'translate') throw new Error(`Murmur: task must be transcribe or translate (got "${task}")`)
+        params.task = task
+    }
+    const language = String(inputs.language ?? '').trim()
+    if (language && language !== 'auto') params.language = language
+    const diarize = truthy(inputs.diarize, false)
+    const separateBgm = truthy(inputs.separateBgm, false)
+    params.vad = { enabled: truthy(inputs.vad, true) }
+    params.diarize = { enabled: diarize }
+    params.separate_bgm = { enabled: separateBgm }
+    return { params, ctx: { model: model || undefined, diarize, separateBgm, translate: task === 'translate' } }
+}

@@ -1,0 +1,132 @@
+import { readAudioInput, AUDIO_FILE_TYPES } from '../../lib/audio'
+import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
+import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
+import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeFile } from '../../lib/run'
+
+class MurmurTranscribe_Murmur implements INode {
+    label: string
+    name: string
+    version: number
+    description: string
+    type: string
+    icon: string
+    category: string
+    baseClasses: string[]
+    credential: INodeParams
+    inputs: INodeParams[]
+    outputs: INodeOutputsValue[]
+
+    constructor() {
+        this.label = 'Murmur Transcribe'
+        this.name = 'murmurTranscribe'
+        this.version = 1.0
+        this.type = 'MurmurTranscribe'
+        this.icon = ICON
+        this.category = CATEGORY
+        this.description = 'Transcribe or translate an audio file with Murmur speech-to-text'
+        this.baseClasses = [this.type]
+        this.credential = CREDENTIAL
+        this.outputs = outputs(this.type, 'Transcript')
+        this.inputs = [
+            {
+                label: 'Audio File',
+                name: 'audioFile',
+                type: 'file',
+                fileType: AUDIO_FILE_TYPES
+            },
+            {
+                label: 'Model',
+                name: 'model',
+                type: 'asyncOptions',
+                loadMethod: 'listModels',
+                optional: true,
+                description: "Whisper model; empty uses the server's default"
+            },
+            {
+                label: 'Task',
+                name: 'task',
+                type: 'options',
+                options: [
+                    { label: 'Transcribe', name: 'transcribe', description: 'Text in the spoken language' },
+                    { label: 'Translate to English', name: 'translate' }
+                ],
+                default: 'transcribe'
+            },
+            {
+                label: 'Language',
+                name: 'language',
+                type: 'string',
+                placeholder: 'en',
+                optional: true,
+                description: 'Spoken language as an ISO 639-1 code; empty detects it'
+            },
+            {
+                label: 'Voice Activity Detection',
+                name: 'vad',
+                type: 'boolean',
+                default: true,
+                optional: true,
+                description: 'Skip silence and non-speech before transcribing'
+            },
+            {
+                label: 'Speaker Diarization',
+                name: 'diarize',
+                type: 'boolean',
+                default: false,
+                optional: true,
+                description: 'Label who speaks when (premium plans)'
+            },
+            {
+                label: 'Background Music Separation',
+                name: 'separateBgm',
+                type: 'boolean',
+                default: false,
+                optional: true,
+                description: 'Remove background music before transcribing (premium plans)'
+            },
+            {
+                label: 'Output Format',
+                name: 'outputFormat',
+                type: 'options',
+                options: OUTPUT_FORMATS,
+                default: 'text'
+            },
+            {
+                label: 'Timeout (seconds)',
+                name: 'timeoutSeconds',
+                type: 'number',
+                default: 900,
+                optional: true,
+                additionalParams: true
+            }
+        ]
+    }
+
+    loadMethods = {
+        async listModels(nodeData: INodeData, options?: ICommonObject): Promise<INodeOptionsValue[]> {
+            return listModelOptions(nodeData, options)
+        }
+    }
+
+    async init(nodeData: INodeData, _input: string, options?: ICommonObject): Promise<any> {
+        if (skipInit(nodeData, options)) return
+        const inputs = nodeData.inputs ?? {}
+        const format = outputFormat(inputs.outputFormat)
+        const { params, ctx } = paramsFromInputs(inputs)
+        const client = await clientFor(nodeData, options)
+        const files = await readAudioInput(inputs.audioFile, options)
+        const results: string[] = []
+        for (const file of files) {
+            const run = await transcribeFile(client, file, { params, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
+            results.push(run.output)
+        }
+        return results.join('\n\n')
+    }
+
+    /** Flowise runs an ending node with `run`. */
+    async run(nodeData: INodeData, input: string, options?: ICommonObject): Promise<string> {
+        return this.init(nodeData, input, { ...(options ?? {}), isRun: true })
+    }
+}
+
+module.exports = { nodeClass: MurmurTranscribe_Murmur }
