@@ -89,13 +89,31 @@ export async function request(method, path, { body, auth = true, signal } = {}) 
     headers['content-type'] = 'application/json';
     payload = JSON.stringify(body);
   }
-  const res = await fetch(path, { method, headers, body: payload, signal });
+  let res = await fetch(path, { method, headers, body: payload, signal });
+  if (res.status === 401 && auth && token) {
+    // Ask once more before ending the session: the server has been seen to
+    // refuse a valid token now and then when its CPU is starved (its token
+    // check runs under a time limit), and the request had no effect, as
+    // authentication comes first. A token that is really dead fails again.
+    await new Promise((r) => setTimeout(r, 300));
+    res = await fetch(path, { method, headers, body: payload, signal });
+  }
   if (!res.ok) {
     const err = await problemFrom(res);
     if (res.status === 401 && auth && token) onUnauthorized(err);
     throw err;
   }
   return res;
+}
+
+/** Whether the server still accepts our token (asked twice, see request). */
+export async function tokenStillGood() {
+  try {
+    await request('GET', '/v1/me');
+    return true;
+  } catch (err) {
+    return !(err instanceof ApiError && err.status === 401);
+  }
 }
 
 export async function getJSON(path) {
@@ -133,7 +151,13 @@ export function upload(file, onProgress) {
       }
       const body = xhr.response || {};
       const err = new ApiError(xhr.status, body.code || '', body.detail || xhr.statusText);
-      if (xhr.status === 401 && token) onUnauthorized(err);
+      if (xhr.status === 401 && token) {
+        // Confirmed (and the session ended) by /v1/me; otherwise a retry helps.
+        tokenStillGood().then((good) => reject(good
+          ? new ApiError(401, 'unauthorized', 'the server refused the upload for a moment; please try again')
+          : err));
+        return;
+      }
       reject(err);
     };
     xhr.onerror = () => reject(new TypeError('network error'));

@@ -160,6 +160,7 @@ function wireAuth() {
 }
 
 function signOut(message) {
+  session += 1;
   clearToken();
   state.live?.stop();
   state.live = null;
@@ -182,7 +183,13 @@ function signOut(message) {
   showAuth(message);
 }
 
+// Counts sign-ins and sign-outs: work begun for one session stops when it
+// is over (a sign-out while the page is still loading, say).
+let session = 0;
+
 async function enterApp() {
+  session += 1;
+  const mine = session;
   let me;
   try {
     me = await getJSON('/v1/me');
@@ -192,6 +199,7 @@ async function enterApp() {
     showError(err);
     return;
   }
+  if (mine !== session) return;
   state.me = me;
   $('auth').hidden = true;
   $('app').hidden = false;
@@ -205,6 +213,7 @@ async function enterApp() {
     // The plan shows the workflow count, so it waits for the workflows.
     loadModels(), loadWorkflows().finally(loadPlan), loadFiles(), loadKeys(),
   ].map((p) => p.catch(showError)));
+  if (mine !== session || !getToken()) return;
   state.live = new LiveFeed(getToken(), {
     onEvent: applyEvent,
     onSync: () => loadJobs().catch(showError),
@@ -434,6 +443,7 @@ function upsertJob(job) {
   }
   if (!state.files.has(job.file_id)) loadFiles().catch(() => {});
   renderJob(job.id);
+  if (!old) renderJobs();
   if (state.selected === job.id) renderJobView();
 }
 
@@ -452,7 +462,6 @@ async function applyEvent(ev) {
     // A job started elsewhere (another user, an API key): fetch it whole.
     try {
       upsertJob(await getJSON(`/v1/jobs/${encodeURIComponent(ev.job_id)}`));
-      renderJobs();
     } catch (err) {
       showError(err);
     }
@@ -762,8 +771,11 @@ async function loadPlan() {
   body.replaceChildren(
     ...rows,
     h('dl', { class: 'facts' }, facts.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
-    s.billing_issue ? h('p', { class: 'error' }, 'There is a billing issue with your subscription; update your payment details in the store.') : null,
   );
+  if (s.billing_issue) {
+    body.append(h('p', { class: 'error' },
+      'There is a billing issue with your subscription; update your payment details in the store.'));
+  }
   $('who-tier').textContent = `${sub.tier} plan`;
 }
 
