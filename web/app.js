@@ -216,7 +216,7 @@ async function enterApp() {
   if (mine !== session || !getToken()) return;
   state.live = new LiveFeed(getToken(), {
     onEvent: applyEvent,
-    onSync: () => loadJobs().catch(showError),
+    onSync: () => catchUp().catch(showError),
     onState: showConnection,
     // The socket never opened twice in a row: is the token still good?
     onDenied: () => getJSON('/v1/me').catch(showError),
@@ -445,6 +445,11 @@ function upsertJob(job) {
   renderJob(job.id);
   if (!old) renderJobs();
   if (state.selected === job.id) renderJobView();
+}
+
+/** After a reconnect (or on Refresh): everything that may have changed. */
+async function catchUp() {
+  await Promise.all([loadJobs(), loadFiles(), loadWorkflows().then(loadPlan)]);
 }
 
 async function loadJobs() {
@@ -715,7 +720,7 @@ async function download(path, filename) {
 function wireJobView() {
   $('job-close').addEventListener('click', closeJob);
   $('job-cancel').addEventListener('click', (e) => cancelJob(state.selected, e.currentTarget));
-  $('jobs-refresh').addEventListener('click', (e) => busy(e.currentTarget, loadJobs));
+  $('jobs-refresh').addEventListener('click', (e) => busy(e.currentTarget, catchUp));
   $('job-view').addEventListener('keydown', (e) => {
     if (e.key === 'Escape') closeJob();
   });

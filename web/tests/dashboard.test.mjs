@@ -62,6 +62,19 @@ async function signUpThroughPage(page, base, who) {
   await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
 }
 
+/** Clicks "Start job" and answers the id of the job that appears in the list. */
+async function startJob(page) {
+  const before = new Set(await page.locator('#job-list li.job').evaluateAll(
+    (lis) => lis.map((li) => li.dataset.jobId),
+  ));
+  await page.getByRole('button', { name: 'Start job' }).click();
+  const handle = await page.waitForFunction((known) => {
+    const li = [...document.querySelectorAll('#job-list li.job')].find((l) => !known.includes(l.dataset.jobId));
+    return li && li.dataset.jobId;
+  }, [...before]);
+  return handle.jsonValue();
+}
+
 function account(name) {
   const n = `${name}-${process.pid}-${Date.now()}`;
   return { tenant: `Dashboard ${n}`, email: `${n}@example.test`, password: 'correct horse battery staple' };
@@ -215,10 +228,17 @@ describe('dashboard', { timeout: 240_000 }, () => {
     await pageA.waitForFunction(() => /Jobs completed in \S+\s+1\b/.test(document.getElementById('plan-body').innerText));
   });
 
-  it('shows problems in words', async () => {
-    await pageA.locator('#file-input').setInputFiles({
-      name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('this is not audio at all\n'.repeat(50)),
+  it('takes a dropped file and shows problems in words', async () => {
+    // What a drag from the desktop delivers: a drop event with a file.
+    await pageA.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(['this is not audio at all\n'.repeat(50)], 'notes.txt', { type: 'text/plain' }));
+      const drop = document.getElementById('drop');
+      for (const type of ['dragenter', 'dragover', 'drop']) {
+        drop.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }
     });
+    await pageA.getByText('Upload of notes.txt failed').waitFor();
     const alert = pageA.locator('#toasts .toast').last();
     await alert.waitFor();
     assert.match(await alert.innerText(), /could not be read as audio|not supported/i);
@@ -226,9 +246,12 @@ describe('dashboard', { timeout: 240_000 }, () => {
   });
 
   it('creates an API key, shows its token once, lists it and revokes it', async () => {
+    // By keyboard: type the name, tick a scope with Space, submit with Enter.
     await pageA.getByLabel('Name', { exact: true }).fill('Flowise test');
-    await pageA.locator('input[name="scope"][value="read"]').check();
-    await pageA.getByRole('button', { name: 'Create key' }).click();
+    await pageA.locator('input[name="scope"][value="read"]').focus();
+    await pageA.keyboard.press('Space');
+    assert.equal(await pageA.locator('input[name="scope"][value="read"]').isChecked(), true);
+    await pageA.getByLabel('Name', { exact: true }).press('Enter');
     const tokenBox = pageA.getByLabel('New API key');
     await tokenBox.waitFor();
     const token = await tokenBox.inputValue();
@@ -286,6 +309,44 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(await pageA.evaluate(() => window.notReloaded), true);
   });
 
+  it('starts a job from a saved workflow', async () => {
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const res = await fetch(`${server.base}/v1/workflows`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'Speech regions only', params: { job_type: 'vad' } }),
+    });
+    assert.equal(res.status, 201, await res.clone().text());
+    await pageA.getByRole('button', { name: 'Refresh jobs' }).click();
+    await pageA.locator('#workflow option', { hasText: 'Speech regions only' }).waitFor({ state: 'attached' });
+    await pageA.getByLabel('Workflow', { exact: true }).selectOption({ label: 'Speech regions only' });
+    assert.equal(await pageA.getByLabel('Model').isDisabled(), true, 'the workflow decides the settings');
+    assert.notEqual(await pageA.locator('#file-select').inputValue(), '');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 60_000 });
+    assert.match(await item.innerText(), /Speech regions/);
+    const view = pageA.locator('#job-view');
+    assert.match(await view.locator('#job-facts').innerText(), /Workflow\s+Speech regions only/);
+    await view.locator('#transcript li').first().waitFor();
+    assert.equal(await view.locator('#transcript-title').innerText(), 'Speech regions');
+    await pageA.getByLabel('Workflow', { exact: true }).selectOption('');
+  });
+
+  it('cancels a running job', async () => {
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.getByRole('button', { name: 'Cancel job for jfk.wav' }).click();
+    await item.locator('.status').filter({ hasText: 'cancelled' }).waitFor({ timeout: 30_000 });
+    assert.equal(await item.getByRole('button', { name: /^Cancel/ }).isHidden(), true);
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const job = await (await fetch(`${server.base}/v1/jobs/${id}`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    assert.equal(job.status, 'cancelled');
+  });
+
   it('fits a phone screen without horizontal scrolling', async () => {
     const ctx = await browser.newContext({
       viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
@@ -329,7 +390,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(await pageB.locator('#file-select option:not([value=""])').count(), 0);
     const html = await pageB.content();
     assert.ok(!html.includes(jobId) && !html.includes('jfk.wav'), 'nothing of alice’s shows');
-    await pageB.getByRole('button', { name: 'Refresh' }).first().click();
+    await pageB.getByRole('button', { name: 'Refresh jobs' }).click();
     assert.equal(await pageB.locator('#job-list li').count(), 0);
     const token = await pageB.evaluate(() => sessionStorage.getItem('murmur.token'));
     const res = await fetch(`${server.base}/v1/jobs/${jobId}`, { headers: { authorization: `Bearer ${token}` } });
