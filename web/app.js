@@ -171,6 +171,9 @@ function signOut(message) {
   state.selected = null;
   resultCache.clear();
   jobItems.clear();
+  olderCursor = undefined;
+  $('jobs-more').hidden = true;
+  $('toasts').replaceChildren();
   $('job-list').replaceChildren();
   $('key-list').replaceChildren();
   $('plan-body').replaceChildren();
@@ -201,6 +204,7 @@ async function enterApp() {
   }
   if (mine !== session) return;
   state.me = me;
+  $('toasts').replaceChildren(); // a failed sign-in's message is stale now
   $('auth').hidden = true;
   $('app').hidden = false;
   $('who').hidden = false;
@@ -452,9 +456,27 @@ async function catchUp() {
   await Promise.all([loadJobs(), loadFiles(), loadWorkflows().then(loadPlan)]);
 }
 
+const PAGE = 50;
+let olderCursor; // next_cursor past the pages shown; undefined before the first
+
+/** The newest page of jobs (what changed most likely lives there). */
 async function loadJobs() {
-  const { items } = await getJSON('/v1/jobs?limit=100');
+  const { items, next_cursor: next } = await getJSON(`/v1/jobs?limit=${PAGE}`);
   for (const job of items) upsertJob(job);
+  // Older pages already shown keep their own cursor.
+  if (olderCursor === undefined) olderCursor = next;
+  $('jobs-more').hidden = !olderCursor;
+  renderJobs();
+}
+
+async function loadOlderJobs() {
+  if (!olderCursor) return;
+  const { items, next_cursor: next } = await getJSON(
+    `/v1/jobs?limit=${PAGE}&cursor=${encodeURIComponent(olderCursor)}`,
+  );
+  for (const job of items) upsertJob(job);
+  olderCursor = next;
+  $('jobs-more').hidden = !olderCursor;
   renderJobs();
 }
 
@@ -721,6 +743,7 @@ function wireJobView() {
   $('job-close').addEventListener('click', closeJob);
   $('job-cancel').addEventListener('click', (e) => cancelJob(state.selected, e.currentTarget));
   $('jobs-refresh').addEventListener('click', (e) => busy(e.currentTarget, catchUp));
+  $('jobs-more').addEventListener('click', (e) => busy(e.currentTarget, loadOlderJobs));
   $('job-view').addEventListener('keydown', (e) => {
     if (e.key === 'Escape') closeJob();
   });

@@ -161,6 +161,8 @@ describe('dashboard', { timeout: 240_000 }, () => {
       .waitFor({ timeout: 90_000 });
     assert.equal(await bar.getAttribute('aria-valuenow'), '100');
     await item.locator('.status').filter({ hasText: 'completed' }).waitFor();
+    // Told to screen readers through the polite live region.
+    await pageA.locator('#announcer[aria-live="polite"]', { hasText: 'jfk.wav: completed' }).waitFor();
     // The same document all along: no load event, the marker survives.
     assert.equal(watchA.loads, loadsBefore);
     assert.equal(await pageA.evaluate(() => window.notReloaded), true);
