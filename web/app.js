@@ -501,6 +501,8 @@ async function applyEvent(ev) {
     progress: ev.progress,
     error: ev.error ?? job.error,
     attempts: ev.attempt ?? job.attempts,
+    started_at: job.started_at || (ev.type === 'started' ? ev.at : null),
+    finished_at: job.finished_at || (fmt.isActive(ev.status) ? null : ev.at),
   });
 }
 
