@@ -46,8 +46,9 @@ const state = {
 
 // Blob URLs made for the audio player and downloads; revoked on sign-out
 // or when replaced.
-let audioUrl = null;
-let audioFileId = null;
+let audioUrl = null; // blob URL of the player's audio
+let audioUrlFile = null; // the file it holds
+let audioFileId = null; // the file being fetched or held
 const resultCache = new Map(); // job id -> result JSON
 
 // ---------------------------------------------------------------- messages
@@ -182,7 +183,9 @@ function signOut(message) {
   closeJob();
   if (audioUrl) URL.revokeObjectURL(audioUrl);
   audioUrl = null;
+  audioUrlFile = null;
   audioFileId = null;
+  $('player').removeAttribute('src');
   showAuth(message);
 }
 
@@ -633,7 +636,7 @@ function renderJobView() {
 async function loadAudio(job) {
   const player = $('player');
   if (audioFileId === job.file_id) {
-    player.hidden = false;
+    player.hidden = audioUrlFile !== job.file_id;
     return;
   }
   audioFileId = job.file_id;
@@ -643,6 +646,7 @@ async function loadAudio(job) {
     if (audioFileId !== job.file_id) return; // another job was opened meanwhile
     if (audioUrl) URL.revokeObjectURL(audioUrl);
     audioUrl = URL.createObjectURL(blob);
+    audioUrlFile = job.file_id;
     player.src = audioUrl;
     player.setAttribute('aria-label', `Audio of ${fileName(job)}`);
     player.hidden = false;

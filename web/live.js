@@ -5,6 +5,12 @@
 
 const MIN_DELAY_MS = 500;
 const MAX_DELAY_MS = 30_000;
+// A socket that opens but is not subscribed within this time is given up.
+const SUBSCRIBE_TIMEOUT_MS = 10_000;
+// A connection that stayed up this long starts the backoff over when it
+// drops; shorter ones keep growing it (a server that accepts and then
+// closes at once is not hammered).
+const STABLE_MS = 10_000;
 
 export class LiveFeed {
   /**
@@ -39,6 +45,7 @@ export class LiveFeed {
     document.removeEventListener('visibilitychange', this.onVisible);
     if (this.ws) {
       this.ws.onclose = null;
+      this.ws.onmessage = null;
       this.ws.close(1000, 'signed out');
       this.ws = null;
     }
@@ -66,6 +73,8 @@ export class LiveFeed {
       return;
     }
     this.ws = ws;
+    let liveSince = 0;
+    const giveUp = setTimeout(() => ws.close(4000, 'no subscription'), SUBSCRIBE_TIMEOUT_MS);
     ws.onopen = () => {
       opened = true;
       ws.send(JSON.stringify({ op: 'subscribe', topic: 'tenant' }));
@@ -78,7 +87,8 @@ export class LiveFeed {
         return;
       }
       if (data.type === 'subscribed' && data.topic === 'tenant') {
-        this.failures = 0;
+        clearTimeout(giveUp);
+        liveSince = Date.now();
         this.h.onState('live');
         // Whatever happened while we were away: refetch the list.
         this.h.onSync();
@@ -92,8 +102,10 @@ export class LiveFeed {
       }
     };
     ws.onclose = () => {
+      clearTimeout(giveUp);
       if (this.ws === ws) this.ws = null;
       if (this.stopped) return;
+      if (liveSince && Date.now() - liveSince >= STABLE_MS) this.failures = 0;
       this.scheduleRetry(opened);
     };
   }
