@@ -39,6 +39,7 @@ const state = {
   lastSeq: new Map(), // job id -> highest event seq applied
   files: new Map(), // id -> file
   models: [],
+  limits: null, // the tier's row (from /v1/me, refreshed with the plan)
   workflows: [],
   selected: null, // job id in the job view
   live: null,
@@ -247,6 +248,7 @@ function showConnection(s, delay) {
 // ---------------------------------------------------------------- new job
 
 function applyLimits(limits) {
+  state.limits = limits;
   $('file-limit').textContent = `Up to ${fmt.bytes(limits.max_file_bytes)} per file on your plan.`;
   const diarize = $('diarize');
   diarize.disabled = !limits.diarization;
@@ -358,6 +360,12 @@ function jobParams() {
 }
 
 async function uploadFile(file) {
+  const max = state.limits?.max_file_bytes;
+  if (max && file.size > max) {
+    // The server refuses it too (413); saying so now spares the upload.
+    toast(`${file.name} is ${fmt.bytes(file.size)}; your plan takes files up to ${fmt.bytes(max)}.`);
+    return;
+  }
   const bar = $('upload-bar');
   $('upload').hidden = false;
   $('upload-name').textContent = `Uploading ${file.name}…`;
@@ -811,6 +819,7 @@ async function loadPlan() {
       'There is a billing issue with your subscription; update your payment details in the store.'));
   }
   $('who-tier').textContent = `${sub.tier} plan`;
+  if (sub.tier !== state.limits?.name) applyLimits(l); // the plan changed meanwhile
 }
 
 // ---------------------------------------------------------------- API keys

@@ -241,10 +241,18 @@ describe('dashboard', { timeout: 240_000 }, () => {
       }
     });
     await pageA.getByText('Upload of notes.txt failed').waitFor();
+    // The server's answer (invalid audio or unsupported media), in words.
     const alert = pageA.locator('#toasts .toast').last();
     await alert.waitFor();
     assert.match(await alert.innerText(), /could not be read as audio|not supported/i);
     await alert.getByRole('button', { name: 'Dismiss message' }).click();
+    // Over the plan's file size (2 MB in the test tiers): said before uploading.
+    await pageA.locator('#file-input').setInputFiles({
+      name: 'long.wav', mimeType: 'audio/wav', buffer: Buffer.alloc(2_100_000),
+    });
+    const big = pageA.locator('#toasts .toast').last();
+    await big.filter({ hasText: 'long.wav is 2.1 MB; your plan takes files up to 2.0 MB' }).waitFor();
+    await big.getByRole('button', { name: 'Dismiss message' }).click();
   });
 
   it('creates an API key, shows its token once, lists it and revokes it', async () => {
