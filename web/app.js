@@ -683,9 +683,8 @@ async function showResult(job) {
     h('button', {
       type: 'button',
       class: 'stamp',
-      'aria-label': `Play from ${fmt.stamp(seg.start)}`,
       onclick: () => seek(seg.start),
-    }, `${fmt.stamp(seg.start)} – ${fmt.stamp(seg.end)}`),
+    }, h('span', { class: 'sr-only' }, 'Play '), `${fmt.stamp(seg.start)} – ${fmt.stamp(seg.end)}`),
     seg.speaker ? h('span', { class: 'speaker' }, seg.speaker) : null,
     h('span', { class: 'text' }, seg.text.trim()))));
   $('transcript-box').hidden = segments.length === 0;

@@ -15,6 +15,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
 import { installModels, startMurmur, testAudio } from '../../tests/js/murmur.mjs';
 
@@ -36,6 +37,22 @@ const CHROMIUM_ARGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
+
+// axe-core, the accessibility rules engine, run inside the page. It is
+// evaluated through the DevTools protocol, which the page's CSP does not
+// govern, so the page needs no inline script for it.
+const AXE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+/** WCAG 2.1 A and AA violations axe finds on the page as it is now. */
+async function axeViolations(page) {
+  await page.evaluate(AXE);
+  return page.evaluate(async () => {
+    const r = await window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    });
+    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+}
 
 /** Watches a page for reloads, uncaught errors and CSP violations. */
 function watch(page) {
@@ -192,6 +209,17 @@ describe('dashboard', { timeout: 240_000 }, () => {
     const t = await pageA.evaluate(() => document.getElementById('player').currentTime);
     assert.ok(Math.abs(t - start) < 1.5, `player at ${t}, segment at ${start}`);
     await pageA.screenshot({ path: join(artifacts, 'desktop.png'), fullPage: true });
+  });
+
+  it('passes axe’s WCAG 2.1 AA checks with a job open, light and dark', async () => {
+    assert.deepEqual(await axeViolations(pageA), [], 'light scheme');
+    await pageA.emulateMedia({ colorScheme: 'dark' });
+    try {
+      assert.deepEqual(await axeViolations(pageA), [], 'dark scheme');
+      await pageA.screenshot({ path: join(artifacts, 'desktop-dark.png'), fullPage: true });
+    } finally {
+      await pageA.emulateMedia({ colorScheme: 'light' });
+    }
   });
 
   it('downloads the SRT through an authenticated blob link', async () => {
@@ -385,6 +413,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
       assert.ok(overflow.doc <= PHONE.width && overflow.body <= PHONE.width && overflow.inner === PHONE.width,
         `wider than the phone's ${PHONE.width} px: ${JSON.stringify(overflow)}`);
       await page.screenshot({ path: join(artifacts, 'phone.png'), fullPage: true });
+      assert.deepEqual(await axeViolations(page), [], 'on the phone');
       assert.deepEqual(w.errors, []);
       assert.deepEqual(w.csp, []);
     } finally {
@@ -414,6 +443,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
     await pageB.reload();
     await pageB.locator('#login-form').waitFor();
     assert.equal(await pageB.locator('#app').isVisible(), false);
+    assert.deepEqual(await axeViolations(pageB), [], 'the sign-in screen');
   });
 
   it('raised no page errors and no CSP violations', () => {
