@@ -174,6 +174,7 @@ function signOut(message) {
   resultCache.clear();
   jobItems.clear();
   olderCursor = undefined;
+  filesMissing.clear();
   $('jobs-more').hidden = true;
   $('toasts').replaceChildren();
   $('job-list').replaceChildren();
@@ -217,11 +218,8 @@ async function enterApp() {
   applyLimits(me.limits);
   renderJobs();
   $('main').focus();
-  await Promise.all([
-    // The plan shows the workflow count, so it waits for the workflows.
-    loadModels(), loadWorkflows().finally(loadPlan), loadFiles(), loadKeys(),
-  ].map((p) => p.catch(showError)));
-  if (mine !== session || !getToken()) return;
+  // Live first, so nothing happens unseen between the list and the feed
+  // (each time it is subscribed the feed has the list refetched).
   state.live = new LiveFeed(getToken(), {
     onEvent: applyEvent,
     onSync: () => catchUp().catch(showError),
@@ -230,8 +228,10 @@ async function enterApp() {
     onDenied: () => getJSON('/v1/me').catch(showError),
   });
   state.live.start();
-  // Before the socket is up, show what there is.
-  loadJobs().catch(showError);
+  await Promise.all([
+    // The plan shows the workflow count, so it waits for the workflows.
+    loadJobs(), loadModels(), loadWorkflows().finally(loadPlan), loadFiles(), loadKeys(),
+  ].map((p) => p.catch(showError)));
 }
 
 function showConnection(s, delay) {
@@ -456,10 +456,27 @@ function upsertJob(job) {
     announce(`${fileName(job)}: ${job.status}`);
     if (job.status === 'completed') loadPlan().catch(() => {});
   }
-  if (!state.files.has(job.file_id)) loadFiles().catch(() => {});
+  if (!state.files.has(job.file_id)) ensureFile(job.file_id);
   renderJob(job.id);
   if (!old) renderJobs();
   if (state.selected === job.id) renderJobView();
+}
+
+// A job's file not known yet (uploaded elsewhere): one reload of the list
+// at a time, and none for files it did not have (deleted since).
+let filesLoading = null;
+const filesMissing = new Set();
+
+function ensureFile(id) {
+  if (filesMissing.has(id) || filesLoading) return;
+  filesLoading = loadFiles()
+    .then(() => {
+      if (!state.files.has(id)) filesMissing.add(id);
+    })
+    .catch(() => {})
+    .finally(() => {
+      filesLoading = null;
+    });
 }
 
 /** After a reconnect (or on Refresh): everything that may have changed. */
