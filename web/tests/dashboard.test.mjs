@@ -155,7 +155,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(await pageA.locator('#jobs-empty').isVisible(), true);
   });
 
-  it('uploads the JFK recording and follows the job live to 100% without reloading', async () => {
+  it('uploads the JFK recording and follows the job live to 100% without reloading', async (t) => {
     const loadsBefore = watchA.loads;
     await pageA.evaluate(() => {
       window.notReloaded = true;
@@ -163,10 +163,19 @@ describe('dashboard', { timeout: 240_000 }, () => {
     await pageA.locator('#file-input').setInputFiles(jfk);
     await pageA.getByText('Uploaded jfk.wav').waitFor();
     assert.notEqual(await pageA.locator('#file-select').inputValue(), '');
-    // tiny.en is allowed on basic (the tiny family); base.en is installed
-    // nowhere here and small is not in the plan: both are offered disabled.
+    // tiny.en is allowed on basic (the tiny family); small is not in the
+    // plan and is offered disabled.
     await pageA.getByLabel('Model').selectOption('tiny.en');
     assert.equal(await pageA.locator('#model option[value="small"]').isDisabled(), true);
+    // Record every value the list's progress bars take.
+    await pageA.evaluate(() => {
+      window.seenProgress = [];
+      new MutationObserver((records) => {
+        for (const r of records) window.seenProgress.push(Number(r.target.getAttribute('aria-valuenow')));
+      }).observe(document.getElementById('job-list'), {
+        subtree: true, attributes: true, attributeFilter: ['aria-valuenow'],
+      });
+    });
     await pageA.getByRole('button', { name: 'Start job' }).click();
 
     const item = pageA.locator('#job-list li.job').first();
@@ -180,6 +189,12 @@ describe('dashboard', { timeout: 240_000 }, () => {
     await item.locator('.status').filter({ hasText: 'completed' }).waitFor();
     // Told to screen readers through the polite live region.
     await pageA.locator('#announcer[aria-live="polite"]', { hasText: 'jfk.wav: completed' }).waitFor();
+    const seen = await pageA.evaluate(() => window.seenProgress);
+    t.diagnostic(`progress values shown: ${seen.join(' ')}`);
+    assert.equal(seen.at(-1), 100);
+    // Steps on the way, as the events came in (a page that only refetched
+    // the list would jump from 0 to 100).
+    assert.ok(seen.some((v) => v > 0 && v < 100), `no intermediate progress in ${seen}`);
     // The same document all along: no load event, the marker survives.
     assert.equal(watchA.loads, loadsBefore);
     assert.equal(await pageA.evaluate(() => window.notReloaded), true);
