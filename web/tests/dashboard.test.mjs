@@ -1,0 +1,468 @@
+// The dashboard in a real browser against the real server: Debian's
+// Chromium driven by playwright-core, the murmur binary started by the
+// shared harness (MURMUR_BIN picks it; MURMUR_WEB_DIR serves web/ from disk
+// instead of the copy embedded in the binary), a real recording and a real
+// model. Nothing is mocked except, in the reconnect test, the page's
+// WebSocket being held shut for a while (Playwright's routeWebSocket proxies
+// it to the real server the rest of the time).
+//
+// The tests share one server, one browser and the first tenant's page, and
+// run in order: each builds on what the previous one left (the job, the
+// file). Screenshots go to artifacts/dashboard/ at the repository root.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
+import { chromium } from 'playwright-core';
+import { installModels, startMurmur, testAudio } from '../../tests/js/murmur.mjs';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const artifacts = join(repo, 'artifacts', 'dashboard');
+const PHRASE = 'ask not what your country can do for you';
+const PHONE = { width: 390, height: 844 };
+
+// As the machine notes prescribe. Playwright's launch() itself starts
+// Chromium with a new, empty --user-data-dir of its own (and refuses one
+// in args), so every run gets a fresh profile.
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+// axe-core, the accessibility rules engine, run inside the page. It is
+// evaluated through the DevTools protocol, which the page's CSP does not
+// govern, so the page needs no inline script for it.
+const AXE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+
+/** WCAG 2.1 A and AA violations axe finds on the page as it is now. */
+async function axeViolations(page) {
+  await page.evaluate(AXE);
+  return page.evaluate(async () => {
+    const r = await window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    });
+    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+  });
+}
+
+/** Watches a page for reloads, uncaught errors and CSP violations. */
+function watch(page) {
+  const w = { loads: 0, errors: [], csp: [] };
+  page.on('load', () => {
+    w.loads += 1;
+  });
+  page.on('pageerror', (e) => w.errors.push(String(e)));
+  page.on('console', (msg) => {
+    if (/Content Security Policy/i.test(msg.text())) w.csp.push(msg.text());
+  });
+  return w;
+}
+
+async function signUpThroughPage(page, base, who) {
+  await page.goto(base);
+  await page.getByRole('tab', { name: 'Create an account' }).click();
+  await page.getByLabel('Organisation name').fill(who.tenant);
+  await page.locator('#signup-email').fill(who.email);
+  await page.locator('#signup-password').fill(who.password);
+  await page.getByRole('button', { name: 'Create account' }).click();
+  await page.locator('#who-tenant').filter({ hasText: who.tenant }).waitFor();
+  // The live feed subscribed to the tenant's topic.
+  await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15_000 });
+}
+
+/** Clicks "Start job" and answers the id of the job that appears in the list. */
+async function startJob(page) {
+  const before = new Set(await page.locator('#job-list li.job').evaluateAll(
+    (lis) => lis.map((li) => li.dataset.jobId),
+  ));
+  await page.getByRole('button', { name: 'Start job' }).click();
+  const handle = await page.waitForFunction((known) => {
+    const li = [...document.querySelectorAll('#job-list li.job')].find((l) => !known.includes(l.dataset.jobId));
+    return li && li.dataset.jobId;
+  }, [...before]);
+  return handle.jsonValue();
+}
+
+function account(name) {
+  const n = `${name}-${process.pid}-${Date.now()}`;
+  return { tenant: `Dashboard ${n}`, email: `${n}@example.test`, password: 'correct horse battery staple' };
+}
+
+describe('dashboard', { timeout: 240_000 }, () => {
+  let server;
+  let browser;
+  let ctxA;
+  let pageA;
+  let watchA;
+  let ctxB;
+  let pageB;
+  let jfk;
+  let jobId;
+  const alice = account('alice');
+  const bob = account('bob');
+  // The reconnect test's control over pageA's WebSocket.
+  const sockets = [];
+  const held = [];
+  let holdSocket = false;
+
+  before(async () => {
+    mkdirSync(artifacts, { recursive: true });
+    installModels(['tiny.en', 'silero-vad']);
+    jfk = testAudio('jfk');
+    const env = {};
+    if (process.env.MURMUR_WEB_DIR) env.MURMUR__SERVER__WEB_DIR = resolve(process.env.MURMUR_WEB_DIR);
+    server = await startMurmur({ env });
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
+      args: CHROMIUM_ARGS,
+    });
+    ctxA = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    pageA = await ctxA.newPage();
+    watchA = watch(pageA);
+    await pageA.routeWebSocket(/\/v1\/ws/, (ws) => {
+      if (holdSocket) {
+        // "Server unreachable": the socket opens but nothing answers.
+        held.push(ws);
+        return;
+      }
+      ws.connectToServer();
+      sockets.push(ws);
+    });
+    ctxB = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    pageB = await ctxB.newPage();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+  });
+
+  it('serves the page under its CSP and signs two tenants up through it', async () => {
+    const res = await fetch(`${server.base}/`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-security-policy'), /script-src 'self'/);
+    await signUpThroughPage(pageA, server.base, alice);
+    await signUpThroughPage(pageB, server.base, bob);
+    assert.equal(await pageA.locator('#jobs-empty').isVisible(), true);
+  });
+
+  it('uploads the JFK recording and follows the job live to 100% without reloading', async (t) => {
+    const loadsBefore = watchA.loads;
+    await pageA.evaluate(() => {
+      window.notReloaded = true;
+    });
+    await pageA.locator('#file-input').setInputFiles(jfk);
+    await pageA.getByText('Uploaded jfk.wav').waitFor();
+    assert.notEqual(await pageA.locator('#file-select').inputValue(), '');
+    // tiny.en is allowed on basic (the tiny family); small is not in the
+    // plan and is offered disabled.
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    assert.equal(await pageA.locator('#model option[value="small"]').isDisabled(), true);
+    // Record every value the list's progress bars take.
+    await pageA.evaluate(() => {
+      window.seenProgress = [];
+      new MutationObserver((records) => {
+        for (const r of records) window.seenProgress.push(Number(r.target.getAttribute('aria-valuenow')));
+      }).observe(document.getElementById('job-list'), {
+        subtree: true, attributes: true, attributeFilter: ['aria-valuenow'],
+      });
+    });
+    await pageA.getByRole('button', { name: 'Start job' }).click();
+
+    const item = pageA.locator('#job-list li.job').first();
+    await item.waitFor();
+    jobId = await item.getAttribute('data-job-id');
+    assert.ok(jobId, 'the list item carries the job id');
+    const bar = item.getByRole('progressbar');
+    await pageA.locator(`li[data-job-id="${jobId}"] [role="progressbar"][aria-valuenow="100"]`)
+      .waitFor({ timeout: 90_000 });
+    assert.equal(await bar.getAttribute('aria-valuenow'), '100');
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor();
+    // Told to screen readers through the polite live region.
+    await pageA.locator('#announcer[aria-live="polite"]', { hasText: 'jfk.wav: completed' }).waitFor();
+    const seen = await pageA.evaluate(() => window.seenProgress);
+    t.diagnostic(`progress values shown: ${seen.join(' ')}`);
+    assert.equal(seen.at(-1), 100);
+    // Steps on the way, as the events came in (a page that only refetched
+    // the list would jump from 0 to 100).
+    assert.ok(seen.some((v) => v > 0 && v < 100), `no intermediate progress in ${seen}`);
+    // The same document all along: no load event, the marker survives.
+    assert.equal(watchA.loads, loadsBefore);
+    assert.equal(await pageA.evaluate(() => window.notReloaded), true);
+    // The server agrees.
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const job = await (await fetch(`${server.base}/v1/jobs/${jobId}`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    assert.equal(job.status, 'completed');
+  });
+
+  it('shows the transcript with timestamps that seek the audio player', async () => {
+    // Starting the job opened its view.
+    const view = pageA.locator('#job-view');
+    await view.locator('#transcript li').first().waitFor({ timeout: 15_000 });
+    const text = (await view.locator('#transcript').innerText()).replace(/\s+/g, ' ').toLowerCase();
+    assert.ok(text.includes(PHRASE), `transcript lacks the phrase: ${text}`);
+
+    const player = pageA.locator('#player');
+    await player.waitFor();
+    assert.match(await player.getAttribute('src'), /^blob:/);
+    await pageA.waitForFunction(() => document.getElementById('player').readyState >= 1);
+    const last = view.locator('#transcript li').last();
+    const start = Number(await last.getAttribute('data-start'));
+    assert.ok(start > 1, `the last segment starts at ${start}`);
+    await last.getByRole('button').click();
+    const t = await pageA.evaluate(() => document.getElementById('player').currentTime);
+    assert.ok(Math.abs(t - start) < 1.5, `player at ${t}, segment at ${start}`);
+    await pageA.screenshot({ path: join(artifacts, 'desktop.png'), fullPage: true });
+  });
+
+  it('passes axe’s WCAG 2.1 AA checks with a job open, light and dark', async () => {
+    assert.deepEqual(await axeViolations(pageA), [], 'light scheme');
+    await pageA.emulateMedia({ colorScheme: 'dark' });
+    try {
+      assert.deepEqual(await axeViolations(pageA), [], 'dark scheme');
+      await pageA.screenshot({ path: join(artifacts, 'desktop-dark.png'), fullPage: true });
+    } finally {
+      await pageA.emulateMedia({ colorScheme: 'light' });
+    }
+  });
+
+  it('downloads the SRT through an authenticated blob link', async () => {
+    const [download] = await Promise.all([
+      pageA.waitForEvent('download'),
+      pageA.locator('#download-buttons button[data-format="srt"]').click(),
+    ]);
+    assert.equal(download.suggestedFilename(), 'jfk.srt');
+    const srt = readFileSync(await download.path(), 'utf8');
+    const blocks = srt.trim().split(/\r?\n\r?\n/);
+    assert.ok(blocks.length >= 1);
+    for (const block of blocks) {
+      const lines = block.split(/\r?\n/);
+      assert.match(lines[0], /^\d+$/, `cue number in ${block}`);
+      assert.match(lines[1], /^\d{2}:\d{2}:\d{2},\d{3} --> \d{2}:\d{2}:\d{2},\d{3}$/, `timestamp line in ${block}`);
+      assert.ok(lines.length >= 3, `cue text in ${block}`);
+    }
+    assert.match(srt.toLowerCase(), /country/);
+    // Every other format is offered too.
+    for (const f of ['json', 'vtt', 'txt', 'tsv']) {
+      assert.equal(await pageA.locator(`#download-buttons button[data-format="${f}"]`).count(), 1, f);
+    }
+  });
+
+  it('shows the plan’s limits against current usage', async () => {
+    const plan = pageA.locator('#plan-body');
+    await plan.getByText('Jobs completed', { exact: false }).waitFor();
+    // The upload counts against storage: a meter with a non-zero value.
+    const meter = plan.locator('meter').first();
+    const value = Number(await meter.getAttribute('value'));
+    const max = Number(await meter.getAttribute('max'));
+    const size = readFileSync(jfk).length;
+    assert.ok(value >= size * 0.9 && value <= max, `storage meter ${value} of ${max}, file ${size}`);
+    assert.match(await plan.innerText(), /basic/);
+    // Refreshed after the job completed: one job this month.
+    await pageA.waitForFunction(() => /Jobs completed in \S+\s+1\b/.test(document.getElementById('plan-body').innerText));
+  });
+
+  it('takes a dropped file and shows problems in words', async () => {
+    // What a drag from the desktop delivers: a drop event with a file.
+    await pageA.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(['this is not audio at all\n'.repeat(50)], 'notes.txt', { type: 'text/plain' }));
+      const drop = document.getElementById('drop');
+      for (const type of ['dragenter', 'dragover', 'drop']) {
+        drop.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }
+    });
+    await pageA.getByText('Upload of notes.txt failed').waitFor();
+    // The server's answer (invalid audio or unsupported media), in words.
+    const alert = pageA.locator('#toasts .toast').last();
+    await alert.waitFor();
+    assert.match(await alert.innerText(), /could not be read as audio|not supported/i);
+    await alert.getByRole('button', { name: 'Dismiss message' }).click();
+    // Over the plan's file size (2 MB in the test tiers): said before uploading.
+    await pageA.locator('#file-input').setInputFiles({
+      name: 'long.wav', mimeType: 'audio/wav', buffer: Buffer.alloc(2_100_000),
+    });
+    const big = pageA.locator('#toasts .toast').last();
+    await big.filter({ hasText: 'long.wav is 2.1 MB; your plan takes files up to 2.0 MB' }).waitFor();
+    await big.getByRole('button', { name: 'Dismiss message' }).click();
+  });
+
+  it('creates an API key, shows its token once, lists it and revokes it', async () => {
+    // By keyboard: type the name, tick a scope with Space, submit with Enter.
+    await pageA.getByLabel('Name', { exact: true }).fill('Flowise test');
+    await pageA.locator('input[name="scope"][value="read"]').focus();
+    await pageA.keyboard.press('Space');
+    assert.equal(await pageA.locator('input[name="scope"][value="read"]').isChecked(), true);
+    await pageA.getByLabel('Name', { exact: true }).press('Enter');
+    const tokenBox = pageA.getByLabel('New API key');
+    await tokenBox.waitFor();
+    const token = await tokenBox.inputValue();
+    assert.ok(token.length > 20, 'the token is shown');
+    const row = pageA.locator('#key-list tr', { hasText: 'Flowise test' });
+    await row.waitFor();
+    assert.match(await row.innerText(), /read/);
+    // The token shown is the real key.
+    const me = await fetch(`${server.base}/v1/me`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(me.status, 200);
+
+    pageA.once('dialog', (d) => d.accept());
+    await row.getByRole('button', { name: 'Revoke key Flowise test' }).click();
+    await row.waitFor({ state: 'detached' });
+    const after = await fetch(`${server.base}/v1/me`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(after.status, 401, 'the revoked key is refused');
+  });
+
+  it('reconnects after the socket drops and catches up on what it missed', async () => {
+    const loadsBefore = watchA.loads;
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const auth = { authorization: `Bearer ${token}` };
+    // Drop the connection and keep the server "unreachable".
+    holdSocket = true;
+    for (const ws of sockets.splice(0)) await ws.close({ code: 1012, reason: 'test: server restart' });
+    await pageA.locator('#conn:not([data-state="live"])').waitFor();
+
+    // Meanwhile a job runs start to end (submitted by a program, say).
+    const files = await (await fetch(`${server.base}/v1/files`, { headers: auth })).json();
+    const fileId = files.items.find((f) => f.name === 'jfk.wav').id;
+    const res = await fetch(`${server.base}/v1/jobs`, {
+      method: 'POST',
+      headers: { ...auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ file_id: fileId, params: { job_type: 'vad' } }),
+    });
+    assert.equal(res.status, 202, await res.clone().text());
+    const missed = (await res.json()).id;
+    for (let i = 0; ; i += 1) {
+      const job = await (await fetch(`${server.base}/v1/jobs/${missed}`, { headers: auth })).json();
+      if (job.status === 'completed') break;
+      assert.ok(i < 300 && !['failed', 'cancelled'].includes(job.status), JSON.stringify(job));
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    // The page could not have heard of it.
+    assert.equal(await pageA.locator(`li[data-job-id="${missed}"]`).count(), 0);
+
+    // The server is back: the page reconnects by itself and catches up.
+    holdSocket = false;
+    for (const ws of held.splice(0)) await ws.close({ code: 1012 });
+    await pageA.locator('#conn[data-state="live"]').waitFor({ timeout: 30_000 });
+    const item = pageA.locator(`li[data-job-id="${missed}"]`);
+    await item.locator('[role="progressbar"][aria-valuenow="100"]').waitFor({ timeout: 10_000 });
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor();
+    assert.equal(watchA.loads, loadsBefore, 'no reload');
+    assert.equal(await pageA.evaluate(() => window.notReloaded), true);
+  });
+
+  it('starts a job from a saved workflow', async () => {
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const res = await fetch(`${server.base}/v1/workflows`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'Speech regions only', params: { job_type: 'vad' } }),
+    });
+    assert.equal(res.status, 201, await res.clone().text());
+    await pageA.getByRole('button', { name: 'Refresh jobs' }).click();
+    await pageA.locator('#workflow option', { hasText: 'Speech regions only' }).waitFor({ state: 'attached' });
+    await pageA.getByLabel('Workflow', { exact: true }).selectOption({ label: 'Speech regions only' });
+    assert.equal(await pageA.getByLabel('Model').isDisabled(), true, 'the workflow decides the settings');
+    assert.notEqual(await pageA.locator('#file-select').inputValue(), '');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 60_000 });
+    assert.match(await item.innerText(), /Speech regions/);
+    const view = pageA.locator('#job-view');
+    assert.match(await view.locator('#job-facts').innerText(), /Workflow\s+Speech regions only/);
+    await view.locator('#transcript li').first().waitFor();
+    assert.equal(await view.locator('#transcript-title').innerText(), 'Speech regions');
+    await pageA.getByLabel('Workflow', { exact: true }).selectOption('');
+  });
+
+  it('cancels a running job', async () => {
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.getByRole('button', { name: 'Cancel job for jfk.wav' }).click();
+    await item.locator('.status').filter({ hasText: 'cancelled' }).waitFor({ timeout: 30_000 });
+    assert.equal(await item.getByRole('button', { name: /^Cancel/ }).isHidden(), true);
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const job = await (await fetch(`${server.base}/v1/jobs/${id}`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    assert.equal(job.status, 'cancelled');
+  });
+
+  it('fits a phone screen without horizontal scrolling', async () => {
+    const ctx = await browser.newContext({
+      viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+    });
+    try {
+      const page = await ctx.newPage();
+      const w = watch(page);
+      await page.goto(server.base);
+      // A wrong password is refused in words; the right one signs in.
+      await page.locator('#login-email').fill(alice.email);
+      await page.locator('#login-password').fill('not the password');
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      assert.match(await page.locator('#toasts .toast').last().innerText(), /wrong email or password/i);
+      await page.locator('#login-password').fill(alice.password);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.locator(`li[data-job-id="${jobId}"]`).waitFor();
+      await page.locator(`li[data-job-id="${jobId}"] .job-title`).click();
+      await page.locator('#transcript li').first().waitFor();
+      // A mobile browser widens its layout viewport to content that
+      // overflows, so compare with the device width, not innerWidth.
+      const overflow = await page.evaluate(() => ({
+        doc: document.documentElement.scrollWidth,
+        body: document.body.scrollWidth,
+        inner: window.innerWidth,
+      }));
+      assert.ok(overflow.doc <= PHONE.width && overflow.body <= PHONE.width && overflow.inner === PHONE.width,
+        `wider than the phone's ${PHONE.width} px: ${JSON.stringify(overflow)}`);
+      await page.screenshot({ path: join(artifacts, 'phone.png'), fullPage: true });
+      assert.deepEqual(await axeViolations(page), [], 'on the phone');
+      assert.deepEqual(w.errors, []);
+      assert.deepEqual(w.csp, []);
+    } finally {
+      await ctx.close();
+    }
+  });
+
+  it('shows another tenant none of the first tenant’s jobs', async () => {
+    // Bob has been signed in, live, the whole time.
+    assert.equal(await pageB.locator('#conn').getAttribute('data-state'), 'live');
+    assert.equal(await pageB.locator('#job-list li').count(), 0);
+    assert.equal(await pageB.locator('#jobs-empty').isVisible(), true);
+    assert.equal(await pageB.locator('#file-select option:not([value=""])').count(), 0);
+    const html = await pageB.content();
+    assert.ok(!html.includes(jobId) && !html.includes('jfk.wav'), 'nothing of alice’s shows');
+    await pageB.getByRole('button', { name: 'Refresh jobs' }).click();
+    assert.equal(await pageB.locator('#job-list li').count(), 0);
+    const token = await pageB.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const res = await fetch(`${server.base}/v1/jobs/${jobId}`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(res.status, 404);
+  });
+
+  it('signs out, forgetting the token', async () => {
+    await pageB.getByRole('button', { name: 'Sign out' }).click();
+    await pageB.locator('#auth').waitFor();
+    assert.equal(await pageB.evaluate(() => sessionStorage.getItem('murmur.token')), null);
+    await pageB.reload();
+    await pageB.locator('#login-form').waitFor();
+    assert.equal(await pageB.locator('#app').isVisible(), false);
+    assert.deepEqual(await axeViolations(pageB), [], 'the sign-in screen');
+  });
+
+  it('raised no page errors and no CSP violations', () => {
+    assert.deepEqual(watchA.errors, []);
+    assert.deepEqual(watchA.csp, []);
+  });
+});
