@@ -1,0 +1,2 @@
+//! Background-music separation (WIP).
+pub mod tfbundle;
