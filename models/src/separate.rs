@@ -153,9 +153,16 @@ impl Separator {
         }
         let [left, right] = to_stereo_44k(audio)?;
         let len = left.len();
+        if len == 0 {
+            let _ = progress(1.0);
+        }
         let lead = FRAME_LENGTH;
         let frames = stft::frame_count(len, lead);
-        let segments = frames.div_ceil(SEGMENT_FRAMES);
+        let segments = if len == 0 {
+            0
+        } else {
+            frames.div_ceil(SEGMENT_FRAMES)
+        };
         let chunks = segments.div_ceil(SEGMENTS_PER_CHUNK);
 
         // out[stem][channel]
