@@ -110,9 +110,8 @@ pub struct Stems {
 /// takes `&self`, holds no state between calls, and the weights (about 80 MB)
 /// are shared if the separator is put in an `Arc`.
 pub struct Separator {
-    /// U-Nets in [`STEMS`] order.
+    /// U-Nets in [`STEMS`] order; their weights live on the load device.
     nets: [UNet; 2],
-    device: Device,
 }
 
 impl Separator {
@@ -133,10 +132,7 @@ impl Separator {
             path: &path,
         };
         let nets = [UNet::load(&weights, 0)?, UNet::load(&weights, 1)?];
-        Ok(Separator {
-            nets,
-            device: device.clone(),
-        })
+        Ok(Separator { nets })
     }
 
     /// Separates `audio` (any rate, any channel count; resampled to 44.1 kHz,
@@ -215,10 +211,10 @@ impl Separator {
         out: &mut [[Vec<f32>; 2]; 2],
     ) -> Result<(), SeparateError> {
         let lead = FRAME_LENGTH;
-        let plane = SEGMENT_FRAMES * NET_BINS;
-        // Complex STFT of the net's bins, [segment][channel][frame][bin], and
-        // its magnitude in the same (NCHW) order.
-        let n = n_segments * CHANNELS * plane;
+        // Complex STFT of the net's bins and its magnitude, both in TF's
+        // NHWC order [segment][frame][bin][channel].
+        let at = |s: usize, t: usize, c: usize| (s * SEGMENT_FRAMES + t) * NET_BINS * CHANNELS + c;
+        let n = n_segments * SEGMENT_FRAMES * NET_BINS * CHANNELS;
         let mut spec = vec![Complex32::new(0.0, 0.0); n];
         let mut mag = vec![0f32; n];
         for s in 0..n_segments {
@@ -228,24 +224,26 @@ impl Separator {
                     if frame >= frames {
                         break; // zero padding of the last segment
                     }
-                    let at = ((s * CHANNELS + c) * SEGMENT_FRAMES + t) * NET_BINS;
                     let bins = stft.analyse(signal, lead, frame);
-                    spec[at..at + NET_BINS].copy_from_slice(&bins[..NET_BINS]);
-                    for (m, z) in mag[at..at + NET_BINS].iter_mut().zip(&bins[..NET_BINS]) {
-                        *m = z.norm();
+                    let base = at(s, t, c);
+                    for (f, z) in bins[..NET_BINS].iter().enumerate() {
+                        spec[base + f * CHANNELS] = *z;
+                        mag[base + f * CHANNELS] = z.norm();
                     }
                 }
             }
         }
-        let mag = Tensor::from_vec(
-            mag,
-            (n_segments, CHANNELS, SEGMENT_FRAMES, NET_BINS),
-            &self.device,
-        )?;
-        let vocals = self.nets[0].forward(&mag)?;
-        let accompaniment = self.nets[1].forward(&mag)?;
-        drop(mag);
-        let masks = ratio_masks(&[vocals, accompaniment])?;
+        let mix = Nhwc {
+            data: mag,
+            n: n_segments,
+            h: SEGMENT_FRAMES,
+            w: NET_BINS,
+            c: CHANNELS,
+        };
+        let vocals = self.nets[0].forward(&mix)?;
+        let accompaniment = self.nets[1].forward(&mix)?;
+        drop(mix);
+        let masks = ratio_masks(&vocals, &accompaniment);
 
         let mut full = vec![Complex32::new(0.0, 0.0); BINS];
         for (mask, stem_out) in masks.iter().zip(out.iter_mut()) {
@@ -256,10 +254,10 @@ impl Separator {
                         if frame >= frames {
                             break;
                         }
-                        let at = ((s * CHANNELS + c) * SEGMENT_FRAMES + t) * NET_BINS;
-                        let bins = spec[at..at + NET_BINS].iter().zip(&mask[at..at + NET_BINS]);
-                        for (dst, (z, m)) in full.iter_mut().zip(bins) {
-                            *dst = z * m;
+                        let base = at(s, t, c);
+                        for (f, dst) in full[..NET_BINS].iter_mut().enumerate() {
+                            let i = base + f * CHANNELS;
+                            *dst = spec[i] * mask[i];
                         }
                         full[NET_BINS..].fill(Complex32::new(0.0, 0.0));
                         stft.synthesise_add(&mut full, lead, frame, channel_out);
@@ -271,19 +269,18 @@ impl Separator {
     }
 }
 
-/// Spleeter's ratio masks from the stems' magnitude estimates, as flat
-/// vectors in the estimates' layout.
-fn ratio_masks(estimates: &[Tensor; 2]) -> Result<Vec<Vec<f32>>, SeparateError> {
-    let squares = [estimates[0].sqr()?, estimates[1].sqr()?];
-    let total = (&squares[0] + &squares[1])?.affine(1.0, MASK_EPSILON)?;
-    let per_stem = MASK_EPSILON / squares.len() as f64;
-    squares
-        .iter()
-        .map(|s| {
-            let mask = s.affine(1.0, per_stem)?.div(&total)?;
-            Ok(mask.flatten_all()?.to_vec1::<f32>()?)
-        })
-        .collect()
+/// Spleeter's ratio masks from the two stems' magnitude estimates.
+fn ratio_masks(vocals: &[f32], accompaniment: &[f32]) -> [Vec<f32>; 2] {
+    let eps = MASK_EPSILON as f32;
+    let mut mv = Vec::with_capacity(vocals.len());
+    let mut ma = Vec::with_capacity(vocals.len());
+    for (&v, &a) in vocals.iter().zip(accompaniment) {
+        let (v2, a2) = (v * v, a * a);
+        let total = v2 + a2 + eps;
+        mv.push((v2 + eps / 2.0) / total);
+        ma.push((a2 + eps / 2.0) / total);
+    }
+    [mv, ma]
 }
 
 /// Left and right channels of `audio` at 44.1 kHz.
@@ -400,12 +397,67 @@ fn same_padding(input: usize, kernel: usize, stride: usize, dilation: usize) -> 
     (total / 2, total - total / 2)
 }
 
+/// An activation in TF's NHWC layout, on the host.
+///
+/// The layers run as im2col (or col2im) on the host plus one large matrix
+/// product on the model's device. candle's own CPU convolutions gather
+/// patches element by element (and its transposed convolution is a direct
+/// loop); in NHWC every patch row is a run of contiguous channels, so
+/// im2col is a series of `memcpy`s and the product is one big gemm, about
+/// twice as fast overall here.
+#[derive(Debug, Clone)]
+struct Nhwc {
+    data: Vec<f32>,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl Nhwc {
+    /// Concatenates `self` and `other` along channels (Keras `Concatenate`).
+    fn concat(&self, other: &Nhwc) -> Nhwc {
+        let c = self.c + other.c;
+        let mut data = Vec::with_capacity(self.n * self.h * self.w * c);
+        for (a, b) in self
+            .data
+            .chunks_exact(self.c)
+            .zip(other.data.chunks_exact(other.c))
+        {
+            data.extend_from_slice(a);
+            data.extend_from_slice(b);
+        }
+        Nhwc { data, c, ..*self }
+    }
+
+    fn map(&mut self, f: impl Fn(f32) -> f32) {
+        self.data.iter_mut().for_each(|v| *v = f(*v));
+    }
+}
+
+/// `[m, k]` (host) times `weight` `[k, n]` (on its device), back to the host.
+fn matmul(a: &[f32], m: usize, k: usize, weight: &Tensor) -> candle_core::Result<Vec<f32>> {
+    Tensor::from_slice(a, (m, k), weight.device())?
+        .matmul(weight)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+fn add_bias(data: &mut [f32], bias: &[f32]) {
+    for row in data.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
+}
+
 /// A Keras `Conv2D` with "same" padding.
 struct Conv {
-    /// OIHW.
+    /// The TF HWIO kernel flattened to `[kh * kw * in, out]`: row order
+    /// matches the im2col patch order (ky, kx, channel).
     weight: Tensor,
-    /// `[1, out, 1, 1]`.
-    bias: Tensor,
+    bias: Vec<f32>,
+    kernel: (usize, usize),
+    in_c: usize,
+    out_c: usize,
     stride: usize,
     dilation: usize,
 }
@@ -418,125 +470,186 @@ impl Conv {
         stride: usize,
         dilation: usize,
     ) -> candle_core::Result<Self> {
+        let (kh, kw, in_c, out_c) = kernel.dims4()?;
         Ok(Conv {
-            weight: kernel.permute((3, 2, 0, 1))?.contiguous()?,
-            bias: bias.reshape((1, (), 1, 1))?,
+            weight: kernel.reshape((kh * kw * in_c, out_c))?,
+            bias: bias.to_dtype(DType::F32)?.to_vec1()?,
+            kernel: (kh, kw),
+            in_c,
+            out_c,
             stride,
             dilation,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (_, _, kh, kw) = self.weight.dims4()?;
-        let (top, bottom) = same_padding(h, kh, self.stride, self.dilation);
-        let (left, right) = same_padding(w, kw, self.stride, self.dilation);
-        let x = x
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?;
-        x.conv2d(&self.weight, 0, self.stride, self.dilation, 1)?
-            .broadcast_add(&self.bias)
-    }
-}
-
-/// A Keras `Conv2DTranspose` with a 5x5 kernel, stride 2 and "same" padding
-/// (output twice the input size).
-///
-/// candle's CPU transposed convolution is a direct loop; instead each of the
-/// four output phases (even/odd row, even/odd column) is an ordinary
-/// convolution of the input with a 3x3 sub-kernel of taps, so one gemm-backed
-/// convolution with `4 * out` channels computes them all, and a pixel
-/// shuffle interleaves them. The full transposed output (`2n + 3` long) is
-/// cropped by TF's "same" padding: 1 before, 2 after.
-struct ConvTranspose {
-    /// `[4 * out, in, 3, 3]`, phases `(row parity, column parity)` major.
-    weight: Tensor,
-    /// `[1, out, 1, 1]`.
-    bias: Tensor,
-    out_channels: usize,
-}
-
-impl ConvTranspose {
-    const KERNEL: usize = 5;
-
-    /// From a TF HWOI kernel `[5, 5, out, in]` and bias `[out]`.
-    fn from_tf(kernel: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
-        let (kh, kw, out_c, in_c) = kernel.dims4()?;
-        assert_eq!(
-            (kh, kw),
-            (Self::KERNEL, Self::KERNEL),
-            "checked by the loader"
-        );
-        // yfull[2p + a] = sum_u x[p - u] w[2u + a]; with x padded by 2 in
-        // front, tap t = 2 - u reads x_pad[p + t].
-        let w = kernel
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut phases = vec![0f32; 4 * out_c * in_c * 9];
-        for a in 0..2 {
-            for b in 0..2 {
-                for t in 0..3 {
-                    for s in 0..3 {
-                        let (ky, kx) = (2 * (2 - t) + a, 2 * (2 - s) + b);
-                        if ky >= Self::KERNEL || kx >= Self::KERNEL {
+    fn forward(&self, x: &Nhwc) -> candle_core::Result<Nhwc> {
+        let (kh, kw) = self.kernel;
+        let (s, d, c) = (self.stride, self.dilation, self.in_c);
+        if x.c != c {
+            candle_core::bail!("conv expects {c} channels, got {}", x.c);
+        }
+        let (top, _) = same_padding(x.h, kh, s, d);
+        let (left, _) = same_padding(x.w, kw, s, d);
+        let (oh, ow) = (x.h.div_ceil(s), x.w.div_ceil(s));
+        let k = kh * kw * c;
+        let rows = x.n * oh * ow;
+        let mut cols = vec![0f32; rows * k];
+        for b in 0..x.n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let row = ((b * oh + oy) * ow + ox) * k;
+                    for ky in 0..kh {
+                        let iy = (oy * s + ky * d) as isize - top as isize;
+                        if iy < 0 || iy >= x.h as isize {
                             continue;
                         }
-                        for o in 0..out_c {
-                            for i in 0..in_c {
-                                let src = ((ky * Self::KERNEL + kx) * out_c + o) * in_c + i;
-                                let dst = ((((a * 2 + b) * out_c + o) * in_c + i) * 3 + t) * 3 + s;
-                                phases[dst] = w[src];
+                        for kx in 0..kw {
+                            let ix = (ox * s + kx * d) as isize - left as isize;
+                            if ix < 0 || ix >= x.w as isize {
+                                continue;
                             }
+                            let src = ((b * x.h + iy as usize) * x.w + ix as usize) * c;
+                            let dst = row + (ky * kw + kx) * c;
+                            cols[dst..dst + c].copy_from_slice(&x.data[src..src + c]);
                         }
                     }
                 }
             }
         }
+        let mut data = matmul(&cols, rows, k, &self.weight)?;
+        drop(cols);
+        add_bias(&mut data, &self.bias);
+        Ok(Nhwc {
+            data,
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: self.out_c,
+        })
+    }
+}
+
+/// A Keras `Conv2DTranspose` with a 5x5 kernel, stride 2 and "same" padding
+/// (output twice the input size): every input pixel times the kernel (one
+/// gemm to `[pixels, 25 * out]`), scattered and summed into the output
+/// (col2im), where TF's "same" crop drops 1 row/column before and 2 after
+/// the full `2n + 3` result.
+struct ConvTranspose {
+    /// The TF HWOI kernel as `[in, 5 * 5 * out]`, columns (ky, kx, out).
+    weight: Tensor,
+    bias: Vec<f32>,
+    in_c: usize,
+    out_c: usize,
+}
+
+impl ConvTranspose {
+    const KERNEL: usize = 5;
+    const STRIDE: usize = 2;
+
+    /// From a TF HWOI kernel `[5, 5, out, in]` and bias `[out]`.
+    fn from_tf(kernel: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
+        let (kh, kw, out_c, in_c) = kernel.dims4()?;
+        if (kh, kw) != (Self::KERNEL, Self::KERNEL) {
+            candle_core::bail!("transposed conv kernel is {kh}x{kw}, expected 5x5");
+        }
         Ok(ConvTranspose {
-            weight: Tensor::from_vec(phases, (4 * out_c, in_c, 3, 3), kernel.device())?,
-            bias: bias.reshape((1, (), 1, 1))?,
-            out_channels: out_c,
+            weight: kernel
+                .permute((3, 0, 1, 2))?
+                .contiguous()?
+                .reshape((in_c, kh * kw * out_c))?,
+            bias: bias.to_dtype(DType::F32)?.to_vec1()?,
+            in_c,
+            out_c,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, _, h, w) = x.dims4()?;
-        let o = self.out_channels;
-        let x = x.pad_with_zeros(2, 2, 2)?.pad_with_zeros(3, 2, 2)?;
-        // [b, 4o, h + 2, w + 2] -> [b, o, (h + 2) * 2, (w + 2) * 2]
-        let y = x.conv2d(&self.weight, 0, 1, 1, 1)?;
-        let y = y
-            .reshape((b, 2, 2, o, h + 2, w + 2))?
-            .permute((0, 3, 4, 1, 5, 2))?
-            .reshape((b, o, 2 * (h + 2), 2 * (w + 2)))?;
-        y.narrow(2, 1, 2 * h)?
-            .narrow(3, 1, 2 * w)?
-            .broadcast_add(&self.bias)
+    fn forward(&self, x: &Nhwc) -> candle_core::Result<Nhwc> {
+        const K: usize = ConvTranspose::KERNEL;
+        let (o, s) = (self.out_c, Self::STRIDE);
+        if x.c != self.in_c {
+            candle_core::bail!(
+                "transposed conv expects {} channels, got {}",
+                self.in_c,
+                x.c
+            );
+        }
+        let (oh, ow) = (x.h * s, x.w * s);
+        let (top, _) = same_padding(oh, K, s, 1);
+        let (left, _) = same_padding(ow, K, s, 1);
+        let pixels = x.n * x.h * x.w;
+        let taps = matmul(&x.data, pixels, x.c, &self.weight)?;
+        let mut data = vec![0f32; x.n * oh * ow * o];
+        for b in 0..x.n {
+            for iy in 0..x.h {
+                for ix in 0..x.w {
+                    let row = ((b * x.h + iy) * x.w + ix) * K * K * o;
+                    for ky in 0..K {
+                        let oy = (iy * s + ky) as isize - top as isize;
+                        if oy < 0 || oy >= oh as isize {
+                            continue;
+                        }
+                        for kx in 0..K {
+                            let ox = (ix * s + kx) as isize - left as isize;
+                            if ox < 0 || ox >= ow as isize {
+                                continue;
+                            }
+                            let dst = ((b * oh + oy as usize) * ow + ox as usize) * o;
+                            let src = row + (ky * K + kx) * o;
+                            data[dst..dst + o]
+                                .iter_mut()
+                                .zip(&taps[src..src + o])
+                                .for_each(|(d, t)| *d += t);
+                        }
+                    }
+                }
+            }
+        }
+        add_bias(&mut data, &self.bias);
+        Ok(Nhwc {
+            data,
+            n: x.n,
+            h: oh,
+            w: ow,
+            c: o,
+        })
     }
 }
 
 /// Inference-time batch norm folded into a per-channel scale and shift.
 struct BatchNorm {
-    scale: Tensor,
-    shift: Tensor,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
 impl BatchNorm {
     fn load(weights: &Weights, index: usize, channels: usize) -> Result<Self, SeparateError> {
-        let get = |var| weights.get("batch_normalization", index, var, &[channels]);
+        let get = |var| -> Result<Vec<f32>, SeparateError> {
+            Ok(weights
+                .get("batch_normalization", index, var, &[channels])?
+                .to_vec1()?)
+        };
         let (gamma, beta) = (get("gamma")?, get("beta")?);
         let (mean, var) = (get("moving_mean")?, get("moving_variance")?);
-        let scale = gamma.div(&var.affine(1.0, BN_EPSILON)?.sqrt()?)?;
-        let shift = (beta - mean.mul(&scale)?)?;
-        Ok(BatchNorm {
-            scale: scale.reshape((1, channels, 1, 1))?,
-            shift: shift.reshape((1, channels, 1, 1))?,
-        })
+        let scale: Vec<f32> = gamma
+            .iter()
+            .zip(&var)
+            .map(|(g, v)| (f64::from(*g) / (f64::from(*v) + BN_EPSILON).sqrt()) as f32)
+            .collect();
+        let shift = beta
+            .iter()
+            .zip(&mean)
+            .zip(&scale)
+            .map(|((b, m), s)| b - m * s)
+            .collect();
+        Ok(BatchNorm { scale, shift })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    fn apply(&self, x: &mut Nhwc) {
+        for px in x.data.chunks_exact_mut(self.scale.len()) {
+            for ((v, s), t) in px.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = *v * s + t;
+            }
+        }
     }
 }
 
@@ -596,34 +709,37 @@ impl UNet {
         })
     }
 
-    /// `[n, 2, 512, 1024]` mixture magnitude -> this stem's magnitude.
-    fn forward(&self, mix: &Tensor) -> candle_core::Result<Tensor> {
+    /// `[n, 512, 1024, 2]` mixture magnitude -> this stem's magnitude, same
+    /// layout.
+    fn forward(&self, mix: &Nhwc) -> candle_core::Result<Vec<f32>> {
         let mut skips = Vec::with_capacity(5);
-        let mut x = mix.clone();
-        for (i, conv) in self.encoder.iter().enumerate() {
-            let c = conv.forward(&x)?;
-            match self.encoder_bn.get(i) {
-                Some(bn) => {
-                    x = leaky_relu(&bn.forward(&c)?)?;
-                    skips.push(c);
-                }
-                None => x = c,
-            }
+        let mut x = self.encoder[0].forward(mix)?;
+        for (i, conv) in self.encoder.iter().enumerate().skip(1) {
+            // The skip connection takes the raw convolution output.
+            let mut a = x.clone();
+            self.encoder_bn[i - 1].apply(&mut a);
+            a.map(|v| if v < 0.0 { 0.2 * v } else { v });
+            skips.push(x);
+            x = conv.forward(&a)?;
         }
         for (i, (up, bn)) in self.decoder.iter().zip(&self.decoder_bn).enumerate() {
-            let y = bn.forward(&up.forward(&x)?.relu()?)?;
+            let mut y = up.forward(&x)?;
+            y.map(|v| v.max(0.0));
+            bn.apply(&mut y);
             x = match skips.len().checked_sub(i + 1) {
-                Some(k) => Tensor::cat(&[&skips[k], &y], 1)?,
+                Some(k) => skips[k].concat(&y),
                 None => y,
             };
         }
-        let mask = candle_nn::ops::sigmoid(&self.mask.forward(&x)?)?;
-        mask.mul(mix)
+        let mut mask = self.mask.forward(&x)?;
+        mask.map(|v| 1.0 / (1.0 + (-v).exp()));
+        Ok(mask
+            .data
+            .iter()
+            .zip(&mix.data)
+            .map(|(m, x)| m * x)
+            .collect())
     }
-}
-
-fn leaky_relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.maximum(&x.affine(0.2, 0.0)?)
 }
 
 /// Converts the TensorFlow checkpoint `prefix` (e.g. `dir/model` for
@@ -737,17 +853,17 @@ mod tests {
         y
     }
 
-    fn nhwc_to_nchw(x: &[f32], (h, w, c): (usize, usize, usize)) -> Tensor {
-        Tensor::from_vec(x.to_vec(), (1, h, w, c), &Device::Cpu)
-            .unwrap()
-            .permute((0, 3, 1, 2))
-            .unwrap()
-            .contiguous()
-            .unwrap()
+    fn nhwc(x: &[f32], (h, w, c): (usize, usize, usize)) -> Nhwc {
+        Nhwc {
+            data: x.to_vec(),
+            n: 1,
+            h,
+            w,
+            c,
+        }
     }
 
-    fn max_diff(a: &Tensor, b: &[f32]) -> f32 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
@@ -781,12 +897,11 @@ mod tests {
                 dilation,
             )
             .unwrap();
-            let y = conv.forward(&nhwc_to_nchw(&x, (h, w, ci))).unwrap();
+            let y = conv.forward(&nhwc(&x, (h, w, ci))).unwrap();
             let (r, oh, ow) =
                 tf_conv_reference(&x, (h, w, ci), &kernel, (k, k, co), stride, dilation);
-            let y = y.permute((0, 2, 3, 1)).unwrap();
-            assert_eq!(y.dims(), &[1, oh, ow, co]);
-            let d = max_diff(&y, &r);
+            assert_eq!((y.n, y.h, y.w, y.c), (1, oh, ow, co));
+            let d = max_diff(&y.data, &r);
             assert!(d < 1e-4, "{h}x{w} k{k} s{stride} d{dilation}: {d}");
         }
     }
@@ -802,23 +917,20 @@ mod tests {
                 &Tensor::from_vec(bias.clone(), co, &Device::Cpu).unwrap(),
             )
             .unwrap();
-            let y = up.forward(&nhwc_to_nchw(&x, (h, w, ci))).unwrap();
+            let y = up.forward(&nhwc(&x, (h, w, ci))).unwrap();
             let mut r = tf_conv_transpose_reference(&x, (h, w, ci), &kernel, co);
             for (i, v) in r.iter_mut().enumerate() {
                 *v += bias[i % co];
             }
-            let y = y.permute((0, 2, 3, 1)).unwrap();
-            assert_eq!(y.dims(), &[1, 2 * h, 2 * w, co]);
-            let d = max_diff(&y, &r);
+            assert_eq!((y.n, y.h, y.w, y.c), (1, 2 * h, 2 * w, co));
+            let d = max_diff(&y.data, &r);
             assert!(d < 1e-4, "{h}x{w} {ci}->{co}: {d}");
         }
     }
 
     #[test]
     fn ratio_masks_follow_spleeter() {
-        let v = Tensor::new(&[3f32, 0.0, 1.0], &Device::Cpu).unwrap();
-        let a = Tensor::new(&[4f32, 0.0, 0.0], &Device::Cpu).unwrap();
-        let m = ratio_masks(&[v, a]).unwrap();
+        let m = ratio_masks(&[3.0, 0.0, 1.0], &[4.0, 0.0, 0.0]);
         assert!((m[0][0] - 9.0 / 25.0).abs() < 1e-6);
         assert!((m[1][0] - 16.0 / 25.0).abs() < 1e-6);
         // Both silent: split evenly.
