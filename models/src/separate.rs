@@ -48,7 +48,7 @@ use candle_core::{DType, Device, Tensor};
 use realfft::num_complex::Complex32;
 
 use crate::audio::{self, AudioError, DecodedAudio};
-use stft::{Stft, BINS, FRAME_LENGTH};
+use stft::{Interleaved, Stft, BINS, FRAME_LENGTH};
 use tfbundle::{BundleError, DataType, TensorBundle};
 
 /// The rate the model runs at.
@@ -147,8 +147,8 @@ impl Separator {
         if progress(0.0).is_break() {
             return Err(SeparateError::Cancelled);
         }
-        let [left, right] = to_stereo_44k(audio)?;
-        let len = left.len();
+        let input = to_stereo_44k(audio)?;
+        let len = input.len() / CHANNELS;
         if len == 0 {
             let _ = progress(1.0);
         }
@@ -161,13 +161,9 @@ impl Separator {
         };
         let chunks = segments.div_ceil(SEGMENTS_PER_CHUNK);
 
-        // out[stem][channel]
-        let mut out = [
-            [vec![0f32; len], vec![0f32; len]],
-            [vec![0f32; len], vec![0f32; len]],
-        ];
+        // Interleaved stereo per stem, filled chunk by chunk.
+        let mut out = [vec![0f32; 2 * len], vec![0f32; 2 * len]];
         let mut stft = Stft::new();
-        let input = [left.as_slice(), right.as_slice()];
         for chunk in 0..chunks {
             let first_segment = chunk * SEGMENTS_PER_CHUNK;
             let n_segments = SEGMENTS_PER_CHUNK.min(segments - first_segment);
@@ -185,8 +181,8 @@ impl Separator {
         }
 
         let [vocals, accompaniment] = out;
-        let stem = |[l, r]: [Vec<f32>; 2]| DecodedAudio {
-            samples: l.iter().zip(&r).flat_map(|(a, b)| [*a, *b]).collect(),
+        let stem = |samples| DecodedAudio {
+            samples,
             sample_rate: SAMPLE_RATE,
             channels: 2,
             duration_s: len as f64 / f64::from(SAMPLE_RATE),
@@ -200,15 +196,15 @@ impl Separator {
     }
 
     /// Runs `n_segments` segments starting at frame `first_frame` and
-    /// overlap-adds both stems into `out[stem][channel]`.
+    /// overlap-adds both stems into `out[stem]` (interleaved stereo).
     fn separate_chunk(
         &self,
         stft: &mut Stft,
-        input: &[&[f32]; 2],
+        input: &[f32],
         first_frame: usize,
         n_segments: usize,
         frames: usize,
-        out: &mut [[Vec<f32>; 2]; 2],
+        out: &mut [Vec<f32>; 2],
     ) -> Result<(), SeparateError> {
         let lead = FRAME_LENGTH;
         // Complex STFT of the net's bins and its magnitude, both in TF's
@@ -218,13 +214,18 @@ impl Separator {
         let mut spec = vec![Complex32::new(0.0, 0.0); n];
         let mut mag = vec![0f32; n];
         for s in 0..n_segments {
-            for (c, signal) in input.iter().enumerate() {
+            for c in 0..CHANNELS {
+                let signal = Interleaved {
+                    samples: input,
+                    channels: CHANNELS,
+                    channel: c,
+                };
                 for t in 0..SEGMENT_FRAMES {
                     let frame = first_frame + s * SEGMENT_FRAMES + t;
                     if frame >= frames {
                         break; // zero padding of the last segment
                     }
-                    let bins = stft.analyse(signal, lead, frame);
+                    let bins = stft.analyse(&signal, lead, frame);
                     let base = at(s, t, c);
                     for (f, z) in bins[..NET_BINS].iter().enumerate() {
                         spec[base + f * CHANNELS] = *z;
@@ -248,7 +249,7 @@ impl Separator {
         let mut full = vec![Complex32::new(0.0, 0.0); BINS];
         for (mask, stem_out) in masks.iter().zip(out.iter_mut()) {
             for s in 0..n_segments {
-                for (c, channel_out) in stem_out.iter_mut().enumerate() {
+                for c in 0..CHANNELS {
                     for t in 0..SEGMENT_FRAMES {
                         let frame = first_frame + s * SEGMENT_FRAMES + t;
                         if frame >= frames {
@@ -260,7 +261,7 @@ impl Separator {
                             *dst = spec[i] * mask[i];
                         }
                         full[NET_BINS..].fill(Complex32::new(0.0, 0.0));
-                        stft.synthesise_add(&mut full, lead, frame, channel_out);
+                        stft.synthesise_add(&mut full, lead, frame, stem_out, (CHANNELS, c));
                     }
                 }
             }
@@ -283,8 +284,8 @@ fn ratio_masks(vocals: &[f32], accompaniment: &[f32]) -> [Vec<f32>; 2] {
     [mv, ma]
 }
 
-/// Left and right channels of `audio` at 44.1 kHz.
-fn to_stereo_44k(audio: &DecodedAudio) -> Result<[Vec<f32>; 2], SeparateError> {
+/// `audio` as interleaved stereo at 44.1 kHz.
+fn to_stereo_44k(audio: &DecodedAudio) -> Result<Vec<f32>, SeparateError> {
     let channels = usize::from(audio.channels);
     if channels == 0 || audio.sample_rate == 0 {
         return Err(SeparateError::InvalidAudio(format!(
@@ -311,14 +312,10 @@ fn to_stereo_44k(audio: &DecodedAudio) -> Result<[Vec<f32>; 2], SeparateError> {
     if audio.sample_rate != SAMPLE_RATE && !samples.is_empty() {
         samples = audio::resample(&samples, kept, audio.sample_rate, SAMPLE_RATE)?;
     }
-    Ok(if kept == 1 {
-        [samples.clone(), samples]
-    } else {
-        [
-            samples.iter().step_by(2).copied().collect(),
-            samples.iter().skip(1).step_by(2).copied().collect(),
-        ]
-    })
+    if kept == 1 {
+        samples = samples.iter().flat_map(|&s| [s, s]).collect();
+    }
+    Ok(samples)
 }
 
 /// Scale-invariant signal-to-distortion ratio in dB (Le Roux et al., 2019)

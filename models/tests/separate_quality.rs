@@ -272,3 +272,12 @@ fn empty_and_malformed_audio() {
         .expect_err("3 samples in 2 channels");
     assert!(matches!(err, SeparateError::InvalidAudio(_)), "{err}");
 }
+
+#[test]
+fn separator_and_stems_can_cross_threads() {
+    // The job engine shares one loaded separator between workers.
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Separator>();
+    shareable::<Stems>();
+    shareable::<SeparateError>();
+}

@@ -64,14 +64,20 @@ impl Stft {
         }
     }
 
-    /// The spectrum of frame `t` of `signal` (preceded by `lead` zeros);
-    /// `BINS` values.
-    pub fn analyse(&mut self, signal: &[f32], lead: usize, t: usize) -> &[Complex32] {
+    /// The spectrum of frame `t` of one channel of `signal` (interleaved,
+    /// preceded by `lead` zeros); `BINS` values.
+    pub fn analyse(&mut self, signal: &Interleaved<'_>, lead: usize, t: usize) -> &[Complex32] {
+        let Interleaved {
+            samples,
+            channels,
+            channel,
+        } = *signal;
+        let len = (samples.len() / channels) as isize;
         let start = (t * FRAME_STEP) as isize - lead as isize;
         for (n, slot) in self.frame.iter_mut().enumerate() {
             let i = start + n as isize;
-            let x = if i >= 0 && (i as usize) < signal.len() {
-                signal[i as usize]
+            let x = if i >= 0 && i < len {
+                samples[i as usize * channels + channel]
             } else {
                 0.0
             };
@@ -84,14 +90,16 @@ impl Stft {
     }
 
     /// Inverts `spectrum` (`BINS` values, consumed as scratch), windows it
-    /// and adds it into `out` where frame `t` lands; `out[0]` is input sample
-    /// 0, so the `lead` padding and anything past `out` are dropped.
+    /// and adds it into channel `channel` of the interleaved `out` where
+    /// frame `t` lands; frame 0 of `out` is input sample 0, so the `lead`
+    /// padding and anything past `out` are dropped.
     pub fn synthesise_add(
         &mut self,
         spectrum: &mut [Complex32],
         lead: usize,
         t: usize,
         out: &mut [f32],
+        (channels, channel): (usize, usize),
     ) {
         // A real signal's DC and Nyquist bins are real; drop rounding noise.
         spectrum[0].im = 0.0;
@@ -101,14 +109,23 @@ impl Stft {
             .expect("buffers are sized by the plan");
         // realfft's inverse is unnormalised; TensorFlow's irfft divides by N.
         let scale = WINDOW_COMPENSATION / FRAME_LENGTH as f32;
+        let len = (out.len() / channels) as isize;
         let start = (t * FRAME_STEP) as isize - lead as isize;
         for (n, &x) in self.frame.iter().enumerate() {
             let i = start + n as isize;
-            if i >= 0 && (i as usize) < out.len() {
-                out[i as usize] += x * self.window[n] * scale;
+            if i >= 0 && i < len {
+                out[i as usize * channels + channel] += x * self.window[n] * scale;
             }
         }
     }
+}
+
+/// One channel of an interleaved buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Interleaved<'a> {
+    pub samples: &'a [f32],
+    pub channels: usize,
+    pub channel: usize,
 }
 
 /// Frames `tf.signal.stft(pad_end=True)` produces for `samples` input
@@ -134,9 +151,14 @@ mod tests {
             .collect();
         let mut stft = Stft::new();
         let mut out = vec![0f32; n];
+        let input = Interleaved {
+            samples: &signal,
+            channels: 1,
+            channel: 0,
+        };
         for t in 0..frame_count(n, FRAME_LENGTH) {
-            let mut spec = stft.analyse(&signal, FRAME_LENGTH, t).to_vec();
-            stft.synthesise_add(&mut spec, FRAME_LENGTH, t, &mut out);
+            let mut spec = stft.analyse(&input, FRAME_LENGTH, t).to_vec();
+            stft.synthesise_add(&mut spec, FRAME_LENGTH, t, &mut out, (1, 0));
         }
         let max_err = signal
             .iter()

@@ -274,9 +274,12 @@ fn read_table(path: &Path, file: &[u8]) -> Result<Vec<KeyValue>, BundleError> {
         });
     }
     let mut cursor = Cursor::new(path, &footer[..40]);
-    let _metaindex = cursor.block_handle()?;
+    let metaindex = cursor.block_handle()?;
     let index = cursor.block_handle()?;
     let body_len = (file.len() - FOOTER_LEN) as u64;
+    // Bundles keep no meta blocks, but the (empty) metaindex block is
+    // checked like the rest so that no damaged byte goes unnoticed.
+    read_block(path, file, metaindex, body_len)?;
 
     let index_block = read_block(path, file, index, body_len)?;
     let mut out = Vec::new();
