@@ -433,8 +433,9 @@ impl Nhwc {
 }
 
 /// `[m, k]` (host) times `weight` `[k, n]` (on its device), back to the host.
-fn matmul(a: &[f32], m: usize, k: usize, weight: &Tensor) -> candle_core::Result<Vec<f32>> {
-    Tensor::from_slice(a, (m, k), weight.device())?
+/// Takes `a` by value: on the CPU candle keeps the buffer without a copy.
+fn matmul(a: Vec<f32>, m: usize, k: usize, weight: &Tensor) -> candle_core::Result<Vec<f32>> {
+    Tensor::from_vec(a, (m, k), weight.device())?
         .matmul(weight)?
         .flatten_all()?
         .to_vec1::<f32>()
@@ -513,8 +514,7 @@ impl Conv {
                 }
             }
         }
-        let mut data = matmul(&cols, rows, k, &self.weight)?;
-        drop(cols);
+        let mut data = matmul(cols, rows, k, &self.weight)?;
         add_bias(&mut data, &self.bias);
         Ok(Nhwc {
             data,
@@ -560,7 +560,8 @@ impl ConvTranspose {
         })
     }
 
-    fn forward(&self, x: &Nhwc) -> candle_core::Result<Nhwc> {
+    /// Consumes `x`: its buffer becomes the gemm's input.
+    fn forward(&self, x: Nhwc) -> candle_core::Result<Nhwc> {
         const K: usize = ConvTranspose::KERNEL;
         let (o, s) = (self.out_c, Self::STRIDE);
         if x.c != self.in_c {
@@ -574,12 +575,13 @@ impl ConvTranspose {
         let (top, _) = same_padding(oh, K, s, 1);
         let (left, _) = same_padding(ow, K, s, 1);
         let pixels = x.n * x.h * x.w;
-        let taps = matmul(&x.data, pixels, x.c, &self.weight)?;
-        let mut data = vec![0f32; x.n * oh * ow * o];
-        for b in 0..x.n {
-            for iy in 0..x.h {
-                for ix in 0..x.w {
-                    let row = ((b * x.h + iy) * x.w + ix) * K * K * o;
+        let (n, h, w) = (x.n, x.h, x.w);
+        let taps = matmul(x.data, pixels, self.in_c, &self.weight)?;
+        let mut data = vec![0f32; n * oh * ow * o];
+        for b in 0..n {
+            for iy in 0..h {
+                for ix in 0..w {
+                    let row = ((b * h + iy) * w + ix) * K * K * o;
                     for ky in 0..K {
                         let oy = (iy * s + ky) as isize - top as isize;
                         if oy < 0 || oy >= oh as isize {
@@ -604,7 +606,7 @@ impl ConvTranspose {
         add_bias(&mut data, &self.bias);
         Ok(Nhwc {
             data,
-            n: x.n,
+            n,
             h: oh,
             w: ow,
             c: o,
@@ -720,7 +722,7 @@ impl UNet {
             x = conv.forward(&a)?;
         }
         for (i, (up, bn)) in self.decoder.iter().zip(&self.decoder_bn).enumerate() {
-            let mut y = up.forward(&x)?;
+            let mut y = up.forward(x)?;
             y.map(|v| v.max(0.0));
             bn.apply(&mut y);
             x = match skips.len().checked_sub(i + 1) {
@@ -914,7 +916,7 @@ mod tests {
                 &Tensor::from_vec(bias.clone(), co, &Device::Cpu).unwrap(),
             )
             .unwrap();
-            let y = up.forward(&nhwc(&x, (h, w, ci))).unwrap();
+            let y = up.forward(nhwc(&x, (h, w, ci))).unwrap();
             let mut r = tf_conv_transpose_reference(&x, (h, w, ci), &kernel, co);
             for (i, v) in r.iter_mut().enumerate() {
                 *v += bias[i % co];
