@@ -14,8 +14,7 @@
 //!   periodic Hann window and hop 1024 (see [`stft`]).
 //! - The magnitude of the first 1024 bins, cut into segments of 512 frames
 //!   (the last zero-padded), is the input of one U-Net per stem, in TF's NHWC
-//!   `[segment, frame, bin, channel]`, here NCHW `[segment, channel, frame,
-//!   bin]`.
+//!   layout `[segment, frame, bin, channel]`, which we keep throughout.
 //! - Each U-Net: six 5x5 stride-2 "same" convolutions (batch norm, leaky
 //!   ReLU 0.2), six 5x5 stride-2 transposed convolutions (ReLU, batch norm)
 //!   concatenated with the matching encoder convolution's *raw* output, and a
@@ -25,17 +24,20 @@
 //!   estimates, zero above bin 1024 (`mask_extension: zeros`), applied to the
 //!   complex STFT; inverse STFT by windowed overlap-add, scaled by 2/3.
 //!
-//! Spleeter transforms a whole file at once. We walk the spectrogram in
-//! chunks of [`SEGMENTS_PER_CHUNK`] segments (about 24 s), computing only
-//! those frames' STFT and overlap-adding their inverse into the output, so
-//! memory stays bounded by the output itself plus one chunk's work, and the
-//! result equals a whole-file pass (the segmentation is the same, and frames
-//! are independent).
+//! Spleeter's graph transforms a whole waveform at once. We walk the
+//! spectrogram in chunks of [`SEGMENTS_PER_CHUNK`] segments (about 24 s),
+//! computing only those frames' STFT and overlap-adding their inverse into
+//! the output, so memory stays bounded by the input and output plus one
+//! chunk's work, and the result equals the whole-waveform graph (same
+//! segmentation; STFT frames are independent), without seams at chunk
+//! boundaries.
 //!
-//! TensorFlow layouts: convolution kernels are HWIO `[kh, kw, in, out]`
-//! (candle wants OIHW), transposed-convolution kernels HWOI `[kh, kw, out,
-//! in]`. "Same" padding with stride 2 and a 5-wide kernel pads 1 before and 2
-//! after; candle pads symmetrically, so we pad explicitly.
+//! TensorFlow layouts: convolution kernels are HWIO `[kh, kw, in, out]`,
+//! which flattened to `[kh * kw * in, out]` is exactly the matrix an NHWC
+//! im2col needs; transposed-convolution kernels are HWOI `[kh, kw, out, in]`.
+//! TF "same" padding is asymmetric for stride 2 and a 5-wide kernel (1
+//! before, 2 after), so padding is computed per layer (`same_padding`). The
+//! layers are checked against by-definition TF references in the unit tests.
 
 pub mod stft;
 pub mod tfbundle;
