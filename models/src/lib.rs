@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod formats;
 pub mod mel;
 pub mod registry;
+pub mod separate;
 pub mod testaudio;
 pub mod transcript;
 pub mod vad;
