@@ -57,12 +57,26 @@ pub const SEGMENTATION_FILE: &str = "pyannote_segmentation_3.0.bin";
 pub const EMBEDDING_FILE: &str = "campplus_cn_en_common.pt";
 /// The only rate the models read.
 pub const SAMPLE_RATE: u32 = 16_000;
-/// Default clustering threshold (cosine distance, average linkage).
-pub const DEFAULT_THRESHOLD: f32 = 0.6;
+/// Default clustering threshold (cosine distance between CAM++ embeddings,
+/// average linkage). Chosen between the largest same-speaker merge (0.34)
+/// and the smallest different-speaker merge (0.48) we measured on the
+/// pyannote sample and the spliced three-speaker test recording: tuned on
+/// those two recordings only.
+pub const DEFAULT_THRESHOLD: f32 = 0.45;
 
 /// Window hop in segmentation frames: 59 * 270 samples = 0.996 s, a whole
 /// number of frames so every window's frames land on one global grid.
 const STEP_FRAMES: usize = 59;
+/// Every this many windows, one is an anchor whose local speakers are all
+/// embedded (CAM++ is most of the cost; anchors ~2 s apart still overlap
+/// each window between them by 8 s).
+const EMBED_EVERY: usize = 2;
+/// Agreement (intersection over union of active frames) a local speaker
+/// needs with an anchor's local speaker to share its cluster without an
+/// embedding of its own.
+const LINK_MIN_IOU: f64 = 0.6;
+/// Windows linked must share at least this much time.
+const LINK_MIN_OVERLAP_S: f64 = 5.0;
 /// Windows per segmentation batch (bounds memory: ~25 MB per window).
 const BATCH_WINDOWS: usize = 8;
 /// Clean (single-speaker) speech a local speaker needs in a window for its
@@ -279,30 +293,64 @@ impl Diarizer {
             report(0.3 * last as f64 / num_windows as f64)?;
         }
 
-        // 2. One embedding per (window, local speaker) with enough speech.
+        // 2. Embeddings of the local speakers of every EMBED_EVERY-th
+        //    window (anchors). A local speaker of a window between them is
+        //    linked to a well-embedded local speaker of a nearby window whose
+        //    activity matches its own on the frames both windows see, and
+        //    embedded only when there is none.
+        let is_anchor = |w: usize| w % EMBED_EVERY == 0 || w + 1 == num_windows;
+        let mut order: Vec<usize> = (0..num_windows).filter(|&w| is_anchor(w)).collect();
+        order.extend((0..num_windows).filter(|&w| !is_anchor(w)));
         let mut locals: Vec<LocalSpeaker> = Vec::new();
-        for (w, masks) in activity.iter().enumerate() {
-            if masks.iter().any(|&m| m != 0) {
-                let feats = self.fbank.compute(&window(w));
-                for s in 0..LOCAL_SPEAKERS {
-                    if let Some(local) = self.local_embedding(w, s, masks, &feats)? {
-                        locals.push(local);
+        let mut links: HashMap<(usize, usize), (usize, usize)> = HashMap::new();
+        for (done, &w) in order.iter().enumerate() {
+            let masks = &activity[w];
+            let mut feats: Option<Vec<f32>> = None;
+            for s in 0..LOCAL_SPEAKERS {
+                if !masks.iter().any(|&m| m & (1 << s) != 0) {
+                    continue;
+                }
+                if !is_anchor(w) {
+                    if let Some(target) = link(&activity, w, s, &locals) {
+                        links.insert((w, s), target);
+                        continue;
                     }
                 }
+                let feats = feats.get_or_insert_with(|| self.fbank.compute(&window(w)));
+                if let Some(local) = self.local_embedding(w, s, masks, feats)? {
+                    locals.push(local);
+                }
             }
-            report(0.3 + 0.65 * (w + 1) as f64 / num_windows as f64)?;
+            report(0.3 + 0.65 * (done + 1) as f64 / num_windows as f64)?;
         }
         if locals.is_empty() {
             report(1.0)?;
             return Ok(Vec::new());
         }
 
-        // 3. Clusters.
+        // 3. Clusters of the embeddings. Local speakers with too little
+        //    clean speech for a reliable embedding follow a linked
+        //    well-embedded one where they can.
         let threshold = options.threshold.unwrap_or(DEFAULT_THRESHOLD);
         let (assignment, clusters) = assign_clusters(&locals, options, threshold);
+        let mut cluster_of: HashMap<(usize, usize), usize> = locals
+            .iter()
+            .zip(&assignment)
+            .map(|(l, &c)| ((l.window, l.speaker), c))
+            .collect();
+        for l in locals.iter().filter(|l| l.clean_s < MIN_TRAIN_CLEAN_S) {
+            if let Some(target) = link(&activity, l.window, l.speaker, &locals) {
+                links.insert((l.window, l.speaker), target);
+            }
+        }
+        for (from, to) in links {
+            if let Some(&c) = cluster_of.get(&to) {
+                cluster_of.insert(from, c);
+            }
+        }
 
         // 4. Reconstruction on the global frame grid.
-        let turns = reconstruct(&activity, &locals, &assignment, clusters, samples.len());
+        let turns = reconstruct(&activity, &cluster_of, clusters, samples.len());
         report(1.0)?;
         Ok(turns)
     }
@@ -376,6 +424,14 @@ fn assign_clusters(
     let lo = options.min_speakers.unwrap_or(1).min(n);
     let hi = options.max_speakers.unwrap_or(n).clamp(1, n).max(lo);
     let k = cluster::clusters_at(n, &merges, threshold).clamp(lo, hi);
+    let top: Vec<f32> = merges.iter().rev().take(4).map(|m| m.distance).collect();
+    tracing::debug!(
+        locals = locals.len(),
+        train = n,
+        clusters = k,
+        ?top,
+        "clustered"
+    );
     let labels = cluster::cut(n, &merges, k);
     let mut sizes = vec![0usize; k];
     for &l in &labels {
@@ -384,36 +440,75 @@ fn assign_clusters(
     // Fold tiny clusters into the others, unless that leaves too few.
     let large: Vec<usize> = (0..k).filter(|&c| sizes[c] >= MIN_CLUSTER_SIZE).collect();
     let all = cluster::centroids(&points, &labels, k);
-    let centroids: Vec<Vec<f32>> = if large.len() >= lo.max(1) && large.len() < k {
-        large.iter().map(|&c| all[c].clone()).collect()
-    } else {
-        all
-    };
+    let (centroids, relabel): (Vec<Vec<f32>>, Vec<usize>) =
+        if large.len() >= lo.max(1) && large.len() < k {
+            let kept: Vec<Vec<f32>> = large.iter().map(|&c| all[c].clone()).collect();
+            let relabel = (0..k)
+                .map(|c| match large.iter().position(|&l| l == c) {
+                    Some(p) => p,
+                    None => nearest(&all[c], &kept),
+                })
+                .collect();
+            (kept, relabel)
+        } else {
+            (all, (0..k).collect())
+        };
     let k = centroids.len();
 
-    // Every local speaker to its nearest centroid, local speakers of one
-    // window to distinct clusters where possible.
-    let mut assignment = vec![0usize; locals.len()];
+    // Clustered local speakers keep their cluster; the others go to the
+    // nearest centroid, local speakers of one window to distinct clusters
+    // where possible.
+    let mut assignment = vec![usize::MAX; locals.len()];
+    for (&i, &l) in train.iter().zip(&labels) {
+        assignment[i] = relabel[l];
+    }
     let mut by_window: HashMap<usize, Vec<usize>> = HashMap::new();
     for (i, l) in locals.iter().enumerate() {
         by_window.entry(l.window).or_default().push(i);
     }
     for members in by_window.values() {
-        let sims: Vec<Vec<f32>> = members
+        let taken: Vec<usize> = members
+            .iter()
+            .filter(|&&i| assignment[i] != usize::MAX)
+            .map(|&i| assignment[i])
+            .collect();
+        let open: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| assignment[i] == usize::MAX)
+            .collect();
+        if open.is_empty() {
+            continue;
+        }
+        // Clusters still free in this window, or all when too few are.
+        let mut free: Vec<usize> = (0..k).filter(|c| !taken.contains(c)).collect();
+        if free.len() < open.len() {
+            free = (0..k).collect();
+        }
+        let sims: Vec<Vec<f32>> = open
             .iter()
             .map(|&i| {
-                centroids
-                    .iter()
-                    .map(|c| 1.0 - cluster::cosine_distance(&locals[i].embedding, c))
+                free.iter()
+                    .map(|&c| 1.0 - cluster::cosine_distance(&locals[i].embedding, &centroids[c]))
                     .collect()
             })
             .collect();
-        let choice = best_distinct_assignment(&sims, k);
-        for (&i, c) in members.iter().zip(choice) {
-            assignment[i] = c;
+        let choice = best_distinct_assignment(&sims, free.len());
+        for (&i, c) in open.iter().zip(choice) {
+            assignment[i] = free[c];
         }
     }
     (assignment, k)
+}
+
+/// Index of the centroid nearest `v`.
+fn nearest(v: &[f32], centroids: &[Vec<f32>]) -> usize {
+    (0..centroids.len())
+        .min_by(|&a, &b| {
+            cluster::cosine_distance(v, &centroids[a])
+                .total_cmp(&cluster::cosine_distance(v, &centroids[b]))
+        })
+        .unwrap_or(0)
 }
 
 /// For up to three rows of similarities to `k` clusters, the cluster of each
@@ -464,12 +559,56 @@ fn best_distinct_assignment(sims: &[Vec<f32>], k: usize) -> Vec<usize> {
     best.1
 }
 
+/// The well-embedded local speaker (clean speech of at least
+/// [`MIN_TRAIN_CLEAN_S`], in `locals`) of a window overlapping window `w` by
+/// at least [`LINK_MIN_OVERLAP_S`] whose activity best matches that of local
+/// speaker `s` of `w` on the frames both windows see: intersection over
+/// union at least [`LINK_MIN_IOU`] and at least [`MIN_EMBED_S`] shared.
+fn link(
+    activity: &[Vec<u8>],
+    w: usize,
+    s: usize,
+    locals: &[LocalSpeaker],
+) -> Option<(usize, usize)> {
+    let step = STEP_FRAMES;
+    let frame_s = FRAME_STEP_SAMPLES as f64 / f64::from(SAMPLE_RATE);
+    let reach = ((FRAMES_PER_WINDOW as f64 - LINK_MIN_OVERLAP_S / frame_s) / step as f64) as usize;
+    let min_frames = (MIN_EMBED_S / frame_s) as usize;
+    let mut best: Option<(f64, (usize, usize))> = None;
+    let candidates = locals.iter().filter(|l| {
+        l.clean_s >= MIN_TRAIN_CLEAN_S && l.window != w && l.window.abs_diff(w) <= reach
+    });
+    for l in candidates {
+        let a = l.window;
+        // Frame i of window w is frame i + (w - a) * step of window a.
+        let shift = (w as isize - a as isize) * step as isize;
+        let (mut inter, mut union) = (0usize, 0usize);
+        for (i, &m) in activity[w].iter().enumerate() {
+            let j = i as isize + shift;
+            if j < 0 || j >= FRAMES_PER_WINDOW as isize {
+                continue;
+            }
+            let here = m & (1 << s) != 0;
+            let there = activity[a][j as usize] & (1 << l.speaker) != 0;
+            inter += usize::from(here && there);
+            union += usize::from(here || there);
+        }
+        if union == 0 || inter < min_frames {
+            continue;
+        }
+        let iou = inter as f64 / union as f64;
+        if iou >= LINK_MIN_IOU && best.is_none_or(|(b, _)| iou > b) {
+            best = Some((iou, (a, l.speaker)));
+        }
+    }
+    best.map(|(_, target)| target)
+}
+
 /// Global speaker activity from the windows' local activity and the local
 /// speakers' clusters, as turns.
 fn reconstruct(
     activity: &[Vec<u8>],
-    locals: &[LocalSpeaker],
-    assignment: &[usize],
+    cluster_of: &HashMap<(usize, usize), usize>,
     clusters: usize,
     num_samples: usize,
 ) -> Vec<SpeakerTurn> {
@@ -477,10 +616,6 @@ fn reconstruct(
     let mut cover = vec![0u32; frames];
     let mut count = vec![0u32; frames];
     let mut votes = vec![0u32; frames * clusters];
-    let mut cluster_of: HashMap<(usize, usize), usize> = HashMap::new();
-    for (l, &c) in locals.iter().zip(assignment) {
-        cluster_of.insert((l.window, l.speaker), c);
-    }
     for (w, masks) in activity.iter().enumerate() {
         let local_clusters: Vec<Option<usize>> = (0..LOCAL_SPEAKERS)
             .map(|s| cluster_of.get(&(w, s)).copied())

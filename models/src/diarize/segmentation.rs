@@ -341,11 +341,9 @@ fn sinc_filters(low_hz: &[f32], band_hz: &[f32], window: &[f32], n: &[f32]) -> V
                 let right = if odd { -left } else { left };
                 row[SINC_TAPS - 1 - k] = (right / (2.0 * band)) as f32;
             }
-            row[half] = if odd {
-                0.0
-            } else {
-                (2.0 * band / (2.0 * band)) as f32
-            };
+            // The centre tap: 2 band for the even filter, 0 for the odd
+            // one, over the same 2 band normalisation.
+            row[half] = if odd { 0.0 } else { 1.0 };
         }
     }
     out
