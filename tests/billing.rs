@@ -187,7 +187,13 @@ async fn file_size_and_storage_gates() {
 
 #[tokio::test]
 async fn model_feature_translation_and_workflow_gates() {
-    common::install_models(&["tiny.en", "base", "silero-vad"]);
+    common::install_models(&[
+        "tiny.en",
+        "base",
+        "silero-vad",
+        "diarization",
+        "spleeter-2stems",
+    ]);
     let (server, _dir) = start(&[]);
     let a = signup(&server, "Acme").await;
     let c = &a.client;
@@ -353,7 +359,7 @@ async fn model_feature_translation_and_workflow_gates() {
 
 #[tokio::test]
 async fn revenuecat_webhook_drives_the_tier_for_existing_tokens() {
-    common::install_models(&["base", "silero-vad"]);
+    common::install_models(&["base", "silero-vad", "diarization"]);
     let (server, _dir) = start(&[]);
     let a = signup(&server, "Acme").await;
     let b = signup(&server, "Globex").await;

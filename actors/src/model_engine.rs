@@ -1,16 +1,20 @@
-//! The real engine: decode, voice-activity detection and Whisper through
-//! `murmur-models`, with checkpoints so an interrupted job resumes where it
-//! stopped. Loaded models are kept (Silero once; Whisper in a small LRU, one
-//! lock per model) so a model is loaded once and shared by jobs.
+//! The real engine: decode, background-music separation, voice-activity
+//! detection, Whisper and speaker diarization through `murmur-models`, with
+//! checkpoints so an interrupted job resumes where it stopped. Loaded models
+//! are kept (Silero, Spleeter and the diarizer once each; Whisper in a small
+//! LRU, one lock per model) so a model is loaded once and shared by jobs.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
-use murmur_models::audio::{self, AudioError};
+use murmur_models::audio::{self, AudioError, DecodedAudio};
+use murmur_models::diarize::{self, DiarizeError, DiarizeOptions, Diarizer};
 use murmur_models::fetch;
+use murmur_models::separate::{SeparateError, Separator};
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
 use murmur_models::vad::SileroVad;
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
@@ -21,8 +25,14 @@ use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use crate::job::JobStage;
 use crate::params::{JobParams, JobType, Task};
 
-/// Name of the VAD model in the catalogue.
+/// Names of the non-Whisper models in the catalogue.
 const VAD_MODEL: &str = "silero-vad";
+const SEPARATION_MODEL: &str = "spleeter-2stems";
+const DIARIZATION_MODEL: &str = "diarization";
+
+/// Files a separation writes into the job's artifacts folder.
+const VOCALS_FILE: &str = "vocals.wav";
+const ACCOMPANIMENT_FILE: &str = "accompaniment.wav";
 
 /// What a transcription job has finished, saved after VAD and after every
 /// decoded segment.
@@ -36,6 +46,10 @@ pub struct Checkpoint {
     pub resume_at: f64,
     /// Language detected so far.
     pub language: Option<String>,
+    /// The separated vocals are in the artifacts folder (so a resumed job
+    /// reads them instead of separating again).
+    #[serde(default)]
+    pub separated: bool,
 }
 
 /// Where models come from and how many stay loaded.
@@ -56,6 +70,8 @@ pub struct ModelEngine {
     config: ModelEngineConfig,
     device: Device,
     vad: Mutex<Option<Arc<SileroVad>>>,
+    separator: Mutex<Option<Arc<Separator>>>,
+    diarizer: Mutex<Option<Arc<Diarizer>>>,
     /// Most recently used last.
     whisper: Mutex<VecDeque<(String, SharedWhisper)>>,
     /// Held while installing, so two workers never fetch the same files.
@@ -68,6 +84,8 @@ impl ModelEngine {
             config,
             device,
             vad: Mutex::new(None),
+            separator: Mutex::new(None),
+            diarizer: Mutex::new(None),
             whisper: Mutex::new(VecDeque::new()),
             installing: Mutex::new(()),
         }
@@ -100,17 +118,36 @@ impl ModelEngine {
         .map_err(|e| WorkError::Transient(format!("cannot install model {name}: {e}")))
     }
 
-    fn vad(&self) -> Result<Arc<SileroVad>, WorkError> {
-        let mut slot = self.vad.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = slot.as_ref() {
-            return Ok(v.clone());
+    /// The model in `slot`, loading it from the catalogue entry `name` the
+    /// first time. Loading holds the slot's lock, so it happens once.
+    fn load_once<M, E: std::fmt::Display>(
+        &self,
+        slot: &Mutex<Option<Arc<M>>>,
+        name: &str,
+        load: impl FnOnce(&Path, &Device) -> Result<M, E>,
+    ) -> Result<Arc<M>, WorkError> {
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
         }
-        let dir = self.model_dir(VAD_MODEL)?;
-        let model = SileroVad::load_dir(&dir, &self.device)
-            .map_err(|e| WorkError::Transient(e.to_string()))?;
+        let dir = self.model_dir(name)?;
+        let model = load(&dir, &self.device)
+            .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
         let model = Arc::new(model);
         *slot = Some(model.clone());
         Ok(model)
+    }
+
+    fn vad(&self) -> Result<Arc<SileroVad>, WorkError> {
+        self.load_once(&self.vad, VAD_MODEL, SileroVad::load_dir)
+    }
+
+    fn separator(&self) -> Result<Arc<Separator>, WorkError> {
+        self.load_once(&self.separator, SEPARATION_MODEL, Separator::load)
+    }
+
+    fn diarizer(&self) -> Result<Arc<Diarizer>, WorkError> {
+        self.load_once(&self.diarizer, DIARIZATION_MODEL, Diarizer::load)
     }
 
     fn whisper(&self, name: &str) -> Result<SharedWhisper, WorkError> {
@@ -178,6 +215,156 @@ fn regions_after(regions: &[SpeechRegion], t: f64) -> Vec<SpeechRegion> {
         .collect()
 }
 
+/// Where each stage's share of the progress bar starts and ends.
+struct ProgressPlan {
+    decoded: f64,
+    /// Separation runs from `decoded` to here.
+    separated: f64,
+    vad_done: f64,
+    /// Transcription runs from `vad_done` to here; diarization from here to
+    /// `diarized`.
+    transcribed: f64,
+    diarized: f64,
+}
+
+impl ProgressPlan {
+    fn new(job_type: JobType, separating: bool, diarizing: bool) -> ProgressPlan {
+        let decoded = 0.05;
+        let separated = match (separating, job_type) {
+            (false, _) => decoded,
+            (true, JobType::BgmSeparation) => 0.95,
+            (true, _) => 0.35,
+        };
+        let vad_done = separated + 0.05;
+        let diarized = 0.97;
+        let transcribed = if diarizing { 0.8 } else { diarized };
+        ProgressPlan {
+            decoded,
+            separated,
+            vad_done,
+            transcribed,
+            diarized,
+        }
+    }
+
+    fn separating(&self, f: f64) -> f64 {
+        self.decoded + (self.separated - self.decoded) * f.clamp(0.0, 1.0)
+    }
+
+    fn transcribing(&self, f: f64) -> f64 {
+        self.vad_done + (self.transcribed - self.vad_done) * f.clamp(0.0, 1.0)
+    }
+
+    fn diarizing(&self, f: f64) -> f64 {
+        self.transcribed + (self.diarized - self.transcribed) * f.clamp(0.0, 1.0)
+    }
+}
+
+/// A separation job's result: its stems and where to download them.
+fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
+    let stems: Vec<_> = [
+        ("vocals", VOCALS_FILE),
+        ("accompaniment", ACCOMPANIMENT_FILE),
+    ]
+    .iter()
+    .map(|(name, _)| {
+        json!({
+            "name": name,
+            "url": format!("/v1/jobs/{job_id}/stems/{name}"),
+            "format": "wav",
+            "sample_rate": murmur_models::separate::SAMPLE_RATE,
+            "channels": 2,
+        })
+    })
+    .collect();
+    json!({"duration_s": duration_s, "stems": stems})
+}
+
+/// One channel at 16 kHz from a 44.1 kHz stereo stem, for VAD, Whisper and
+/// the diarizer.
+fn stem_to_16k_mono(stem: &DecodedAudio) -> Result<Vec<f32>, WorkError> {
+    let channels = usize::from(stem.channels.max(1));
+    let mono: Vec<f32> = stem
+        .samples
+        .chunks(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect();
+    audio::resample(&mono, 1, stem.sample_rate, audio::WHISPER_SAMPLE_RATE)
+        .map_err(|e| WorkError::Transient(format!("resampling the vocals: {e}")))
+}
+
+fn separate_error(e: SeparateError) -> WorkError {
+    match e {
+        SeparateError::Cancelled => WorkError::Cancelled,
+        SeparateError::InvalidAudio(m) => WorkError::InvalidInput(m),
+        other => WorkError::Transient(other.to_string()),
+    }
+}
+
+impl ModelEngine {
+    /// Splits the job's audio into vocals and accompaniment, writes both to
+    /// the artifacts folder, and answers the vocals at 16 kHz mono. A resumed
+    /// job reads the vocals an earlier attempt wrote.
+    fn separate(
+        &self,
+        request: &WorkRequest,
+        checkpoint: &mut Checkpoint,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+    ) -> Result<Vec<f32>, WorkError> {
+        let folder = request.artifacts.as_deref();
+        if let (true, Some(folder)) = (checkpoint.separated, folder) {
+            let vocals = folder.join(VOCALS_FILE);
+            if let Ok(audio) = audio::decode_file(&vocals) {
+                sink.progress(plan.separating(1.0));
+                return Ok(audio.samples);
+            }
+        }
+        if folder.is_none() && request.params.job_type == JobType::BgmSeparation {
+            return Err(WorkError::InvalidInput(
+                "a separation job needs a folder to write its stems to".into(),
+            ));
+        }
+        let stereo = audio::decode_file_with(
+            &request.audio,
+            &audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
+        )
+        .map_err(|e| audio_error(e, &request.audio))?;
+        let separator = self.separator()?;
+        let stems = separator
+            .separate(&stereo, &mut |f| {
+                sink.progress(plan.separating(f));
+                if cancel.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(separate_error)?;
+        if let Some(folder) = folder {
+            std::fs::create_dir_all(folder)
+                .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
+            for (file, stem) in [
+                (VOCALS_FILE, &stems.vocals),
+                (ACCOMPANIMENT_FILE, &stems.accompaniment),
+            ] {
+                // Written beside, then renamed: a crash never leaves half a stem.
+                let part = folder.join(format!(".{file}.part"));
+                audio::write_wav_16bit(&part, &stem.samples, stem.sample_rate, stem.channels)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        std::fs::rename(&part, folder.join(file)).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| WorkError::Transient(format!("writing the {file} stem: {e}")))?;
+            }
+            checkpoint.separated = true;
+            sink.checkpoint(json!(checkpoint));
+        }
+        stem_to_16k_mono(&stems.vocals)
+    }
+}
+
 impl Engine for ModelEngine {
     fn run(
         &self,
@@ -193,30 +380,34 @@ impl Engine for ModelEngine {
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
 
+        // Shares of the progress bar: separation and diarization are slow
+        // stages when asked for; transcription takes the rest.
+        let separating = params.job_type == JobType::BgmSeparation
+            || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
+        let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
+        let plan = ProgressPlan::new(params.job_type, separating, diarizing);
+
         sink.stage(JobStage::Decode);
         let decoded =
             audio::decode_file(&request.audio).map_err(|e| audio_error(e, &request.audio))?;
-        let samples = decoded.samples;
+        let mut samples = decoded.samples;
         let duration_s = samples.len() as f64 / f64::from(audio::WHISPER_SAMPLE_RATE);
-        sink.progress(0.05);
+        sink.progress(plan.decoded);
         if cancelled() {
             return Err(WorkError::Cancelled);
         }
 
-        match params.job_type {
-            JobType::BgmSeparation => {
-                return Err(WorkError::InvalidInput(
-                    "background-music separation is not available on this server yet".into(),
-                ))
+        if separating {
+            sink.stage(JobStage::Separate);
+            let vocals = self.separate(request, &mut checkpoint, sink, cancel, &plan)?;
+            if params.job_type == JobType::BgmSeparation {
+                sink.stage(JobStage::Format);
+                return Ok(WorkOutput {
+                    result: stems_result(&request.job_id, duration_s),
+                    audio_seconds: duration_s,
+                });
             }
-            JobType::Transcription if params.separate_bgm.enabled || params.diarize.enabled => {
-                return Err(WorkError::InvalidInput(
-                    "background-music separation and speaker diarization are not available on \
-                     this server yet; run the job without them"
-                        .into(),
-                ))
-            }
-            _ => {}
+            samples = vocals;
         }
 
         let regions = if params.vad.enabled || params.job_type == JobType::Vad {
@@ -236,7 +427,7 @@ impl Engine for ModelEngine {
         } else {
             None
         };
-        sink.progress(0.1);
+        sink.progress(plan.vad_done);
         if cancelled() {
             return Err(WorkError::Cancelled);
         }
@@ -280,7 +471,7 @@ impl Engine for ModelEngine {
             } else {
                 1.0
             };
-            sink.progress(0.1 + 0.85 * fraction.clamp(0.0, 1.0));
+            sink.progress(plan.transcribing(fraction));
             true
         };
         let transcript = if todo.is_empty() {
@@ -299,7 +490,6 @@ impl Engine for ModelEngine {
                     other => WorkError::Transient(other.to_string()),
                 })?
         };
-        sink.stage(JobStage::Format);
         done.extend(transcript.segments);
         for (i, seg) in done.iter_mut().enumerate() {
             seg.id = i as u32;
@@ -310,16 +500,52 @@ impl Engine for ModelEngine {
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
-        let result = Transcript {
+        let mut result = Transcript {
             language: transcript.language,
             duration_s,
             text,
             segments: done,
             speakers: None,
         };
+        let turns = if diarizing {
+            sink.stage(JobStage::Diarize);
+            let diarizer = self.diarizer()?;
+            let options = DiarizeOptions {
+                min_speakers: params.diarize.min_speakers.map(|n| n as usize),
+                max_speakers: params.diarize.max_speakers.map(|n| n as usize),
+                threshold: None,
+            };
+            let turns = diarizer
+                .diarize(&samples, &options, &mut |f| {
+                    sink.progress(plan.diarizing(f));
+                    if cancelled() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .map_err(|e| match e {
+                    DiarizeError::Cancelled => WorkError::Cancelled,
+                    DiarizeError::Options(m) | DiarizeError::Input(m) => WorkError::InvalidInput(m),
+                    other => WorkError::Transient(other.to_string()),
+                })?;
+            diarize::assign_speakers(&mut result, &turns);
+            Some(turns)
+        } else {
+            None
+        };
+        sink.stage(JobStage::Format);
+        let mut value =
+            serde_json::to_value(&result).map_err(|e| WorkError::Transient(e.to_string()))?;
+        if let Some(turns) = turns {
+            // Raw speaker turns beside the segments: what `format=rttm` reads.
+            value["turns"] = json!(turns
+                .iter()
+                .map(|t| json!({"start": t.start, "end": t.end, "speaker": t.speaker}))
+                .collect::<Vec<_>>());
+        }
         Ok(WorkOutput {
-            result: serde_json::to_value(&result)
-                .map_err(|e| WorkError::Transient(e.to_string()))?,
+            result: value,
             audio_seconds: duration_s,
         })
     }

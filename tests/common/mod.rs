@@ -194,6 +194,23 @@ impl Server {
         Self::spawn(self.data_dir.clone(), self.env.clone(), tmp)
     }
 
+    /// Moves a tenant to `tier` with `murmur admin set-tier`, as support
+    /// would (through this running server).
+    pub fn set_tier(&self, tenant: &str, tier: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
+            .args(["admin", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["set-tier", tenant, tier])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run murmur admin");
+        assert!(
+            out.status.success(),
+            "set-tier failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
