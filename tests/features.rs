@@ -34,6 +34,19 @@ async fn stages_seen(client: &Client, job_id: &str) -> Vec<String> {
     stages
 }
 
+/// Uploads `bytes` as `name`, submits a job with `params` and waits for it
+/// to end; answers the job id and the ended job.
+async fn run_job(client: &Client, name: &str, bytes: Vec<u8>, params: Value) -> (String, Value) {
+    let file = client.upload(name, bytes).await.expect(201);
+    let job = client
+        .post("/v1/jobs", json!({"file_id": file["id"], "params": params}))
+        .await
+        .expect(202);
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = wait_job(client, &id, 900).await;
+    (id, done)
+}
+
 /// RMS of the interleaved samples of a WAV answer.
 fn wav_rms(bytes: &[u8]) -> (f64, audio::DecodedAudio) {
     let tmp = tempfile::NamedTempFile::with_suffix(".wav").unwrap();
@@ -53,21 +66,14 @@ async fn a_diarized_job_names_two_speakers_and_serves_rttm() {
     let server = Server::start();
     let (a, b) = premium_and_bystander(&server).await;
 
-    let file = a
-        .client
-        .upload("call.wav", std::fs::read(&sample.wav).unwrap())
-        .await
-        .expect(201);
-    let job = a
-        .client
-        .post(
-            "/v1/jobs",
-            json!({"file_id": file["id"], "params": {"model": "tiny.en", "diarize": {"enabled": true}}}),
-        )
-        .await
-        .expect(202);
-    let id = job["id"].as_str().unwrap();
-    let done = wait_job(&a.client, id, 900).await;
+    let (id, done) = run_job(
+        &a.client,
+        "call.wav",
+        std::fs::read(&sample.wav).unwrap(),
+        json!({"model": "tiny.en", "diarize": {"enabled": true}}),
+    )
+    .await;
+    let id = id.as_str();
     assert_eq!(done["status"], "completed", "{done}");
     let stages = stages_seen(&a.client, id).await;
     assert!(stages.contains(&"diarize".to_string()), "stages {stages:?}");
@@ -140,21 +146,9 @@ async fn rttm_needs_a_diarized_job() {
     install_models(&["tiny.en", "silero-vad"]);
     let server = Server::start();
     let a = signup(&server, "Acme").await;
-    let file = a
-        .client
-        .upload("jfk.wav", std::fs::read(testaudio::jfk().unwrap()).unwrap())
-        .await
-        .expect(201);
-    let job = a
-        .client
-        .post(
-            "/v1/jobs",
-            json!({"file_id": file["id"], "params": {"model": "tiny.en"}}),
-        )
-        .await
-        .expect(202);
-    let id = job["id"].as_str().unwrap();
-    assert_eq!(wait_job(&a.client, id, 300).await["status"], "completed");
+    let jfk = std::fs::read(testaudio::jfk().unwrap()).unwrap();
+    let (id, done) = run_job(&a.client, "jfk.wav", jfk, json!({"model": "tiny.en"})).await;
+    assert_eq!(done["status"], "completed");
     a.client
         .get(&format!("/v1/jobs/{id}/result?format=rttm"))
         .await
@@ -172,17 +166,14 @@ async fn a_separation_job_returns_downloadable_stems() {
     let server = Server::start();
     let (a, b) = premium_and_bystander(&server).await;
     let music = std::fs::read(testaudio::music_mp3().unwrap()).unwrap();
-    let file = a.client.upload("music.mp3", music).await.expect(201);
-    let job = a
-        .client
-        .post(
-            "/v1/jobs",
-            json!({"file_id": file["id"], "params": {"job_type": "bgm_separation"}}),
-        )
-        .await
-        .expect(202);
-    let id = job["id"].as_str().unwrap();
-    let done = wait_job(&a.client, id, 900).await;
+    let (id, done) = run_job(
+        &a.client,
+        "music.mp3",
+        music,
+        json!({"job_type": "bgm_separation"}),
+    )
+    .await;
+    let id = id.as_str();
     assert_eq!(done["status"], "completed", "{done}");
     assert!(stages_seen(&a.client, id)
         .await
@@ -288,21 +279,14 @@ async fn separating_music_before_transcription_keeps_the_words() {
     install_models(&["tiny.en", "silero-vad", "spleeter-2stems"]);
     let server = Server::start();
     let (a, _) = premium_and_bystander(&server).await;
-    let file = a
-        .client
-        .upload("speech-over-music.wav", speech_over_music(-3.0))
-        .await
-        .expect(201);
-    let job = a
-        .client
-        .post(
-            "/v1/jobs",
-            json!({"file_id": file["id"], "params": {"model": "tiny.en", "separate_bgm": {"enabled": true}}}),
-        )
-        .await
-        .expect(202);
-    let id = job["id"].as_str().unwrap();
-    let done = wait_job(&a.client, id, 900).await;
+    let (id, done) = run_job(
+        &a.client,
+        "speech-over-music.wav",
+        speech_over_music(-3.0),
+        json!({"model": "tiny.en", "separate_bgm": {"enabled": true}}),
+    )
+    .await;
+    let id = id.as_str();
     assert_eq!(done["status"], "completed", "{done}");
     let stages = stages_seen(&a.client, id).await;
     let pos = |s: &str| stages.iter().position(|x| x == s);

@@ -395,24 +395,36 @@ async fn result(
     id: String,
     q: ResultQuery,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
-    let job = state
-        .store
-        .job(caller.tenant_id(), &id)?
-        .ok_or_else(|| ApiError::not_found("job"))?;
-    let Some(result) = job
+    let (caller, job) = completed_job(&state, auth, &id, "result").await?;
+    let result = job
         .result
         .as_ref()
-        .filter(|_| job.status == JobStatus::Completed)
-    else {
-        return Err(ApiError::conflict(format!(
-            "the job has no result yet (status {})",
-            job.status.as_str()
-        )));
-    };
+        .ok_or_else(|| ApiError::internal(format!("completed job {} has no result", job.id)))?;
     let format = q.format.as_deref().unwrap_or("json");
     let res = crate::media::render_result(result, format, &job.id).map_err(ApiError::invalid)?;
     Ok(tag_tenant(res, &caller))
+}
+
+/// The caller's job `id` once it has completed (404 when it is not theirs,
+/// 409 naming `what` before completion).
+async fn completed_job(
+    state: &AppState,
+    auth: Option<String>,
+    id: &str,
+    what: &str,
+) -> Result<(Caller, Job), ApiError> {
+    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let job = state
+        .store
+        .job(caller.tenant_id(), id)?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    if job.status != JobStatus::Completed {
+        return Err(ApiError::conflict(format!(
+            "the job has no {what} yet (status {})",
+            job.status.as_str()
+        )));
+    }
+    Ok((caller, job))
 }
 
 /// The stems a separation writes, by the name the URL uses.
@@ -425,20 +437,10 @@ async fn stem(
     id: String,
     name: String,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
-    let job = state
-        .store
-        .job(caller.tenant_id(), &id)?
-        .ok_or_else(|| ApiError::not_found("job"))?;
+    let (caller, job) = completed_job(&state, auth, &id, "stems").await?;
     let name = name.strip_suffix(".wav").unwrap_or(&name);
     if !STEM_NAMES.contains(&name) {
         return Err(ApiError::not_found("stem"));
-    }
-    if job.status != JobStatus::Completed {
-        return Err(ApiError::conflict(format!(
-            "the job has no stems yet (status {})",
-            job.status.as_str()
-        )));
     }
     let path = state
         .store
