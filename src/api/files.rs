@@ -116,6 +116,25 @@ fn clean_name(raw: &str) -> String {
 }
 
 /// Reads and discards up to `budget` more bytes of the request.
+/// The caller of a multipart endpoint, or the refusal; a refused client's
+/// body is drained first (up to [`DRAIN_BUDGET`]) so a client still sending
+/// reads the answer instead of a reset connection.
+pub async fn authenticate_upload(
+    state: &AppState,
+    auth: Option<&str>,
+    operation: super::Operation,
+    form: Result<FormData, ApiError>,
+) -> Result<(Caller, FormData), ApiError> {
+    match (state.authenticate(auth, operation), form) {
+        (Ok(caller), Ok(form)) => Ok((caller, form)),
+        (Err(e), Ok(form)) => {
+            drain(form, DRAIN_BUDGET).await;
+            Err(e)
+        }
+        (_, Err(e)) => Err(e),
+    }
+}
+
 async fn drain(mut form: FormData, mut budget: u64) {
     while let Some(Ok(part)) = form.next().await {
         let mut stream = part.stream();
@@ -174,8 +193,14 @@ async fn upload(
     content_length: Option<u64>,
     form: Result<FormData, ApiError>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("files:write", Role::Member))?;
-    let (record, _fields) = receive_form(&state, &caller, content_length, form?).await?;
+    let (caller, form) = authenticate_upload(
+        &state,
+        auth.as_deref(),
+        op("files:write", Role::Member),
+        form,
+    )
+    .await?;
+    let (record, _fields) = receive_form(&state, &caller, content_length, form).await?;
     Ok(tag_tenant(
         json_reply(StatusCode::CREATED, &file_view(&record)),
         &caller,

@@ -20,7 +20,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::files::{multipart_form, receive_form};
+use super::files::{authenticate_upload, multipart_form, receive_form};
 use super::jobs::submit_job;
 use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{JobStatus, Role};
@@ -63,8 +63,14 @@ async fn speech(
     form: Result<FormData, ApiError>,
     task: &'static str,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
-    let (file, fields) = receive_form(&state, &caller, content_length, form?).await?;
+    let (caller, form) = authenticate_upload(
+        &state,
+        auth.as_deref(),
+        op("jobs:write", Role::Member),
+        form,
+    )
+    .await?;
+    let (file, fields) = receive_form(&state, &caller, content_length, form).await?;
     let submitted = async {
         let format = response_format(&fields)?;
         let params = job_params(&state, &fields, task)?;
