@@ -14,7 +14,7 @@ use candle_core::Device;
 use murmur_models::audio::{self, AudioError, DecodedAudio};
 use murmur_models::diarize::{self, DiarizeError, DiarizeOptions, Diarizer};
 use murmur_models::fetch;
-use murmur_models::separate::{SeparateError, Separator};
+use murmur_models::separate::{SeparateError, Separator, STEMS};
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
 use murmur_models::vad::SileroVad;
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
@@ -30,9 +30,11 @@ const VAD_MODEL: &str = "silero-vad";
 const SEPARATION_MODEL: &str = "spleeter-2stems";
 const DIARIZATION_MODEL: &str = "diarization";
 
-/// Files a separation writes into the job's artifacts folder.
-const VOCALS_FILE: &str = "vocals.wav";
-const ACCOMPANIMENT_FILE: &str = "accompaniment.wav";
+/// Where a separation keeps the stem `name` (one of
+/// `murmur_models::separate::STEMS`) in a job's artifacts folder.
+pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
+    artifacts.join(format!("{name}.wav"))
+}
 
 /// What a transcription job has finished, saved after VAD and after every
 /// decoded segment.
@@ -262,21 +264,18 @@ impl ProgressPlan {
 
 /// A separation job's result: its stems and where to download them.
 fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
-    let stems: Vec<_> = [
-        ("vocals", VOCALS_FILE),
-        ("accompaniment", ACCOMPANIMENT_FILE),
-    ]
-    .iter()
-    .map(|(name, _)| {
-        json!({
-            "name": name,
-            "url": format!("/v1/jobs/{job_id}/stems/{name}"),
-            "format": "wav",
-            "sample_rate": murmur_models::separate::SAMPLE_RATE,
-            "channels": 2,
+    let stems: Vec<_> = STEMS
+        .iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "url": format!("/v1/jobs/{job_id}/stems/{name}"),
+                "format": "wav",
+                "sample_rate": murmur_models::separate::SAMPLE_RATE,
+                "channels": 2,
+            })
         })
-    })
-    .collect();
+        .collect();
     json!({"duration_s": duration_s, "stems": stems})
 }
 
@@ -302,9 +301,10 @@ fn separate_error(e: SeparateError) -> WorkError {
 }
 
 impl ModelEngine {
-    /// Splits the job's audio into vocals and accompaniment, writes both to
-    /// the artifacts folder, and answers the vocals at 16 kHz mono. A resumed
-    /// job reads the vocals an earlier attempt wrote.
+    /// Decodes the job's audio (44.1 kHz stereo), splits it into vocals and
+    /// accompaniment, writes both to the artifacts folder, and answers the
+    /// vocals at 16 kHz mono. A resumed job reads the vocals an earlier
+    /// attempt wrote instead.
     fn separate(
         &self,
         request: &WorkRequest,
@@ -315,8 +315,8 @@ impl ModelEngine {
     ) -> Result<Vec<f32>, WorkError> {
         let folder = request.artifacts.as_deref();
         if let (true, Some(folder)) = (checkpoint.separated, folder) {
-            let vocals = folder.join(VOCALS_FILE);
-            if let Ok(audio) = audio::decode_file(&vocals) {
+            if let Ok(audio) = audio::decode_file(&stem_path(folder, "vocals")) {
+                sink.stage(JobStage::Separate);
                 sink.progress(plan.separating(1.0));
                 return Ok(audio.samples);
             }
@@ -331,6 +331,8 @@ impl ModelEngine {
             &audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
         )
         .map_err(|e| audio_error(e, &request.audio))?;
+        sink.progress(plan.decoded);
+        sink.stage(JobStage::Separate);
         let separator = self.separator()?;
         let stems = separator
             .separate(&stereo, &mut |f| {
@@ -345,18 +347,15 @@ impl ModelEngine {
         if let Some(folder) = folder {
             std::fs::create_dir_all(folder)
                 .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
-            for (file, stem) in [
-                (VOCALS_FILE, &stems.vocals),
-                (ACCOMPANIMENT_FILE, &stems.accompaniment),
-            ] {
+            for (name, stem) in STEMS.iter().zip([&stems.vocals, &stems.accompaniment]) {
                 // Written beside, then renamed: a crash never leaves half a stem.
-                let part = folder.join(format!(".{file}.part"));
+                let part = folder.join(format!(".{name}.part"));
                 audio::write_wav_16bit(&part, &stem.samples, stem.sample_rate, stem.channels)
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
-                        std::fs::rename(&part, folder.join(file)).map_err(|e| e.to_string())
+                        std::fs::rename(&part, stem_path(folder, name)).map_err(|e| e.to_string())
                     })
-                    .map_err(|e| WorkError::Transient(format!("writing the {file} stem: {e}")))?;
+                    .map_err(|e| WorkError::Transient(format!("writing the {name} stem: {e}")))?;
             }
             checkpoint.separated = true;
             sink.checkpoint(json!(checkpoint));
@@ -388,26 +387,26 @@ impl Engine for ModelEngine {
         let plan = ProgressPlan::new(params.job_type, separating, diarizing);
 
         sink.stage(JobStage::Decode);
-        let decoded =
-            audio::decode_file(&request.audio).map_err(|e| audio_error(e, &request.audio))?;
-        let mut samples = decoded.samples;
+        // Separation decodes the file at its own rate and answers the vocals,
+        // which VAD, Whisper and the diarizer then read instead of the mix.
+        let samples = if separating {
+            self.separate(request, &mut checkpoint, sink, cancel, &plan)?
+        } else {
+            let decoded =
+                audio::decode_file(&request.audio).map_err(|e| audio_error(e, &request.audio))?;
+            sink.progress(plan.decoded);
+            decoded.samples
+        };
         let duration_s = samples.len() as f64 / f64::from(audio::WHISPER_SAMPLE_RATE);
-        sink.progress(plan.decoded);
         if cancelled() {
             return Err(WorkError::Cancelled);
         }
-
-        if separating {
-            sink.stage(JobStage::Separate);
-            let vocals = self.separate(request, &mut checkpoint, sink, cancel, &plan)?;
-            if params.job_type == JobType::BgmSeparation {
-                sink.stage(JobStage::Format);
-                return Ok(WorkOutput {
-                    result: stems_result(&request.job_id, duration_s),
-                    audio_seconds: duration_s,
-                });
-            }
-            samples = vocals;
+        if params.job_type == JobType::BgmSeparation {
+            sink.stage(JobStage::Format);
+            return Ok(WorkOutput {
+                result: stems_result(&request.job_id, duration_s),
+                audio_seconds: duration_s,
+            });
         }
 
         let regions = if params.vad.enabled || params.job_type == JobType::Vad {

@@ -427,9 +427,6 @@ async fn completed_job(
     Ok((caller, job))
 }
 
-/// The stems a separation writes, by the name the URL uses.
-pub const STEM_NAMES: [&str; 2] = ["vocals", "accompaniment"];
-
 /// `GET /v1/jobs/{id}/stems/{vocals|accompaniment}`: a separated stem as WAV.
 async fn stem(
     state: AppState,
@@ -439,13 +436,13 @@ async fn stem(
 ) -> Result<Response, ApiError> {
     let (caller, job) = completed_job(&state, auth, &id, "stems").await?;
     let name = name.strip_suffix(".wav").unwrap_or(&name);
-    if !STEM_NAMES.contains(&name) {
+    if !murmur_models::separate::STEMS.contains(&name) {
         return Err(ApiError::not_found("stem"));
     }
-    let path = state
-        .store
-        .artifact_dir(caller.tenant_id(), &job.id)
-        .join(format!("{name}.wav"));
+    let path = murmur_actors::model_engine::stem_path(
+        &state.store.artifact_dir(caller.tenant_id(), &job.id),
+        name,
+    );
     let handle = match tokio::fs::File::open(&path).await {
         Ok(h) => h,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
