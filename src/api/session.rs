@@ -130,6 +130,7 @@ async fn signup(state: AppState, body: bytes::Bytes) -> Result<Response, ApiErro
         tenant_id: tenant.id.clone(),
         role: Role::Owner,
         created_at: now,
+        tokens_valid_after: None,
     };
     state.store.create_tenant(&tenant, &user).await?;
     let (token, expires_at) = login_token(&state, &user, &tenant)?;
@@ -182,7 +183,9 @@ fn unknown_user_hash(state: &AppState) -> String {
 }
 
 async fn me(state: AppState, auth: Option<String>) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))
+        .await?;
     let user = state
         .store
         .user(caller.tenant_id(), &caller.principal.user_id)?

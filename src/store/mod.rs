@@ -6,6 +6,7 @@
 //! signup and the store itself create. Writes the API acknowledges are
 //! flushed to disk before the call returns: sled buffers writes otherwise.
 
+mod accounts;
 mod records;
 mod scoped;
 
@@ -15,6 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+pub use accounts::UserChangeError;
 pub use murmur_actors::job::{Event, EventType};
 pub use records::*;
 use scoped::Scoped;
@@ -91,6 +93,9 @@ pub struct Store {
     emails: sled::Tree,
     /// revocation id (bytes) -> RFC 3339 time of revocation.
     revoked: sled::Tree,
+    /// revocation id of an API key's scope block -> "<tenant>/<key>": the
+    /// record that the server minted that block (see `auth::tokens`).
+    minted_keys: sled::Tree,
     users: Scoped<User>,
     api_keys: Scoped<ApiKey>,
     files: Scoped<FileRecord>,
@@ -261,6 +266,7 @@ impl Store {
             tenants: db.open_tree("tenants")?,
             emails: db.open_tree("user_emails")?,
             revoked: db.open_tree("revoked")?,
+            minted_keys: db.open_tree("minted_keys")?,
             users: Scoped::open(&db, "users")?,
             api_keys: Scoped::open(&db, "api_keys")?,
             files: Scoped::open(&db, "files")?,
@@ -274,6 +280,7 @@ impl Store {
             db,
         };
         store.sweep_partial_uploads()?;
+        store.record_minted_keys()?;
         Ok(store)
     }
 
@@ -495,99 +502,6 @@ impl Store {
             Some(b) => decode(&key, &b),
             None => Ok(Usage::default()),
         }
-    }
-
-    pub fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let Some(key) = self.emails.get(email.to_lowercase().as_bytes())? else {
-            return Ok(None);
-        };
-        match self.users.tree().get(&key)? {
-            Some(bytes) => decode(&key, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    pub fn user(&self, tenant: &TenantId, id: &str) -> Result<Option<User>, StoreError> {
-        self.users.get(tenant, id)
-    }
-
-    pub async fn create_user(&self, tenant: &TenantId, user: &User) -> Result<(), StoreError> {
-        let email = user.email.to_lowercase();
-        (&self.emails, self.users.tree())
-            .transaction(|(emails, users)| {
-                if emails.get(email.as_bytes())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
-                        "a user with this email already exists".into(),
-                    )));
-                }
-                let key = scoped_key(tenant, &user.id);
-                emails.insert(email.as_bytes(), key.clone())?;
-                users.insert(key, encode(user))?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
-        self.flush().await
-    }
-
-    pub fn list_users(
-        &self,
-        tenant: &TenantId,
-        page: &PageRequest,
-    ) -> Result<Page<User>, StoreError> {
-        self.users.list(tenant, page, |_| true)
-    }
-
-    // ---- API keys and revocation -----------------------------------------
-
-    pub async fn put_api_key(&self, tenant: &TenantId, key: &ApiKey) -> Result<(), StoreError> {
-        self.put_row(&self.api_keys, tenant, &key.id, key).await
-    }
-
-    pub fn list_api_keys(
-        &self,
-        tenant: &TenantId,
-        page: &PageRequest,
-    ) -> Result<Page<ApiKey>, StoreError> {
-        self.api_keys.list(tenant, page, |_| true)
-    }
-
-    /// Deletes the key and records its revocation ids so the token is
-    /// refused from now on. `false` if the tenant has no such key.
-    pub async fn revoke_api_key(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-        let key = scoped_key(tenant, id);
-        let now = chrono::Utc::now().to_rfc3339();
-        let found = (self.api_keys.tree(), &self.revoked)
-            .transaction(|(keys, revoked)| {
-                let Some(bytes) = keys.remove(key.as_slice())? else {
-                    return Ok(false);
-                };
-                let api_key: ApiKey =
-                    decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                for rid in &api_key.revocation_ids {
-                    let raw = hex::decode(rid).map_err(|e| {
-                        ConflictableTransactionError::Abort(StoreError::Corrupt {
-                            key: String::from_utf8_lossy(&key).into_owned(),
-                            reason: e.to_string(),
-                        })
-                    })?;
-                    revoked.insert(raw, now.as_bytes())?;
-                }
-                Ok(true)
-            })
-            .map_err(tx_error)?;
-        if found {
-            self.flush().await?;
-        }
-        Ok(found)
-    }
-
-    pub fn is_revoked(&self, revocation_ids: &[Vec<u8>]) -> Result<bool, StoreError> {
-        for id in revocation_ids {
-            if self.revoked.contains_key(id)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     // ---- files -----------------------------------------------------------

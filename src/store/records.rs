@@ -60,6 +60,10 @@ pub struct User {
     pub tenant_id: String,
     pub role: Role,
     pub created_at: DateTime<Utc>,
+    /// Login tokens minted before this time are refused: set when the
+    /// user's sessions are ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_valid_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
