@@ -68,6 +68,7 @@ pub async fn start(
         jobs,
         metrics: crate::telemetry::metrics_handle(),
         operator_token: Arc::new(hex::encode(rand::random::<[u8; 32]>())),
+        token_checks: Arc::new(tokio::sync::Semaphore::new(api::token_check_slots())),
     };
     Ok((state, root))
 }

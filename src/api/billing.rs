@@ -86,7 +86,9 @@ fn usage_view(state: &AppState, caller: &Caller, period: &str) -> Result<Value, 
 }
 
 async fn usage(state: AppState, auth: Option<String>, q: UsageQuery) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))
+        .await?;
     let period = check_period(q.period)?;
     let body = usage_view(&state, &caller, &period)?;
     Ok(tag_tenant(json_reply(StatusCode::OK, &body), &caller))
@@ -98,7 +100,9 @@ fn ms_to_time(ms: Option<i64>) -> Value {
 }
 
 async fn subscription(state: AppState, auth: Option<String>) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("tenant:read", Role::Viewer))
+        .await?;
     let sub = state
         .store
         .subscription(caller.tenant_id())?

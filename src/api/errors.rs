@@ -130,7 +130,10 @@ impl From<StoreError> for ApiError {
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
         match e {
-            TokenError::Invalid | TokenError::Expired => ApiError::unauthorized(e.to_string()),
+            TokenError::Invalid
+            | TokenError::Expired
+            | TokenError::Attenuated
+            | TokenError::TooLarge => ApiError::unauthorized(e.to_string()),
             TokenError::Denied => ApiError::forbidden(
                 "your role or this API key's scope does not allow this operation",
             ),

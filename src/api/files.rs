@@ -125,7 +125,7 @@ pub async fn authenticate_upload(
     operation: super::Operation,
     form: Result<FormData, ApiError>,
 ) -> Result<(Caller, FormData), ApiError> {
-    match (state.authenticate(auth, operation), form) {
+    match (state.authenticate(auth, operation).await, form) {
         (Ok(caller), Ok(form)) => Ok((caller, form)),
         (Err(e), Ok(form)) => {
             drain(form, DRAIN_BUDGET).await;
@@ -370,7 +370,9 @@ async fn list(
     auth: Option<String>,
     page: PageRequest,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("files:read", Role::Viewer))
+        .await?;
     let files = state
         .store
         .list_files(caller.tenant_id(), &page)?
@@ -379,7 +381,9 @@ async fn list(
 }
 
 async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("files:read", Role::Viewer))
+        .await?;
     let file = state
         .store
         .file(caller.tenant_id(), &id)?
@@ -391,7 +395,9 @@ async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Respon
 }
 
 async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("files:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("files:read", Role::Viewer))
+        .await?;
     let file = state
         .store
         .file(caller.tenant_id(), &id)?
@@ -421,7 +427,9 @@ async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Re
 }
 
 async fn delete(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("files:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("files:write", Role::Member))
+        .await?;
     if state
         .store
         .delete_file(caller.tenant_id(), &id)

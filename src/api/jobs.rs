@@ -120,7 +120,9 @@ async fn create(
     auth: Option<String>,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
+        .await?;
     let body: NewJob = parse_json(&body)?;
     let job = submit_job(
         &state,
@@ -261,7 +263,9 @@ struct ListQuery {
 }
 
 async fn list(state: AppState, auth: Option<String>, q: ListQuery) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -280,7 +284,9 @@ async fn list(state: AppState, auth: Option<String>, q: ListQuery) -> Result<Res
 }
 
 async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
     let job = state
         .store
         .job(caller.tenant_id(), &id)?
@@ -292,7 +298,9 @@ async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Respon
 }
 
 async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
+        .await?;
     let tenant = caller.tenant_id();
     let job = state
         .store
@@ -371,7 +379,9 @@ async fn events(
     id: String,
     q: EventsQuery,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
     let tenant = caller.tenant_id();
     if state.store.job(tenant, &id)?.is_none() {
         return Err(ApiError::not_found("job"));
@@ -413,7 +423,9 @@ async fn completed_job(
     id: &str,
     what: &str,
 ) -> Result<(Caller, Job), ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
     let job = state
         .store
         .job(caller.tenant_id(), id)?

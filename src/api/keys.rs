@@ -56,7 +56,9 @@ async fn create(
     auth: Option<String>,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("keys:write", Role::Admin))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("keys:write", Role::Admin))
+        .await?;
     let body: NewKey = parse_json(&body)?;
     let name = body.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
@@ -103,7 +105,9 @@ async fn list(
     auth: Option<String>,
     page: PageRequest,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("keys:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("keys:read", Role::Viewer))
+        .await?;
     let keys = state
         .store
         .list_api_keys(caller.tenant_id(), &page)?
@@ -112,7 +116,9 @@ async fn list(
 }
 
 async fn delete(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("keys:write", Role::Admin))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("keys:write", Role::Admin))
+        .await?;
     if !state.store.revoke_api_key(caller.tenant_id(), &id).await? {
         return Err(ApiError::not_found("API key"));
     }

@@ -51,6 +51,9 @@ pub struct AppState {
     /// The secret `murmur admin` presents to the loopback-only operator
     /// endpoint; written to `<data_dir>/operator.json` (mode 0600) at start.
     pub operator_token: Arc<String>,
+    /// Slots for token verification on the blocking pool (see
+    /// [`AppState::authenticate`]).
+    pub token_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// A verified caller with its tenant's current row and tier.
@@ -80,37 +83,49 @@ impl AppState {
         }
     }
 
-    /// Verifies the bearer token for `op`: signature, expiry, scope, role,
-    /// revocation, and that the tenant still exists. The caller's tier is
-    /// the store's, and a paid tier whose expiry passed with no event is
-    /// already the default one here (the downgrade is written behind).
-    pub fn authenticate(&self, header: Option<&str>, op: Operation) -> Result<Caller, ApiError> {
+    /// Verifies the bearer token for `op`: shape, signature, expiry, scope,
+    /// role, revocation, that its user and tenant still exist and that the
+    /// user's sessions were not ended since it was minted. The caller's
+    /// tier is the store's, and a paid tier whose expiry passed with no
+    /// event is already the default one here (the downgrade is written
+    /// behind).
+    ///
+    /// The check runs on the blocking pool, at most
+    /// [`AppState::token_checks`] at once: however a token is crafted,
+    /// verifying it never holds an async worker thread, and a caller who
+    /// cannot get a slot within [`TOKEN_CHECK_WAIT`] is told the server is
+    /// busy (503) rather than queued without bound.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        op: Operation,
+    ) -> Result<Caller, ApiError> {
         let token = header
             .and_then(|h| {
                 h.strip_prefix("Bearer ")
                     .or_else(|| h.strip_prefix("bearer "))
             })
             .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
-        let principal = self.keys.verify(token, op)?;
-        if self.store.is_revoked(&principal.revocation_ids)? {
-            return Err(ApiError::unauthorized("this API key has been revoked"));
+        if token.len() > crate::auth::tokens::MAX_TOKEN_BYTES {
+            return Err(crate::auth::TokenError::TooLarge.into());
         }
-        let tenant = match self.store.tenant(&principal.tenant) {
-            Ok(t) => t,
-            Err(crate::store::StoreError::NotFound) => {
-                return Err(ApiError::unauthorized(
-                    "the token's tenant no longer exists",
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut tenant = tenant;
-        if crate::billing::revenuecat::has_lapsed(&self.store, &self.tiers, &tenant)? {
-            tenant.subscription_tier = self.tiers.default_tier().to_string();
+        let permit =
+            tokio::time::timeout(TOKEN_CHECK_WAIT, self.token_checks.clone().acquire_owned())
+                .await
+                .map_err(|_| ApiError::from(crate::auth::TokenError::Busy))?
+                .map_err(ApiError::internal)?;
+        let (state, token) = (self.clone(), token.to_string());
+        let (caller, lapsed) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            state.authenticate_now(&token, op)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        if lapsed {
             let (store, tiers, id) = (
                 self.store.clone(),
                 self.tiers.clone(),
-                principal.tenant.clone(),
+                caller.principal.tenant.clone(),
             );
             tokio::spawn(async move {
                 if let Err(e) = crate::billing::revenuecat::expire_lapsed(&store, &tiers, &id).await
@@ -119,13 +134,84 @@ impl AppState {
                 }
             });
         }
-        let tier = self.tiers.get_or_default(&tenant.subscription_tier).clone();
-        Ok(Caller {
-            principal,
-            tenant,
-            tier,
-        })
+        Ok(caller)
     }
+
+    /// [`Self::authenticate`]'s work, on a blocking thread. Also answers
+    /// whether the tenant's paid tier lapsed and is yet to be recorded.
+    fn authenticate_now(&self, token: &str, op: Operation) -> Result<(Caller, bool), ApiError> {
+        let store = &self.store;
+        let mut principal = self.keys.verify(token, op, |scope_block| {
+            store
+                .is_minted_key(scope_block)
+                .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
+        })?;
+        if store.is_revoked(&principal.revocation_ids)? {
+            return Err(ApiError::unauthorized("this API key has been revoked"));
+        }
+        let mut tenant = match store.tenant(&principal.tenant) {
+            Ok(t) => t,
+            Err(crate::store::StoreError::NotFound) => {
+                return Err(ApiError::unauthorized(
+                    "the token's tenant no longer exists",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let user = store
+            .user(&principal.tenant, &principal.user_id)?
+            .ok_or_else(|| ApiError::unauthorized("the token's user has been removed"))?;
+        if principal.api_key_id.is_none() {
+            if let Some(cut) = user.tokens_valid_after {
+                if principal.issued_at.is_none_or(|t| t < cut) {
+                    return Err(ApiError::unauthorized(
+                        "this session has been ended; log in again",
+                    ));
+                }
+            }
+        }
+        // A token keeps the role it was minted with only while the user
+        // still has it: a demotion takes effect on the next request.
+        principal.role = principal.role.min(user.role);
+        if principal.role < op.min_role {
+            return Err(crate::auth::TokenError::Denied.into());
+        }
+        if SESSION_ONLY.contains(&op.name) && principal.api_key_id.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "session_required",
+                "creating or removing users and API keys needs a login session, not an API key",
+            ));
+        }
+        let lapsed = crate::billing::revenuecat::has_lapsed(store, &self.tiers, &tenant)?;
+        if lapsed {
+            tenant.subscription_tier = self.tiers.default_tier().to_string();
+        }
+        let tier = self.tiers.get_or_default(&tenant.subscription_tier).clone();
+        Ok((
+            Caller {
+                principal,
+                tenant,
+                tier,
+            },
+            lapsed,
+        ))
+    }
+}
+
+/// Operations only a login session may perform. An API key cannot make
+/// people or keys, so no credential can outlive the expiry or revocation
+/// of the key that would have made it.
+const SESSION_ONLY: &[&str] = &["users:write", "keys:write"];
+
+/// How long a request waits for a token-check slot before answering 503.
+const TOKEN_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Token checks allowed at once: enough to keep every core busy with
+/// requests' own checks, few enough that a flood cannot fill the blocking
+/// pool.
+pub fn token_check_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 impl AppState {

@@ -30,7 +30,9 @@ pub fn model_available(state: &AppState, model: &str) -> bool {
 }
 
 async fn list(state: AppState, auth: Option<String>) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
     let models_dir = state.settings.models_dir();
     let items: Vec<_> = MODEL_NAMES
         .iter()

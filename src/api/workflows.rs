@@ -96,7 +96,9 @@ async fn create(
     auth: Option<String>,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("workflows:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("workflows:write", Role::Member))
+        .await?;
     let body: WorkflowBody = parse_json(&body)?;
     let name = check_name(body.name.as_deref().unwrap_or(""))?;
     let defaults = JobParams::defaults(&state.settings.models.default_model);
@@ -131,7 +133,9 @@ async fn list(
     auth: Option<String>,
     page: PageRequest,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("workflows:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("workflows:read", Role::Viewer))
+        .await?;
     let wfs = state
         .store
         .list_workflows(caller.tenant_id(), &page)?
@@ -140,7 +144,9 @@ async fn list(
 }
 
 async fn get(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("workflows:read", Role::Viewer))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("workflows:read", Role::Viewer))
+        .await?;
     let wf = state
         .store
         .workflow(caller.tenant_id(), &id)?
@@ -157,7 +163,9 @@ async fn update(
     id: String,
     body: bytes::Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("workflows:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("workflows:write", Role::Member))
+        .await?;
     let body: WorkflowBody = parse_json(&body)?;
     let mut wf = state
         .store
@@ -176,7 +184,9 @@ async fn update(
 }
 
 async fn delete(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let caller = state.authenticate(auth.as_deref(), op("workflows:write", Role::Member))?;
+    let caller = state
+        .authenticate(auth.as_deref(), op("workflows:write", Role::Member))
+        .await?;
     if !state.store.delete_workflow(caller.tenant_id(), &id).await? {
         return Err(ApiError::not_found("workflow"));
     }

@@ -1,5 +1,6 @@
 //! Who is calling: password hashing, biscuit tokens, API keys, roles.
 
+pub mod forge;
 pub mod passwords;
 pub mod tokens;
 

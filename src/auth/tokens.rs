@@ -16,6 +16,24 @@
 //! `tier_epoch` and `tier` are the tenant's current ones: a token minted
 //! before a tier change is stale, and its capabilities are then re-derived
 //! from the tenant's current tier instead of trusted.
+//!
+//! ## Only the shapes this server mints
+//!
+//! Anyone holding a biscuit can append a block to it without a key, and a
+//! block may carry Datalog rules whose evaluation is exponential in the
+//! facts it joins (biscuit's time limit is only checked between rounds).
+//! So no appended block is ever evaluated: before any Datalog runs,
+//! [`TokenKeys::check_shape`] accepts exactly two shapes and refuses
+//! everything else in microseconds:
+//!
+//! - a **login token**: the authority block alone;
+//! - an **API key**: the authority block plus the one scope block the
+//!   server appended when it minted the key, recognised by that block's
+//!   revocation id, which the store records for every key it mints.
+//!
+//! No attenuation by a holder is accepted: a narrower key is created with
+//! narrower `scopes` and an `expires_at` instead. Third-party blocks are
+//! refused, and so is any token longer than [`MAX_TOKEN_BYTES`].
 
 use std::io::Write;
 use std::path::Path;
@@ -35,6 +53,19 @@ use crate::store::{Role, TenantId};
 pub enum TokenError {
     #[error("the token is malformed, was not issued by this server, or has been altered")]
     Invalid,
+    /// A block was appended to a token after the server minted it.
+    #[error(
+        "the token carries a block this server did not add; Murmur accepts its login tokens \
+         and API keys only exactly as it issued them (create a narrower API key instead)"
+    )]
+    Attenuated,
+    #[error(
+        "the token is longer than any token this server issues ({MAX_TOKEN_BYTES} bytes at most)"
+    )]
+    TooLarge,
+    /// The store could not be read to check the token.
+    #[error("cannot check the token against the store: {0}")]
+    Store(String),
     #[error("the token does not allow this operation")]
     Denied,
     #[error("the token has expired; log in again or use a current API key")]
@@ -66,6 +97,10 @@ pub struct Principal {
     /// Whether the authority block states the tier's models (tokens minted
     /// before capabilities existed do not: they are always re-derived).
     pub states_capabilities: bool,
+    /// When a login token was minted (`None` for API keys and for login
+    /// tokens minted before the fact existed): a user's "tokens valid
+    /// after" time ends sessions minted before it.
+    pub issued_at: Option<DateTime<Utc>>,
     /// The verified token, kept for the per-operation capability checks.
     pub token: Biscuit,
 }
@@ -84,6 +119,34 @@ pub enum GateError {
     /// The tier lacks what the job needs.
     Refused(TierGate),
     Token(TokenError),
+}
+
+/// The longest token accepted, in characters of base64. Minted tokens are
+/// about 600 (login) to 1,100 (API key with every scope) characters; the
+/// bound leaves room for more tier facts while refusing big crafted tokens
+/// before they are even decoded.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// What [`TokenKeys::check_shape`] found: a signed token of a shape this
+/// server mints, not yet authorized.
+pub struct CheckedToken {
+    biscuit: Biscuit,
+    shape: TokenShape,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenShape {
+    /// The authority block alone.
+    Login,
+    /// Authority block plus one scope block with this revocation id, which
+    /// must be one the store recorded when it minted a key.
+    ApiKey { scope_block: Vec<u8> },
+}
+
+impl CheckedToken {
+    pub fn shape(&self) -> &TokenShape {
+        &self.shape
+    }
 }
 
 /// Bounds on one authorization. Facts and iterations bound the work a
@@ -227,6 +290,12 @@ impl TokenKeys {
         self.authority(user_id, tenant, role, tier, tier_epoch)?
             .check(expiry_check(expires_at))
             .and_then(|b| b.fact(fact("session", &[string("login")])))
+            .and_then(|b| {
+                b.fact(fact(
+                    "issued_ms",
+                    &[biscuit_auth::builder::int(Utc::now().timestamp_millis())],
+                ))
+            })
             .and_then(|b| b.build(&self.root))
             .and_then(|t| t.to_base64())
             .map_err(|e| TokenError::Build(e.to_string()))
@@ -277,12 +346,56 @@ impl TokenKeys {
         Ok((token.to_base64().map_err(build)?, ids))
     }
 
-    /// Verifies the signature, the token's own checks (expiry, scopes) and
-    /// that its role may perform `op`. Revocation is the caller's check
-    /// (it needs the store).
-    pub fn verify(&self, token: &str, op: Operation) -> Result<Principal, TokenError> {
-        let biscuit = Biscuit::from_base64(token.trim(), self.root.public())
-            .map_err(|_| TokenError::Invalid)?;
+    /// Decodes `token`, verifies its signatures and accepts it only in a
+    /// shape this server mints (see the module docs). Runs no Datalog, so
+    /// its cost is bounded by [`MAX_TOKEN_BYTES`] whatever the token holds.
+    pub fn check_shape(&self, token: &str) -> Result<CheckedToken, TokenError> {
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let biscuit =
+            Biscuit::from_base64(token, self.root.public()).map_err(|_| TokenError::Invalid)?;
+        if biscuit.external_public_keys().iter().any(Option::is_some) {
+            return Err(TokenError::Attenuated);
+        }
+        let shape = match biscuit.block_count() {
+            1 => TokenShape::Login,
+            2 => TokenShape::ApiKey {
+                scope_block: biscuit
+                    .revocation_identifiers()
+                    .pop()
+                    .ok_or(TokenError::Invalid)?,
+            },
+            _ => return Err(TokenError::Attenuated),
+        };
+        Ok(CheckedToken { biscuit, shape })
+    }
+
+    /// Verifies a token end to end: [`Self::check_shape`], then asks
+    /// `is_minted_key` whether an API key's scope block is one the server
+    /// minted, and only then runs the token's own checks (expiry, scopes)
+    /// and requires a role that may perform `op`. Revocation is the
+    /// caller's check (it needs the store).
+    pub fn verify(
+        &self,
+        token: &str,
+        op: Operation,
+        is_minted_key: impl FnOnce(&[u8]) -> Result<bool, TokenError>,
+    ) -> Result<Principal, TokenError> {
+        let checked = self.check_shape(token)?;
+        if let TokenShape::ApiKey { scope_block } = &checked.shape {
+            if !is_minted_key(scope_block)? {
+                return Err(TokenError::Attenuated);
+            }
+        }
+        self.authorize(checked, op)
+    }
+
+    /// Runs the authorizer on a token whose shape was checked and whose
+    /// scope block (for an API key) is known to be the server's own.
+    fn authorize(&self, checked: CheckedToken, op: Operation) -> Result<Principal, TokenError> {
+        let CheckedToken { biscuit, shape } = checked;
         let mut authorizer = authorizer!(
             r#"
             time({now});
@@ -312,6 +425,15 @@ impl TokenKeys {
         let models: Vec<(String,)> = authorizer
             .query(rule!("m($m) <- model($m)"))
             .map_err(invalid_or_busy)?;
+        let issued: Vec<(i64,)> = authorizer
+            .query(rule!("issued($t) <- issued_ms($t)"))
+            .map_err(invalid_or_busy)?;
+        let api_key_id = keys.into_iter().next().map(|(k,)| k);
+        // A key's authority block never travels without its scope block,
+        // and a login token never has one.
+        if api_key_id.is_some() != matches!(shape, TokenShape::ApiKey { .. }) {
+            return Err(TokenError::Invalid);
+        }
         let role = Role::parse(&role).ok_or(TokenError::Invalid)?;
         Ok(Principal {
             states_capabilities: !models.is_empty(),
@@ -320,8 +442,12 @@ impl TokenKeys {
             role,
             token_tier: tier,
             tier_epoch: epoch.max(0) as u64,
-            api_key_id: keys.into_iter().next().map(|(k,)| k),
+            api_key_id,
             revocation_ids: biscuit.revocation_identifiers(),
+            issued_at: issued
+                .into_iter()
+                .next()
+                .and_then(|(ms,)| DateTime::<Utc>::from_timestamp_millis(ms)),
             token: biscuit,
         })
     }
@@ -493,7 +619,7 @@ mod tests {
         let token = keys
             .mint_login("u1", &t, Role::Owner, &premium, 3, future)
             .unwrap();
-        let p = keys.verify(&token, READ).unwrap();
+        let p = keys.verify(&token, READ, minted).unwrap();
         assert!(p.states_capabilities);
         let diarize = [TierGate::Feature(Capability::Diarization)];
         let small = [TierGate::Model("small.en".into())];
@@ -514,9 +640,15 @@ mod tests {
         let old = keys
             .mint_login("u1", &t, Role::Owner, &basic(), 0, future)
             .unwrap();
-        let p = keys.verify(&old, READ).unwrap();
+        let p = keys.verify(&old, READ, minted).unwrap();
         assert!(keys.authorize_gates(&p, &basic(), 0, &diarize).is_err());
         assert!(keys.authorize_gates(&p, &premium, 1, &diarize).is_ok());
+    }
+
+    /// Every scope block counts as minted (the store's check, stubbed for
+    /// tests that are not about it).
+    fn minted(_: &[u8]) -> Result<bool, TokenError> {
+        Ok(true)
     }
 
     fn new_keys() -> (tempfile::TempDir, TokenKeys) {
@@ -540,7 +672,7 @@ mod tests {
             )
             .unwrap();
         let again = TokenKeys::load_or_create(dir.path()).unwrap();
-        let p = again.verify(&token, READ).unwrap();
+        let p = again.verify(&token, READ, minted).unwrap();
         assert_eq!((p.user_id.as_str(), p.tenant.as_str()), ("u1", "t1"));
         #[cfg(unix)]
         {
@@ -563,7 +695,7 @@ mod tests {
             .mint_login("u1", &t, Role::Owner, &basic(), 0, past)
             .unwrap();
         assert!(matches!(
-            keys.verify(&expired, READ),
+            keys.verify(&expired, READ, minted),
             Err(TokenError::Expired)
         ));
         let future = Utc::now() + chrono::Duration::hours(1);
@@ -571,20 +703,20 @@ mod tests {
             .mint_login("u1", &t, Role::Owner, &basic(), 0, future)
             .unwrap();
         assert!(matches!(
-            keys.verify(&foreign, READ),
+            keys.verify(&foreign, READ, minted),
             Err(TokenError::Invalid)
         ));
         let viewer = keys
             .mint_login("u1", &t, Role::Viewer, &basic(), 0, future)
             .unwrap();
-        assert!(keys.verify(&viewer, READ).is_ok());
+        assert!(keys.verify(&viewer, READ, minted).is_ok());
         assert!(matches!(
-            keys.verify(&viewer, WRITE),
+            keys.verify(&viewer, WRITE, minted),
             Err(TokenError::Denied)
         ));
         let truncated = &viewer[..viewer.len() / 2];
         assert!(matches!(
-            keys.verify(truncated, READ),
+            keys.verify(truncated, READ, minted),
             Err(TokenError::Invalid)
         ));
     }
@@ -606,10 +738,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ids.len(), 2);
-        let p = keys.verify(&read_only, READ).unwrap();
+        let p = keys.verify(&read_only, READ, minted).unwrap();
         assert_eq!(p.api_key_id.as_deref(), Some("k1"));
         assert!(matches!(
-            keys.verify(&read_only, WRITE),
+            keys.verify(&read_only, WRITE, minted),
             Err(TokenError::Denied)
         ));
         let past = Utc::now() - chrono::Duration::seconds(1);
@@ -617,8 +749,133 @@ mod tests {
             .mint_api_key("k2", "u1", &t, Role::Owner, &basic(), 0, &[], Some(past))
             .unwrap();
         assert!(matches!(
-            keys.verify(&expired, READ),
+            keys.verify(&expired, READ, minted),
             Err(TokenError::Expired)
         ));
+    }
+
+    #[test]
+    fn only_minted_shapes_reach_the_authorizer() {
+        let (_d, keys) = new_keys();
+        let t = TenantId::trusted("t1");
+        let future = Utc::now() + chrono::Duration::hours(1);
+        let login = keys
+            .mint_login("u1", &t, Role::Owner, &basic(), 0, future)
+            .unwrap();
+        assert_eq!(
+            keys.check_shape(&login).unwrap().shape(),
+            &TokenShape::Login
+        );
+        // A login token with any block appended, hostile or harmless.
+        let parsed = Biscuit::from_base64(&login, keys.root.public()).unwrap();
+        let hostile = crate::auth::forge::append_join_bomb(&login, 70).unwrap();
+        let started = std::time::Instant::now();
+        let refused = keys.verify(&hostile, READ, |_| Ok(false));
+        assert!(
+            matches!(refused, Err(TokenError::Attenuated)),
+            "{refused:?}"
+        );
+        // Shape refusal does no Datalog: far below one evaluation round of
+        // the join (tens of seconds); generous for a loaded machine.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let narrowed = parsed
+            .append(BlockBuilder::new().check(rule_check()).unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(matches!(
+            keys.verify(&narrowed, READ, |_| Ok(false)),
+            Err(TokenError::Attenuated)
+        ));
+
+        // An API key passes only with the scope block the store recorded.
+        let (key, ids) = keys
+            .mint_api_key("k1", "u1", &t, Role::Owner, &basic(), 0, &[], None)
+            .unwrap();
+        let scope_block = hex::decode(&ids[1]).unwrap();
+        let recorded = |id: &[u8]| Ok(id == scope_block.as_slice());
+        assert_eq!(
+            keys.verify(&key, READ, recorded)
+                .unwrap()
+                .api_key_id
+                .as_deref(),
+            Some("k1")
+        );
+        assert!(matches!(
+            keys.verify(&key, READ, |_| Ok(false)),
+            Err(TokenError::Attenuated)
+        ));
+        // A third block on a real key is refused before the store is asked.
+        let three = crate::auth::forge::append_join_bomb(&key, 70).unwrap();
+        assert!(matches!(
+            keys.verify(&three, READ, |_| panic!("store asked for a 3-block token")),
+            Err(TokenError::Attenuated)
+        ));
+        // Oversized input is refused before decoding.
+        let huge = "A".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(matches!(keys.check_shape(&huge), Err(TokenError::TooLarge)));
+    }
+
+    #[test]
+    fn minted_tokens_fit_the_size_bound_with_room() {
+        let (_d, keys) = new_keys();
+        let t = TenantId::trusted("t_01HZX3K4M5N6P7Q8R9S0T1V2W3");
+        let future = Utc::now() + chrono::Duration::hours(1);
+        let enterprise = tier("enterprise");
+        let login = keys
+            .mint_login(
+                "u_01HZX3K4M5N6P7Q8R9S0T1V2W3",
+                &t,
+                Role::Owner,
+                &enterprise,
+                9,
+                future,
+            )
+            .unwrap();
+        let (key, _) = keys
+            .mint_api_key(
+                "k_01HZX3K4M5N6P7Q8R9S0T1V2W3",
+                "u_01HZX3K4M5N6P7Q8R9S0T1V2W3",
+                &t,
+                Role::Owner,
+                &enterprise,
+                9,
+                &[],
+                Some(future),
+            )
+            .unwrap();
+        assert!(
+            login.len() * 2 < MAX_TOKEN_BYTES,
+            "login token {}",
+            login.len()
+        );
+        assert!(key.len() * 2 < MAX_TOKEN_BYTES, "API key {}", key.len());
+    }
+
+    #[test]
+    fn login_tokens_say_when_they_were_issued() {
+        let (_d, keys) = new_keys();
+        let t = TenantId::trusted("t1");
+        let before = Utc::now() - chrono::Duration::seconds(1);
+        let login = keys
+            .mint_login(
+                "u1",
+                &t,
+                Role::Owner,
+                &basic(),
+                0,
+                Utc::now() + chrono::Duration::hours(1),
+            )
+            .unwrap();
+        let issued = keys
+            .verify(&login, READ, minted)
+            .unwrap()
+            .issued_at
+            .unwrap();
+        assert!(issued >= before && issued <= Utc::now() + chrono::Duration::seconds(1));
+    }
+
+    fn rule_check() -> biscuit_auth::builder::Check {
+        biscuit_auth::macros::check!("check if operation(\"files:read\")")
     }
 }
