@@ -6,6 +6,11 @@
 //! `after` it first replays the job's durable log past that seq, then
 //! continues live, never sending a seq twice. A client that falls more than
 //! the bus buffer behind is told `lagged` and resubscribes with `after`.
+//!
+//! The credential is checked again every [`RECHECK`] while the socket is
+//! open: once the token expires, its key is revoked, its user removed or
+//! their sessions ended, the socket gets an `error` message with the reason
+//! and is closed (code 1008), so no event reaches a caller who lost access.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,7 +35,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::query::<WsQuery>())
         .then(
             |ws: Ws, state: AppState, auth: Option<String>, q: WsQuery| async move {
-                respond(upgrade(ws, state, auth, q))
+                respond(upgrade(ws, state, auth, q).await)
             },
         )
         .boxed()
@@ -41,18 +46,25 @@ struct WsQuery {
     token: Option<String>,
 }
 
-fn upgrade(
+/// How often an open socket's credential is verified again.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+const WS_OP: crate::auth::Operation = op("jobs:read", Role::Viewer);
+
+async fn upgrade(
     ws: Ws,
     state: AppState,
     auth: Option<String>,
     q: WsQuery,
 ) -> Result<Response, ApiError> {
-    let header = auth.or_else(|| q.token.map(|t| format!("Bearer {t}")));
-    let caller = state.authenticate(header.as_deref(), op("jobs:read", Role::Viewer))?;
+    let header = auth
+        .or_else(|| q.token.map(|t| format!("Bearer {t}")))
+        .unwrap_or_default();
+    let caller = state.authenticate(Some(&header), WS_OP).await?;
     let tenant = caller.principal.tenant.clone();
     Ok(ws
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| session(socket, state, tenant))
+        .on_upgrade(move |socket| session(socket, state, tenant, header))
         .into_response())
 }
 
@@ -127,7 +139,7 @@ impl Drop for Subscribed {
     }
 }
 
-async fn session(socket: WebSocket, state: AppState, tenant: TenantId) {
+async fn session(socket: WebSocket, state: AppState, tenant: TenantId, header: String) {
     let _gauge = Subscribed::new();
     let (mut tx, mut rx) = socket.split();
     let Some(mut feed) = state.jobs.subscribe().await else {
@@ -140,8 +152,22 @@ async fn session(socket: WebSocket, state: AppState, tenant: TenantId) {
         topics: HashSet::new(),
         sent: HashMap::new(),
     };
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                match state.authenticate(Some(&header), WS_OP).await {
+                    // Busy is the server's trouble, not the caller's: try later.
+                    Err(e) if e.status == warp::http::StatusCode::SERVICE_UNAVAILABLE => {}
+                    Err(e) => {
+                        let note = json!({"type": "error", "code": e.code, "detail": e.detail});
+                        let _ = tx.send(control(note)).await;
+                        let _ = tx.send(Message::close_with(1008u16, "credential no longer valid")).await;
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
             incoming = rx.next() => {
                 let Some(Ok(msg)) = incoming else { break };
                 if msg.is_close() {

@@ -317,6 +317,11 @@ impl Client {
             .await
     }
 
+    pub async fn patch_json(&self, path: &str, body: Value) -> Answer {
+        self.send(self.request(reqwest::Method::PATCH, path).json(&body))
+            .await
+    }
+
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Answer {
         let part = reqwest::multipart::Part::bytes(bytes)
             .file_name(name.to_string())
