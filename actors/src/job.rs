@@ -136,7 +136,7 @@ impl JobStage {
     }
 }
 
-/// What happened to a job (API.md "Live events").
+/// What happened to a job (docs/API.md, "Live events").
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {

@@ -1,4 +1,4 @@
-//! The actor tree (ractor) that runs jobs; see ARCHITECTURE.md:
+//! The actor tree (ractor) that runs jobs; see docs/ARCHITECTURE.md:
 //!
 //! ```text
 //! Orchestrator (root)     recovers unfinished jobs at start, routes jobs

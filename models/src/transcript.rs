@@ -1,5 +1,5 @@
 //! The timed transcript every model stage produces and every output format
-//! reads. Its JSON shape is the job result of API.md.
+//! reads. Its JSON shape is the job result of docs/API.md.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ pub struct Segment {
     pub speaker: Option<String>,
 }
 
-/// A whole file's transcript (API.md "Result JSON").
+/// A whole file's transcript (docs/API.md, "Results").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transcript {
     /// ISO 639-1 code detected or forced, e.g. "en".

@@ -48,7 +48,7 @@ pub enum VadError {
     Inference(#[from] candle_core::Error),
 }
 
-/// Voice-activity parameters: API.md's `vad` block, defaults from there.
+/// Voice-activity parameters: docs/API.md's `vad` block, defaults from there.
 /// Durations are in the units their names say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Errors as `application/problem+json` with the stable codes of API.md.
+//! Errors as `application/problem+json` with the stable codes of docs/API.md.
 
 use serde_json::json;
 use warp::http::StatusCode;

@@ -73,7 +73,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The problem answer for a tier gate (API.md codes).
+/// The problem answer for a tier gate (docs/API.md, "Errors").
 pub fn tier_gate_error(gate: &TierGate, tier: &Tier) -> ApiError {
     match gate {
         TierGate::Model(model) => ApiError::new(

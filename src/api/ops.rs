@@ -8,7 +8,7 @@ use warp::{Filter, Reply};
 
 use super::{json_reply, with_state, ApiError, AppState};
 
-/// The OpenAPI description of API.md, kept beside the code it describes.
+/// The OpenAPI description of docs/API.md, kept beside the code it describes.
 const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {

@@ -1,4 +1,4 @@
-//! `GET /v1/ws`: live job events over WebSocket (API.md "Live events").
+//! `GET /v1/ws`: live job events over WebSocket (docs/API.md, "Live events").
 //!
 //! The token is checked before the upgrade (header, or `?token=` for
 //! browsers). A connection subscribes to `tenant` (every job of its tenant)

@@ -1,5 +1,5 @@
 //! Durable state on sled: one narrow module so no sled type leaks into the
-//! API or the actors (ARCHITECTURE.md, "Beyond one machine").
+//! API or the actors (docs/ARCHITECTURE.md, "Beyond one machine").
 //!
 //! Every tenant-owned key is `<tenant id>/<row id>`, and every call on
 //! tenant-owned data takes a [`TenantId`], which only token verification,

@@ -100,7 +100,7 @@ pub struct Workflow {
     pub name: String,
     pub tenant_id: String,
     pub user_id: String,
-    /// The stored job parameters (API.md calls them `params`).
+    /// The stored job parameters (docs/API.md calls them `params`).
     pub config: JobParams,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -10,7 +10,7 @@ use super::{decode, encode, scoped_key, StoreError, TenantId};
 /// Largest page a list answers, whatever `limit` asks for.
 pub const MAX_PAGE: usize = 200;
 
-/// `limit` and `cursor` of a list request (API.md "Lists").
+/// `limit` and `cursor` of a list request (docs/API.md, "Conventions").
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PageRequest {
     pub limit: Option<usize>,

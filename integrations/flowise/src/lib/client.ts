@@ -1,4 +1,4 @@
-// A small client for the Murmur HTTP + WebSocket API (shared/API.md).
+// A small client for the Murmur HTTP + WebSocket API (docs/API.md).
 
 import WebSocket from 'ws'
 import { AudioFile } from './audio'

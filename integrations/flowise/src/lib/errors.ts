@@ -1,4 +1,4 @@
-// Murmur's problem answers (`application/problem+json`, API.md) turned into
+// Murmur's problem answers (`application/problem+json`, docs/API.md) turned into
 // messages a Flowise user can act on. The server's own `detail` is kept.
 
 export interface Problem {
