@@ -171,6 +171,13 @@ def main():
         if model:
             r = srv.post("/v1/jobs", {"file_id": speech_id, "params": {"model": harness.MODEL}}, t.token)
             job_id = r.json()["id"] if r.status == 202 else None
+            # Let it finish (and the model load) before the idle runs.
+            deadline = time.monotonic() + 180
+            while job_id and time.monotonic() < deadline:
+                st = (srv.get(f"/v1/jobs/{job_id}", t.token).json() or {}).get("status")
+                if st in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.5)
         if not job_id:
             # A status target even without a model: any id of the tenant's
             # (a missing job answers 404 and is counted as an error).

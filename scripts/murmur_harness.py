@@ -733,7 +733,8 @@ class Probe(threading.Thread):
             if lat:
                 parts.append(f"{path} p50 {ms(lat[len(lat) // 2])} max {ms(lat[-1])}")
         bad = self.failures()
-        tail = f", {len(bad)} not 200 ({sorted(set(bad))})" if bad else ""
+        kinds = sorted({"no answer in 10 s" if st == 0 else str(st) for st in bad})
+        tail = f", {len(bad)} failed ({', '.join(kinds)})" if bad else ""
         return f"other tenant ({len(self.samples)} req): " + ", ".join(parts) + tail
 
 
@@ -773,7 +774,11 @@ def parallel(n, fn):
 def counts(resps):
     c = {}
     for r in resps:
-        k = r.brief() if r is not None else "thread did not finish"
-        k = re.sub(r"\(.*\)", "(...)", k)
+        if r is None:
+            k = "thread did not finish"
+        elif r.status:
+            k = r.brief()
+        else:
+            k = f"no answer ({(r.error or '').split(':')[0]})"
         c[k] = c.get(k, 0) + 1
     return ", ".join(f"{v}x {k}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]))
