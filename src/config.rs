@@ -33,6 +33,13 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     pub data_dir: PathBuf,
+    /// Seconds between runs of the retention sweep (tiers' `retention_days`).
+    #[serde(default = "default_retention_sweep_seconds")]
+    pub retention_sweep_seconds: u64,
+}
+
+fn default_retention_sweep_seconds() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]

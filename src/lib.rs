@@ -8,6 +8,7 @@ pub mod config;
 pub mod ids;
 pub mod jobs;
 pub mod media;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -69,6 +69,7 @@ pub async fn start(
         metrics: crate::telemetry::metrics_handle(),
         operator_token: Arc::new(hex::encode(rand::random::<[u8; 32]>())),
         token_checks: Arc::new(tokio::sync::Semaphore::new(api::token_check_slots())),
+        background: tokio_util::task::TaskTracker::new(),
     };
     Ok((state, root))
 }
@@ -115,7 +116,7 @@ fn write_operator_file(
 
 /// Installs the default model and the VAD in the background, so the first
 /// job does not wait for a download.
-fn prefetch_default_models(settings: &Settings) {
+fn prefetch_default_models(settings: &Settings, tasks: &tokio_util::task::TaskTracker) {
     if !settings.models.fetch_missing {
         return;
     }
@@ -125,7 +126,7 @@ fn prefetch_default_models(settings: &Settings) {
         settings.models.default_model.clone(),
         "silero-vad".to_string(),
     ];
-    tokio::task::spawn_blocking(move || {
+    tasks.spawn_blocking(move || {
         for name in names {
             if murmur_models::fetch::installed(&models_dir, &name).is_some() {
                 continue;
@@ -144,17 +145,28 @@ fn prefetch_default_models(settings: &Settings) {
 /// actors (running jobs keep their checkpoints) and flushes the store.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listen = settings.server.listen;
-    prefetch_default_models(&settings);
     let engines = engines(&settings)?;
     let (state, mut root) = start(settings, engines).await?;
+    let background = state.background.clone();
+    let stop_sweeps = tokio_util::sync::CancellationToken::new();
+    prefetch_default_models(&state.settings, &background);
     let store = state.store.clone();
     let jobs = state.jobs.clone();
     let data_dir = state.settings.store.data_dir.clone();
     let operator_token = state.operator_token.clone();
-    let sweep = crate::billing::revenuecat::spawn_expiry_sweep(
+    crate::billing::revenuecat::spawn_expiry_sweep(
         store.clone(),
         state.tiers.clone(),
         std::time::Duration::from_secs(state.settings.billing.expiry_sweep_seconds.max(1)),
+        &background,
+        stop_sweeps.clone(),
+    );
+    crate::retention::spawn(
+        store.clone(),
+        state.tiers.clone(),
+        std::time::Duration::from_secs(state.settings.store.retention_sweep_seconds.max(1)),
+        &background,
+        stop_sweeps.clone(),
     );
     let routes = api::routes(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -174,7 +186,17 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let _ = stop_tx.send(());
     let _ = server.await;
-    sweep.abort();
+    // Background work ends before the store's last flush: sweeps stop at
+    // their next tick, requests' tasks finish. A model download may take
+    // longer; it writes no store rows, so it is left after a bound.
+    stop_sweeps.cancel();
+    background.close();
+    if tokio::time::timeout(std::time::Duration::from_secs(30), background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after 30 s; stopping without them");
+    }
     let _ = std::fs::remove_file(operator_file(&data_dir));
     jobs.shutdown().await;
     store

@@ -207,7 +207,7 @@ fn spawn_sync(state: &AppState, tenant: TenantId) {
         state.tiers.clone(),
         state.settings.clone(),
     );
-    tokio::spawn(async move {
+    state.background.spawn(async move {
         match revenuecat::sync(&store, &tiers, &settings.billing.revenuecat, &tenant).await {
             Ok(outcome) => tracing::info!(tenant = %tenant, outcome = %outcome, "RevenueCat sync"),
             Err(e) => tracing::warn!(tenant = %tenant, error = %e, "RevenueCat sync failed"),

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
@@ -51,6 +51,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state.clone()))
         .and(auth_header())
         .then(|id, name, s, a| async move { respond(stem(s, a, id, name).await) });
+    let delete = warp::path!("v1" / "jobs" / String)
+        .and(warp::delete())
+        .and(with_state(state.clone()))
+        .and(auth_header())
+        .then(|id, s, a| async move { respond(delete(s, a, id).await) });
     let result = warp::path!("v1" / "jobs" / String / "result")
         .and(warp::get())
         .and(with_state(state))
@@ -69,6 +74,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(events)
         .unify()
         .or(stem)
+        .unify()
+        .or(delete)
         .unify()
         .boxed()
 }
@@ -301,10 +308,24 @@ async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Res
     let caller = state
         .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
         .await?;
-    let tenant = caller.tenant_id();
+    let job = cancel_job(&state, caller.tenant_id(), &id).await?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
+        &caller,
+    ))
+}
+
+/// Ends a queued job at once, or flags a running one and tells its actor
+/// (it ends `cancelled` at its next check). 409 once the job has ended
+/// otherwise.
+pub(super) async fn cancel_job(
+    state: &AppState,
+    tenant: &crate::store::TenantId,
+    id: &str,
+) -> Result<Job, ApiError> {
     let job = state
         .store
-        .job(tenant, &id)?
+        .job(tenant, id)?
         .ok_or_else(|| ApiError::not_found("job"))?;
     if job.status.is_finished() {
         return Err(ApiError::conflict(format!(
@@ -316,7 +337,7 @@ async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Res
     // A queued job ends here; nothing runs it yet.
     let ended = state
         .store
-        .transition_job(tenant, &id, None, EventType::Cancelled, |j| {
+        .transition_job(tenant, id, None, EventType::Cancelled, |j| {
             if j.status != JobStatus::Queued {
                 return false;
             }
@@ -327,18 +348,16 @@ async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Res
             true
         })
         .await?;
-    let job = match ended {
+    match ended {
         Some((job, event)) => {
             state.jobs.publish(event);
-            state.jobs.cancel(tenant.as_str(), &id);
-            job
+            state.jobs.cancel(tenant.as_str(), id);
+            Ok(job)
         }
         None => {
-            // Running (or it just started): flag it and tell its actor; it
-            // ends `cancelled` at its next check.
             let job = state
                 .store
-                .update_job(tenant, &id, |j| {
+                .update_job(tenant, id, |j| {
                     if j.status.is_finished() {
                         return false;
                     }
@@ -354,14 +373,24 @@ async fn cancel(state: AppState, auth: Option<String>, id: String) -> Result<Res
                     job.status.as_str()
                 )));
             }
-            state.jobs.cancel(tenant.as_str(), &id);
-            job
+            state.jobs.cancel(tenant.as_str(), id);
+            Ok(job)
         }
-    };
-    Ok(tag_tenant(
-        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
-        &caller,
-    ))
+    }
+}
+
+/// `DELETE /v1/jobs/{id}`: a finished job, its result, event log and
+/// stems. Usage it counted stays (it is the billing record).
+async fn delete(state: AppState, auth: Option<String>, id: String) -> Result<Response, ApiError> {
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
+        .await?;
+    match state.store.delete_job(caller.tenant_id(), &id).await {
+        Ok(Some(_)) => Ok(tag_tenant(StatusCode::NO_CONTENT.into_response(), &caller)),
+        Ok(None) => Err(ApiError::not_found("job")),
+        Err(StoreError::Conflict(why)) => Err(ApiError::conflict(why)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

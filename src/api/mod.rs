@@ -14,6 +14,7 @@ mod models;
 mod openai;
 mod ops;
 mod session;
+mod tenant;
 mod users;
 mod web;
 mod workflows;
@@ -54,6 +55,11 @@ pub struct AppState {
     /// Slots for token verification on the blocking pool (see
     /// [`AppState::authenticate`]).
     pub token_checks: Arc<tokio::sync::Semaphore>,
+    /// Owner of every task a request or the server starts in the
+    /// background (lapsed-tier recording, RevenueCat syncs, exports, model
+    /// prefetch, sweeps): `serve` closes it and awaits them before the
+    /// final flush, so none writes after it.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 /// A verified caller with its tenant's current row and tier.
@@ -127,7 +133,7 @@ impl AppState {
                 self.tiers.clone(),
                 caller.principal.tenant.clone(),
             );
-            tokio::spawn(async move {
+            self.background.spawn(async move {
                 if let Err(e) = crate::billing::revenuecat::expire_lapsed(&store, &tiers, &id).await
                 {
                     tracing::warn!(tenant = %id, error = %e, "cannot record a lapsed subscription");
@@ -202,7 +208,7 @@ impl AppState {
 /// Operations only a login session may perform. An API key cannot make
 /// people or keys, so no credential can outlive the expiry or revocation
 /// of the key that would have made it.
-const SESSION_ONLY: &[&str] = &["users:write", "keys:write"];
+const SESSION_ONLY: &[&str] = &["users:write", "keys:write", "tenant:write"];
 
 /// How long a request waits for a token-check slot before answering 503.
 const TOKEN_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -282,6 +288,8 @@ pub fn json_body(state: &AppState) -> BoxedFilter<(Bytes,)> {
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let api = session::routes(state.clone())
         .or(users::routes(state.clone()))
+        .unify()
+        .or(tenant::routes(state.clone()))
         .unify()
         .or(keys::routes(state.clone()))
         .unify()

@@ -173,6 +173,7 @@ pub struct Operation {
 /// Every operation, so API-key scopes can list what they allow.
 pub const OPERATIONS: &[&str] = &[
     "tenant:read",
+    "tenant:write",
     "users:read",
     "users:write",
     "keys:read",

@@ -470,17 +470,22 @@ pub async fn expire_lapsed(
 }
 
 /// Downgrades every lapsed tenant every `every`, so tiers end on time even
-/// for tenants that make no request. Owned by `server::serve`, which
-/// aborts it at shutdown.
+/// for tenants that make no request. Runs on `tasks` (owned by
+/// `server::serve`) until `stop`, never in the middle of a write.
 pub fn spawn_expiry_sweep(
     store: Store,
     tiers: std::sync::Arc<TierTable>,
     every: Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks: &tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
             let lapsed = match store.lapsed_subscriptions(now_ms()) {
                 Ok(l) => l,
                 Err(e) => {
@@ -494,7 +499,7 @@ pub fn spawn_expiry_sweep(
                 }
             }
         }
-    })
+    });
 }
 
 #[cfg(test)]

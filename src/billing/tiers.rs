@@ -54,6 +54,10 @@ pub struct Tier {
     /// `None` means unlimited.
     #[serde(default)]
     pub max_workflows: Option<u64>,
+    /// Finished jobs (with results, events and stems) and uploads older
+    /// than this many days are deleted; `None` keeps them until deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
 }
 
 impl Tier {

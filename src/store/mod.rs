@@ -7,6 +7,7 @@
 //! flushed to disk before the call returns: sled buffers writes otherwise.
 
 mod accounts;
+mod lifecycle;
 mod records;
 mod scoped;
 
@@ -96,6 +97,9 @@ pub struct Store {
     /// revocation id of an API key's scope block -> "<tenant>/<key>": the
     /// record that the server minted that block (see `auth::tokens`).
     minted_keys: sled::Tree,
+    /// tenant id -> RFC 3339 time: tenants whose deletion began and has
+    /// not finished (see `lifecycle`).
+    tenant_deletions: sled::Tree,
     users: Scoped<User>,
     api_keys: Scoped<ApiKey>,
     files: Scoped<FileRecord>,
@@ -267,6 +271,7 @@ impl Store {
             emails: db.open_tree("user_emails")?,
             revoked: db.open_tree("revoked")?,
             minted_keys: db.open_tree("minted_keys")?,
+            tenant_deletions: db.open_tree("tenant_deletions")?,
             users: Scoped::open(&db, "users")?,
             api_keys: Scoped::open(&db, "api_keys")?,
             files: Scoped::open(&db, "files")?,
@@ -281,6 +286,7 @@ impl Store {
         };
         store.sweep_partial_uploads()?;
         store.record_minted_keys()?;
+        store.sweep_orphans()?;
         Ok(store)
     }
 

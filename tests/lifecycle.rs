@@ -1,0 +1,234 @@
+//! How data leaves, on the real binary: deleting a job with its result,
+//! events and usage record kept apart; an owner's export of everything the
+//! tenant holds and nothing of anyone else's; deleting a whole tenant.
+
+mod common;
+
+use common::{signup, tone_wav, Base, Server};
+use serde_json::{json, Value};
+
+fn setup() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+}
+
+/// Uploads a short tone and runs a tiny.en job on it to completion.
+async fn finished_job(c: &common::Client) -> (String, String) {
+    let file = c.upload("tone.wav", tone_wav(1.0, 16000)).await.expect(201);
+    let fid = file["id"].as_str().unwrap().to_string();
+    let job = c
+        .post(
+            "/v1/jobs",
+            json!({"file_id": fid, "params": {"model": "tiny.en"}}),
+        )
+        .await
+        .expect(202);
+    let jid = job["id"].as_str().unwrap().to_string();
+    let done = common::wait_job(c, &jid, 120).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    (fid, jid)
+}
+
+#[tokio::test]
+async fn a_job_is_deleted_with_its_result_and_events_and_only_by_its_tenant() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Other").await;
+    let (_, jid) = finished_job(&a.client).await;
+    let usage_before = a.client.get("/v1/usage").await.expect(200);
+
+    b.client
+        .delete(&format!("/v1/jobs/{jid}"))
+        .await
+        .problem(404, "not_found");
+    a.client.get(&format!("/v1/jobs/{jid}")).await.expect(200);
+
+    a.client
+        .delete(&format!("/v1/jobs/{jid}"))
+        .await
+        .expect(204);
+    for path in ["", "/result", "/events"] {
+        a.client
+            .get(&format!("/v1/jobs/{jid}{path}"))
+            .await
+            .problem(404, "not_found");
+    }
+    a.client
+        .delete(&format!("/v1/jobs/{jid}"))
+        .await
+        .problem(404, "not_found");
+    // Usage is the billing record: deleting the job does not refund it.
+    let usage_after = a.client.get("/v1/usage").await.expect(200);
+    assert_eq!(usage_before, usage_after);
+}
+
+#[tokio::test]
+async fn an_owner_exports_everything_the_tenant_holds_and_nothing_else() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Other").await;
+    let (fid, jid) = finished_job(&a.client).await;
+    let (b_fid, b_jid) = finished_job(&b.client).await;
+    a.client
+        .post("/v1/workflows", json!({"name": "w", "params": {}}))
+        .await
+        .expect(201);
+    let key = a
+        .client
+        .post("/v1/api-keys", json!({"name": "k"}))
+        .await
+        .expect(201);
+
+    let res = a
+        .client
+        .request(reqwest::Method::GET, "/v1/tenant/export")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/x-ndjson"
+    );
+    let text = res.text().await.unwrap();
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    for kind in [
+        "tenant", "user", "api_key", "file", "workflow", "job", "usage",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} row in {kinds:?}");
+    }
+    assert!(text.contains(&fid) && text.contains(&jid));
+    let job = rows.iter().find(|r| r["type"] == "job").unwrap();
+    assert!(job["events"].as_array().unwrap().len() >= 3, "{job}");
+    // No secrets, nothing of the other tenant.
+    assert!(!text.contains("hashed_password") && !text.contains("argon2"));
+    assert!(!text.contains(key["token"].as_str().unwrap()));
+    for other in [&b.id, &b_fid, &b_jid, &b.email] {
+        assert!(!text.contains(other.as_str()), "export leaks {other}");
+    }
+
+    // Only the owner, and only with a login session.
+    server
+        .client()
+        .with_token(key["token"].as_str().unwrap())
+        .get("/v1/tenant/export")
+        .await
+        .problem(403, "session_required");
+    a.client
+        .post(
+            "/v1/users",
+            json!({"email": "m@acme.example", "password": "member password", "role": "admin"}),
+        )
+        .await
+        .expect(201);
+    let token = server
+        .client()
+        .post(
+            "/v1/auth/login",
+            json!({"email": "m@acme.example", "password": "member password"}),
+        )
+        .await
+        .expect(200)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server
+        .client()
+        .with_token(&token)
+        .get("/v1/tenant/export")
+        .await
+        .problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_removes_its_data_and_credentials_and_nothing_else() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Other").await;
+    finished_job(&a.client).await;
+    let (b_fid, b_jid) = finished_job(&b.client).await;
+    let key = a
+        .client
+        .post("/v1/api-keys", json!({"name": "k"}))
+        .await
+        .expect(201);
+    let a_files = server.data_dir.join("files").join(&a.id);
+    assert!(a_files.exists());
+
+    // Another tenant's id does not confirm; neither does an API key.
+    a.client
+        .send(
+            a.client
+                .request(reqwest::Method::DELETE, "/v1/tenant")
+                .json(&json!({"confirm": b.id})),
+        )
+        .await
+        .problem(400, "invalid_request");
+    let by_key = server.client().with_token(key["token"].as_str().unwrap());
+    by_key
+        .send(
+            by_key
+                .request(reqwest::Method::DELETE, "/v1/tenant")
+                .json(&json!({"confirm": a.id})),
+        )
+        .await
+        .problem(403, "session_required");
+    b.client
+        .send(
+            b.client
+                .request(reqwest::Method::DELETE, "/v1/tenant")
+                .json(&json!({"confirm": a.id})),
+        )
+        .await
+        .problem(400, "invalid_request");
+
+    let done = a
+        .client
+        .send(
+            a.client
+                .request(reqwest::Method::DELETE, "/v1/tenant")
+                .json(&json!({"confirm": a.id})),
+        )
+        .await;
+    assert_eq!(done.status, 204, "{}", done.text);
+    a.client.get("/v1/me").await.problem(401, "unauthorized");
+    by_key.get("/v1/me").await.problem(401, "unauthorized");
+    server
+        .client()
+        .post(
+            "/v1/auth/login",
+            json!({"email": a.email, "password": a.password}),
+        )
+        .await
+        .problem(401, "unauthorized");
+    assert!(!a_files.exists(), "the tenant's uploads are gone");
+    assert!(!server.data_dir.join("artifacts").join(&a.id).exists());
+    // The address can sign up again, as a new tenant.
+    server
+        .client()
+        .post(
+            "/v1/auth/signup",
+            json!({"tenant": "Acme again", "email": a.email, "password": a.password}),
+        )
+        .await
+        .expect(201);
+    // The other tenant is whole.
+    b.client
+        .get(&format!("/v1/files/{b_fid}"))
+        .await
+        .expect(200);
+    b.client
+        .get(&format!("/v1/files/{b_fid}/content"))
+        .await
+        .expect(200);
+    b.client
+        .get(&format!("/v1/jobs/{b_jid}/result"))
+        .await
+        .expect(200);
+}
