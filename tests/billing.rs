@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{files_under, signup, tone_wav, Answer, Base, Server};
+use common::revenuecat::{now_ms, rc_event, webhook, SECRET};
+use common::{files_under, signup, tone_wav, Base, Server};
 use serde_json::{json, Value};
-
-const SECRET: &str = "Bearer rc-webhook-secret";
 
 /// The test tier table with translation limits small enough to cross: 3 s
 /// files and 2 translation jobs a month on basic.
@@ -37,53 +36,6 @@ fn start(extra: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
     ];
     env.extend_from_slice(extra);
     (Server::start_with(&env), dir)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A RevenueCat event as the webhook documentation shapes it.
-fn rc_event(
-    id: &str,
-    kind: &str,
-    user: &str,
-    entitlement: &str,
-    ts: i64,
-    exp: Option<i64>,
-) -> Value {
-    json!({
-        "id": id,
-        "type": kind,
-        "app_user_id": user,
-        "original_app_user_id": user,
-        "aliases": [user],
-        "product_id": "murmur_monthly",
-        "entitlement_ids": [entitlement],
-        "period_type": "NORMAL",
-        "purchased_at_ms": ts,
-        "expiration_at_ms": exp,
-        "event_timestamp_ms": ts,
-        "environment": "PRODUCTION",
-        "store": "APP_STORE",
-        "cancel_reason": null,
-        "expiration_reason": null,
-        "new_product_id": null
-    })
-}
-
-async fn webhook(server: &Server, secret: Option<&str>, event: Value) -> Answer {
-    let c = server.client();
-    let mut rb = c
-        .request(reqwest::Method::POST, "/v1/billing/revenuecat")
-        .json(&json!({"api_version": "1.0", "event": event}));
-    if let Some(s) = secret {
-        rb = rb.header("authorization", s);
-    }
-    c.send(rb).await
 }
 
 /// A valid WAV of exactly `len` bytes (a tone, truncated, header fixed).

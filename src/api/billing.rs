@@ -183,8 +183,8 @@ async fn webhook(
         ));
     }
     let outcome = match revenuecat::process(&state.store, &state.tiers, settings, &id).await {
-        Ok((outcome, tenant)) => {
-            if let Some(tid) = tenant.filter(|_| settings.rest_sync) {
+        Ok((outcome, tenants)) => {
+            for tid in tenants.into_iter().filter(|_| settings.rest_sync) {
                 spawn_sync(&state, tid);
             }
             outcome

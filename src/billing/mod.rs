@@ -5,6 +5,7 @@ pub mod gates;
 pub mod http;
 pub mod revenuecat;
 pub mod tiers;
+pub mod transfer;
 
 pub use gates::{Capability, TierGate};
 pub use tiers::{Tier, TierTable, Translation};

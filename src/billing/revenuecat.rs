@@ -62,6 +62,11 @@ pub struct RcEvent {
     pub cancel_reason: Option<String>,
     #[serde(default)]
     pub expiration_reason: Option<String>,
+    /// `TRANSFER` events: the app users purchases moved from and to.
+    #[serde(default)]
+    pub transferred_from: Option<Vec<String>>,
+    #[serde(default)]
+    pub transferred_to: Option<Vec<String>>,
 }
 
 /// Event types that grant the entitled tier until `expiration_at_ms`.
@@ -252,17 +257,17 @@ pub async fn process(
     tiers: &TierTable,
     settings: &RevenueCatSettings,
     event_id: &str,
-) -> Result<(String, Option<TenantId>), BillingError> {
+) -> Result<(String, Vec<TenantId>), BillingError> {
     let Some(record) = store.billing_event(event_id)? else {
-        return Ok(("unknown_event".into(), None));
+        return Ok(("unknown_event".into(), Vec::new()));
     };
     if record.processed {
-        return Ok((record.outcome.unwrap_or_default(), None));
+        return Ok((record.outcome.unwrap_or_default(), Vec::new()));
     }
     let finish = |outcome: &'static str| async move {
         store.finish_billing_event(event_id, outcome).await?;
         metrics::counter!("murmur_revenuecat_events_total", "outcome" => outcome).increment(1);
-        Ok::<_, BillingError>((outcome.to_string(), None))
+        Ok::<_, BillingError>((outcome.to_string(), Vec::new()))
     };
     let ev: RcEvent = match serde_json::from_value(record.event.clone()) {
         Ok(ev) => ev,
@@ -277,6 +282,14 @@ pub async fn process(
     if ev.environment.as_deref() == Some("SANDBOX") && !settings.allow_sandbox {
         return finish("sandbox_ignored").await;
     }
+    if ev.kind == "TRANSFER" {
+        let (outcome, tenants) =
+            super::transfer::apply(store, tiers, &ev, event_id, now_ms()).await?;
+        tracing::info!(event = %event_id, kind = "TRANSFER", tenants = tenants.len(), outcome = %outcome, "RevenueCat event");
+        metrics::counter!("murmur_revenuecat_events_total", "outcome" => outcome.clone())
+            .increment(1);
+        return Ok((outcome, tenants));
+    }
     let Some(tid) = resolve_tenant(store, &ev)? else {
         tracing::warn!(event = %event_id, app_user_id = ?ev.app_user_id, "RevenueCat event for no known tenant");
         return finish("unknown_user").await;
@@ -290,7 +303,7 @@ pub async fn process(
     tracing::info!(event = %event_id, kind = %ev.kind, tenant = %tid, outcome = %outcome, "RevenueCat event");
     metrics::counter!("murmur_revenuecat_events_total", "outcome" => outcome.clone()).increment(1);
     audit_tier_change(&before, &after, "revenuecat", &ev.kind);
-    Ok((outcome, Some(tid)))
+    Ok((outcome, vec![tid]))
 }
 
 /// Applies every event received but not applied (a crash came between),
@@ -304,15 +317,15 @@ pub async fn replay(
     for ev in &pending {
         // One event that cannot be applied must not keep the server down:
         // it stays unapplied and is tried again at the next start.
-        let tenant = match process(store, tiers, settings, &ev.id).await {
-            Ok((_, tenant)) => tenant,
+        let tenants = match process(store, tiers, settings, &ev.id).await {
+            Ok((_, tenants)) => tenants,
             Err(e) => {
                 tracing::error!(event = %ev.id, error = %e, "cannot apply a stored RevenueCat event");
                 continue;
             }
         };
-        if let Some(tid) = tenant.filter(|_| settings.rest_sync) {
-            if let Err(e) = sync(store, tiers, settings, &tid).await {
+        for tid in tenants.iter().filter(|_| settings.rest_sync) {
+            if let Err(e) = sync(store, tiers, settings, tid).await {
                 tracing::warn!(tenant = %tid, error = %e, "RevenueCat sync failed");
             }
         }

@@ -2,6 +2,8 @@
 //! a temporary data dir, and small helpers to talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod revenuecat;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
