@@ -16,6 +16,7 @@ default_tier = "basic"
 [tiers.basic]
 rank = 0
 max_file_bytes = 400000
+max_audio_seconds = 30
 concurrent_jobs = 2
 models = ["tiny", "base"]
 diarization = false
@@ -28,6 +29,7 @@ max_workflows = 2
 [tiers.premium]
 rank = 1
 max_file_bytes = 2000000
+max_audio_seconds = 600
 concurrent_jobs = 5
 models = ["tiny", "base", "small", "medium"]
 diarization = true
@@ -38,6 +40,7 @@ max_workflows = 20
 [tiers.enterprise]
 rank = 2
 max_file_bytes = 4000000
+max_audio_seconds = 3600
 concurrent_jobs = 10
 models = ["*"]
 diarization = true
