@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
+use crate::engine::AudioLimit;
 use crate::job::{Event, EventType, Job};
+use crate::params::{JobParams, JobType, Task};
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -20,6 +22,35 @@ pub struct TenantLimits {
     pub priority: u32,
     /// The tier's name, for metrics labelled by tier (never by tenant).
     pub tier: String,
+    /// Longest audio a job may process, in decoded seconds.
+    pub max_audio_seconds: Option<u64>,
+    /// Longest audio a translation may process, when the tier limits it.
+    pub translation_max_seconds: Option<u64>,
+}
+
+impl TenantLimits {
+    /// The length limit for a job with `params`: the tier's maximum, or its
+    /// translation limit when that is shorter and the job translates.
+    pub fn audio_limit(&self, params: &JobParams) -> Option<AudioLimit> {
+        let tier = &self.tier;
+        let general = self.max_audio_seconds.map(|s| AudioLimit {
+            max_s: s as f64,
+            rule: format!("the {tier} tier's maximum audio length of {s} s"),
+        });
+        let translates =
+            params.job_type == JobType::Transcription && params.task == Task::Translate;
+        let translation = self
+            .translation_max_seconds
+            .filter(|_| translates)
+            .map(|s| AudioLimit {
+                max_s: s as f64,
+                rule: format!("the {tier} tier's translation limit of {s} s"),
+            });
+        match (general, translation) {
+            (Some(g), Some(t)) if g.max_s < t.max_s => Some(g),
+            (g, t) => t.or(g),
+        }
+    }
 }
 
 /// A job's input audio, by reference.

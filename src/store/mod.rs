@@ -206,16 +206,25 @@ fn meter(
     if !was_open || after.status != JobStatus::Completed {
         return Ok(());
     }
-    let file_key = scoped_key(tenant, &after.file_id);
-    let from_file = match files.get(&file_key)? {
-        Some(b) => decode::<FileRecord>(&file_key, &b)
-            .ok()
-            .and_then(|f| f.duration_s),
-        None => None,
+    // What the engine decoded for this job is what was processed; the
+    // length measured at upload stands in for a result that does not say.
+    let decoded = after
+        .result
+        .as_ref()
+        .and_then(|r| r.get("duration_s")?.as_f64());
+    let seconds = match decoded {
+        Some(s) => s,
+        None => {
+            let file_key = scoped_key(tenant, &after.file_id);
+            match files.get(&file_key)? {
+                Some(b) => decode::<FileRecord>(&file_key, &b)
+                    .ok()
+                    .and_then(|f| f.duration_s),
+                None => None,
+            }
+            .unwrap_or(0.0)
+        }
     };
-    let seconds = from_file
-        .or_else(|| after.result.as_ref()?.get("duration_s")?.as_f64())
-        .unwrap_or(0.0);
     let period = usage_period(after.finished_at.unwrap_or_else(chrono::Utc::now));
     let kind = after.job_type.clone();
     update(period, &|u| {
