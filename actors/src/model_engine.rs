@@ -596,6 +596,72 @@ mod tests {
         assert!(regions_after(&r, 6.0).is_empty());
     }
 
+    struct NullSink;
+    impl WorkSink for NullSink {
+        fn stage(&mut self, _: JobStage) {}
+        fn progress(&mut self, _: f64) {}
+        fn checkpoint(&mut self, _: serde_json::Value) {}
+    }
+
+    /// A VAD job on a 3 s tone, with `limit`; decoding comes before any
+    /// model is loaded, so these run without weights.
+    fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
+        let audio = dir.join("tone.wav");
+        let tone: Vec<f32> = (0..48_000).map(|i| 0.3 * (i as f32 * 0.17).sin()).collect();
+        audio::write_wav_16bit(&audio, &tone, 16_000, 1).unwrap();
+        let params =
+            JobParams::merged(&JobParams::defaults("base"), &json!({"job_type": "vad"})).unwrap();
+        WorkRequest {
+            job_id: "j1".into(),
+            tenant_id: "t1".into(),
+            audio,
+            params,
+            checkpoint: None,
+            artifacts: None,
+            audio_limit: limit.map(|max_s| crate::engine::AudioLimit {
+                max_s,
+                rule: format!("the basic tier's maximum audio length of {max_s} s"),
+            }),
+        }
+    }
+
+    fn engine(dir: &Path) -> ModelEngine {
+        ModelEngine::new(
+            ModelEngineConfig {
+                models_dir: dir.join("models"),
+                cache_dir: dir.join("cache"),
+                max_loaded_models: 1,
+                fetch_missing: false,
+            },
+            Device::Cpu,
+        )
+    }
+
+    #[test]
+    fn audio_longer_than_the_job_limit_fails_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = vad_request(dir.path(), Some(1.0));
+        let err = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap_err();
+        match err {
+            WorkError::InvalidInput(msg) => {
+                assert!(msg.contains("maximum audio length of 1 s"), "{msg}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_while_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = vad_request(dir.path(), None);
+        let err = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(true))
+            .unwrap_err();
+        assert!(matches!(err, WorkError::Cancelled), "{err:?}");
+    }
+
     #[test]
     fn decode_options_start_at_the_asked_temperature() {
         let mut p = JobParams::defaults("base");

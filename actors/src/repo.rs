@@ -89,3 +89,34 @@ pub trait JobStore: Send + Sync + 'static {
     async fn audio_file(&self, tenant: &str, file_id: &str)
         -> Result<Option<AudioFile>, RepoError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_job_meets_the_shorter_of_its_tier_limits() {
+        let limits = TenantLimits {
+            concurrent_jobs: 1,
+            priority: 0,
+            tier: "basic".into(),
+            max_audio_seconds: Some(10_800),
+            translation_max_seconds: Some(600),
+        };
+        let base = JobParams::defaults("base");
+        let transcribe = limits.audio_limit(&base).unwrap();
+        assert_eq!(transcribe.max_s, 10_800.0);
+        assert!(transcribe.rule.contains("basic tier's maximum"));
+        let translate = JobParams::merged(&base, &json!({"task": "translate"})).unwrap();
+        let limit = limits.audio_limit(&translate).unwrap();
+        assert_eq!(limit.max_s, 600.0);
+        assert!(limit.rule.contains("translation limit"));
+        let unlimited = TenantLimits {
+            max_audio_seconds: None,
+            translation_max_seconds: None,
+            ..limits
+        };
+        assert_eq!(unlimited.audio_limit(&translate), None);
+    }
+}

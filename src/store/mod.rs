@@ -909,6 +909,47 @@ mod tests {
         )
     }
 
+    /// A file recorded with a header's 1 s whose job decoded 700 s counts
+    /// 700 s: usage follows what the engine decoded.
+    #[tokio::test]
+    async fn usage_is_metered_from_the_decoded_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = TenantId::trusted("t1");
+        let file = FileRecord {
+            id: "f1".into(),
+            name: "old.flac".into(),
+            path: "files/t1/f1".into(),
+            size: 10,
+            duration_s: Some(1.0),
+            content_type: None,
+            user_id: "u1".into(),
+            tenant_id: "t1".into(),
+            created_at: Utc::now(),
+        };
+        store.put_file(&t, &file).await.unwrap();
+        let vad = JobParams::merged(
+            &JobParams::defaults("base"),
+            &serde_json::json!({"job_type": "vad"}),
+        )
+        .unwrap();
+        store
+            .create_job(&t, &job(&t, "j1", vad), EventType::Queued, None)
+            .await
+            .unwrap();
+        store
+            .transition_job(&t, "j1", None, EventType::Completed, |j| {
+                j.status = JobStatus::Completed;
+                j.finished_at = Some(Utc::now());
+                j.result = Some(serde_json::json!({"duration_s": 700.0, "speech": []}));
+                true
+            })
+            .await
+            .unwrap();
+        let u = store.usage(&t, &usage_period(Utc::now())).unwrap();
+        assert_eq!(u.audio_seconds, 700.0);
+    }
+
     #[tokio::test]
     async fn usage_is_metered_with_the_jobs_it_counts() {
         let dir = tempfile::tempdir().unwrap();
