@@ -116,6 +116,7 @@ async fn run_engine(
         params,
         checkpoint: None,
         artifacts,
+        audio_limit: None,
     };
     let progress = bar(
         1000,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use murmur_actors::job::{Event, EventType, Job};
 use murmur_actors::repo::{AudioFile, JobChange, JobStore, RepoError, TenantLimits};
 
-use crate::billing::{revenuecat, TierTable};
+use crate::billing::{revenuecat, TierTable, Translation};
 use crate::store::{JobStatus, Store, StoreError, TenantId};
 
 /// The store as the actors see it. Cloning is shallow.
@@ -103,6 +103,10 @@ impl JobStore for StoreJobs {
             concurrent_jobs: tier.concurrent_jobs,
             priority: tier.rank,
             tier: tier.name.clone(),
+            max_audio_seconds: Some(tier.max_audio_seconds),
+            translation_max_seconds: (tier.translation == Translation::Limited)
+                .then_some(tier.translation_max_file_seconds)
+                .flatten(),
         })
     }
 

@@ -1,23 +1,86 @@
-//! The service's view of audio: checking uploads and rendering results,
+//! The service's view of audio: measuring uploads and rendering results,
 //! through the speech engine (`murmur-models`) off the async runtime.
+//!
+//! An upload's length is measured by decoding all of it, never read from its
+//! header: usage, the tier's length limits and job deadlines all follow from
+//! it. Measuring costs CPU (a 3 h FLAC is a few seconds of decoding) but no
+//! memory, runs on the blocking pool a few at a time ([`measure_permits`]),
+//! and stops as soon as the file passes the tier's maximum or the client
+//! goes away.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use murmur_models::audio::{self, AudioError};
 use murmur_models::formats::{self, Format, FormatError};
 use murmur_models::transcript::Transcript;
+use tokio::sync::Semaphore;
 use warp::http::header::{self, HeaderValue};
 use warp::reply::Response;
 use warp::Reply;
 
-/// Checks that `path` holds audio Murmur can decode and answers its
-/// duration in seconds. The error is a sentence for the uploader, naming the
-/// file as they named it and never the server's own paths.
-pub async fn probe(path: &Path, name: &str) -> Result<f64, String> {
-    let owned = path.to_path_buf();
-    let outcome = tokio::task::spawn_blocking(move || murmur_models::audio::probe_duration(&owned))
+/// Uploads measured at once: half the cores (at least one), so a burst of
+/// uploads queues here instead of taking every core from running jobs and
+/// from the HTTP runtime.
+fn measure_permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Semaphore::new((cores / 2).max(1))
+    })
+}
+
+/// Why an upload's audio is refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// It decodes to more than `limit_s` seconds (decoding stopped there).
+    TooLong { limit_s: u64 },
+    /// Its header claims a length the decoded audio does not have.
+    Inconsistent { header_s: f64, decoded_s: f64 },
+    /// It is not audio Murmur can decode: a sentence for the uploader,
+    /// naming the file as they named it and never the server's own paths.
+    Invalid(String),
+}
+
+/// Sets the stop flag when the upload's future is dropped (the client went
+/// away), so the blocking decode stops at its next check.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decodes all of `path` and answers its length in seconds, or why it is
+/// refused: longer than `max_s`, a header that lies about its length, or
+/// not audio at all.
+pub async fn measure(path: &Path, name: &str, max_s: u64) -> Result<f64, Refusal> {
+    let _permit = measure_permits()
+        .acquire()
         .await
-        .map_err(|e| format!("the audio probe failed: {e}"))?;
-    outcome.map_err(|e| e.to_string().replace(&path.display().to_string(), name))
+        .map_err(|e| Refusal::Invalid(format!("the audio probe failed: {e}")))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _guard = StopOnDrop(stop.clone());
+    let owned = path.to_path_buf();
+    let limit = max_s as f64;
+    let outcome = tokio::task::spawn_blocking(move || {
+        audio::measure_duration(&owned, Some(limit), &|| stop.load(Ordering::Relaxed))
+    })
+    .await
+    .map_err(|e| Refusal::Invalid(format!("the audio probe failed: {e}")))?;
+    match outcome {
+        Ok(length) if length.header_disagrees() => Err(Refusal::Inconsistent {
+            header_s: length.header_s.unwrap_or(0.0),
+            decoded_s: length.duration_s,
+        }),
+        Ok(length) => Ok(length.duration_s),
+        Err(AudioError::TooLong { .. }) => Err(Refusal::TooLong { limit_s: max_s }),
+        Err(e) => Err(Refusal::Invalid(
+            e.to_string().replace(&path.display().to_string(), name),
+        )),
+    }
 }
 
 /// A stored job result in the asked format, with its content type and a

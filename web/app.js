@@ -249,7 +249,7 @@ function showConnection(s, delay) {
 
 function applyLimits(limits) {
   state.limits = limits;
-  $('file-limit').textContent = `Up to ${fmt.bytes(limits.max_file_bytes)} per file on your plan.`;
+  $('file-limit').textContent = `Up to ${fmt.bytes(limits.max_file_bytes)} and ${fmt.duration(limits.max_audio_seconds)} of audio per file on your plan.`;
   const diarize = $('diarize');
   diarize.disabled = !limits.diarization;
   if (!limits.diarization) diarize.checked = false;
@@ -820,6 +820,7 @@ async function loadPlan() {
     ['Audio processed in ' + u.period, fmt.duration(u.audio_seconds)],
     ['Jobs at once', String(l.concurrent_jobs)],
     ['Largest file', fmt.bytes(l.max_file_bytes)],
+    ['Longest audio', fmt.duration(l.max_audio_seconds)],
     ['Models', (l.models || []).join(', ').replace('*', 'all')],
     ['Speaker diarization', l.diarization ? 'included' : 'not included'],
     ['Music separation', l.bgm_separation ? 'included' : 'not included'],

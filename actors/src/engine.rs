@@ -28,6 +28,20 @@ pub struct WorkRequest {
     /// `None`: keep nothing on disk.
     #[serde(default)]
     pub artifacts: Option<PathBuf>,
+    /// The longest audio this job may process, checked while decoding: a
+    /// file whose stored length undercounts (uploaded before lengths were
+    /// measured) fails here instead of being processed beyond what its
+    /// tier allows. `None`: no limit (the CLI).
+    #[serde(default)]
+    pub audio_limit: Option<AudioLimit>,
+}
+
+/// A length limit on a job's audio and whose rule it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioLimit {
+    pub max_s: f64,
+    /// The rule for the error message: "the basic tier's maximum of 10800 s".
+    pub rule: String,
 }
 
 /// What a finished job produced.

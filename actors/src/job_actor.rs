@@ -229,6 +229,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             params: job.params.clone(),
             checkpoint: job.checkpoint.clone(),
             artifacts: Some(ctx.store.artifact_dir(&job.tenant_id, &job.id)),
+            audio_limit: limits.audio_limit(&job.params),
         }),
         priority: limits.priority,
         deadline,

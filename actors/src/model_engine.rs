@@ -175,16 +175,34 @@ impl ModelEngine {
     }
 }
 
-/// Decode failures are the input's fault (fail at once), except I/O. The
-/// message names "the audio", never the server's path to it.
-fn audio_error(e: AudioError, path: &std::path::Path) -> WorkError {
+/// Decode failures are the input's fault (fail at once), except I/O and a
+/// stop. The message names "the audio", never the server's path to it.
+fn audio_error(e: AudioError, request: &WorkRequest) -> WorkError {
     let msg = e
         .to_string()
-        .replace(&path.display().to_string(), "the audio");
-    match e {
-        AudioError::Io { .. } => WorkError::Transient(msg),
+        .replace(&request.audio.display().to_string(), "the audio");
+    match (e, &request.audio_limit) {
+        (AudioError::Io { .. }, _) => WorkError::Transient(msg),
+        (AudioError::Cancelled { .. }, _) => WorkError::Cancelled,
+        (AudioError::TooLong { .. }, Some(limit)) => WorkError::InvalidInput(format!(
+            "the audio is longer than {}; nothing past it was processed or counted \
+             (split the file, or upgrade)",
+            limit.rule
+        )),
         _ => WorkError::InvalidInput(format!("the file cannot be decoded: {msg}")),
     }
+}
+
+/// How the job's audio is decoded: at `sample_rate` in `channels`, stopping
+/// at the job's length limit.
+fn decode_job_audio(
+    request: &WorkRequest,
+    mut options: audio::DecodeOptions,
+    cancel: &AtomicBool,
+) -> Result<DecodedAudio, WorkError> {
+    options.max_duration_s = request.audio_limit.as_ref().map(|l| l.max_s);
+    audio::decode_file_until(&request.audio, &options, &|| cancel.load(Ordering::Relaxed))
+        .map_err(|e| audio_error(e, request))
 }
 
 fn decode_options(p: &JobParams) -> DecodeOptions {
@@ -303,8 +321,8 @@ fn separate_error(e: SeparateError) -> WorkError {
 impl ModelEngine {
     /// Decodes the job's audio (44.1 kHz stereo), splits it into vocals and
     /// accompaniment, writes both to the artifacts folder, and answers the
-    /// vocals at 16 kHz mono. A resumed job reads the vocals an earlier
-    /// attempt wrote instead.
+    /// vocals at 16 kHz mono with the source's decoded length in seconds. A
+    /// resumed job reads the vocals an earlier attempt wrote instead.
     fn separate(
         &self,
         request: &WorkRequest,
@@ -312,13 +330,13 @@ impl ModelEngine {
         sink: &mut dyn WorkSink,
         cancel: &AtomicBool,
         plan: &ProgressPlan,
-    ) -> Result<Vec<f32>, WorkError> {
+    ) -> Result<(Vec<f32>, f64), WorkError> {
         let folder = request.artifacts.as_deref();
         if let (true, Some(folder)) = (checkpoint.separated, folder) {
             if let Ok(audio) = audio::decode_file(&stem_path(folder, "vocals")) {
                 sink.stage(JobStage::Separate);
                 sink.progress(plan.separating(1.0));
-                return Ok(audio.samples);
+                return Ok((audio.samples, audio.duration_s));
             }
         }
         if folder.is_none() && request.params.job_type == JobType::BgmSeparation {
@@ -326,11 +344,11 @@ impl ModelEngine {
                 "a separation job needs a folder to write its stems to".into(),
             ));
         }
-        let stereo = audio::decode_file_with(
-            &request.audio,
-            &audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
-        )
-        .map_err(|e| audio_error(e, &request.audio))?;
+        let stereo = decode_job_audio(
+            request,
+            audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
+            cancel,
+        )?;
         sink.progress(plan.decoded);
         sink.stage(JobStage::Separate);
         let separator = self.separator()?;
@@ -360,7 +378,7 @@ impl ModelEngine {
             checkpoint.separated = true;
             sink.checkpoint(json!(checkpoint));
         }
-        stem_to_16k_mono(&stems.vocals)
+        Ok((stem_to_16k_mono(&stems.vocals)?, stereo.duration_s))
     }
 }
 
@@ -389,15 +407,15 @@ impl Engine for ModelEngine {
         sink.stage(JobStage::Decode);
         // Separation decodes the file at its own rate and answers the vocals,
         // which VAD, Whisper and the diarizer then read instead of the mix.
-        let samples = if separating {
+        // `duration_s` is the source's decoded length (frames / its own
+        // rate), what usage is metered from.
+        let (samples, duration_s) = if separating {
             self.separate(request, &mut checkpoint, sink, cancel, &plan)?
         } else {
-            let decoded =
-                audio::decode_file(&request.audio).map_err(|e| audio_error(e, &request.audio))?;
+            let decoded = decode_job_audio(request, audio::DecodeOptions::default(), cancel)?;
             sink.progress(plan.decoded);
-            decoded.samples
+            (decoded.samples, decoded.duration_s)
         };
-        let duration_s = samples.len() as f64 / f64::from(audio::WHISPER_SAMPLE_RATE);
         if cancelled() {
             return Err(WorkError::Cancelled);
         }
@@ -576,6 +594,72 @@ mod tests {
         );
         assert_eq!(regions_after(&r, 0.0), r.to_vec());
         assert!(regions_after(&r, 6.0).is_empty());
+    }
+
+    struct NullSink;
+    impl WorkSink for NullSink {
+        fn stage(&mut self, _: JobStage) {}
+        fn progress(&mut self, _: f64) {}
+        fn checkpoint(&mut self, _: serde_json::Value) {}
+    }
+
+    /// A VAD job on a 3 s tone, with `limit`; decoding comes before any
+    /// model is loaded, so these run without weights.
+    fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
+        let audio = dir.join("tone.wav");
+        let tone: Vec<f32> = (0..48_000).map(|i| 0.3 * (i as f32 * 0.17).sin()).collect();
+        audio::write_wav_16bit(&audio, &tone, 16_000, 1).unwrap();
+        let params =
+            JobParams::merged(&JobParams::defaults("base"), &json!({"job_type": "vad"})).unwrap();
+        WorkRequest {
+            job_id: "j1".into(),
+            tenant_id: "t1".into(),
+            audio,
+            params,
+            checkpoint: None,
+            artifacts: None,
+            audio_limit: limit.map(|max_s| crate::engine::AudioLimit {
+                max_s,
+                rule: format!("the basic tier's maximum audio length of {max_s} s"),
+            }),
+        }
+    }
+
+    fn engine(dir: &Path) -> ModelEngine {
+        ModelEngine::new(
+            ModelEngineConfig {
+                models_dir: dir.join("models"),
+                cache_dir: dir.join("cache"),
+                max_loaded_models: 1,
+                fetch_missing: false,
+            },
+            Device::Cpu,
+        )
+    }
+
+    #[test]
+    fn audio_longer_than_the_job_limit_fails_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = vad_request(dir.path(), Some(1.0));
+        let err = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap_err();
+        match err {
+            WorkError::InvalidInput(msg) => {
+                assert!(msg.contains("maximum audio length of 1 s"), "{msg}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_while_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = vad_request(dir.path(), None);
+        let err = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(true))
+            .unwrap_err();
+        assert!(matches!(err, WorkError::Cancelled), "{err:?}");
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
+use crate::engine::AudioLimit;
 use crate::job::{Event, EventType, Job};
+use crate::params::{JobParams, JobType, Task};
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -20,6 +22,35 @@ pub struct TenantLimits {
     pub priority: u32,
     /// The tier's name, for metrics labelled by tier (never by tenant).
     pub tier: String,
+    /// Longest audio a job may process, in decoded seconds.
+    pub max_audio_seconds: Option<u64>,
+    /// Longest audio a translation may process, when the tier limits it.
+    pub translation_max_seconds: Option<u64>,
+}
+
+impl TenantLimits {
+    /// The length limit for a job with `params`: the tier's maximum, or its
+    /// translation limit when that is shorter and the job translates.
+    pub fn audio_limit(&self, params: &JobParams) -> Option<AudioLimit> {
+        let tier = &self.tier;
+        let general = self.max_audio_seconds.map(|s| AudioLimit {
+            max_s: s as f64,
+            rule: format!("the {tier} tier's maximum audio length of {s} s"),
+        });
+        let translates =
+            params.job_type == JobType::Transcription && params.task == Task::Translate;
+        let translation = self
+            .translation_max_seconds
+            .filter(|_| translates)
+            .map(|s| AudioLimit {
+                max_s: s as f64,
+                rule: format!("the {tier} tier's translation limit of {s} s"),
+            });
+        match (general, translation) {
+            (Some(g), Some(t)) if g.max_s < t.max_s => Some(g),
+            (g, t) => t.or(g),
+        }
+    }
 }
 
 /// A job's input audio, by reference.
@@ -57,4 +88,35 @@ pub trait JobStore: Send + Sync + 'static {
     /// The audio of a tenant's file, if it still exists.
     async fn audio_file(&self, tenant: &str, file_id: &str)
         -> Result<Option<AudioFile>, RepoError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_job_meets_the_shorter_of_its_tier_limits() {
+        let limits = TenantLimits {
+            concurrent_jobs: 1,
+            priority: 0,
+            tier: "basic".into(),
+            max_audio_seconds: Some(10_800),
+            translation_max_seconds: Some(600),
+        };
+        let base = JobParams::defaults("base");
+        let transcribe = limits.audio_limit(&base).unwrap();
+        assert_eq!(transcribe.max_s, 10_800.0);
+        assert!(transcribe.rule.contains("basic tier's maximum"));
+        let translate = JobParams::merged(&base, &json!({"task": "translate"})).unwrap();
+        let limit = limits.audio_limit(&translate).unwrap();
+        assert_eq!(limit.max_s, 600.0);
+        assert!(limit.rule.contains("translation limit"));
+        let unlimited = TenantLimits {
+            max_audio_seconds: None,
+            translation_max_seconds: None,
+            ..limits
+        };
+        assert_eq!(unlimited.audio_limit(&translate), None);
+    }
 }

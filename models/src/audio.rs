@@ -6,6 +6,12 @@
 //! resampler in fixed chunks, and only the resampled output is kept. So a long
 //! file costs its output samples once, plus a few kilobytes of work buffers.
 //!
+//! [`measure_duration`] runs the same packet loop without keeping anything:
+//! it counts the frames the decoder really produces, which is what an upload
+//! is billed and limited by (a header can claim any length). Every decode
+//! asks a stop flag every few packets, so a cancelled job or an upload whose
+//! client left stops burning its thread.
+//!
 //! Inputs come from tenants, so nothing here may panic or spin on hostile
 //! bytes: the decode loop runs under `catch_unwind`, decode errors are
 //! counted and bounded, and every way a file can be unusable maps to one
@@ -13,6 +19,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +27,7 @@ use rubato::{
     calculate_cutoff, Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType,
     WindowFunction,
 };
-use symphonia::core::audio::SampleBuffer;
+use symphonia::core::audio::{AudioBufferRef, SampleBuffer};
 use symphonia::core::codecs::{CodecParameters, DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
@@ -34,6 +41,20 @@ pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
 /// Decode errors in a row after which a stream is declared corrupt: a few
 /// damaged frames in a long file are skipped, a stream of garbage is not.
 const MAX_CONSECUTIVE_DECODE_ERRORS: usize = 32;
+
+/// Packets decoded between two looks at the stop flag: FLAC and MP3 packets
+/// hold 26 ms to 100 ms of audio, so a stop is seen within a few seconds of
+/// audio (milliseconds of work), and the check costs nothing measurable.
+const CANCEL_CHECK_EVERY: usize = 32;
+
+/// A header's length claim may differ from the decoded length by this many
+/// seconds before it counts as inconsistent (short files, encoder padding)...
+const HEADER_SLACK_S: f64 = 2.0;
+/// ...and by this share of the length for exact headers (PCM, FLAC)...
+const HEADER_SLACK_EXACT: f64 = 0.10;
+/// ...or this share for codecs whose header only estimates (MP3 without a
+/// Xing frame guesses from the bitrate).
+const HEADER_SLACK_ESTIMATED: f64 = 0.50;
 
 /// Input frames per resampler call: small work buffers, few calls.
 const RESAMPLE_CHUNK: usize = 1024;
@@ -78,6 +99,8 @@ pub enum AudioError {
         duration_s: f64,
         limit_s: f64,
     },
+    #[error("decoding {path} was stopped before the end")]
+    Cancelled { path: PathBuf },
     #[error("the decoder failed on {path} ({detail}); the file is probably damaged")]
     DecoderPanicked { path: PathBuf, detail: String },
     #[error("cannot resample {from} Hz to {to} Hz: {detail}")]
@@ -170,6 +193,50 @@ impl DecodedAudio {
     }
 }
 
+/// A file's length as its decoder measured it, beside what its header
+/// claims.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeasuredLength {
+    /// Decoded frames / source rate: the length to bill and limit by.
+    pub duration_s: f64,
+    /// The container's claim, when it makes one.
+    pub header_s: Option<f64>,
+    /// Whether that claim is exact for this format (PCM, FLAC) rather than
+    /// an estimate (MP3, AAC, Vorbis, Opus).
+    pub header_exact: bool,
+}
+
+impl MeasuredLength {
+    /// The header's claim and the decoded length differ by more than
+    /// [`HEADER_SLACK_S`] and by more than a share of the longer one (10 %
+    /// for exact headers, 50 % for estimates): someone edited the header,
+    /// or the file is damaged.
+    pub fn header_disagrees(&self) -> bool {
+        let Some(claimed) = self.header_s else {
+            return false;
+        };
+        let diff = (claimed - self.duration_s).abs();
+        let share = if self.header_exact {
+            HEADER_SLACK_EXACT
+        } else {
+            HEADER_SLACK_ESTIMATED
+        };
+        diff > HEADER_SLACK_S && diff > share * claimed.max(self.duration_s)
+    }
+}
+
+/// Decodes all of `path` without keeping its samples and answers how long it
+/// really is. Memory stays at one packet whatever the length; stops early
+/// with [`AudioError::TooLong`] once the count passes `max_duration_s`, and
+/// with [`AudioError::Cancelled`] soon after `should_stop` answers true.
+pub fn measure_duration(
+    path: &Path,
+    max_duration_s: Option<f64>,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<MeasuredLength, AudioError> {
+    guarded(path, || measure_inner(path, max_duration_s, should_stop))
+}
+
 /// Decodes `path` to 16 kHz mono.
 pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
     decode_file_with(path, &DecodeOptions::default())
@@ -177,15 +244,26 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
 
 /// Decodes `path` to the rate and layout of `options`.
 pub fn decode_file_with(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, AudioError> {
+    decode_file_until(path, options, &|| false)
+}
+
+/// Like [`decode_file_with`], stopping with [`AudioError::Cancelled`] soon
+/// after `should_stop` answers true (a cancelled or overdue job).
+pub fn decode_file_until(
+    path: &Path,
+    options: &DecodeOptions,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<DecodedAudio, AudioError> {
     if options.sample_rate == 0 {
         return Err(AudioError::InvalidArgument(
             "output sample rate must be positive".into(),
         ));
     }
-    guarded(path, || decode_inner(path, options))
+    guarded(path, || decode_inner(path, options, should_stop))
 }
 
-/// The duration of `path` in seconds from its header, without decoding; when
+/// The duration of `path` in seconds from its header, without decoding (a
+/// header can claim anything: bill and limit by [`measure_duration`]); when
 /// the header does not tell (some MP3 and Ogg files), from the packet
 /// timestamps, which reads the file but decodes nothing.
 pub fn probe_duration(path: &Path) -> Result<f64, AudioError> {
@@ -426,12 +504,13 @@ fn corrupt(path: &Path, e: &SymphoniaError) -> AudioError {
     }
 }
 
-fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, AudioError> {
-    let Opened {
-        mut reader,
-        track_id,
-        params,
-    } = open(path)?;
+fn decode_inner(
+    path: &Path,
+    options: &DecodeOptions,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<DecodedAudio, AudioError> {
+    let opened = open(path)?;
+    let params = opened.params.clone();
     let header_frames = params.n_frames;
     if header_frames == Some(0) {
         return Err(AudioError::NoSamples {
@@ -450,6 +529,125 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
             });
         }
     }
+    let out_channels = options.channels.count();
+    let mut stream: Option<ResampleStream> = None;
+    let mut interleaved: Option<SampleBuffer<f32>> = None;
+    let walked = walk_packets(
+        path,
+        opened,
+        options.max_duration_s,
+        should_stop,
+        |decoded, kept| {
+            let spec = *decoded.spec();
+            let channels = spec.channels.count();
+            let stream = match &mut stream {
+                Some(stream) => stream,
+                slot => slot.insert(ResampleStream::new(
+                    spec.rate,
+                    options.sample_rate,
+                    out_channels,
+                    header_frames.unwrap_or(0) as usize,
+                )?),
+            };
+            let needed = decoded.capacity() as u64;
+            let buf = match &mut interleaved {
+                Some(buf) if buf.capacity() as u64 >= needed * channels as u64 => buf,
+                slot => slot.insert(SampleBuffer::<f32>::new(needed, spec)),
+            };
+            buf.copy_interleaved_ref(decoded);
+            let all = buf.samples();
+            stream.push(
+                &all[kept.start * channels..kept.end * channels],
+                channels,
+                options.channels,
+            )
+        },
+    )?;
+    if let Some(expected) = header_frames {
+        check_truncation(
+            path,
+            &params,
+            expected,
+            walked.raw_frames,
+            walked.source_rate,
+        )?;
+    }
+    let stream = stream.ok_or_else(|| AudioError::NoSamples {
+        path: path.to_path_buf(),
+    })?;
+    let samples = stream.finish()?;
+    if samples.is_empty() {
+        return Err(AudioError::NoSamples {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(DecodedAudio {
+        samples,
+        sample_rate: options.sample_rate,
+        channels: out_channels as u16,
+        duration_s: walked.duration_s(),
+        source_rate: walked.source_rate,
+        source_channels: u16::try_from(walked.source_channels).unwrap_or(u16::MAX),
+    })
+}
+
+fn measure_inner(
+    path: &Path,
+    max_duration_s: Option<f64>,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<MeasuredLength, AudioError> {
+    let opened = open(path)?;
+    let header_s = match (opened.params.n_frames, opened.params.sample_rate) {
+        (Some(frames), Some(rate)) if rate > 0 => Some(frames as f64 / f64::from(rate)),
+        _ => None,
+    };
+    let header_exact = !header_is_estimate(&opened.params);
+    // Decode every packet and count what comes out; the samples themselves
+    // are dropped with the decoder's own reused buffer.
+    let walked = walk_packets(path, opened, max_duration_s, should_stop, |_, _| Ok(()))?;
+    Ok(MeasuredLength {
+        duration_s: walked.duration_s(),
+        header_s,
+        header_exact,
+    })
+}
+
+/// What one pass over a file's packets found.
+struct Walked {
+    /// Frames kept after the edit list, at `source_rate`: the length.
+    frames: u64,
+    /// Frames the decoder produced before trimming (for the truncation check).
+    raw_frames: u64,
+    source_rate: u32,
+    source_channels: usize,
+}
+
+impl Walked {
+    fn duration_s(&self) -> f64 {
+        self.frames as f64 / f64::from(self.source_rate.max(1))
+    }
+}
+
+/// Reads and decodes every packet of the audio track, handing each decoded
+/// buffer and the range of its frames to keep (after the MP4 edit list) to
+/// `consume`. Only one packet's samples exist at a time, so the pass costs
+/// the same memory for a minute as for ten hours.
+///
+/// Stops with [`AudioError::TooLong`] once the kept frames pass
+/// `max_duration_s`, and with [`AudioError::Cancelled`] when `should_stop`
+/// answers true (asked every [`CANCEL_CHECK_EVERY`] packets).
+fn walk_packets(
+    path: &Path,
+    opened: Opened,
+    max_duration_s: Option<f64>,
+    should_stop: &dyn Fn() -> bool,
+    mut consume: impl FnMut(AudioBufferRef<'_>, Range<usize>) -> Result<(), AudioError>,
+) -> Result<Walked, AudioError> {
+    let Opened {
+        mut reader,
+        track_id,
+        params,
+    } = opened;
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| AudioError::Unsupported {
@@ -464,20 +662,27 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
         .and_then(|rate| mp4::audio_edit(path, rate));
     let mut to_skip = edit.map_or(0, |e| e.skip_frames);
     let keep_limit = edit.and_then(|e| e.keep_frames);
-    let mut raw_frames: u64 = 0;
 
-    let out_channels = options.channels.count();
-    let mut stream: Option<ResampleStream> = None;
-    let mut interleaved: Option<SampleBuffer<f32>> = None;
-    let mut source_rate = params.sample_rate.unwrap_or(0);
-    let mut source_channels = params.channels.map(|c| c.count()).unwrap_or(0);
-    let mut decoded_frames: u64 = 0;
+    let mut walked = Walked {
+        frames: 0,
+        raw_frames: 0,
+        source_rate: 0,
+        source_channels: 0,
+    };
+    let mut started = false;
+    let mut packets = 0usize;
     let mut good_packets = 0usize;
     let mut consecutive_errors = 0usize;
     let mut total_errors = 0usize;
     let mut last_error: Option<String> = None;
 
     loop {
+        if packets % CANCEL_CHECK_EVERY == 0 && should_stop() {
+            return Err(AudioError::Cancelled {
+                path: path.to_path_buf(),
+            });
+        }
+        packets += 1;
         let packet = match reader.next_packet() {
             Ok(packet) => packet,
             // symphonia reports the normal end of a stream as an EOF error.
@@ -532,60 +737,35 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
         good_packets += 1;
         let spec = *decoded.spec();
         let channels = spec.channels.count();
-        if decoded.frames() == 0 || channels == 0 {
+        let frames_here = decoded.frames() as u64;
+        if frames_here == 0 || channels == 0 {
             continue;
         }
-        match &stream {
-            None => {
-                source_rate = spec.rate;
-                source_channels = channels;
-                let expected = header_frames.unwrap_or(0) as usize;
-                stream = Some(ResampleStream::new(
-                    spec.rate,
-                    options.sample_rate,
-                    out_channels,
-                    expected,
-                )?);
-            }
-            Some(_) if spec.rate != source_rate => {
-                return Err(AudioError::Unsupported {
-                    path: path.to_path_buf(),
-                    detail: format!(
-                        "the sample rate changes mid-stream ({source_rate} Hz to {} Hz)",
-                        spec.rate
-                    ),
-                });
-            }
-            Some(_) => {}
+        if !started {
+            started = true;
+            walked.source_rate = spec.rate;
+            walked.source_channels = channels;
+        } else if spec.rate != walked.source_rate {
+            return Err(AudioError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the sample rate changes mid-stream ({} Hz to {} Hz)",
+                    walked.source_rate, spec.rate
+                ),
+            });
         }
-        let needed = decoded.capacity() as u64;
-        let buf = match &mut interleaved {
-            Some(buf) if buf.capacity() as u64 >= needed * channels as u64 => buf,
-            slot => slot.insert(SampleBuffer::<f32>::new(needed, spec)),
-        };
-        buf.copy_interleaved_ref(decoded);
-        let stream = stream.as_mut().ok_or_else(|| AudioError::Corrupt {
-            path: path.to_path_buf(),
-            detail: "decoder state lost".into(),
-        })?;
         // Drop the encoder's priming frames and anything past the edit's end.
-        let all = buf.samples();
-        let frames_here = (all.len() / channels) as u64;
-        raw_frames += frames_here;
+        walked.raw_frames += frames_here;
         let skip_now = to_skip.min(frames_here);
         to_skip -= skip_now;
         let mut keep = frames_here - skip_now;
         if let Some(limit) = keep_limit {
-            keep = keep.min(limit.saturating_sub(decoded_frames));
+            keep = keep.min(limit.saturating_sub(walked.frames));
         }
-        let (from, to) = (
-            skip_now as usize * channels,
-            (skip_now + keep) as usize * channels,
-        );
-        stream.push(&all[from..to], channels, options.channels)?;
-        decoded_frames += keep;
-        if let Some(limit) = options.max_duration_s {
-            let duration_s = decoded_frames as f64 / f64::from(source_rate.max(1));
+        consume(decoded, skip_now as usize..(skip_now + keep) as usize)?;
+        walked.frames += keep;
+        if let Some(limit) = max_duration_s {
+            let duration_s = walked.duration_s();
             if duration_s > limit {
                 return Err(AudioError::TooLong {
                     path: path.to_path_buf(),
@@ -596,7 +776,7 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
         }
     }
 
-    let Some(stream) = stream else {
+    if !started {
         // Nothing decoded: garbage that happened to look like a stream, or a
         // valid container with no samples.
         return Err(if total_errors > 0 {
@@ -609,7 +789,7 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
                 path: path.to_path_buf(),
             }
         });
-    };
+    }
     // Mostly garbage that let a few packets through (random bytes can contain
     // MP3 frame sync words) is not audio.
     if total_errors > good_packets {
@@ -622,23 +802,31 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
             ),
         });
     }
-    if let Some(expected) = header_frames {
-        check_truncation(path, &params, expected, raw_frames, source_rate)?;
-    }
-    let samples = stream.finish()?;
-    if samples.is_empty() {
+    if walked.frames == 0 {
         return Err(AudioError::NoSamples {
             path: path.to_path_buf(),
         });
     }
-    Ok(DecodedAudio {
-        samples,
-        sample_rate: options.sample_rate,
-        channels: out_channels as u16,
-        duration_s: decoded_frames as f64 / f64::from(source_rate.max(1)),
-        source_rate,
-        source_channels: u16::try_from(source_channels).unwrap_or(u16::MAX),
-    })
+    Ok(walked)
+}
+
+/// Whether the container's frame count is only an estimate for this codec
+/// (MP3 without a Xing header, AAC, Vorbis, Opus); PCM and FLAC headers
+/// state it exactly.
+fn header_is_estimate(params: &CodecParameters) -> bool {
+    use symphonia::core::codecs::{
+        CODEC_TYPE_AAC, CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_OPUS,
+        CODEC_TYPE_VORBIS,
+    };
+    [
+        CODEC_TYPE_AAC,
+        CODEC_TYPE_MP1,
+        CODEC_TYPE_MP2,
+        CODEC_TYPE_MP3,
+        CODEC_TYPE_OPUS,
+        CODEC_TYPE_VORBIS,
+    ]
+    .contains(&params.codec)
 }
 
 /// A stream that delivered clearly fewer frames than its header promised was
@@ -651,20 +839,7 @@ fn check_truncation(
     decoded: u64,
     rate: u32,
 ) -> Result<(), AudioError> {
-    use symphonia::core::codecs::{
-        CODEC_TYPE_AAC, CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_OPUS,
-        CODEC_TYPE_VORBIS,
-    };
-    let estimated = [
-        CODEC_TYPE_AAC,
-        CODEC_TYPE_MP1,
-        CODEC_TYPE_MP2,
-        CODEC_TYPE_MP3,
-        CODEC_TYPE_OPUS,
-        CODEC_TYPE_VORBIS,
-    ]
-    .contains(&params.codec);
-    let exact_header = !estimated;
+    let exact_header = !header_is_estimate(params);
     let rate = u64::from(rate.max(1));
     // Allow one short block (up to 0.05 s) for exact headers, 10 % otherwise.
     let tolerance = if exact_header {

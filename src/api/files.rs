@@ -2,7 +2,9 @@
 //!
 //! An upload is written to a hidden `.part` file while it streams, checked
 //! against the tier's file-size limit and the storage quota as bytes
-//! arrive, probed as audio, then renamed into place and only then recorded.
+//! arrive, decoded whole to measure its length (the tier's maximum audio
+//! length applies to that, not to the header's claim), then renamed into
+//! place and only then recorded.
 //! A broken or refused upload leaves no row and no file.
 
 use std::collections::HashMap;
@@ -102,6 +104,38 @@ fn too_large(limit: u64, tier: &str) -> ApiError {
         "payload_too_large",
         format!("the file is larger than the {tier} tier's limit of {limit} bytes"),
     )
+}
+
+/// The answer to audio the upload measurement refused.
+fn audio_refused(refusal: crate::media::Refusal, name: &str, tier: &str) -> ApiError {
+    use crate::media::Refusal;
+    match refusal {
+        // 413 like an oversized file: the request is too big for the tier.
+        Refusal::TooLong { limit_s } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "audio_too_long",
+            format!(
+                "{name} holds more than the {tier} tier's maximum of {limit_s} s of audio; \
+                 split it or upgrade"
+            ),
+        ),
+        Refusal::Inconsistent {
+            header_s,
+            decoded_s,
+        } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "inconsistent_audio",
+            format!(
+                "{name} claims to be {header_s:.1} s long but decodes to {decoded_s:.1} s; \
+                 the file's header is damaged or edited, re-encode it"
+            ),
+        ),
+        Refusal::Invalid(reason) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_audio",
+            format!("{name} is not audio Murmur can decode: {reason}"),
+        ),
+    }
 }
 
 /// Keeps only a safe display name: no path, no control characters.
@@ -321,15 +355,11 @@ async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<Fil
             return Err(e);
         }
     };
-    let duration_s = match crate::media::probe(&partial, &name).await {
+    let duration_s = match crate::media::measure(&partial, &name, tier.max_audio_seconds).await {
         Ok(d) => d,
-        Err(reason) => {
+        Err(refusal) => {
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_audio",
-                format!("{name} is not audio Murmur can decode: {reason}"),
-            ));
+            return Err(audio_refused(refusal, &name, &tier.name));
         }
     };
     let relative = Store::blob_relative_path(&tenant, &id);

@@ -176,6 +176,21 @@ pub async fn submit_job(
     // Gates are checked at run time too: a workflow saved on a higher tier
     // meets the tenant's tier of today.
     state.check_gates(caller, &params)?;
+    // The length measured at upload against the tier of today; the engine
+    // checks again while decoding, for files measured before tiers had a
+    // maximum.
+    let max_s = caller.tier.max_audio_seconds;
+    if let Some(duration) = file.duration_s.filter(|d| *d > max_s as f64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "audio_too_long",
+            format!(
+                "this file is {duration:.1} s long, over the {} tier's maximum of {max_s} s \
+                 of audio (split it, or upgrade)",
+                caller.tier.name
+            ),
+        ));
+    }
     let translates = params.job_type == JobType::Transcription && params.task == Task::Translate;
     let limit = match (&caller.tier.translation, translates) {
         (Translation::Limited, true) => {

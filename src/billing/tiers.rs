@@ -40,6 +40,9 @@ pub struct Tier {
     /// Orders tiers (higher pays more): inference priority follows it.
     pub rank: u32,
     pub max_file_bytes: u64,
+    /// Longest audio accepted, in decoded seconds: checked at upload by
+    /// decoding the whole file and again when a job decodes it.
+    pub max_audio_seconds: u64,
     pub concurrent_jobs: u32,
     /// Model families ("tiny" covers "tiny.en"); "*" allows every model.
     pub models: Vec<String>,
@@ -177,6 +180,7 @@ mod tests {
         let t = TierTable::load("").unwrap();
         let basic = t.get("basic").unwrap();
         assert_eq!(basic.max_file_bytes, 100 * 1024 * 1024);
+        assert_eq!(basic.max_audio_seconds, 3 * 3600);
         assert_eq!(basic.concurrent_jobs, 2);
         assert!(basic.allows_model("tiny.en") && basic.allows_model("base"));
         assert!(!basic.allows_model("small"));
@@ -185,9 +189,11 @@ mod tests {
         assert_eq!(basic.max_workflows, Some(5));
         let premium = t.get("premium").unwrap();
         assert!(premium.allows_model("medium") && !premium.allows_model("large-v3"));
+        assert_eq!(premium.max_audio_seconds, 6 * 3600);
         let ent = t.get("enterprise").unwrap();
         assert!(ent.allows_model("large-v3-turbo"));
         assert_eq!(ent.max_workflows, None);
+        assert_eq!(ent.max_audio_seconds, 12 * 3600);
         assert_eq!(t.default_tier(), "basic");
         assert_eq!(t.tier_for_entitlement("premium").unwrap().name, "premium");
         assert_eq!(t.get_or_default("gone").name, "basic");

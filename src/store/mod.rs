@@ -215,16 +215,25 @@ fn meter(
     if !was_open || after.status != JobStatus::Completed {
         return Ok(());
     }
-    let file_key = scoped_key(tenant, &after.file_id);
-    let from_file = match files.get(&file_key)? {
-        Some(b) => decode::<FileRecord>(&file_key, &b)
-            .ok()
-            .and_then(|f| f.duration_s),
-        None => None,
+    // What the engine decoded for this job is what was processed; the
+    // length measured at upload stands in for a result that does not say.
+    let decoded = after
+        .result
+        .as_ref()
+        .and_then(|r| r.get("duration_s")?.as_f64());
+    let seconds = match decoded {
+        Some(s) => s,
+        None => {
+            let file_key = scoped_key(tenant, &after.file_id);
+            match files.get(&file_key)? {
+                Some(b) => decode::<FileRecord>(&file_key, &b)
+                    .ok()
+                    .and_then(|f| f.duration_s),
+                None => None,
+            }
+            .unwrap_or(0.0)
+        }
     };
-    let seconds = from_file
-        .or_else(|| after.result.as_ref()?.get("duration_s")?.as_f64())
-        .unwrap_or(0.0);
     let period = usage_period(after.finished_at.unwrap_or_else(chrono::Utc::now));
     let kind = after.job_type.clone();
     update(period, &|u| {
@@ -818,6 +827,47 @@ mod tests {
             None,
             params,
         )
+    }
+
+    /// A file recorded with a header's 1 s whose job decoded 700 s counts
+    /// 700 s: usage follows what the engine decoded.
+    #[tokio::test]
+    async fn usage_is_metered_from_the_decoded_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = TenantId::trusted("t1");
+        let file = FileRecord {
+            id: "f1".into(),
+            name: "old.flac".into(),
+            path: "files/t1/f1".into(),
+            size: 10,
+            duration_s: Some(1.0),
+            content_type: None,
+            user_id: "u1".into(),
+            tenant_id: "t1".into(),
+            created_at: Utc::now(),
+        };
+        store.put_file(&t, &file).await.unwrap();
+        let vad = JobParams::merged(
+            &JobParams::defaults("base"),
+            &serde_json::json!({"job_type": "vad"}),
+        )
+        .unwrap();
+        store
+            .create_job(&t, &job(&t, "j1", vad), EventType::Queued, None)
+            .await
+            .unwrap();
+        store
+            .transition_job(&t, "j1", None, EventType::Completed, |j| {
+                j.status = JobStatus::Completed;
+                j.finished_at = Some(Utc::now());
+                j.result = Some(serde_json::json!({"duration_s": 700.0, "speech": []}));
+                true
+            })
+            .await
+            .unwrap();
+        let u = store.usage(&t, &usage_period(Utc::now())).unwrap();
+        assert_eq!(u.audio_seconds, 700.0);
     }
 
     #[tokio::test]

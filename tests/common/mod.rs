@@ -18,6 +18,7 @@ default_tier = "basic"
 [tiers.basic]
 rank = 0
 max_file_bytes = 400000
+max_audio_seconds = 30
 concurrent_jobs = 2
 models = ["tiny", "base"]
 diarization = false
@@ -30,6 +31,7 @@ max_workflows = 2
 [tiers.premium]
 rank = 1
 max_file_bytes = 2000000
+max_audio_seconds = 600
 concurrent_jobs = 5
 models = ["tiny", "base", "small", "medium"]
 diarization = true
@@ -40,6 +42,7 @@ max_workflows = 20
 [tiers.enterprise]
 rank = 2
 max_file_bytes = 4000000
+max_audio_seconds = 3600
 concurrent_jobs = 10
 models = ["*"]
 diarization = true
@@ -465,4 +468,117 @@ pub async fn wait_job(client: &Client, job_id: &str, secs: u64) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A FLAC file of `seconds` of digital silence, 16-bit mono at `rate` Hz
+/// (a rate FLAC frame headers can name: 8000, 16000, 22050, 24000, 32000,
+/// 44100, 48000 or 96000), written here so length tests need neither
+/// fixtures nor ffmpeg. Every frame is one CONSTANT subframe, so an hour
+/// is a few hundred kilobytes: what makes duration limits necessary.
+pub fn flac_silence(seconds: u32, rate: u32) -> Vec<u8> {
+    const BLOCK: u32 = 4000;
+    let rate_code: u8 = match rate {
+        8000 => 0b0100,
+        16000 => 0b0101,
+        22050 => 0b0110,
+        24000 => 0b0111,
+        32000 => 0b1000,
+        44100 => 0b1001,
+        48000 => 0b1010,
+        96000 => 0b1011,
+        other => panic!("flac_silence: no frame-header code for {other} Hz"),
+    };
+    let total = u64::from(seconds) * u64::from(rate);
+    let mut out = b"fLaC".to_vec();
+    // Last metadata block, type 0 (STREAMINFO), 34 bytes.
+    out.extend_from_slice(&[0x80, 0, 0, 34]);
+    out.extend_from_slice(&(BLOCK as u16).to_be_bytes()); // min block size
+    out.extend_from_slice(&(BLOCK as u16).to_be_bytes()); // max block size
+    out.extend_from_slice(&[0; 6]); // min/max frame size: unknown
+                                    // 20 bits rate, 3 bits channels - 1, 5 bits bits-per-sample - 1,
+                                    // 36 bits total samples.
+    let packed = (u64::from(rate) << 44) | (15u64 << 36) | (total & 0xF_FFFF_FFFF);
+    out.extend_from_slice(&packed.to_be_bytes());
+    out.extend_from_slice(&[0; 16]); // MD5: unknown
+    let mut frame_no: u64 = 0;
+    let mut left = total;
+    while left > 0 {
+        let block = left.min(u64::from(BLOCK)) as u16;
+        let start = out.len();
+        // Sync, fixed block size; block size from 16 bits at the end of the
+        // header (code 0111); mono, 16 bits per sample.
+        out.extend_from_slice(&[0xFF, 0xF8, 0x70 | rate_code, 0x08]);
+        out.extend_from_slice(&utf8_number(frame_no));
+        out.extend_from_slice(&(block - 1).to_be_bytes());
+        let crc8 = flac_crc8(&out[start..]);
+        out.push(crc8);
+        // CONSTANT subframe (type 000000, no wasted bits), value 0.
+        out.extend_from_slice(&[0x00, 0x00, 0x00]);
+        let crc16 = flac_crc16(&out[start..]);
+        out.extend_from_slice(&crc16.to_be_bytes());
+        left -= u64::from(block);
+        frame_no += 1;
+    }
+    out
+}
+
+/// Rewrites the STREAMINFO total-samples field of a FLAC made by
+/// [`flac_silence`] to claim `seconds` at `rate`: a header that lies.
+pub fn flac_claim_seconds(flac: &mut [u8], seconds: f64, rate: u32) {
+    let at = 8 + 10; // "fLaC", block header, then 10 bytes before the packed field
+    let mut packed = u64::from_be_bytes(flac[at..at + 8].try_into().unwrap());
+    let claimed = (seconds * f64::from(rate)).round() as u64;
+    packed = (packed & !0xF_FFFF_FFFF) | (claimed & 0xF_FFFF_FFFF);
+    flac[at..at + 8].copy_from_slice(&packed.to_be_bytes());
+}
+
+/// FLAC's "UTF-8" coding of a frame number (up to 31 bits here).
+fn utf8_number(n: u64) -> Vec<u8> {
+    match n {
+        0..=0x7F => vec![n as u8],
+        0x80..=0x7FF => vec![0xC0 | (n >> 6) as u8, 0x80 | (n & 0x3F) as u8],
+        0x800..=0xFFFF => vec![
+            0xE0 | (n >> 12) as u8,
+            0x80 | ((n >> 6) & 0x3F) as u8,
+            0x80 | (n & 0x3F) as u8,
+        ],
+        _ => vec![
+            0xF0 | (n >> 18) as u8,
+            0x80 | ((n >> 12) & 0x3F) as u8,
+            0x80 | ((n >> 6) & 0x3F) as u8,
+            0x80 | (n & 0x3F) as u8,
+        ],
+    }
+}
+
+/// CRC-8, polynomial x^8 + x^2 + x + 1, as FLAC frame headers use it.
+fn flac_crc8(bytes: &[u8]) -> u8 {
+    let mut crc = 0u8;
+    for &b in bytes {
+        crc ^= b;
+        for _ in 0..8 {
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ 0x07
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// CRC-16, polynomial x^16 + x^15 + x^2 + 1, over a whole FLAC frame.
+fn flac_crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x8005
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
