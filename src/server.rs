@@ -70,6 +70,7 @@ pub async fn start(
         operator_token: Arc::new(hex::encode(rand::random::<[u8; 32]>())),
         token_checks: Arc::new(tokio::sync::Semaphore::new(api::token_check_slots())),
         background: tokio_util::task::TaskTracker::new(),
+        stopping: tokio_util::sync::CancellationToken::new(),
     };
     Ok((state, root))
 }
@@ -148,7 +149,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engines = engines(&settings)?;
     let (state, mut root) = start(settings, engines).await?;
     let background = state.background.clone();
-    let stop_sweeps = tokio_util::sync::CancellationToken::new();
+    let stop_sweeps = state.stopping.clone();
     prefetch_default_models(&state.settings, &background);
     let store = state.store.clone();
     let jobs = state.jobs.clone();

@@ -232,3 +232,57 @@ async fn deleting_a_tenant_removes_its_data_and_credentials_and_nothing_else() {
         .await
         .expect(200);
 }
+
+/// The OpenAI endpoints keep no upload, also when the client hangs up
+/// while its job runs: the job finishes and stays listed, the file goes.
+#[tokio::test]
+async fn an_openai_request_whose_client_hangs_up_leaves_no_upload() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let jfk = std::fs::read(murmur_models::testaudio::jfk().expect("fetch jfk.wav")).unwrap();
+    let part = reqwest::multipart::Part::bytes(jfk)
+        .file_name("jfk.wav")
+        .mime_str("audio/wav")
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("file", part)
+        .text("model", "tiny.en");
+    let gone = a
+        .client
+        .request(reqwest::Method::POST, "/v1/audio/transcriptions")
+        .multipart(form)
+        .timeout(std::time::Duration::from_millis(400))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the job should outlast the client: {gone:?}");
+    // The job was submitted and runs to its end without the client.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let job = loop {
+        let jobs = a.client.get("/v1/jobs").await.expect(200);
+        if let Some(j) = jobs["items"].as_array().unwrap().first() {
+            if ["completed", "failed", "cancelled"].contains(&j["status"].as_str().unwrap()) {
+                break j.clone();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finished job: {jobs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(job["status"], "completed", "{job}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let files = a.client.get("/v1/files").await.expect(200);
+        if files["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload outlived its job: {files}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(common::files_under(&server.data_dir.join("files").join(&a.id)).is_empty());
+}

@@ -60,6 +60,8 @@ pub struct AppState {
     /// prefetch, sweeps): `serve` closes it and awaits them before the
     /// final flush, so none writes after it.
     pub background: tokio_util::task::TaskTracker,
+    /// Cancelled when the server begins to stop: background loops end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// A verified caller with its tenant's current row and tier.

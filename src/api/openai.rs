@@ -5,7 +5,9 @@
 //! answers when it ends, so OpenAI clients work against Murmur unchanged.
 //! As with OpenAI, the upload is not kept: the file is deleted once its job
 //! ends (so it does not fill the tenant's storage); the job and its result
-//! stay, listed under `/v1/jobs`.
+//! stay, listed under `/v1/jobs`. That holds also when the request ends
+//! first (the client went away, the wait limit passed): a background task
+//! then deletes the upload when the job ends.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -51,6 +53,44 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     transcriptions.or(translations).unify().boxed()
 }
 
+/// Deletes an OpenAI-endpoint upload once its job has ended, when the
+/// request ends before the job does: dropped with the request's future
+/// (the client disconnected) or left on an early answer. The task belongs
+/// to the server's background tracker and stops at shutdown (the file is
+/// then left to the tier's retention).
+struct UploadCleanup {
+    state: AppState,
+    tenant: crate::store::TenantId,
+    file_id: String,
+    job_id: String,
+    armed: bool,
+}
+
+impl Drop for UploadCleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (state, tenant) = (self.state.clone(), self.tenant.clone());
+        let (file_id, job_id) = (self.file_id.clone(), self.job_id.clone());
+        self.state.background.spawn(async move {
+            loop {
+                match state.store.job(&tenant, &job_id) {
+                    Ok(Some(j)) if !j.status.is_finished() => {}
+                    _ => break,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = state.stopping.cancelled() => return,
+                }
+            }
+            if let Err(e) = state.store.delete_file(&tenant, &file_id).await {
+                tracing::warn!(error = %e, file = %file_id, "could not remove an OpenAI-endpoint upload");
+            }
+        });
+    }
+}
+
 /// Errors carry OpenAI's `error` object beside the problem fields.
 fn openai_respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_openai_response)
@@ -86,6 +126,13 @@ async fn speech(
             return Err(e);
         }
     };
+    let mut cleanup = UploadCleanup {
+        state: state.clone(),
+        tenant: caller.tenant_id().clone(),
+        file_id: file.id.clone(),
+        job_id: job.id.clone(),
+        armed: true,
+    };
     let started = std::time::Instant::now();
     let job = loop {
         let current = state
@@ -104,6 +151,7 @@ async fn speech(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // The job's result is stored with the job; the audio is not needed.
+    cleanup.armed = false;
     if let Err(e) = state.store.delete_file(caller.tenant_id(), &file.id).await {
         tracing::warn!(error = %e, file = %file.id, "could not remove an OpenAI-endpoint upload");
     }
