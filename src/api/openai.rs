@@ -25,6 +25,16 @@ use super::jobs::submit_job;
 use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{JobStatus, Role};
 
+/// The text fields these endpoints take beside `file` (OpenAI's names);
+/// any other field is refused by name.
+const OPENAI_FIELDS: &[&str] = &[
+    "model",
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+];
+
 /// Longest a request waits for its job before answering 503 (the job goes
 /// on; its id is in the answer).
 const WAIT_LIMIT: Duration = Duration::from_secs(3600);
@@ -70,7 +80,7 @@ async fn speech(
         form,
     )
     .await?;
-    let (file, fields) = receive_form(&state, &caller, content_length, form).await?;
+    let (file, fields) = receive_form(&state, &caller, content_length, form, OPENAI_FIELDS).await?;
     let submitted = async {
         let format = response_format(&fields)?;
         let params = job_params(&state, &fields, task)?;

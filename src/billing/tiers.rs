@@ -54,6 +54,10 @@ pub struct Tier {
     /// `None` means unlimited.
     #[serde(default)]
     pub max_workflows: Option<u64>,
+    /// Jobs queued or running at once (beyond: 429 `queue_full`); `None`
+    /// means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_jobs: Option<u64>,
 }
 
 impl Tier {
