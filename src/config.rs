@@ -28,6 +28,10 @@ pub struct ServerSettings {
     /// build time (for working on `web/` without rebuilding). Empty: embedded.
     #[serde(default)]
     pub web_dir: String,
+    /// A connection must send a request's headers within this many ms.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +51,10 @@ pub struct AuthSettings {
     pub token_ttl_hours: i64,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+    /// Argon2 runs at once (each holds `argon2_memory_kib`); 0: one per core.
+    pub max_concurrent_hashes: usize,
+    pub login_attempts_per_minute_per_address: u32,
+    pub login_failures_per_minute_per_account: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,21 @@ pub async fn start(
             "applied RevenueCat events left from the last run"
         );
     }
+    let auth_limits = Arc::new(crate::auth::AuthLimits::new(
+        crate::auth::limits::LimitSettings {
+            max_concurrent_hashes: settings.auth.max_concurrent_hashes,
+            login_attempts_per_minute_per_address: settings
+                .auth
+                .login_attempts_per_minute_per_address,
+            login_failures_per_minute_per_account: settings
+                .auth
+                .login_failures_per_minute_per_account,
+        },
+        crate::auth::PasswordCost {
+            memory_kib: settings.auth.argon2_memory_kib,
+            iterations: settings.auth.argon2_iterations,
+        },
+    ));
     let state = AppState {
         settings: Arc::new(settings),
         store,
@@ -71,6 +86,7 @@ pub async fn start(
         token_checks: Arc::new(tokio::sync::Semaphore::new(api::token_check_slots())),
         background: tokio_util::task::TaskTracker::new(),
         stopping: tokio_util::sync::CancellationToken::new(),
+        auth_limits,
     };
     Ok((state, root))
 }
@@ -145,6 +161,7 @@ fn prefetch_default_models(settings: &Settings, tasks: &tokio_util::task::TaskTr
 /// Serves until SIGINT or SIGTERM (or the actor tree dies), then stops the
 /// actors (running jobs keep their checkpoints) and flushes the store.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    restrict_new_files();
     let listen = settings.server.listen;
     let engines = engines(&settings)?;
     let (state, mut root) = start(settings, engines).await?;
@@ -169,13 +186,19 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &background,
         stop_sweeps.clone(),
     );
+    let limits = ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_millis(
+            state.settings.server.header_read_timeout_ms.max(1),
+        ),
+        max_connections: state.settings.server.max_connections.max(1),
+    };
     let routes = api::routes(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr, server) = warp::serve(routes)
-        .try_bind_with_graceful_shutdown(listen, async {
-            let _ = stop_rx.await;
-        })
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let (addr, server) = http_server(routes, listen, limits, async {
+        let _ = stop_rx.await;
+    })
+    .await
+    .with_context(|| format!("cannot listen on {listen}"))?;
     write_operator_file(&data_dir, addr, &operator_token).context("writing the operator file")?;
     // Scripts and tests wait for this line to learn the port.
     println!("murmur listening on http://{addr}");
@@ -209,6 +232,135 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("murmur stopped");
     Ok(())
+}
+
+/// What one client may hold of the server: see `[server]` in the config.
+struct ConnectionLimits {
+    header_read_timeout: std::time::Duration,
+    max_connections: usize,
+}
+
+/// A connection with its place among `max_connections`: the permit goes
+/// back when the connection (or the WebSocket it was upgraded to) closes.
+struct Admitted {
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Admitted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves `routes` through hyper (not `warp::serve`, which has no header
+/// timeout and no connection cap): at most `max_connections` at once, each
+/// closed if a request's headers take longer than `header_read_timeout`.
+/// Accepting waits for a free place, so excess connections queue in the
+/// kernel's backlog instead of holding memory here. Answers the bound
+/// address and the server, which ends after `stop` fires and open
+/// requests finish.
+async fn http_server(
+    routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    listen: std::net::SocketAddr,
+    limits: ConnectionLimits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    impl std::future::Future<Output = ()> + Send,
+)> {
+    use futures_util::StreamExt;
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let admitted =
+        futures_util::stream::unfold((listener, places), |(listener, places)| async move {
+            let permit = places.clone().acquire_owned().await.ok()?;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, remote)) => {
+                        let conn = Admitted {
+                            stream,
+                            remote,
+                            _permit: permit,
+                        };
+                        return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
+                    }
+                    // Out of file descriptors and the like: wait, then go
+                    // on (an error here would end the whole server).
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .boxed();
+    let service = warp::service(routes);
+    let make_service = hyper::service::make_service_fn(move |conn: &Admitted| {
+        let remote = api::RemoteAddr(conn.remote);
+        let service = service.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::Body>| {
+                    req.extensions_mut().insert(remote);
+                    let mut service = service.clone();
+                    hyper::service::Service::call(&mut service, req)
+                },
+            ))
+        }
+    });
+    let server = hyper::Server::builder(hyper::server::accept::from_stream(admitted))
+        .http1_header_read_timeout(limits.header_read_timeout)
+        .serve(make_service)
+        .with_graceful_shutdown(stop);
+    Ok((addr, async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    }))
+}
+
+/// Makes everything the server creates from now on private to its user
+/// (directories 0700, files 0600): the data dir holds password hashes, the
+/// signing key and tenants' audio, and models and stems are written by
+/// libraries that use default modes.
+fn restrict_new_files() {
+    #[cfg(unix)]
+    // SAFETY: umask(2) only sets the process's file mode mask and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 async fn shutdown_signal() {

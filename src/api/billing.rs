@@ -37,7 +37,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let set_tier = warp::path!("v1" / "admin" / "set-tier")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(warp::addr::remote())
+        .and(super::remote_addr())
         .and(auth_header())
         .and(json_body(&state))
         .then(|s, r, a, b| async move { respond(set_tier(s, r, a, b).await) });
@@ -147,7 +147,7 @@ fn same_secret(given: &str, expected: &str) -> bool {
 async fn webhook(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let settings = &state.settings.billing.revenuecat;
     let secret = settings.webhook_secret.as_str();
@@ -156,7 +156,7 @@ async fn webhook(
             "the Authorization header is not this server's RevenueCat webhook secret",
         ));
     }
-    let envelope: Value = parse_json(&body)?;
+    let envelope: Value = parse_json(body)?;
     let event = envelope
         .get("event")
         .filter(|e| e.is_object())
@@ -231,7 +231,7 @@ async fn set_tier(
     state: AppState,
     remote: Option<std::net::SocketAddr>,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let token = auth.as_deref().and_then(|h| h.strip_prefix("Bearer "));
     let allowed = remote.is_some_and(|r| r.ip().is_loopback())
@@ -239,7 +239,7 @@ async fn set_tier(
     if !allowed {
         return Err(ApiError::not_found("route"));
     }
-    let body: SetTierBody = parse_json(&body)?;
+    let body: SetTierBody = parse_json(body)?;
     if state.tiers.get(&body.tier).is_none() {
         return Err(ApiError::invalid(format!(
             "unknown tier {}; tiers are {}",

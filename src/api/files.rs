@@ -6,7 +6,15 @@
 //! length applies to that, not to the header's claim), then renamed into
 //! place and only then recorded.
 //! A broken or refused upload leaves no row and no file.
+//!
+//! Storage room is claimed in the store's ledger chunk by chunk before the
+//! chunk is written, so parallel uploads cannot pass the quota together.
+//! A multipart body has at most [`MAX_PARTS`] parts, only the field names
+//! its endpoint knows, and [`MAX_TEXT_BYTES`] of text fields in all: beside
+//! the file nothing is streamed to disk, so everything else is held in
+//! memory and must stay small.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -25,7 +33,7 @@ use super::{
     auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState, Caller,
 };
 use crate::ids::new_id;
-use crate::store::{FileRecord, PageRequest, Role, Store};
+use crate::store::{FileRecord, PageRequest, Reservation, ReserveError, Role, Store};
 
 /// Room for multipart boundaries and part headers when judging an upload
 /// by its Content-Length before reading it.
@@ -192,7 +200,7 @@ async fn write_part(
     part: Part,
     path: &Path,
     max: u64,
-    quota_left: u64,
+    room: &mut Reservation,
 ) -> Result<Result<u64, Refusal>, ApiError> {
     let mut file = tokio::fs::File::create(path)
         .await
@@ -202,12 +210,16 @@ async fn write_part(
         .stream()
         .map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")));
     while let Some(mut chunk) = stream.try_next().await? {
-        written += chunk.remaining() as u64;
+        let n = chunk.remaining() as u64;
+        written += n;
         if written > max {
             return Ok(Err(Refusal::TooLarge));
         }
-        if written > quota_left {
-            return Ok(Err(Refusal::OverQuota));
+        // Claim the room before writing: parallel uploads share the quota.
+        match room.grow(n) {
+            Ok(()) => {}
+            Err(ReserveError::Full(_)) => return Ok(Err(Refusal::OverQuota)),
+            Err(ReserveError::Store(e)) => return Err(e.into()),
         }
         // A chunk may be several slices: write them all.
         while chunk.has_remaining() {
@@ -234,25 +246,30 @@ async fn upload(
         form,
     )
     .await?;
-    let (record, _fields) = receive_form(&state, &caller, content_length, form).await?;
+    let (record, _fields) = receive_form(&state, &caller, content_length, form, &[]).await?;
     Ok(tag_tenant(
         json_reply(StatusCode::CREATED, &file_view(&record)),
         &caller,
     ))
 }
 
-/// Largest text field (model, language, prompt...) read beside the file.
-const MAX_TEXT_FIELD: usize = 64 * 1024;
+/// Most parts one multipart body may have, the file included.
+pub const MAX_PARTS: usize = 32;
+/// Most bytes of text fields (model, language, prompt...) in one body, all
+/// fields together: they are held in memory.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 /// Reads a multipart upload: its `file` part is streamed into the caller's
 /// storage (checked against the tier's file size and storage quota as bytes
-/// arrive, probed as audio, renamed into place, recorded); its other parts
-/// are answered as text fields. Any failure leaves no file and no row.
+/// arrive, probed as audio, renamed into place, recorded); its other parts,
+/// which must be named in `text_fields`, each at most once, are answered as
+/// text. Any failure leaves no file and no row.
 pub async fn receive_form(
     state: &AppState,
     caller: &Caller,
     content_length: Option<u64>,
     mut form: FormData,
+    text_fields: &[&str],
 ) -> Result<(FileRecord, HashMap<String, String>), ApiError> {
     let tier = &caller.tier;
     if content_length.is_some_and(|len| len > tier.max_file_bytes.saturating_add(MULTIPART_SLACK)) {
@@ -263,19 +280,37 @@ pub async fn receive_form(
     let mut fields = HashMap::new();
     let mut stored: Option<FileRecord> = None;
     let outcome: Result<(), ApiError> = async {
+        let mut parts = 0;
+        let mut text_left = MAX_TEXT_BYTES;
         while let Some(part) = form.next().await {
             let part =
                 part.map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")))?;
-            if part.name() == "file" {
+            parts += 1;
+            if parts > MAX_PARTS {
+                return Err(ApiError::invalid(format!(
+                    "the multipart body has more than {MAX_PARTS} parts"
+                )));
+            }
+            let name = part.name().to_string();
+            if name == "file" {
                 if stored.is_some() {
                     return Err(ApiError::invalid(
                         "send one field named \"file\", not several",
                     ));
                 }
                 stored = Some(store_part(state, caller, part).await?);
+            } else if !text_fields.contains(&name.as_str()) {
+                return Err(unknown_field(&name, text_fields));
             } else {
-                let name = part.name().to_string();
-                fields.insert(name.clone(), read_text(part, &name).await?);
+                let Entry::Vacant(slot) = fields.entry(name) else {
+                    return Err(ApiError::invalid(format!(
+                        "field {:?} is sent more than once",
+                        part.name()
+                    )));
+                };
+                let text = read_text(part, slot.key(), text_left).await?;
+                text_left -= text.len();
+                slot.insert(text);
             }
         }
         Ok(())
@@ -300,7 +335,23 @@ pub async fn receive_form(
     }
 }
 
-async fn read_text(part: Part, name: &str) -> Result<String, ApiError> {
+/// A field this endpoint does not take, named in the answer (clipped: the
+/// name is the client's).
+fn unknown_field(name: &str, known: &[&str]) -> ApiError {
+    let shown: String = name.chars().take(64).collect();
+    let known = std::iter::once("file")
+        .chain(known.iter().copied())
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ApiError::invalid(format!(
+        "unknown multipart field {shown:?}; this endpoint takes {known}"
+    ))
+}
+
+/// Reads a text field of at most `budget` bytes (what is left of
+/// [`MAX_TEXT_BYTES`]).
+async fn read_text(part: Part, name: &str, budget: usize) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
     let mut stream = part.stream();
     while let Some(chunk) = stream.next().await {
@@ -312,9 +363,10 @@ async fn read_text(part: Part, name: &str) -> Result<String, ApiError> {
             let n = slice.len();
             chunk.advance(n);
         }
-        if bytes.len() > MAX_TEXT_FIELD {
+        if bytes.len() > budget {
             return Err(ApiError::invalid(format!(
-                "field {name} is longer than {MAX_TEXT_FIELD} bytes"
+                "field {name:?} passes the limit of {MAX_TEXT_BYTES} bytes of text fields \
+                 in one request"
             )));
         }
     }
@@ -327,9 +379,7 @@ async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<Fil
     let tier = &caller.tier;
     let limit = tier.max_file_bytes;
     let tenant = caller.tenant_id().clone();
-    let quota_left = tier
-        .storage_bytes
-        .saturating_sub(state.store.storage_used(&tenant)?);
+    let mut room = state.store.reserve_storage(&tenant, tier.storage_bytes);
     let name = clean_name(part.filename().unwrap_or("upload"));
     let content_type = part.content_type().map(str::to_string);
     let id = new_id("f");
@@ -337,7 +387,7 @@ async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<Fil
         .await
         .map_err(ApiError::internal)?;
     let partial = state.store.partial_blob_path(&tenant, &id);
-    let outcome = write_part(part, &partial, limit, quota_left).await;
+    let outcome = write_part(part, &partial, limit, &mut room).await;
     let size = match outcome {
         Ok(Ok(size)) => size,
         Ok(Err(refusal)) => {
@@ -379,7 +429,7 @@ async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<Fil
         tenant_id: tenant.to_string(),
         created_at: Utc::now(),
     };
-    if let Err(e) = state.store.put_file(&tenant, &record).await {
+    if let Err(e) = state.store.put_file_reserved(&record, room).await {
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(e.into());
     }
@@ -432,27 +482,36 @@ async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Re
         .store
         .file(caller.tenant_id(), &id)?
         .ok_or_else(|| ApiError::not_found("file"))?;
-    let handle = tokio::fs::File::open(state.store.blob_path(&file))
+    let mut handle = tokio::fs::File::open(state.store.blob_path(&file))
         .await
         .map_err(|e| ApiError::internal(format!("file {} has no bytes on disk: {e}", file.id)))?;
+    // Served as the audio type its bytes show, never as the type the
+    // uploader claimed (see `download`).
+    let content_type = {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut head = [0u8; 16];
+        let mut n = 0;
+        while n < head.len() {
+            match handle
+                .read(&mut head[n..])
+                .await
+                .map_err(ApiError::internal)?
+            {
+                0 => break,
+                read => n += read,
+            }
+        }
+        handle
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(ApiError::internal)?;
+        super::download::sniff_audio(&head[..n])
+    };
     let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
     let mut res = Response::new(body);
-    let ct = file
-        .content_type
-        .clone()
-        .unwrap_or_else(|| "application/octet-stream".to_string());
     let headers = res.headers_mut();
-    if let Ok(v) = ct.parse() {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
+    super::download::attachment(headers, content_type, &file.name);
     headers.insert(header::CONTENT_LENGTH, file.size.into());
-    let disposition = format!(
-        "attachment; filename=\"{}\"",
-        file.name.replace(['"', '\\'], "_")
-    );
-    if let Ok(v) = disposition.parse() {
-        headers.insert(header::CONTENT_DISPOSITION, v);
-    }
     Ok(tag_tenant(res, &caller))
 }
 

@@ -125,12 +125,12 @@ struct NewJob {
 async fn create(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
         .await?;
-    let body: NewJob = parse_json(&body)?;
+    let body: NewJob = parse_json(body)?;
     let job = submit_job(
         &state,
         &caller,
@@ -252,10 +252,27 @@ pub async fn submit_job(
     );
     let event = match state
         .store
-        .create_job(tenant, &job, EventType::Queued, limit)
+        .create_job(
+            tenant,
+            &job,
+            EventType::Queued,
+            limit,
+            caller.tier.max_queued_jobs,
+        )
         .await
     {
         Ok(event) => event,
+        Err(StoreError::QueueFull { open, limit }) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!(
+                    "the {} tier queues at most {limit} jobs at once and {open} are queued or \
+                     running; submit more when some have finished",
+                    caller.tier.name
+                ),
+            ))
+        }
         Err(StoreError::LimitReached {
             used,
             limit,
@@ -512,13 +529,7 @@ async fn stem(
     let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
     let mut res = Response::new(body);
     let headers = res.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("audio/wav"),
-    );
+    super::download::attachment(headers, "audio/wav", &format!("{}-{name}.wav", job.id));
     headers.insert(header::CONTENT_LENGTH, len.into());
-    if let Ok(v) = format!("attachment; filename=\"{}-{name}.wav\"", job.id).parse() {
-        headers.insert(header::CONTENT_DISPOSITION, v);
-    }
     Ok(tag_tenant(res, &caller))
 }

@@ -54,12 +54,12 @@ fn key_view(k: &ApiKey) -> serde_json::Value {
 async fn create(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("keys:write", Role::Admin))
         .await?;
-    let body: NewKey = parse_json(&body)?;
+    let body: NewKey = parse_json(body)?;
     let name = body.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::invalid("name must be 1 to 200 characters"));

@@ -6,6 +6,7 @@
 //! a failed check from falling through to other routes.
 
 mod billing;
+mod download;
 mod errors;
 pub mod files;
 pub mod jobs;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub background: tokio_util::task::TaskTracker,
     /// Cancelled when the server begins to stop: background loops end.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Bounds on password hashing and login attempts (see `auth::limits`).
+    pub auth_limits: Arc<crate::auth::AuthLimits>,
 }
 
 /// A verified caller with its tenant's current row and tier.
@@ -245,12 +248,17 @@ impl AppState {
     }
 }
 
+/// A JSON request body as read by [`json_body`], or the problem to answer.
+pub type JsonBody = Result<Bytes, ApiError>;
+
 /// Parses a JSON body with a problem answer on failure.
-pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(body: JsonBody) -> Result<T, ApiError> {
+    let body = body?;
     if body.is_empty() {
         return Err(ApiError::invalid("the request needs a JSON body"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
 }
 
 /// A JSON answer with a status.
@@ -278,12 +286,74 @@ pub fn auth_header(
         .unify()
 }
 
-/// A JSON request body, bounded by `server.max_json_bytes`.
-pub fn json_body(state: &AppState) -> BoxedFilter<(Bytes,)> {
-    warp::body::content_length_limit(state.settings.server.max_json_bytes)
-        .and(warp::body::bytes())
+/// A JSON request body of at most `server.max_json_bytes`, with or without
+/// a Content-Length (chunked), or the 413 to answer, as a value: a
+/// rejection here would let warp try the other routes and answer 405.
+pub fn json_body(state: &AppState) -> BoxedFilter<(JsonBody,)> {
+    let limit = state.settings.server.max_json_bytes;
+    warp::body::stream()
+        .then(move |body| read_limited(body, limit))
         .boxed()
 }
+
+/// After a body passed its limit, read at most this much more of it so the
+/// client sees the answer rather than a reset connection.
+const JSON_DRAIN_BUDGET: u64 = 8 * 1024 * 1024;
+
+async fn read_limited<S, B>(body: S, limit: u64) -> JsonBody
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    futures_util::pin_mut!(body);
+    let mut out = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::invalid(format!("cannot read the body: {e}")))?;
+        seen += chunk.remaining() as u64;
+        if seen > limit {
+            if seen > limit.saturating_add(JSON_DRAIN_BUDGET) {
+                break;
+            }
+            continue;
+        }
+        while chunk.has_remaining() {
+            let slice = chunk.chunk();
+            out.extend_from_slice(slice);
+            let n = slice.len();
+            chunk.advance(n);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the JSON body is larger than this server's limit of {limit} bytes"),
+        ));
+    }
+    Ok(out.freeze())
+}
+
+/// The client's address as the server accepted it; see [`RemoteAddr`].
+pub fn remote_addr(
+) -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = std::convert::Infallible> + Clone
+{
+    warp::ext::optional::<RemoteAddr>()
+        .and(warp::addr::remote())
+        .map(
+            |ours: Option<RemoteAddr>, warps: Option<std::net::SocketAddr>| {
+                ours.map(|a| a.0).or(warps)
+            },
+        )
+}
+
+/// The peer address of a connection, put in each request's extensions by
+/// `server::serve`'s accept loop (warp only knows it when it runs the
+/// server itself, as in-process tests do).
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteAddr(pub std::net::SocketAddr);
 
 /// The whole API: every route, problem answers for unmatched requests,
 /// request logs and metrics.
@@ -345,6 +415,11 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             if let Ok(v) = warp::http::HeaderValue::from_str(&request_id) {
                 res.headers_mut().insert("x-request-id", v);
             }
+            // No answer of ours is meant to be type-guessed by a browser.
+            res.headers_mut().insert(
+                warp::http::header::X_CONTENT_TYPE_OPTIONS,
+                warp::http::HeaderValue::from_static("nosniff"),
+            );
             res
         })
         .boxed()

@@ -27,6 +27,19 @@ use super::jobs::submit_job;
 use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{JobStatus, Role};
 
+/// The text fields these endpoints take beside `file` (OpenAI's names);
+/// any other field is refused by name. `timestamp_granularities[]` is
+/// accepted once and has no effect (segments are always timed; words are
+/// not yet), so SDK calls that send `["segment"]` keep working.
+const OPENAI_FIELDS: &[&str] = &[
+    "model",
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+    "timestamp_granularities[]",
+];
+
 /// Longest a request waits for its job before answering 503 (the job goes
 /// on; its id is in the answer).
 const WAIT_LIMIT: Duration = Duration::from_secs(3600);
@@ -110,7 +123,7 @@ async fn speech(
         form,
     )
     .await?;
-    let (file, fields) = receive_form(&state, &caller, content_length, form).await?;
+    let (file, fields) = receive_form(&state, &caller, content_length, form, OPENAI_FIELDS).await?;
     let submitted = async {
         let format = response_format(&fields)?;
         let params = job_params(&state, &fields, task)?;

@@ -1,4 +1,11 @@
 //! Signup, login and `/v1/me`.
+//!
+//! Password hashing runs through `AppState::auth_limits`: a bounded number
+//! at once, on the blocking pool. Login and signup attempts are rate limited
+//! per client address, failed logins per (account, address); a refused
+//! attempt answers 429 `rate_limited` with `Retry-After` before any hashing.
+
+use std::net::SocketAddr;
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -6,13 +13,13 @@ use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 use super::{
-    auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
-    AppState,
+    auth_header, json_body, json_reply, op, parse_json, remote_addr, respond, tag_tenant,
+    with_state, ApiError, AppState, JsonBody,
 };
-use crate::auth::passwords;
+use crate::auth::limits::RateLimited;
 use crate::ids::new_id;
 use crate::store::{Role, Tenant, TenantId, User};
 
@@ -20,13 +27,15 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let signup = warp::path!("v1" / "auth" / "signup")
         .and(warp::post())
         .and(with_state(state.clone()))
+        .and(remote_addr())
         .and(json_body(&state))
-        .then(|s, b| async move { respond(signup(s, b).await) });
+        .then(|s, r, b| async move { respond(signup(s, r, b).await) });
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
         .and(with_state(state.clone()))
+        .and(remote_addr())
         .and(json_body(&state))
-        .then(|s, b| async move { respond(login(s, b).await) });
+        .then(|s, r, b| async move { respond(login(s, r, b).await) });
     let me = warp::path!("v1" / "me")
         .and(warp::get())
         .and(with_state(state))
@@ -80,11 +89,26 @@ fn tenant_view(t: &Tenant) -> serde_json::Value {
     json!({"id": t.id, "name": t.name, "tier": t.subscription_tier, "created_at": t.created_at})
 }
 
-async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
-    let cost = state.password_cost();
-    tokio::task::spawn_blocking(move || passwords::hash(&password, cost))
+pub async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
+    state
+        .auth_limits
+        .hash(password)
         .await
         .map_err(ApiError::internal)
+}
+
+/// 429 `rate_limited` with the seconds to wait in `Retry-After`.
+fn rate_limited(refused: RateLimited) -> Response {
+    let secs = refused.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut res = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many attempts; try again in {secs} s"),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(warp::http::header::RETRY_AFTER, secs.into());
+    res
 }
 
 fn login_token(
@@ -104,8 +128,15 @@ fn login_token(
     Ok((token, expires_at))
 }
 
-async fn signup(state: AppState, body: bytes::Bytes) -> Result<Response, ApiError> {
-    let body: SignupBody = parse_json(&body)?;
+async fn signup(
+    state: AppState,
+    remote: Option<SocketAddr>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let body: SignupBody = parse_json(body)?;
+    if let Err(refused) = state.auth_limits.admit_signup(remote.map(|r| r.ip())) {
+        return Ok(rate_limited(refused));
+    }
     let name = body.tenant.trim().to_string();
     if name.is_empty() || name.len() > 200 {
         return Err(ApiError::invalid(
@@ -147,39 +178,40 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(state: AppState, body: bytes::Bytes) -> Result<Response, ApiError> {
-    let body: LoginBody = parse_json(&body)?;
+async fn login(
+    state: AppState,
+    remote: Option<SocketAddr>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let body: LoginBody = parse_json(body)?;
     let wrong = || ApiError::unauthorized("wrong email or password");
+    let ip = remote.map(|r| r.ip());
+    let limits = &state.auth_limits;
+    if let Err(refused) = limits.admit_login(ip, &body.email) {
+        return Ok(rate_limited(refused));
+    }
     let user = state.store.user_by_email(body.email.trim())?;
-    // Verify against a fixed hash when the user is unknown, so timing does
-    // not tell which emails exist.
+    // An unknown user is verified against a hash nobody knows the password
+    // of, so timing does not tell which emails exist.
     let stored = user.as_ref().map(|u| u.hashed_password.clone());
-    let password = body.password;
-    let dummy_state = state.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        let stored = stored.unwrap_or_else(|| unknown_user_hash(&dummy_state));
-        passwords::verify(&password, &stored)
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let ok = limits
+        .verify(body.password, stored)
+        .await
+        .map_err(ApiError::internal)?;
     let user = match user {
         Some(u) if ok => u,
-        _ => return Err(wrong()),
+        _ => {
+            limits.login_failed(ip, &body.email);
+            return Err(wrong());
+        }
     };
+    limits.login_succeeded(ip, &body.email);
     let tenant = state.store.tenant(&TenantId::trusted(&user.tenant_id))?;
     let (token, expires_at) = login_token(&state, &user, &tenant)?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"token": token, "expires_at": expires_at}),
     ))
-}
-
-/// An Argon2id hash of a random password nobody knows, made once with the
-/// configured cost.
-fn unknown_user_hash(state: &AppState) -> String {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| passwords::hash(&new_id("unguessable"), state.password_cost()))
-        .clone()
 }
 
 async fn me(state: AppState, auth: Option<String>) -> Result<Response, ApiError> {

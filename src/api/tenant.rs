@@ -102,13 +102,13 @@ struct DeleteBody {
 async fn delete(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("tenant:write", Role::Owner))
         .await?;
     owner_session(&caller)?;
-    let body: DeleteBody = parse_json(&body)?;
+    let body: DeleteBody = parse_json(body)?;
     if body.confirm != caller.tenant.id {
         return Err(ApiError::invalid(
             "confirm must be this tenant's id (see GET /v1/me)",

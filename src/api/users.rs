@@ -17,7 +17,6 @@ use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
     AppState,
 };
-use crate::auth::passwords;
 use crate::ids::new_id;
 use crate::store::{PageRequest, Role, User, UserChangeError};
 
@@ -75,12 +74,12 @@ struct NewUser {
 async fn create(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("users:write", Role::Admin))
         .await?;
-    let body: NewUser = parse_json(&body)?;
+    let body: NewUser = parse_json(body)?;
     let role = Role::parse(&body.role)
         .ok_or_else(|| ApiError::invalid("role must be owner, admin, member or viewer"))?;
     if role > caller.principal.role {
@@ -92,11 +91,7 @@ async fn create(
     }
     let email = check_email(&body.email)?;
     check_password(&body.password)?;
-    let cost = state.password_cost();
-    let password = body.password;
-    let hashed_password = tokio::task::spawn_blocking(move || passwords::hash(&password, cost))
-        .await
-        .map_err(ApiError::internal)?;
+    let hashed_password = super::session::hash_password(&state, body.password).await?;
     let user = User {
         id: new_id("u"),
         email,
@@ -158,12 +153,12 @@ async fn change_role(
     state: AppState,
     auth: Option<String>,
     id: String,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("users:write", Role::Admin))
         .await?;
-    let body: RoleChange = parse_json(&body)?;
+    let body: RoleChange = parse_json(body)?;
     let role = Role::parse(&body.role)
         .ok_or_else(|| ApiError::invalid("role must be owner, admin, member or viewer"))?;
     let target = state

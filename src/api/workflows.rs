@@ -94,12 +94,12 @@ fn resolve_params(
 async fn create(
     state: AppState,
     auth: Option<String>,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("workflows:write", Role::Member))
         .await?;
-    let body: WorkflowBody = parse_json(&body)?;
+    let body: WorkflowBody = parse_json(body)?;
     let name = check_name(body.name.as_deref().unwrap_or(""))?;
     let defaults = JobParams::defaults(&state.settings.models.default_model);
     let params = resolve_params(&state, &caller, &defaults, &body.params)?;
@@ -161,12 +161,12 @@ async fn update(
     state: AppState,
     auth: Option<String>,
     id: String,
-    body: bytes::Bytes,
+    body: super::JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = state
         .authenticate(auth.as_deref(), op("workflows:write", Role::Member))
         .await?;
-    let body: WorkflowBody = parse_json(&body)?;
+    let body: WorkflowBody = parse_json(body)?;
     let mut wf = state
         .store
         .workflow(caller.tenant_id(), &id)?

@@ -61,6 +61,10 @@ pub struct Tier {
     /// than this many days are deleted; `None` keeps them until deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_days: Option<u32>,
+    /// Jobs queued or running at once (beyond: 429 `queue_full`); `None`
+    /// means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_jobs: Option<u64>,
 }
 
 impl Tier {

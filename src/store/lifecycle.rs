@@ -320,7 +320,7 @@ mod tests {
             JobParams::defaults("base"),
         );
         store
-            .create_job(t, &job, EventType::Queued, None)
+            .create_job(t, &job, EventType::Queued, None, None)
             .await
             .unwrap();
         store
@@ -367,7 +367,7 @@ mod tests {
             JobParams::defaults("base"),
         );
         store
-            .create_job(&a, &job, EventType::Queued, None)
+            .create_job(&a, &job, EventType::Queued, None, None)
             .await
             .unwrap();
         assert!(matches!(
@@ -463,7 +463,7 @@ mod tests {
             JobParams::defaults("base"),
         );
         store
-            .create_job(&a, &running, EventType::Queued, None)
+            .create_job(&a, &running, EventType::Queued, None, None)
             .await
             .unwrap();
         // Everything made before the cutoff is old enough.

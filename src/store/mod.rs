@@ -10,6 +10,7 @@ mod accounts;
 mod lifecycle;
 mod records;
 mod scoped;
+mod storage;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ pub use murmur_actors::job::{Event, EventType};
 pub use records::*;
 use scoped::Scoped;
 pub use scoped::{Page, PageRequest};
+pub use storage::{QuotaFull, Reservation, ReserveError};
 
 /// Version of the on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -43,6 +45,8 @@ pub enum StoreError {
     SchemaTooNew { found: u32, supported: u32 },
     #[error("not found")]
     NotFound,
+    #[error("{open} of at most {limit} jobs are queued or running")]
+    QueueFull { open: u64, limit: u64 },
     #[error("{used} of {limit} used in {period}")]
     LimitReached {
         used: u64,
@@ -111,11 +115,18 @@ pub struct Store {
     events: sled::Tree,
     /// "<tenant>/<YYYY-MM>" -> [`Usage`], changed with the jobs it counts.
     usage: sled::Tree,
+    /// tenant id -> its queued or running jobs (u64 big-endian), changed
+    /// with the jobs it counts and recounted at start; bounds a tenant's
+    /// queue (the tier's `max_queued_jobs`).
+    open_jobs: sled::Tree,
     /// tenant id -> [`Subscription`].
     subscriptions: sled::Tree,
     /// RevenueCat event id -> [`BillingEvent`]: the webhook's durable inbox
     /// and its idempotency record.
     billing_events: sled::Tree,
+    /// Stored and reserved upload bytes per tenant (the storage quota);
+    /// every file row write goes through it.
+    ledger: std::sync::Arc<storage::Ledger>,
 }
 
 /// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
@@ -244,11 +255,51 @@ fn meter(
     })
 }
 
+/// Keeps a tenant's count of queued or running jobs with a job's change
+/// (see `transition`), refusing a new open job beyond `max_open`.
+fn count_open(
+    tenant: &TenantId,
+    before: Option<&Job>,
+    after: &Job,
+    max_open: Option<u64>,
+    open_jobs: &sled::transaction::TransactionalTree,
+) -> TxResult<()> {
+    let was_open = before.is_some_and(|j| !j.status.is_finished());
+    let is_open = !after.status.is_finished();
+    if was_open == is_open {
+        return Ok(());
+    }
+    let key = tenant.as_str().as_bytes();
+    let open = match open_jobs.get(key)? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        None => 0,
+    };
+    let open = if is_open {
+        if let Some(limit) = max_open.filter(|&l| before.is_none() && open >= l) {
+            return Err(ConflictableTransactionError::Abort(StoreError::QueueFull {
+                open,
+                limit,
+            }));
+        }
+        open + 1
+    } else {
+        open.saturating_sub(1)
+    };
+    open_jobs.insert(key, &open.to_be_bytes())?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store under `data_dir`, checks the schema
     /// version and removes upload leftovers of a previous crash.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
+        // Private whoever made it: it holds password hashes and tenants' audio.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let db = sled::Config::new()
             .path(data_dir.join("db"))
             .mode(sled::Mode::HighThroughput)
@@ -274,6 +325,7 @@ impl Store {
                 // Older schemas are migrated here when there are any.
             }
         }
+        let files = Scoped::open(&db, "files")?;
         let store = Store {
             data_dir: data_dir.to_path_buf(),
             tenants: db.open_tree("tenants")?,
@@ -283,12 +335,14 @@ impl Store {
             tenant_deletions: db.open_tree("tenant_deletions")?,
             users: Scoped::open(&db, "users")?,
             api_keys: Scoped::open(&db, "api_keys")?,
-            files: Scoped::open(&db, "files")?,
+            ledger: storage::Ledger::new(files.clone()),
+            files,
             workflows: Scoped::open(&db, "workflows")?,
             jobs: Scoped::open(&db, "jobs")?,
             event_seq: db.open_tree("job_event_seq")?,
             events: db.open_tree("job_events")?,
             usage: db.open_tree("usage")?,
+            open_jobs: db.open_tree("open_jobs")?,
             subscriptions: db.open_tree("subscriptions")?,
             billing_events: db.open_tree("billing_events")?,
             db,
@@ -296,6 +350,7 @@ impl Store {
         store.sweep_partial_uploads()?;
         store.record_minted_keys()?;
         store.sweep_orphans()?;
+        store.recount_open_jobs()?;
         Ok(store)
     }
 
@@ -571,8 +626,41 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a file row outside any upload (its bytes count in the quota
+    /// from now on, unchecked).
     pub async fn put_file(&self, tenant: &TenantId, file: &FileRecord) -> Result<(), StoreError> {
-        self.put_row(&self.files, tenant, &file.id, file).await
+        {
+            let mut ledger = self.ledger.lock();
+            let replaced = ledger.files().get(tenant, &file.id)?.map(|f| f.size);
+            ledger.files().put(tenant, &file.id, file)?;
+            ledger.stored(tenant, file.size, replaced, 0)?;
+        }
+        self.flush().await
+    }
+
+    /// Room in `tenant`'s storage quota of `limit` bytes for one upload,
+    /// claimed as its bytes arrive (see [`Reservation::grow`]).
+    pub fn reserve_storage(&self, tenant: &TenantId, limit: u64) -> Reservation {
+        Reservation::new(self.ledger.clone(), tenant.clone(), limit)
+    }
+
+    /// Records an uploaded file whose bytes `reservation` claimed: the claim
+    /// becomes stored bytes in the same step as the row appears, so the
+    /// quota never counts the upload twice or not at all.
+    pub async fn put_file_reserved(
+        &self,
+        file: &FileRecord,
+        mut reservation: Reservation,
+    ) -> Result<(), StoreError> {
+        {
+            let tenant = reservation.tenant().clone();
+            let mut ledger = self.ledger.lock();
+            let replaced = ledger.files().get(&tenant, &file.id)?.map(|f| f.size);
+            ledger.files().put(&tenant, &file.id, file)?;
+            ledger.stored(&tenant, file.size, replaced, reservation.bytes())?;
+            reservation.spent();
+        }
+        self.flush().await
     }
 
     pub fn file(&self, tenant: &TenantId, id: &str) -> Result<Option<FileRecord>, StoreError> {
@@ -594,7 +682,15 @@ impl Store {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<FileRecord>, StoreError> {
-        let Some(file) = self.files.remove(tenant, id)? else {
+        let removed = {
+            let mut ledger = self.ledger.lock();
+            let removed = ledger.files().remove(tenant, id)?;
+            if let Some(file) = &removed {
+                ledger.removed(tenant, file.size)?;
+            }
+            removed
+        };
+        let Some(file) = removed else {
             return Ok(None);
         };
         self.flush().await?;
@@ -608,9 +704,7 @@ impl Store {
 
     /// Bytes of stored uploads a tenant holds (the storage quota's measure).
     pub fn storage_used(&self, tenant: &TenantId) -> Result<u64, StoreError> {
-        let mut total = 0;
-        self.files.for_each(tenant, |f| total += f.size)?;
-        Ok(total)
+        self.ledger.lock().used(tenant)
     }
 
     // ---- workflows -------------------------------------------------------
@@ -661,16 +755,26 @@ impl Store {
 
     /// Creates a job together with the first entry of its event log. A
     /// translation job is counted in its month's usage in the same
-    /// transaction, and refused with `LimitReached` when `limit` is full.
+    /// transaction, and refused with `LimitReached` when `limit` is full;
+    /// any job is refused with `QueueFull` when the tenant already has
+    /// `max_open` jobs queued or running.
     pub async fn create_job(
         &self,
         tenant: &TenantId,
         job: &Job,
         kind: EventType,
         limit: Option<TranslationLimit>,
+        max_open: Option<u64>,
     ) -> Result<Event, StoreError> {
         let created = self
-            .transition(tenant, &job.id, Some(job.clone()), kind, limit, |_| true)
+            .transition(
+                tenant,
+                &job.id,
+                Some(job.clone()),
+                kind,
+                (limit, max_open),
+                |_| true,
+            )
             .await?;
         created.map(|(_, event)| event).ok_or(StoreError::NotFound)
     }
@@ -693,7 +797,7 @@ impl Store {
         kind: EventType,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
-        self.transition(tenant, id, insert, kind, None, change)
+        self.transition(tenant, id, insert, kind, (None, None), change)
             .await
     }
 
@@ -703,7 +807,7 @@ impl Store {
         id: &str,
         insert: Option<Job>,
         kind: EventType,
-        limit: Option<TranslationLimit>,
+        (limit, max_open): (Option<TranslationLimit>, Option<u64>),
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
         let key = scoped_key(tenant, id);
@@ -715,8 +819,9 @@ impl Store {
             &self.events,
             &self.usage,
             self.files.tree(),
+            &self.open_jobs,
         )
-            .transaction(|(jobs, seqs, events, usage, files)| {
+            .transaction(|(jobs, seqs, events, usage, files, open_jobs)| {
                 let before: Option<Job> = match jobs.get(&key)? {
                     Some(bytes) => {
                         Some(decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?)
@@ -731,6 +836,7 @@ impl Store {
                     return Ok(None);
                 }
                 meter(tenant, before.as_ref(), &job, limit, usage, files)?;
+                count_open(tenant, before.as_ref(), &job, max_open, open_jobs)?;
                 let seq = match seqs.get(&key)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
                     None => 1,
@@ -769,6 +875,28 @@ impl Store {
             out.push(event);
         }
         Ok(out)
+    }
+
+    /// Counts every tenant's queued or running jobs afresh (at open), so
+    /// the counts kept by `transition` start right whatever came before.
+    fn recount_open_jobs(&self) -> Result<(), StoreError> {
+        let mut counts: std::collections::HashMap<String, u64> = Default::default();
+        for job in self.unfinished_jobs()? {
+            *counts.entry(job.tenant_id).or_default() += 1;
+        }
+        self.open_jobs.clear()?;
+        for (tenant, n) in counts {
+            self.open_jobs.insert(tenant.as_bytes(), &n.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Queued or running jobs of a tenant, as counted for its queue bound.
+    pub fn open_jobs(&self, tenant: &TenantId) -> Result<u64, StoreError> {
+        Ok(match self.open_jobs.get(tenant.as_str())? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
+        })
     }
 
     /// Every queued or running job of every tenant, oldest first (start-up
@@ -854,7 +982,7 @@ mod tests {
         )
         .unwrap();
         store
-            .create_job(&t, &job(&t, "j1", vad), EventType::Queued, None)
+            .create_job(&t, &job(&t, "j1", vad), EventType::Queued, None, None)
             .await
             .unwrap();
         store
@@ -897,11 +1025,18 @@ mod tests {
                 &job(&t, "j1", translate.clone()),
                 EventType::Queued,
                 limit,
+                None,
             )
             .await
             .unwrap();
         let refused = store
-            .create_job(&t, &job(&t, "j2", translate), EventType::Queued, limit)
+            .create_job(
+                &t,
+                &job(&t, "j2", translate),
+                EventType::Queued,
+                limit,
+                None,
+            )
             .await;
         assert!(matches!(
             refused,
@@ -932,5 +1067,68 @@ mod tests {
             .usage(&TenantId::trusted("t2"), &usage_period(Utc::now()))
             .unwrap();
         assert_eq!(other, Usage::default());
+    }
+
+    #[tokio::test]
+    async fn open_jobs_are_bounded_per_tenant_and_recounted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (TenantId::trusted("ta"), TenantId::trusted("tb"));
+        let params = JobParams::defaults("base");
+        for i in 0..2 {
+            store
+                .create_job(
+                    &a,
+                    &job(&a, &format!("j{i}"), params.clone()),
+                    EventType::Queued,
+                    None,
+                    Some(2),
+                )
+                .await
+                .unwrap();
+        }
+        let refused = store
+            .create_job(
+                &a,
+                &job(&a, "j2", params.clone()),
+                EventType::Queued,
+                None,
+                Some(2),
+            )
+            .await;
+        assert!(matches!(
+            refused,
+            Err(StoreError::QueueFull { open: 2, limit: 2 })
+        ));
+        assert!(store.job(&a, "j2").unwrap().is_none(), "nothing written");
+        // Another tenant's queue is its own.
+        store
+            .create_job(
+                &b,
+                &job(&b, "j0", params.clone()),
+                EventType::Queued,
+                None,
+                Some(2),
+            )
+            .await
+            .unwrap();
+        // A job that ends makes room.
+        store
+            .transition_job(&a, "j0", None, EventType::Cancelled, |j| {
+                j.status = JobStatus::Cancelled;
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.open_jobs(&a).unwrap(), 1);
+        store
+            .create_job(&a, &job(&a, "j2", params), EventType::Queued, None, Some(2))
+            .await
+            .unwrap();
+        assert_eq!(store.open_jobs(&a).unwrap(), 2);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.open_jobs(&a).unwrap(), 2);
+        assert_eq!(store.open_jobs(&b).unwrap(), 1);
     }
 }

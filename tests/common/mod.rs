@@ -28,6 +28,7 @@ translation_max_file_seconds = 600
 translation_jobs_per_month = 20
 storage_bytes = 1000000
 max_workflows = 2
+max_queued_jobs = 10
 [tiers.premium]
 rank = 1
 max_file_bytes = 2000000
@@ -39,6 +40,7 @@ bgm_separation = true
 translation = "full"
 storage_bytes = 20000000
 max_workflows = 20
+max_queued_jobs = 20
 [tiers.enterprise]
 rank = 2
 max_file_bytes = 4000000
@@ -49,6 +51,7 @@ diarization = true
 bgm_separation = true
 translation = "full"
 storage_bytes = 100000000
+max_queued_jobs = 50
 [entitlements]
 premium = "premium"
 enterprise = "enterprise"
@@ -214,6 +217,11 @@ impl Server {
             "set-tier failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The server process's id (to read its memory use from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {
