@@ -104,8 +104,9 @@ fn too_large(limit: u64, tier: &str) -> ApiError {
     )
 }
 
-/// Keeps only a safe display name: no path, no control characters.
-fn clean_name(raw: &str) -> String {
+/// Keeps only a safe display name: no path, no control characters, at most
+/// 255 characters, never empty. Public for the fuzz targets.
+pub fn clean_name(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
     let name: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
     if name.trim().is_empty() {
