@@ -564,6 +564,11 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
             slot => slot.insert(SampleBuffer::<f32>::new(needed, spec)),
         };
         buf.copy_interleaved_ref(decoded);
+        // Float formats carry any bit pattern: NaN or infinity would poison
+        // the resampler's whole output and every model after it.
+        for s in buf.samples_mut() {
+            *s = if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 };
+        }
         let stream = stream.as_mut().ok_or_else(|| AudioError::Corrupt {
             path: path.to_path_buf(),
             detail: "decoder state lost".into(),
@@ -1153,6 +1158,53 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(max_err < 0.01, "max error {max_err}");
+    }
+
+    /// A mono 32-bit float WAV of `samples` at `rate` Hz.
+    fn float_wav(rate: u32, samples: &[f32]) -> Vec<u8> {
+        let data_len = (samples.len() * 4) as u32;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data_len).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&rate.wrapping_mul(4).to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&32u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        for s in samples {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`): a float WAV
+    /// whose data holds NaN and infinities decoded to non-finite samples,
+    /// which the resampler smears over its output and the models read.
+    #[test]
+    fn non_finite_float_samples_decode_to_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nan.wav");
+        let mut samples = vec![0.25f32; 64];
+        samples[10] = f32::NAN;
+        samples[20] = f32::INFINITY;
+        samples[30] = f32::NEG_INFINITY;
+        samples[40] = 3.0;
+        std::fs::write(&path, float_wav(16_000, &samples)).unwrap();
+        let same_rate = decode_file(&path).unwrap();
+        assert_eq!(same_rate.samples.len(), 64);
+        assert!(same_rate.samples.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
+        assert_eq!(same_rate.samples[10], 0.0);
+        assert_eq!(same_rate.samples[40], 1.0);
+        // Through the resampler too (8 kHz source).
+        std::fs::write(&path, float_wav(8_000, &samples)).unwrap();
+        let resampled = decode_file(&path).unwrap();
+        assert_eq!(resampled.samples.len(), 128);
+        assert!(resampled.samples.iter().all(|s| s.is_finite()));
     }
 
     #[test]
