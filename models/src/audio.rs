@@ -46,6 +46,11 @@ const RESAMPLE_CHUNK: usize = 1024;
 /// cost (about 70 ms per 20 s of 44.1 kHz audio for 128 taps here).
 const SINC_LEN: usize = 128;
 
+/// Sample rates accepted, in Hz. Real recordings lie well inside; outside,
+/// the resampler's buffers grow with the rate ratio (a header claiming
+/// 838 MHz asked for gigabytes of lead-in), so such a file is refused.
+const SOURCE_RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 /// Why a file could not be turned into samples.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
@@ -422,11 +427,27 @@ fn open(path: &Path) -> Result<Opened, AudioError> {
         .ok_or_else(|| AudioError::NoAudioTrack {
             path: path.to_path_buf(),
         })?;
+    if let Some(rate) = track.codec_params.sample_rate {
+        if !SOURCE_RATES.contains(&rate) {
+            return Err(unsupported_rate(path, rate));
+        }
+    }
     Ok(Opened {
         track_id: track.id,
         params: track.codec_params.clone(),
         reader,
     })
+}
+
+fn unsupported_rate(path: &Path, rate: u32) -> AudioError {
+    AudioError::Unsupported {
+        path: path.to_path_buf(),
+        detail: format!(
+            "a sample rate of {rate} Hz; supported are {} to {} Hz",
+            SOURCE_RATES.start(),
+            SOURCE_RATES.end()
+        ),
+    }
 }
 
 fn corrupt(path: &Path, e: &SymphoniaError) -> AudioError {
@@ -547,6 +568,9 @@ fn decode_inner(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, Au
         }
         match &stream {
             None => {
+                if !SOURCE_RATES.contains(&spec.rate) {
+                    return Err(unsupported_rate(path, spec.rate));
+                }
                 source_rate = spec.rate;
                 source_channels = channels;
                 let expected = header_frames.unwrap_or(0) as usize;
@@ -1407,6 +1431,32 @@ mod tests {
         std::fs::write(&path, &file).unwrap();
         assert_eq!(mp4::audio_edit(&path, 16_000), None);
         assert_eq!(mp4::oversized_sample_table(&path), None);
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`, a 1,365-byte
+    /// WAV claiming 838,860,801 Hz): the resampler's lead-in is
+    /// `rate / gcd(rate, 16000) - 1` frames, here 838 million per channel,
+    /// gigabytes allocated before a sample was read. Rates outside
+    /// [`SOURCE_RATES`] are refused at the probe and the decode.
+    #[test]
+    fn absurd_sample_rates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rate.wav");
+        for rate in [838_860_801, u32::MAX, 999, 1] {
+            std::fs::write(&path, float_wav(rate, &[0.1; 32])).unwrap();
+            for err in [
+                probe_duration(&path).unwrap_err(),
+                decode_file(&path).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&err, AudioError::Unsupported { detail, .. }
+                        if detail.contains(&format!("{rate} Hz"))),
+                    "{rate}: {err}"
+                );
+            }
+        }
+        std::fs::write(&path, float_wav(768_000, &[0.1; 32])).unwrap();
+        assert_eq!(decode_file(&path).unwrap().samples.len(), 1);
     }
 
     #[test]
