@@ -67,6 +67,11 @@ const RESAMPLE_CHUNK: usize = 1024;
 /// cost (about 70 ms per 20 s of 44.1 kHz audio for 128 taps here).
 const SINC_LEN: usize = 128;
 
+/// Sample rates accepted, in Hz. Real recordings lie well inside; outside,
+/// the resampler's buffers grow with the rate ratio (a header claiming
+/// 838 MHz asked for gigabytes of lead-in), so such a file is refused.
+const SOURCE_RATES: std::ops::RangeInclusive<u32> = 1_000..=768_000;
+
 /// Why a file could not be turned into samples.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
@@ -442,6 +447,16 @@ fn open(path: &Path) -> Result<Opened, AudioError> {
             path: path.to_path_buf(),
         });
     }
+    // symphonia 0.5's MP4 reader reserves memory for a sample table from
+    // the table's own entry count before reading it: a few hundred bytes
+    // could ask for 68 GB and abort the whole process. Refuse such tables
+    // before symphonia sees them.
+    if let Some(detail) = mp4::oversized_sample_table(path) {
+        return Err(AudioError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        });
+    }
     let file = File::open(path).map_err(io_err)?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
@@ -490,11 +505,27 @@ fn open(path: &Path) -> Result<Opened, AudioError> {
         .ok_or_else(|| AudioError::NoAudioTrack {
             path: path.to_path_buf(),
         })?;
+    if let Some(rate) = track.codec_params.sample_rate {
+        if !SOURCE_RATES.contains(&rate) {
+            return Err(unsupported_rate(path, rate));
+        }
+    }
     Ok(Opened {
         track_id: track.id,
         params: track.codec_params.clone(),
         reader,
     })
+}
+
+fn unsupported_rate(path: &Path, rate: u32) -> AudioError {
+    AudioError::Unsupported {
+        path: path.to_path_buf(),
+        detail: format!(
+            "a sample rate of {rate} Hz; supported are {} to {} Hz",
+            SOURCE_RATES.start(),
+            SOURCE_RATES.end()
+        ),
+    }
 }
 
 fn corrupt(path: &Path, e: &SymphoniaError) -> AudioError {
@@ -555,6 +586,11 @@ fn decode_inner(
                 slot => slot.insert(SampleBuffer::<f32>::new(needed, spec)),
             };
             buf.copy_interleaved_ref(decoded);
+            // Float formats carry any bit pattern: NaN or infinity would
+            // poison the resampler's whole output and every model after it.
+            for s in buf.samples_mut() {
+                *s = if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 };
+            }
             let all = buf.samples();
             stream.push(
                 &all[kept.start * channels..kept.end * channels],
@@ -742,6 +778,9 @@ fn walk_packets(
             continue;
         }
         if !started {
+            if !SOURCE_RATES.contains(&spec.rate) {
+                return Err(unsupported_rate(path, spec.rate));
+            }
             started = true;
             walked.source_rate = spec.rate;
             walked.source_channels = channels;
@@ -1127,9 +1166,127 @@ mod mp4 {
                 file.read_exact(&mut moov).ok()?;
                 return edit_in_moov(&moov, sample_rate);
             }
-            pos += size;
+            // A box size near 2^64 must end the walk, not wrap it around.
+            pos = pos.checked_add(size)?;
         }
         None
+    }
+
+    /// How far into a file symphonia's probe looks for the `ftyp` marker
+    /// (its search limit is 1 MiB per metadata block it skips).
+    const FTYP_SEARCH: u64 = 4 << 20;
+    /// `ftyp` markers checked; more is not a real MP4.
+    const MAX_FTYP_MARKERS: usize = 16;
+    /// Box nesting followed; the sample tables sit at depth 5.
+    const MAX_DEPTH: usize = 8;
+
+    /// Describes the first sample table (`stts`, `stsc`, `stsz`, `stco`,
+    /// `co64`) whose entry count needs more bytes than the file holds for
+    /// it, in any MP4 box tree that starts at an `ftyp` marker in the first
+    /// [`FTYP_SEARCH`] bytes (symphonia starts wherever its probe finds that
+    /// marker); `None` when there is none. Reads box headers and counts
+    /// only, never a table.
+    pub fn oversized_sample_table(path: &Path) -> Option<String> {
+        let mut file = File::open(path).ok()?;
+        let len = file.metadata().ok()?.len();
+        let mut head = Vec::new();
+        (&mut file).take(FTYP_SEARCH).read_to_end(&mut head).ok()?;
+        let starts = head
+            .windows(4)
+            .enumerate()
+            .filter(|(i, w)| *i >= 4 && *w == b"ftyp")
+            .map(|(i, _)| (i - 4) as u64)
+            .take(MAX_FTYP_MARKERS);
+        for start in starts {
+            if let Some(found) = check_boxes(&mut file, start, len, 0) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Walks the boxes in `[pos, end)` of `file`.
+    fn check_boxes(file: &mut File, mut pos: u64, end: u64, depth: usize) -> Option<String> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let file_len = file.metadata().ok()?.len();
+        while pos.checked_add(8)? <= end {
+            let mut head = [0u8; 8];
+            file.seek(SeekFrom::Start(pos)).ok()?;
+            file.read_exact(&mut head).ok()?;
+            let mut size = u64::from(u32::from_be_bytes(head[..4].try_into().ok()?));
+            let mut header = 8u64;
+            if size == 1 {
+                let mut large = [0u8; 8];
+                file.read_exact(&mut large).ok()?;
+                size = u64::from_be_bytes(large);
+                header = 16;
+            } else if size == 0 {
+                size = end - pos;
+            }
+            if size < header {
+                return None;
+            }
+            let kind: [u8; 4] = head[4..8].try_into().ok()?;
+            let body_start = pos + header;
+            // What a reader can actually get of the body: the file may end
+            // before the box says it does.
+            let body_end = pos.saturating_add(size).min(end).min(file_len);
+            let available = body_end.saturating_sub(body_start);
+            match &kind {
+                b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"edts" | b"moof" | b"traf"
+                | b"mvex" => {
+                    if let Some(found) = check_boxes(file, body_start, body_end, depth + 1) {
+                        return Some(found);
+                    }
+                }
+                b"stts" | b"stsc" | b"stsz" | b"stco" | b"co64" => {
+                    // Full box: version and flags, then the counts.
+                    let mut fields = [0u8; 12];
+                    file.seek(SeekFrom::Start(body_start)).ok()?;
+                    let got = read_up_to(file, &mut fields);
+                    let entry_len: u64 = match &kind {
+                        b"stts" | b"co64" => 8,
+                        b"stsc" => 12,
+                        _ => 4,
+                    };
+                    let (count_at, fixed) = if &kind == b"stsz" { (8, 12) } else { (4, 8) };
+                    if got < count_at + 4 {
+                        return None;
+                    }
+                    let count = u64::from(u32::from_be_bytes(
+                        fields[count_at..count_at + 4].try_into().ok()?,
+                    ));
+                    // stsz lists sizes only when all samples do not share one.
+                    let uniform = &kind == b"stsz" && fields[4..8] != [0; 4];
+                    let needed = if uniform { 0 } else { count * entry_len };
+                    if needed > available.saturating_sub(fixed) {
+                        return Some(format!(
+                            "its {} table claims {count} entries but the file holds {} bytes \
+                             for it",
+                            String::from_utf8_lossy(&kind),
+                            available
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            pos = pos.checked_add(size)?;
+        }
+        None
+    }
+
+    /// Reads as much of `buf` as the file has; answers the bytes read.
+    fn read_up_to(file: &mut File, buf: &mut [u8]) -> usize {
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
     }
 
     /// Child boxes of a container body: (type, body).
@@ -1328,6 +1485,149 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(max_err < 0.01, "max error {max_err}");
+    }
+
+    /// A mono 32-bit float WAV of `samples` at `rate` Hz.
+    fn float_wav(rate: u32, samples: &[f32]) -> Vec<u8> {
+        let data_len = (samples.len() * 4) as u32;
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data_len).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&rate.to_le_bytes());
+        out.extend_from_slice(&rate.wrapping_mul(4).to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(&32u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&data_len.to_le_bytes());
+        for s in samples {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`): a float WAV
+    /// whose data holds NaN and infinities decoded to non-finite samples,
+    /// which the resampler smears over its output and the models read.
+    #[test]
+    fn non_finite_float_samples_decode_to_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nan.wav");
+        let mut samples = vec![0.25f32; 64];
+        samples[10] = f32::NAN;
+        samples[20] = f32::INFINITY;
+        samples[30] = f32::NEG_INFINITY;
+        samples[40] = 3.0;
+        std::fs::write(&path, float_wav(16_000, &samples)).unwrap();
+        let same_rate = decode_file(&path).unwrap();
+        assert_eq!(same_rate.samples.len(), 64);
+        assert!(same_rate
+            .samples
+            .iter()
+            .all(|s| s.is_finite() && s.abs() <= 1.0));
+        assert_eq!(same_rate.samples[10], 0.0);
+        assert_eq!(same_rate.samples[40], 1.0);
+        // Through the resampler too (8 kHz source).
+        std::fs::write(&path, float_wav(8_000, &samples)).unwrap();
+        let resampled = decode_file(&path).unwrap();
+        assert_eq!(resampled.samples.len(), 128);
+        assert!(resampled.samples.iter().all(|s| s.is_finite()));
+    }
+
+    /// An MP4 box: 32-bit size, type, body.
+    fn mp4_box(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`, a 1,243-byte
+    /// M4A): symphonia's MP4 reader reserves an `stsc` table for its entry
+    /// count before reading it, so a count of 0xffffdfff asked for 68 GB and
+    /// aborted the process (no panic to catch). Such a file is now refused
+    /// as corrupt before symphonia opens it, by the probe and the decoder.
+    #[test]
+    fn mp4_sample_table_larger_than_the_file_is_refused() {
+        let mut stsc = vec![0u8; 4]; // version, flags
+        stsc.extend_from_slice(&0xffff_dfffu32.to_be_bytes());
+        stsc.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1]);
+        let stbl = mp4_box(b"stbl", &mp4_box(b"stsc", &stsc));
+        let minf = mp4_box(b"minf", &stbl);
+        let mdia = mp4_box(b"mdia", &minf);
+        let trak = mp4_box(b"trak", &mdia);
+        let mut file = mp4_box(b"ftyp", b"M4A \0\0\0\0M4A isom");
+        file.extend(mp4_box(b"moov", &trak));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge-table.m4a");
+        std::fs::write(&path, &file).unwrap();
+        for err in [
+            probe_duration(&path).unwrap_err(),
+            decode_file(&path).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, AudioError::Corrupt { detail, .. } if detail.contains("stsc")),
+                "{err}"
+            );
+        }
+        // A table the file does hold passes this check (and fails later,
+        // the file has no audio track description).
+        let mut small = vec![0u8; 4];
+        small.extend_from_slice(&1u32.to_be_bytes());
+        small.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1]);
+        let stbl = mp4_box(b"stbl", &mp4_box(b"stsc", &small));
+        let trak = mp4_box(b"trak", &mp4_box(b"mdia", &mp4_box(b"minf", &stbl)));
+        let mut file = mp4_box(b"ftyp", b"M4A \0\0\0\0M4A isom");
+        file.extend(mp4_box(b"moov", &trak));
+        std::fs::write(&path, &file).unwrap();
+        assert_eq!(mp4::oversized_sample_table(&path), None);
+    }
+
+    /// A box whose 64-bit size reaches past 2^64 ends the edit-list walk
+    /// (it used to overflow: a panic with overflow checks, an endless loop
+    /// without them).
+    #[test]
+    fn mp4_box_size_near_u64_max_ends_the_walk() {
+        let mut file = mp4_box(b"ftyp", b"M4A \0\0\0\0");
+        let start = file.len() as u64;
+        file.extend_from_slice(&1u32.to_be_bytes());
+        file.extend_from_slice(b"free");
+        file.extend_from_slice(&(u64::MAX - start + 1).to_be_bytes());
+        file.extend_from_slice(&[0; 16]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wrap.m4a");
+        std::fs::write(&path, &file).unwrap();
+        assert_eq!(mp4::audio_edit(&path, 16_000), None);
+        assert_eq!(mp4::oversized_sample_table(&path), None);
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`, a 1,365-byte
+    /// WAV claiming 838,860,801 Hz): the resampler's lead-in is
+    /// `rate / gcd(rate, 16000) - 1` frames, here 838 million per channel,
+    /// gigabytes allocated before a sample was read. Rates outside
+    /// [`SOURCE_RATES`] are refused at the probe and the decode.
+    #[test]
+    fn absurd_sample_rates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rate.wav");
+        for rate in [838_860_801, u32::MAX, 999, 1] {
+            std::fs::write(&path, float_wav(rate, &[0.1; 32])).unwrap();
+            for err in [
+                probe_duration(&path).unwrap_err(),
+                decode_file(&path).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&err, AudioError::Unsupported { detail, .. }
+                        if detail.contains(&format!("{rate} Hz"))),
+                    "{rate}: {err}"
+                );
+            }
+        }
+        std::fs::write(&path, float_wav(768_000, &[0.1; 32])).unwrap();
+        assert_eq!(decode_file(&path).unwrap().samples.len(), 1);
     }
 
     #[test]

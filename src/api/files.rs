@@ -146,8 +146,9 @@ fn audio_refused(refusal: crate::media::Refusal, name: &str, tier: &str) -> ApiE
     }
 }
 
-/// Keeps only a safe display name: no path, no control characters.
-fn clean_name(raw: &str) -> String {
+/// Keeps only a safe display name: no path, no control characters, at most
+/// 255 characters, never empty. Public for the fuzz targets.
+pub fn clean_name(raw: &str) -> String {
     let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
     let name: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
     if name.trim().is_empty() {
