@@ -179,7 +179,7 @@ class Soak:
             time.sleep(0.3)
         return False
 
-    def read(self, method, path, tenant, ok=(200,), **kw):
+    def read(self, method, path, tenant, **kw):
         """An idempotent request, repeated through restarts until it gets
         an answer that is not a lost connection or a 5xx."""
         for _ in range(30):
@@ -298,7 +298,7 @@ class Soak:
     def events(self, t, job_id):
         out, after = [], 0
         for _ in range(1000):
-            r = self.read("GET", f"/v1/jobs/{job_id}/events?after={after}&limit=1000", t, )
+            r = self.read("GET", f"/v1/jobs/{job_id}/events?after={after}&limit=1000", t)
             if r.status != 200:
                 return None, r.brief()
             items = r.json()["items"]
@@ -606,7 +606,7 @@ class Soak:
         by_status = {}
         for j in acked_jobs:
             if j.deleted:
-                r = self.read("GET", f"/v1/jobs/{j.id}", j.tenant, ok=(404,))
+                r = self.read("GET", f"/v1/jobs/{j.id}", j.tenant)
                 if r.status != 404:
                     undeleted.append(f"{j.id} answers {r.brief()}")
                 status, problems = j.before_delete
