@@ -102,6 +102,8 @@ impl JobStore for MemStore {
             concurrent_jobs: 1,
             priority: 0,
             tier: "basic".into(),
+            max_audio_seconds: None,
+            translation_max_seconds: None,
         })
     }
 
