@@ -15,6 +15,9 @@ Limits, on purpose:
   (hours of audio in a few hundred KB), valid for any decoder; no ffmpeg.
 - Memory is read from /proc/PID/status (VmRSS, VmHWM); `reset_peak` writes
   5 to /proc/PID/clear_refs so a later VmHWM is the peak since then.
+- A server can be killed (SIGKILL) and started again on the same data dir
+  and port (`kill`, `restart`), for scripts/soak; its stderr log is kept
+  across starts.
 """
 
 from __future__ import annotations
@@ -506,14 +509,17 @@ class Tenant:
 class Server:
     """`murmur serve` on 127.0.0.1:<free port> with a temporary data dir."""
 
-    def __init__(self, binary, workdir, audio_limits=True, tiers=TIERS):
+    def __init__(self, binary, workdir, audio_limits=True, tiers=TIERS, prefix="murmur-abuse-"):
         self.binary = binary
         self.tiers = tiers
-        self.dir = Path(tempfile.mkdtemp(prefix="murmur-abuse-", dir=workdir))
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
         self.proc = None
         self.addr = None
         self.note = ""
         self.audio_limits = audio_limits
+        # 0 until the first start; then the port it got, kept by `restart`.
+        self.port = 0
+        self.starts = 0
 
     def _write_config(self, audio_limits):
         tiers = self.tiers.format(
@@ -525,7 +531,7 @@ class Server:
         (self.dir / "tiers.toml").write_text(tiers)
         cfg = f"""
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{self.port}"
 [store]
 data_dir = {json.dumps(str(self.dir / "data"))}
 [models]
@@ -553,7 +559,9 @@ tiers_file = {json.dumps(str(self.dir / "tiers.toml"))}
 
     def _spawn(self, audio_limits):
         self._write_config(audio_limits)
-        err = open(self.dir / "stderr.log", "wb")
+        # Appended: a restarted server's log follows the killed one's.
+        err = open(self.dir / "stderr.log", "ab")
+        log_start = err.tell()
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"), RUST_BACKTRACE="0")
         # Production password cost (the config default): the login flood
         # must cost what it costs in production.
@@ -564,6 +572,7 @@ tiers_file = {json.dumps(str(self.dir / "tiers.toml"))}
             env=env,
             cwd=self.dir,
         )
+        err.close()  # the child has its own copy
         lines = queue.Queue()
 
         def pump():
@@ -583,26 +592,57 @@ tiers_file = {json.dumps(str(self.dir / "tiers.toml"))}
             m = re.match(r"murmur listening on http://([\d.]+):(\d+)", line)
             if m:
                 self.addr = (m.group(1), int(m.group(2)))
+                self.port = self.addr[1]
+                self.starts += 1
                 return
         self.proc.kill()
         self.proc.wait()
-        log = (self.dir / "stderr.log").read_text(errors="replace")
+        with open(self.dir / "stderr.log", "rb") as f:
+            f.seek(log_start)
+            log = f.read().decode(errors="replace")
         why = [l for l in log.splitlines() if re.search(r"error|panic|unknown field", l, re.I)]
         raise HarnessError(f"murmur did not start: {' | '.join(why[:3]) or log[-500:].strip()}")
 
-    def stop(self):
+    def stop(self, timeout=5):
+        """SIGTERM, then SIGKILL after `timeout` s. Answers whether it
+        ended by itself."""
+        clean = True
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                clean = False
                 self.proc.kill()
                 self.proc.wait()
         if self in _LIVE:
             _LIVE.remove(self)
+        return clean
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL, as a power cut would: no flush, no shutdown hook."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc:
+            self.proc.wait()
+
+    def restart(self, attempts=20):
+        """Starts the binary again on the same data dir and port (after
+        `kill` or `stop`); retries while the port is still held."""
+        for i in range(attempts):
+            try:
+                self._spawn(self.audio_limits and not self.note)
+                break
+            except HarnessError as e:
+                if "in use" not in str(e).lower() or i == attempts - 1:
+                    raise
+                time.sleep(0.25)
+        if self not in _LIVE:
+            _LIVE.append(self)
+        return self
 
     # ---- memory
 

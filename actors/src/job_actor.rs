@@ -191,15 +191,33 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
         return finish(me, state, Err(WorkError::Cancelled)).await;
     }
     let now = Utc::now();
-    update(state, Some(EventType::Started), move |j| {
-        j.status = JobStatus::Running;
-        j.attempts += 1;
-        j.started_at.get_or_insert(now);
-        j.updated_at = now;
-        j.error = None;
-        true
-    })
-    .await?;
+    // Decided on the stored row, not on `state.job`: a cancel of the queued
+    // job may have committed since pre_start read it, and a cancelled job
+    // must not start (it would end twice, its log with two terminal events).
+    let started = state
+        .ctx
+        .transition(
+            &state.job,
+            Some(EventType::Started),
+            Box::new(move |j| {
+                if j.status.is_finished() {
+                    return false;
+                }
+                j.status = JobStatus::Running;
+                j.attempts += 1;
+                j.started_at.get_or_insert(now);
+                j.updated_at = now;
+                j.error = None;
+                true
+            }),
+        )
+        .await?;
+    let Some(job) = started else {
+        state.done = true;
+        me.stop(None);
+        return Ok(());
+    };
+    state.job = job;
     let ctx = &state.ctx;
     let job = &state.job;
     let audio = ctx

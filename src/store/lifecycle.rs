@@ -242,9 +242,11 @@ impl Store {
         Ok(())
     }
 
-    /// At open: finishes tenant deletions a crash interrupted, and removes
+    /// At open: finishes tenant deletions a crash interrupted, removes
     /// uploaded bytes that have no file row (a crash between writing the
-    /// bytes and the row; they were never acknowledged nor counted).
+    /// bytes and the row; they were never acknowledged nor counted), and
+    /// artifacts folders of jobs that no longer exist (a crash between a
+    /// job's deletion and its folder's).
     pub(super) fn sweep_orphans(&self) -> Result<(), StoreError> {
         for item in self.tenant_deletions.iter() {
             let (key, _) = item?;
@@ -252,6 +254,7 @@ impl Store {
             tracing::info!(tenant = %tenant, "finishing an interrupted tenant deletion");
             self.finish_tenant_deletion(&tenant)?;
         }
+        self.sweep_orphan_artifacts()?;
         let Ok(dirs) = std::fs::read_dir(self.data_dir.join("files")) else {
             return Ok(());
         };
@@ -268,6 +271,29 @@ impl Store {
                 }
                 tracing::info!(path = %entry.path().display(), "removing upload bytes with no file row");
                 std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs at open only, before any job can write stems: a folder under
+    /// `artifacts/<tenant>/` whose job row is gone belongs to nobody.
+    fn sweep_orphan_artifacts(&self) -> Result<(), StoreError> {
+        let Ok(dirs) = std::fs::read_dir(self.data_dir.join("artifacts")) else {
+            return Ok(());
+        };
+        for dir in dirs.flatten() {
+            let tenant = TenantId::trusted(dir.file_name().to_string_lossy().into_owned());
+            let Ok(entries) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let job_id = entry.file_name().to_string_lossy().into_owned();
+                if self.job(&tenant, &job_id)?.is_some() {
+                    continue;
+                }
+                tracing::info!(path = %entry.path().display(), "removing artifacts of a deleted job");
+                remove_dir(&entry.path())?;
             }
         }
         Ok(())
@@ -427,6 +453,31 @@ mod tests {
         let a = TenantId::trusted("ta");
         assert!(!store.blob_dir(&a).join("f_orphan").exists());
         assert!(store.blob_dir(&a).join("f_kept").exists());
+    }
+
+    #[tokio::test]
+    async fn artifacts_of_a_job_deleted_just_before_a_crash_are_swept_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let a = tenant(&store, "ta").await;
+            finished_job(&store, &a, "j_gone").await;
+            finished_job(&store, &a, "j_kept").await;
+            for id in ["j_gone", "j_kept"] {
+                std::fs::create_dir_all(store.artifact_dir(&a, id)).unwrap();
+                std::fs::write(store.artifact_dir(&a, id).join("vocals.wav"), b"x").unwrap();
+            }
+            // `delete_job` up to its flush, then the crash: the rows are
+            // gone, the folder is not.
+            let key = scoped_key(&a, "j_gone");
+            store.jobs.tree().remove(&key).unwrap();
+            store.event_seq.remove(&key).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let a = TenantId::trusted("ta");
+        assert!(!store.artifact_dir(&a, "j_gone").exists());
+        assert!(store.artifact_dir(&a, "j_kept").join("vocals.wav").exists());
     }
 
     #[tokio::test]
