@@ -589,7 +589,11 @@ fn decode_inner(
             // Float formats carry any bit pattern: NaN or infinity would
             // poison the resampler's whole output and every model after it.
             for s in buf.samples_mut() {
-                *s = if s.is_finite() { s.clamp(-1.0, 1.0) } else { 0.0 };
+                *s = if s.is_finite() {
+                    s.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                };
             }
             let all = buf.samples();
             stream.push(
