@@ -41,7 +41,10 @@ pub struct Tier {
     pub rank: u32,
     pub max_file_bytes: u64,
     /// Longest audio accepted, in decoded seconds: checked at upload by
-    /// decoding the whole file and again when a job decodes it.
+    /// decoding the whole file and again when a job decodes it. A tier
+    /// table written before the field existed gets 3 hours, so it keeps
+    /// loading after an upgrade.
+    #[serde(default = "default_max_audio_seconds")]
     pub max_audio_seconds: u64,
     pub concurrent_jobs: u32,
     /// Model families ("tiny" covers "tiny.en"); "*" allows every model.
@@ -65,6 +68,10 @@ pub struct Tier {
     /// means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued_jobs: Option<u64>,
+}
+
+fn default_max_audio_seconds() -> u64 {
+    3 * 3600
 }
 
 impl Tier {
@@ -194,6 +201,18 @@ mod tests {
         let premium = t.get("premium").unwrap();
         assert!(premium.allows_model("medium") && !premium.allows_model("large-v3"));
         assert_eq!(premium.max_audio_seconds, 6 * 3600);
+        // A table from before max_audio_seconds existed still loads.
+        let old = toml::from_str::<Tier>(
+            r#"rank = 0
+max_file_bytes = 1
+concurrent_jobs = 1
+models = ["tiny"]
+diarization = false
+bgm_separation = false
+translation = "none"
+storage_bytes = 1"#,
+        );
+        assert_eq!(old.map(|t| t.max_audio_seconds).ok(), Some(3 * 3600));
         let ent = t.get("enterprise").unwrap();
         assert!(ent.allows_model("large-v3-turbo"));
         assert_eq!(ent.max_workflows, None);
