@@ -63,8 +63,11 @@ async fn a_transfer_moves_the_paid_tier_to_the_destination_tenant() {
     assert_eq!(sb["tier"], "premium", "{sb}");
     assert_eq!(sb["subscription"]["entitlement"], "premium");
     let expiry = chrono::DateTime::from_timestamp_millis(t0 + 3_600_000).unwrap();
-    let shown: chrono::DateTime<chrono::Utc> =
-        sb["subscription"]["expires_at"].as_str().unwrap().parse().unwrap();
+    let shown: chrono::DateTime<chrono::Utc> = sb["subscription"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(shown.timestamp(), expiry.timestamp(), "{sb}");
     // A tenant the event does not name is untouched.
     assert_eq!(

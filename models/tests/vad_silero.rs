@@ -21,7 +21,7 @@ use murmur_models::audio::decode_file;
 use murmur_models::registry;
 use murmur_models::testaudio;
 use murmur_models::transcript::SpeechRegion;
-use murmur_models::vad::{regions_from_probs, SileroVad, VadParams};
+use murmur_models::vad::{regions_from_probs, SileroVad, VadParams, VadStream};
 use serde_json::Value;
 
 const SILERO_WHEEL_SHA256: &str =
@@ -356,13 +356,13 @@ fn bad_weights_are_a_clear_error() {
 /// The regions a stream finds when the audio is pushed `piece` samples at a
 /// time.
 fn streamed(samples: &[f32], params: &VadParams, piece: usize) -> Vec<SpeechRegion> {
-    let mut stream = model().stream(params);
+    let mut stream = VadStream::new(params);
     let mut out = Vec::new();
     for chunk in samples.chunks(piece) {
-        stream.push(chunk, &mut out).unwrap();
+        stream.push(model(), chunk, &mut out).unwrap();
     }
     assert_eq!(stream.samples_in(), samples.len() as u64);
-    stream.finish(&mut out).unwrap();
+    stream.finish(model(), &mut out).unwrap();
     out
 }
 

@@ -27,10 +27,12 @@ mod decode;
 mod mp4;
 mod packets;
 mod resample;
+mod speech;
 
 use decode::decode_inner;
 use packets::{corrupt, guarded, measure_inner, open, MAX_CONSECUTIVE_DECODE_ERRORS};
 pub use resample::resample;
+pub use speech::{decode_speech, SpeechSamples};
 
 /// The rate Whisper and Silero VAD expect.
 pub const WHISPER_SAMPLE_RATE: u32 = 16_000;

@@ -11,7 +11,7 @@
 //! Only the LSTM depends on earlier frames, so the convolutional front end
 //! and the LSTM's input projection run batched over many frames at once, and
 //! only the small recurrence (one [1,128] x [128,512] matmul per frame) runs
-//! frame by frame. [`SileroVad::stream`] runs the same batches over audio
+//! frame by frame. [`VadStream`] runs the same batches over audio
 //! handed in piece by piece, keeping one batch of samples at most.
 
 use std::path::Path;
@@ -245,12 +245,6 @@ impl SileroVad {
             start += n;
         }
         Ok(probs)
-    }
-
-    /// A stream that takes 16 kHz mono audio piece by piece and hands out
-    /// the same regions [`SileroVad::speech_regions`] finds in the whole.
-    pub fn stream(&self, params: &VadParams) -> VadStream<'_> {
-        VadStream::new(self, params)
     }
 
     /// Frames `first..first + n` of `samples`, whose frame 0 starts at

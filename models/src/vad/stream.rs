@@ -20,8 +20,7 @@ const BATCH_SAMPLES: usize = BATCH_FRAMES * FRAME_SAMPLES;
 
 /// Streaming speech detection: [`VadStream::push`] audio, collect the regions
 /// it finishes, then [`VadStream::finish`] for the rest.
-pub struct VadStream<'a> {
-    model: &'a SileroVad,
+pub struct VadStream {
     /// The context before the next frame (zeros at the start), then the
     /// samples not run yet; under a batch plus the last piece pushed.
     buf: Vec<f32>,
@@ -30,12 +29,12 @@ pub struct VadStream<'a> {
     samples_in: u64,
 }
 
-impl<'a> VadStream<'a> {
-    pub(super) fn new(model: &'a SileroVad, params: &VadParams) -> Self {
+impl VadStream {
+    /// A stream for `params`; every call then takes the loaded model.
+    pub fn new(params: &VadParams) -> Self {
         let mut buf = Vec::with_capacity(CONTEXT_SAMPLES + BATCH_SAMPLES);
         buf.resize(CONTEXT_SAMPLES, 0.0);
         VadStream {
-            model,
             buf,
             state: LstmState::default(),
             tracker: RegionTracker::new(params),
@@ -50,7 +49,12 @@ impl<'a> VadStream<'a> {
 
     /// Takes the next 16 kHz mono samples; regions this finishes (the
     /// next one has begun, so their padding is known) go to `out`.
-    pub fn push(&mut self, samples: &[f32], out: &mut Vec<SpeechRegion>) -> Result<(), VadError> {
+    pub fn push(
+        &mut self,
+        model: &SileroVad,
+        samples: &[f32],
+        out: &mut Vec<SpeechRegion>,
+    ) -> Result<(), VadError> {
         self.samples_in += samples.len() as u64;
         let mut rest = samples;
         while !rest.is_empty() {
@@ -59,7 +63,7 @@ impl<'a> VadStream<'a> {
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.buf.len() == CONTEXT_SAMPLES + BATCH_SAMPLES {
-                self.run(BATCH_FRAMES, out)?;
+                self.run(model, BATCH_FRAMES, out)?;
                 // The batch's last samples are the next frame's context.
                 self.buf.drain(..BATCH_SAMPLES);
             }
@@ -69,18 +73,27 @@ impl<'a> VadStream<'a> {
 
     /// Ends the audio: the last frames (the last one zero-padded) and the
     /// regions still open go to `out`.
-    pub fn finish(mut self, out: &mut Vec<SpeechRegion>) -> Result<(), VadError> {
+    pub fn finish(
+        mut self,
+        model: &SileroVad,
+        out: &mut Vec<SpeechRegion>,
+    ) -> Result<(), VadError> {
         let frames = (self.buf.len() - CONTEXT_SAMPLES).div_ceil(FRAME_SAMPLES);
         if frames > 0 {
-            self.run(frames, out)?;
+            self.run(model, frames, out)?;
         }
         self.tracker.finish(self.samples_in, out);
         Ok(())
     }
 
-    fn run(&mut self, frames: usize, out: &mut Vec<SpeechRegion>) -> Result<(), VadError> {
+    fn run(
+        &mut self,
+        model: &SileroVad,
+        frames: usize,
+        out: &mut Vec<SpeechRegion>,
+    ) -> Result<(), VadError> {
         let tracker = &mut self.tracker;
-        self.model.run_batch(
+        model.run_batch(
             &self.buf,
             CONTEXT_SAMPLES,
             0,
