@@ -16,7 +16,7 @@ use murmur_models::diarize::{self, DiarizeError, DiarizeOptions, Diarizer};
 use murmur_models::fetch;
 use murmur_models::separate::{SeparateError, Separator, STEMS};
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
-use murmur_models::vad::SileroVad;
+use murmur_models::vad::{SileroVad, VadStream};
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -405,6 +405,14 @@ impl Engine for ModelEngine {
         let plan = ProgressPlan::new(params.job_type, separating, diarizing);
 
         sink.stage(JobStage::Decode);
+        let wants_vad = params.vad.enabled || params.job_type == JobType::Vad;
+        // Without separation or diarization, nothing needs the whole
+        // recording at once: VAD reads it in chunks, and Whisper only the
+        // speech, kept by a second pass. So silence never sits in memory.
+        let streaming = !separating && !diarizing && wants_vad;
+        if streaming {
+            return self.run_streaming(request, sink, cancel, &plan, checkpoint);
+        }
         // Separation decodes the file at its own rate and answers the vocals,
         // which VAD, Whisper and the diarizer then read instead of the mix.
         // `duration_s` is the source's decoded length (frames / its own
@@ -427,7 +435,7 @@ impl Engine for ModelEngine {
             });
         }
 
-        let regions = if params.vad.enabled || params.job_type == JobType::Vad {
+        let regions = if wants_vad {
             match checkpoint.regions.clone() {
                 Some(r) => Some(r),
                 None => {
@@ -449,6 +457,149 @@ impl Engine for ModelEngine {
             return Err(WorkError::Cancelled);
         }
 
+        self.finish_job(
+            request,
+            sink,
+            cancel,
+            &plan,
+            checkpoint,
+            &samples,
+            Some(&samples),
+            duration_s,
+            regions,
+        )
+    }
+}
+
+/// Why a streamed VAD pass stopped: the decoder, or the model.
+enum StreamError {
+    Audio(AudioError),
+    Work(WorkError),
+}
+
+impl From<AudioError> for StreamError {
+    fn from(e: AudioError) -> Self {
+        StreamError::Audio(e)
+    }
+}
+
+impl ModelEngine {
+    /// A `vad` job, or a transcription with VAD and without separation or
+    /// diarization, in bounded memory: the first pass decodes in chunks into
+    /// a streaming VAD (the regions and the length are all it keeps), the
+    /// second keeps only the samples of the speech regions for Whisper. A
+    /// resumed job with its regions checkpointed still makes the first pass
+    /// for the length, without running the model.
+    fn run_streaming(
+        &self,
+        request: &WorkRequest,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+        mut checkpoint: Checkpoint,
+    ) -> Result<WorkOutput, WorkError> {
+        let params = &request.params;
+        let options = audio::DecodeOptions {
+            max_duration_s: request.audio_limit.as_ref().map(|l| l.max_s),
+            ..audio::DecodeOptions::default()
+        };
+        let stop = || cancel.load(Ordering::Relaxed);
+        let known = checkpoint.regions.clone();
+        // The model loads with the first chunk, so a file refused from its
+        // header (too long, not audio) fails before any model is needed.
+        let mut vad: Option<Arc<SileroVad>> = None;
+        let mut regions = Vec::new();
+        let mut staged = false;
+        let decoded = {
+            let mut stream = VadStream::new(&params.vad);
+            let result =
+                audio::decode_chunks::<StreamError>(&request.audio, &options, &stop, |chunk, _| {
+                    if known.is_some() {
+                        return Ok(());
+                    }
+                    if !staged {
+                        staged = true;
+                        sink.stage(JobStage::Vad);
+                    }
+                    let model = match &vad {
+                        Some(m) => m,
+                        None => vad.insert(self.vad().map_err(StreamError::Work)?),
+                    };
+                    stream
+                        .push(model, chunk, &mut regions)
+                        .map_err(|e| StreamError::Work(WorkError::Transient(e.to_string())))
+                });
+            let decoded = result.map_err(|e| match e {
+                StreamError::Audio(e) => audio_error(e, request),
+                StreamError::Work(e) => e,
+            })?;
+            if let Some(model) = &vad {
+                stream
+                    .finish(model, &mut regions)
+                    .map_err(|e| WorkError::Transient(e.to_string()))?;
+            }
+            decoded
+        };
+        let regions = match known {
+            Some(r) => r,
+            None => {
+                checkpoint.regions = Some(regions.clone());
+                sink.checkpoint(json!(checkpoint));
+                regions
+            }
+        };
+        sink.progress(plan.vad_done);
+        if stop() {
+            return Err(WorkError::Cancelled);
+        }
+        let duration_s = decoded.duration_s;
+        let speech = if params.job_type == JobType::Vad {
+            audio::SpeechSamples {
+                len: decoded.frames as usize,
+                parts: Vec::new(),
+            }
+        } else {
+            let ranges = audio::SpeechSamples::ranges_for(
+                &regions_after(&regions, checkpoint.resume_at),
+                audio::WHISPER_SAMPLE_RATE,
+            );
+            audio::decode_speech(&request.audio, &options, &stop, &ranges)
+                .map_err(|e| audio_error(e, request))?
+        };
+        self.finish_job(
+            request,
+            sink,
+            cancel,
+            plan,
+            checkpoint,
+            &speech,
+            None,
+            duration_s,
+            Some(regions),
+        )
+    }
+}
+
+impl ModelEngine {
+    /// After VAD: a `vad` job's result, or Whisper over `samples` (the whole
+    /// recording, or just its speech) and, when asked, diarization over
+    /// `whole`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_job<S: whisper::SampleSource + ?Sized>(
+        &self,
+        request: &WorkRequest,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+        mut checkpoint: Checkpoint,
+        samples: &S,
+        whole: Option<&[f32]>,
+        duration_s: f64,
+        regions: Option<Vec<SpeechRegion>>,
+    ) -> Result<WorkOutput, WorkError> {
+        let params = &request.params;
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
         if params.job_type == JobType::Vad {
             sink.stage(JobStage::Format);
             let speech = regions.unwrap_or_default();
@@ -501,7 +652,7 @@ impl Engine for ModelEngine {
             }
         } else {
             model
-                .transcribe_regions(&samples, &todo, &opts, &mut on_progress)
+                .transcribe_regions(samples, &todo, &opts, &mut on_progress)
                 .map_err(|e| match e {
                     whisper::WhisperError::Cancelled => WorkError::Cancelled,
                     other => WorkError::Transient(other.to_string()),
@@ -533,14 +684,20 @@ impl Engine for ModelEngine {
                 threshold: None,
             };
             let turns = diarizer
-                .diarize(&samples, &options, &mut |f| {
-                    sink.progress(plan.diarizing(f));
-                    if cancelled() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
+                .diarize(
+                    whole.ok_or_else(|| {
+                        WorkError::Transient("diarization needs the whole recording".into())
+                    })?,
+                    &options,
+                    &mut |f| {
+                        sink.progress(plan.diarizing(f));
+                        if cancelled() {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    },
+                )
                 .map_err(|e| match e {
                     DiarizeError::Cancelled => WorkError::Cancelled,
                     DiarizeError::Options(m) | DiarizeError::Input(m) => WorkError::InvalidInput(m),

@@ -356,15 +356,15 @@ impl WhisperModel {
     /// the timeline of `samples`): the regions are cut out, joined and
     /// decoded together, and every timestamp is mapped back to the original
     /// timeline. No regions gives an empty transcript.
-    pub fn transcribe_regions(
+    pub fn transcribe_regions<S: SampleSource + ?Sized>(
         &mut self,
-        samples: &[f32],
+        samples: &S,
         regions: &[SpeechRegion],
         opts: &DecodeOptions,
         on_progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Transcript, WhisperError> {
-        let total_s = samples.len() as f64 / SAMPLE_RATE as f64;
-        let map = RegionMap::new(regions, samples.len());
+        let total_s = samples.sample_count() as f64 / SAMPLE_RATE as f64;
+        let map = RegionMap::new(regions, samples.sample_count());
         let joined = map.gather(samples);
         let (language, segments) = self.run(
             &joined,
@@ -1021,6 +1021,36 @@ impl SplitMix64 {
 /// of a region instead of into the audio that was cut out.
 const REGION_GAP_SAMPLES: usize = SAMPLE_RATE * 3 / 10;
 
+/// 16 kHz audio [`WhisperModel::transcribe_regions`] reads its regions from:
+/// a whole slice, or just the speech of a long recording
+/// (`audio::SpeechSamples`), so a long job need not hold its silence.
+pub trait SampleSource {
+    /// Samples in the whole recording.
+    fn sample_count(&self) -> usize;
+    /// Appends samples `range` to `out`.
+    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>);
+}
+
+impl SampleSource for [f32] {
+    fn sample_count(&self) -> usize {
+        self.len()
+    }
+
+    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        out.extend_from_slice(&self[range]);
+    }
+}
+
+impl SampleSource for Vec<f32> {
+    fn sample_count(&self) -> usize {
+        self.len()
+    }
+
+    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        out.extend_from_slice(&self[range]);
+    }
+}
+
 /// Joins speech regions into one signal and maps its times back.
 struct RegionMap {
     /// (start in joined signal, start in original, length), seconds.
@@ -1062,7 +1092,7 @@ impl RegionMap {
         }
     }
 
-    fn gather(&self, samples: &[f32]) -> Vec<f32> {
+    fn gather<S: SampleSource + ?Sized>(&self, samples: &S) -> Vec<f32> {
         let total = self
             .ranges
             .iter()
@@ -1073,7 +1103,7 @@ impl RegionMap {
             if i > 0 {
                 out.extend(std::iter::repeat_n(0f32, REGION_GAP_SAMPLES));
             }
-            out.extend_from_slice(&samples[a..b]);
+            samples.extend_range(a..b, &mut out);
         }
         out
     }
@@ -1172,7 +1202,7 @@ mod tests {
         ];
         let map = RegionMap::new(&regions, 10 * SAMPLE_RATE);
         // 1 s + 0.3 s gap + 1.5 s.
-        assert_eq!(map.gather(&vec![0.0; 10 * SAMPLE_RATE]).len(), 44_800);
+        assert_eq!(map.gather(&vec![0.0; 10 * SAMPLE_RATE][..]).len(), 44_800);
         let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(near(map.to_original(0.0, false), 1.0));
         assert!(near(map.to_original(0.5, false), 1.5));

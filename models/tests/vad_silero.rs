@@ -20,7 +20,8 @@ use candle_core::Device;
 use murmur_models::audio::decode_file;
 use murmur_models::registry;
 use murmur_models::testaudio;
-use murmur_models::vad::{regions_from_probs, SileroVad, VadParams};
+use murmur_models::transcript::SpeechRegion;
+use murmur_models::vad::{regions_from_probs, SileroVad, VadParams, VadStream};
 use serde_json::Value;
 
 const SILERO_WHEEL_SHA256: &str =
@@ -350,4 +351,49 @@ fn bad_weights_are_a_clear_error() {
         .err()
         .expect("must fail");
     assert!(err.to_string().contains("bad.safetensors"), "{err}");
+}
+
+/// The regions a stream finds when the audio is pushed `piece` samples at a
+/// time.
+fn streamed(samples: &[f32], params: &VadParams, piece: usize) -> Vec<SpeechRegion> {
+    let mut stream = VadStream::new(params);
+    let mut out = Vec::new();
+    for chunk in samples.chunks(piece) {
+        stream.push(model(), chunk, &mut out).unwrap();
+    }
+    assert_eq!(stream.samples_in(), samples.len() as u64);
+    stream.finish(model(), &mut out).unwrap();
+    out
+}
+
+#[test]
+fn streaming_in_any_piece_size_finds_the_same_regions() {
+    // Over 60 s of real speech (JFK and the two-speaker sample, twice), so
+    // the stream crosses the 1024-frame batch boundary.
+    let jfk = decode_file(&testaudio::jfk().unwrap()).unwrap().samples;
+    let sample = decode_file(&testaudio::pyannote_sample().unwrap().wav)
+        .unwrap()
+        .samples;
+    let mut audio = Vec::new();
+    for _ in 0..2 {
+        audio.extend_from_slice(&jfk);
+        audio.extend_from_slice(&sample);
+    }
+    // Not a whole number of frames, so the last frame is padded.
+    audio.extend_from_slice(&jfk[..1000]);
+    assert!(audio.len() > 1024 * 512);
+    let tight = VadParams {
+        min_silence_ms: 100,
+        speech_pad_ms: 30,
+        max_speech_s: Some(6.0),
+        ..VadParams::default()
+    };
+    for params in [VadParams::default(), tight] {
+        let whole = model().speech_regions(&audio, &params).unwrap();
+        assert!(whole.len() >= 3, "{whole:?}");
+        for piece in [1, 511, 512, 4096, 100_000, audio.len()] {
+            let got = streamed(&audio, &params, piece);
+            assert_eq!(got, whole, "pieces of {piece} samples, {params:?}");
+        }
+    }
 }
