@@ -15,7 +15,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{auth_header, json_body, op, parse_json, respond, with_state, ApiError, AppState};
-use crate::store::{JobStatus, PageRequest, Role};
+use crate::store::Role;
 
 /// How long a deletion waits for the tenant's running jobs to stop.
 const STOP_WAIT: Duration = Duration::from_secs(30);
@@ -117,7 +117,7 @@ async fn delete(
     let tenant = caller.tenant_id().clone();
     let deadline = tokio::time::Instant::now() + STOP_WAIT;
     loop {
-        let running = unfinished_jobs(&state, &tenant)?;
+        let running = state.store.unfinished_job_ids(&tenant)?;
         if running.is_empty() {
             break;
         }
@@ -136,23 +136,4 @@ async fn delete(
     state.store.delete_tenant(&tenant).await?;
     tracing::info!(target: "audit", tenant = %tenant, user = %caller.principal.user_id, "tenant deleted with all its data");
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-fn unfinished_jobs(
-    state: &AppState,
-    tenant: &crate::store::TenantId,
-) -> Result<Vec<String>, ApiError> {
-    let mut ids = Vec::new();
-    for status in [JobStatus::Queued, JobStatus::Running] {
-        let mut page = PageRequest::default();
-        loop {
-            let found = state.store.list_jobs(tenant, &page, Some(status))?;
-            ids.extend(found.items.into_iter().map(|j| j.id));
-            match found.next_cursor {
-                Some(c) => page.cursor = Some(c),
-                None => break,
-            }
-        }
-    }
-    Ok(ids)
 }

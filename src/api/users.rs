@@ -129,6 +129,17 @@ struct RoleChange {
     role: String,
 }
 
+/// The caller's tenant's user `id` (404 otherwise, another tenant's
+/// included), refused (403) when their role is above the caller's.
+fn target_user(state: &AppState, caller: &Caller, id: &str) -> Result<User, ApiError> {
+    let target = state
+        .store
+        .user(caller.tenant_id(), id)?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    outranks(caller, &target)?;
+    Ok(target)
+}
+
 /// Refuses a change to `target` by a caller whose role is below it.
 fn outranks(caller: &Caller, target: &User) -> Result<(), ApiError> {
     if target.role > caller.principal.role {
@@ -161,11 +172,7 @@ async fn change_role(
     let body: RoleChange = parse_json(body)?;
     let role = Role::parse(&body.role)
         .ok_or_else(|| ApiError::invalid("role must be owner, admin, member or viewer"))?;
-    let target = state
-        .store
-        .user(caller.tenant_id(), &id)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    outranks(&caller, &target)?;
+    target_user(&state, &caller, &id)?;
     if role > caller.principal.role {
         return Err(ApiError::forbidden(format!(
             "a {} cannot give the higher role {}",
@@ -191,11 +198,7 @@ async fn remove(state: AppState, auth: Option<String>, id: String) -> Result<Res
     let caller = state
         .authenticate(auth.as_deref(), op("users:write", Role::Admin))
         .await?;
-    let target = state
-        .store
-        .user(caller.tenant_id(), &id)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    outranks(&caller, &target)?;
+    target_user(&state, &caller, &id)?;
     state
         .store
         .delete_user(caller.tenant_id(), &id)
@@ -222,11 +225,7 @@ async fn end_sessions(
             .authenticate(auth.as_deref(), op("users:write", Role::Admin))
             .await?
     };
-    let target = state
-        .store
-        .user(caller.tenant_id(), &id)?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    outranks(&caller, &target)?;
+    target_user(&state, &caller, &id)?;
     let valid_after = state
         .store
         .end_sessions(caller.tenant_id(), &id)

@@ -215,14 +215,28 @@ fn resolve_tenant(store: &Store, ev: &RcEvent) -> Result<Option<TenantId>, Store
         .iter()
         .chain(ev.aliases.iter().flatten())
         .chain(ev.original_app_user_id.iter());
-    for id in candidates {
+    Ok(known_tenants(store, candidates, 1)?.pop())
+}
+
+/// The tenants among app user `ids` that exist here, in order, without
+/// repeats, at most `limit`; ids of no tenant are skipped.
+pub(super) fn known_tenants<'a>(
+    store: &Store,
+    ids: impl Iterator<Item = &'a String>,
+    limit: usize,
+) -> Result<Vec<TenantId>, StoreError> {
+    let mut out = Vec::new();
+    for id in ids {
+        if out.len() == limit {
+            break;
+        }
         match store.tenant_for_operator(id) {
-            Ok((tid, _)) => return Ok(Some(tid)),
-            Err(StoreError::NotFound) => continue,
+            Ok((tid, _)) if !out.contains(&tid) => out.push(tid),
+            Ok(_) | Err(StoreError::NotFound) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Logs (audit) and counts a tier change.

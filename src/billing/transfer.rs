@@ -14,7 +14,7 @@
 use crate::billing::TierTable;
 use crate::store::{Store, StoreError, Subscription, SubscriptionChange, TenantId};
 
-use super::revenuecat::RcEvent;
+use super::revenuecat::{known_tenants, RcEvent};
 
 /// What a source tenant held that the destination receives.
 #[derive(Debug, Clone)]
@@ -34,17 +34,7 @@ pub async fn apply(
     event_id: &str,
     now_ms: i64,
 ) -> Result<(String, Vec<TenantId>), StoreError> {
-    let known = |ids: &Option<Vec<String>>| -> Result<Vec<TenantId>, StoreError> {
-        let mut out = Vec::new();
-        for id in ids.iter().flatten() {
-            match store.tenant_for_operator(id) {
-                Ok((tid, _)) if !out.contains(&tid) => out.push(tid),
-                Ok(_) | Err(StoreError::NotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    };
+    let known = |ids: &Option<Vec<String>>| known_tenants(store, ids.iter().flatten(), usize::MAX);
     let to = known(&ev.transferred_to)?;
     let from: Vec<TenantId> = known(&ev.transferred_from)?
         .into_iter()

@@ -177,18 +177,22 @@ impl Store {
         Ok(self.minted_keys.contains_key(scope_block)?)
     }
 
-    /// Fills `minted_keys` from the key rows, for keys minted before the
-    /// record existed. Idempotent; runs at every open (keys are few).
+    /// Fills `minted_keys` from the key rows, once, for keys minted before
+    /// the record existed; from then on `put_api_key` writes both together.
     pub(super) fn record_minted_keys(&self) -> Result<(), StoreError> {
+        const DONE: &str = "minted_keys_recorded";
+        let meta = self.db.open_tree("meta")?;
+        if meta.contains_key(DONE)? {
+            return Ok(());
+        }
         for item in self.api_keys.tree().iter() {
             let (row, bytes) = item?;
             let key: ApiKey = decode(&row, &bytes)?;
             if let Some(id) = scope_block_id(&row, &key)? {
-                if !self.minted_keys.contains_key(&id)? {
-                    self.minted_keys.insert(id, row.as_ref())?;
-                }
+                self.minted_keys.insert(id, row.as_ref())?;
             }
         }
+        meta.insert(DONE, &[1u8])?;
         Ok(())
     }
 

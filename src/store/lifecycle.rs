@@ -254,8 +254,28 @@ impl Store {
             tracing::info!(tenant = %tenant, "finishing an interrupted tenant deletion");
             self.finish_tenant_deletion(&tenant)?;
         }
-        self.sweep_orphan_artifacts()?;
-        let Ok(dirs) = std::fs::read_dir(self.data_dir.join("files")) else {
+        // Artifacts: a folder whose job row is gone (deleted just before a
+        // crash) belongs to nobody.
+        self.sweep_unowned("artifacts", "artifacts of a deleted job", |t, job| {
+            Ok(self.job(t, job)?.is_some())
+        })?;
+        // Uploads: bytes whose row was never written. In-progress uploads
+        // (".<id>.part") have their own sweep.
+        self.sweep_unowned("files", "upload bytes with no file row", |t, name| {
+            Ok(name.starts_with('.') || self.files.get(t, name)?.is_some())
+        })
+    }
+
+    /// Removes every `<data_dir>/<root>/<tenant>/<entry>` (file or folder)
+    /// that `owned` does not claim. Runs at open only, before any request
+    /// or job can write there.
+    fn sweep_unowned(
+        &self,
+        root: &str,
+        what: &str,
+        owned: impl Fn(&TenantId, &str) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let Ok(dirs) = std::fs::read_dir(self.data_dir.join(root)) else {
             return Ok(());
         };
         for dir in dirs.flatten() {
@@ -265,35 +285,16 @@ impl Store {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                // In-progress uploads (".<id>.part") have their own sweep.
-                if name.starts_with('.') || self.files.get(&tenant, &name)?.is_some() {
+                if owned(&tenant, &name)? {
                     continue;
                 }
-                tracing::info!(path = %entry.path().display(), "removing upload bytes with no file row");
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs at open only, before any job can write stems: a folder under
-    /// `artifacts/<tenant>/` whose job row is gone belongs to nobody.
-    fn sweep_orphan_artifacts(&self) -> Result<(), StoreError> {
-        let Ok(dirs) = std::fs::read_dir(self.data_dir.join("artifacts")) else {
-            return Ok(());
-        };
-        for dir in dirs.flatten() {
-            let tenant = TenantId::trusted(dir.file_name().to_string_lossy().into_owned());
-            let Ok(entries) = std::fs::read_dir(dir.path()) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let job_id = entry.file_name().to_string_lossy().into_owned();
-                if self.job(&tenant, &job_id)?.is_some() {
-                    continue;
+                tracing::info!(path = %entry.path().display(), "removing {what}");
+                let path = entry.path();
+                if path.is_dir() {
+                    remove_dir(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
                 }
-                tracing::info!(path = %entry.path().display(), "removing artifacts of a deleted job");
-                remove_dir(&entry.path())?;
             }
         }
         Ok(())

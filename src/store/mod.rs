@@ -914,6 +914,17 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Ids of one tenant's queued and running jobs, in one scan.
+    pub fn unfinished_job_ids(&self, tenant: &TenantId) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        self.jobs.for_each(tenant, |j| {
+            if !j.status.is_finished() {
+                ids.push(j.id);
+            }
+        })?;
+        Ok(ids)
+    }
+
     /// Applies `change` to a job atomically (compare-and-swap) and flushes.
     /// `change` may run more than once under contention and returns `false`
     /// to leave the job as it is. Answers the job as stored afterwards.
