@@ -201,8 +201,18 @@ async fn write_part(
     part: Part,
     path: &Path,
     max: u64,
+    declared: Option<u64>,
     room: &mut Reservation,
 ) -> Result<Result<u64, Refusal>, ApiError> {
+    // A request that says how long it is claims that much room at once, or
+    // what is left of it (the file is part of the body): parallel uploads
+    // are then served first come, first served. Claiming only chunk by
+    // chunk, ten uploads racing for room could each hold a share and all be
+    // refused. Whether the file fits is still decided by the bytes that
+    // arrive, so a file that fits exactly is kept.
+    if let Some(len) = declared {
+        room.grow_up_to(len.min(max)).map_err(ApiError::from)?;
+    }
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(ApiError::internal)?;
@@ -216,11 +226,15 @@ async fn write_part(
         if written > max {
             return Ok(Err(Refusal::TooLarge));
         }
-        // Claim the room before writing: parallel uploads share the quota.
-        match room.grow(n) {
-            Ok(()) => {}
-            Err(ReserveError::Full(_)) => return Ok(Err(Refusal::OverQuota)),
-            Err(ReserveError::Store(e)) => return Err(e.into()),
+        // Claim any room past what is claimed before writing: parallel
+        // uploads share the quota.
+        let extra = written.saturating_sub(room.bytes());
+        if extra > 0 {
+            match room.grow(extra) {
+                Ok(()) => {}
+                Err(ReserveError::Full(_)) => return Ok(Err(Refusal::OverQuota)),
+                Err(ReserveError::Store(e)) => return Err(e.into()),
+            }
         }
         // A chunk may be several slices: write them all.
         while chunk.has_remaining() {
@@ -299,7 +313,7 @@ pub async fn receive_form(
                         "send one field named \"file\", not several",
                     ));
                 }
-                stored = Some(store_part(state, caller, part).await?);
+                stored = Some(store_part(state, caller, content_length, part).await?);
             } else if !text_fields.contains(&name.as_str()) {
                 return Err(unknown_field(&name, text_fields));
             } else {
@@ -376,7 +390,12 @@ async fn read_text(part: Part, name: &str, budget: usize) -> Result<String, ApiE
 }
 
 /// Stores one file part for the caller and records it.
-async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<FileRecord, ApiError> {
+async fn store_part(
+    state: &AppState,
+    caller: &Caller,
+    declared: Option<u64>,
+    part: Part,
+) -> Result<FileRecord, ApiError> {
     let tier = &caller.tier;
     let limit = tier.max_file_bytes;
     let tenant = caller.tenant_id().clone();
@@ -388,7 +407,7 @@ async fn store_part(state: &AppState, caller: &Caller, part: Part) -> Result<Fil
         .await
         .map_err(ApiError::internal)?;
     let partial = state.store.partial_blob_path(&tenant, &id);
-    let outcome = write_part(part, &partial, limit, &mut room).await;
+    let outcome = write_part(part, &partial, limit, declared, &mut room).await;
     let size = match outcome {
         Ok(Ok(size)) => size,
         Ok(Err(refusal)) => {

@@ -149,6 +149,20 @@ impl Reservation {
         Ok(())
     }
 
+    /// Claims up to `n` more bytes: as many as the tenant's limit leaves,
+    /// possibly none. Never refuses; `grow` decides when bytes arrive.
+    pub fn grow_up_to(&mut self, n: u64) -> Result<(), StoreError> {
+        let mut locked = self.ledger.lock();
+        let account = locked.account(&self.tenant)?;
+        let left = self
+            .limit
+            .saturating_sub(account.used.saturating_add(account.reserved));
+        let take = n.min(left);
+        account.reserved += take;
+        self.bytes += take;
+        Ok(())
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
