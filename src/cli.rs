@@ -117,6 +117,7 @@ async fn run_engine(
         checkpoint: None,
         artifacts,
         audio_limit: None,
+        sealing: None,
     };
     let progress = bar(
         1000,

@@ -40,6 +40,10 @@ pub struct StoreSettings {
     /// Seconds between runs of the retention sweep (tiers' `retention_days`).
     #[serde(default = "default_retention_sweep_seconds")]
     pub retention_sweep_seconds: u64,
+    /// The master key's file (64 hex digits); empty: `<data_dir>/master_key`.
+    /// `MURMUR_MASTER_KEY` overrides it.
+    #[serde(default)]
+    pub master_key_file: PathBuf,
 }
 
 fn default_retention_sweep_seconds() -> u64 {

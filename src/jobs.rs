@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use murmur_actors::job::{Event, EventType, Job};
 use murmur_actors::repo::{AudioFile, JobChange, JobStore, RepoError, TenantLimits};
+use murmur_actors::sealed::{upload_context, Sealing};
 
 use crate::billing::{revenuecat, TierTable, Translation};
 use crate::store::{JobStatus, Store, StoreError, TenantId};
@@ -115,10 +116,18 @@ impl JobStore for StoreJobs {
     }
 
     async fn audio_file(&self, t: &str, file_id: &str) -> Result<Option<AudioFile>, RepoError> {
-        let file = self.store.file(&tenant(t), file_id).map_err(repo)?;
-        Ok(file.map(|f| AudioFile {
-            path: self.store.blob_path(&f),
-            duration_s: f.duration_s,
+        let tenant = tenant(t);
+        let Some(file) = self.store.file(&tenant, file_id).map_err(repo)? else {
+            return Ok(None);
+        };
+        let key = self.store.data_key(&tenant).map_err(repo)?;
+        Ok(Some(AudioFile {
+            path: self.store.blob_path(&file),
+            duration_s: file.duration_s,
+            sealing: Some(Sealing {
+                key,
+                audio_context: upload_context(&file.id),
+            }),
         }))
     }
 }

@@ -72,6 +72,15 @@ enum TestRecording {
 enum AdminCommand {
     /// Move a tenant to another tier (basic, premium, enterprise).
     SetTier { tenant: String, tier: String },
+    /// Rewrap every tenant's data key under a new master key (stop the
+    /// server first). The new key is read from --new-key-file, or created
+    /// there when the file does not exist. Afterwards, give the server the
+    /// new key (store.master_key_file or MURMUR_MASTER_KEY); a store whose
+    /// key lives in <data_dir>/master_key has that file replaced.
+    RotateMasterKey {
+        #[arg(long)]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,6 +125,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::RotateMasterKey { new_key_file } => {
+            rotate_master_key(&settings, &new_key_file)
+        }
         AdminCommand::SetTier { tenant, tier } => {
             let tiers = murmur::billing::TierTable::load(&settings.billing.tiers_file)?;
             if tiers.get(&tier).is_none() {
@@ -137,12 +149,14 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
                 );
                 return Ok(());
             }
-            let store = murmur::store::Store::open(data_dir).with_context(|| {
-                format!(
-                    "opening the store in {} (is a server running without its operator.json?)",
-                    data_dir.display()
-                )
-            })?;
+            let key_file = Some(settings.store.master_key_file.as_path());
+            let store = murmur::store::Store::open_with_master_key(data_dir, key_file)
+                .with_context(|| {
+                    format!(
+                        "opening the store in {} (is a server running without its operator.json?)",
+                        data_dir.display()
+                    )
+                })?;
             let (before, after) =
                 murmur::billing::set_tier_by_operator(&store, &tenant, &tier, &operator, "store")
                     .await
@@ -154,6 +168,51 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// `murmur admin rotate-master-key`: see [`AdminCommand::RotateMasterKey`].
+fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> anyhow::Result<()> {
+    use murmur::store::{read_master_key, write_key_file, DataKey, MasterKeySource, Store};
+    let data_dir = &settings.store.data_dir;
+    let configured = &settings.store.master_key_file;
+    let new = match read_master_key(&MasterKeySource::File(new_key_file.to_path_buf()))? {
+        Some(key) => key,
+        None => {
+            let key = DataKey::generate();
+            write_key_file(new_key_file, &key)?;
+            println!("created a new master key in {}", new_key_file.display());
+            key
+        }
+    };
+    let store = Store::open_for_rotation(data_dir, Some(configured), &new).with_context(|| {
+        format!(
+            "opening the store in {} (stop the server first: one process holds a store)",
+            data_dir.display()
+        )
+    })?;
+    let source = murmur::store::master_key_source(Some(configured), data_dir);
+    let (old_id, new_id) = (store.master_key_id(), new.id());
+    if old_id == new_id {
+        anyhow::bail!(
+            "{} holds the master key already in use",
+            new_key_file.display()
+        );
+    }
+    let rewrapped = store.rotate_master_key(new.clone())?;
+    println!("rewrapped {rewrapped} tenant keys from master key {old_id} to {new_id}");
+    match source {
+        MasterKeySource::File(path) if path == data_dir.join("master_key") => {
+            write_key_file(&path, &new)?;
+            println!("{} now holds the new key", path.display());
+        }
+        other => println!(
+            "now give the server the new key: point store.master_key_file at {} \
+             (or set MURMUR_MASTER_KEY to its contents) instead of {other}, then destroy \
+             the old key",
+            new_key_file.display()
+        ),
+    }
+    Ok(())
 }
 
 /// Sends set-tier to the server that holds `data_dir`, if one answers.

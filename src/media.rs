@@ -8,7 +8,7 @@
 //! and stops as soon as the file passes the tier's maximum or the client
 //! goes away.
 
-use std::path::Path;
+use murmur_actors::sealed::StoredFile;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -53,20 +53,22 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Decodes all of `path` and answers its length in seconds, or why it is
+/// Decodes all of `stored` and answers its length in seconds, or why it is
 /// refused: longer than `max_s`, a header that lies about its length, or
 /// not audio at all.
-pub async fn measure(path: &Path, name: &str, max_s: u64) -> Result<f64, Refusal> {
+pub async fn measure(stored: StoredFile, name: &str, max_s: u64) -> Result<f64, Refusal> {
     let _permit = measure_permits()
         .acquire()
         .await
         .map_err(|e| Refusal::Invalid(format!("the audio probe failed: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let _guard = StopOnDrop(stop.clone());
-    let owned = path.to_path_buf();
+    let path = stored.path().display().to_string();
     let limit = max_s as f64;
     let outcome = tokio::task::spawn_blocking(move || {
-        audio::measure_duration(&owned, Some(limit), &|| stop.load(Ordering::Relaxed))
+        audio::measure_duration(stored.input(), Some(limit), &|| {
+            stop.load(Ordering::Relaxed)
+        })
     })
     .await
     .map_err(|e| Refusal::Invalid(format!("the audio probe failed: {e}")))?;
@@ -77,9 +79,7 @@ pub async fn measure(path: &Path, name: &str, max_s: u64) -> Result<f64, Refusal
         }),
         Ok(length) => Ok(length.duration_s),
         Err(AudioError::TooLong { .. }) => Err(Refusal::TooLong { limit_s: max_s }),
-        Err(e) => Err(Refusal::Invalid(
-            e.to_string().replace(&path.display().to_string(), name),
-        )),
+        Err(e) => Err(Refusal::Invalid(e.to_string().replace(&path, name))),
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn start(
     engines: Vec<Arc<dyn Engine>>,
 ) -> anyhow::Result<(AppState, tokio::task::JoinHandle<()>)> {
     let data_dir = settings.store.data_dir.clone();
-    let store = Store::open(&data_dir)
+    let store = Store::open_with_master_key(&data_dir, Some(&settings.store.master_key_file))
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let keys = TokenKeys::load_or_create(&data_dir)?;
     let tiers = Arc::new(TierTable::load(&settings.billing.tiers_file)?);

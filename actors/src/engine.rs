@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobStage;
 use crate::params::JobParams;
+use crate::sealed::{Sealing, StoredFile};
 
 /// One job's work for a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,27 @@ pub struct WorkRequest {
     /// tier allows. `None`: no limit (the CLI).
     #[serde(default)]
     pub audio_limit: Option<AudioLimit>,
+    /// The tenant's data key and the upload's context: the upload is read,
+    /// and artifacts written, sealed (encryption at rest). `None`: plain
+    /// files (the CLI). Never serialised: a key does not travel with the
+    /// request.
+    #[serde(skip)]
+    pub sealing: Option<Sealing>,
+}
+
+impl WorkRequest {
+    /// The job's audio as stored (sealed or plain); its
+    /// [`input`](StoredFile::input) is what the decoder reads.
+    pub fn stored_audio(&self) -> StoredFile {
+        StoredFile::new(
+            &self.audio,
+            self.sealing.as_ref().map(|s| s.key.clone()),
+            self.sealing
+                .as_ref()
+                .map(|s| s.audio_context.clone())
+                .unwrap_or_default(),
+        )
+    }
 }
 
 /// A length limit on a job's audio and whose rule it is.

@@ -248,6 +248,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             checkpoint: job.checkpoint.clone(),
             artifacts: Some(ctx.store.artifact_dir(&job.tenant_id, &job.id)),
             audio_limit: limits.audio_limit(&job.params),
+            sealing: audio.sealing,
         }),
         priority: limits.priority,
         deadline,

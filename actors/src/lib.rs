@@ -21,6 +21,7 @@ mod orchestrator;
 pub mod params;
 pub mod pool;
 pub mod repo;
+pub mod sealed;
 mod system;
 mod tenant;
 

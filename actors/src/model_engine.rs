@@ -201,7 +201,8 @@ fn decode_job_audio(
     cancel: &AtomicBool,
 ) -> Result<DecodedAudio, WorkError> {
     options.max_duration_s = request.audio_limit.as_ref().map(|l| l.max_s);
-    audio::decode_file_until(&request.audio, &options, &|| cancel.load(Ordering::Relaxed))
+    let stored = request.stored_audio();
+    audio::decode_file_until(stored.input(), &options, &|| cancel.load(Ordering::Relaxed))
         .map_err(|e| audio_error(e, request))
 }
 
@@ -504,6 +505,7 @@ impl ModelEngine {
             ..audio::DecodeOptions::default()
         };
         let stop = || cancel.load(Ordering::Relaxed);
+        let stored = request.stored_audio();
         let known = checkpoint.regions.clone();
         // The model loads with the first chunk, so a file refused from its
         // header (too long, not audio) fails before any model is needed.
@@ -513,7 +515,7 @@ impl ModelEngine {
         let decoded = {
             let mut stream = VadStream::new(&params.vad);
             let result =
-                audio::decode_chunks::<StreamError>(&request.audio, &options, &stop, |chunk, _| {
+                audio::decode_chunks::<StreamError>(stored.input(), &options, &stop, |chunk, _| {
                     if known.is_some() {
                         return Ok(());
                     }
@@ -563,7 +565,7 @@ impl ModelEngine {
                 &regions_after(&regions, checkpoint.resume_at),
                 audio::WHISPER_SAMPLE_RATE,
             );
-            audio::decode_speech(&request.audio, &options, &stop, &ranges)
+            audio::decode_speech(stored.input(), &options, &stop, &ranges)
                 .map_err(|e| audio_error(e, request))?
         };
         self.finish_job(
@@ -779,6 +781,7 @@ mod tests {
                 max_s,
                 rule: format!("the basic tier's maximum audio length of {max_s} s"),
             }),
+            sealing: None,
         }
     }
 

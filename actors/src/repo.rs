@@ -58,6 +58,8 @@ impl TenantLimits {
 pub struct AudioFile {
     pub path: PathBuf,
     pub duration_s: Option<f64>,
+    /// How it is sealed, when it is (encryption at rest).
+    pub sealing: Option<crate::sealed::Sealing>,
 }
 
 /// Changes a job row; answers `false` to leave it as it is. May run more

@@ -119,6 +119,7 @@ impl JobStore for MemStore {
         Ok(Some(AudioFile {
             path: PathBuf::from("/nonexistent.wav"),
             duration_s: Some(1.0),
+            sealing: None,
         }))
     }
 }

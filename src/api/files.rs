@@ -34,6 +34,8 @@ use super::{
 };
 use crate::ids::new_id;
 use crate::store::{FileRecord, PageRequest, Reservation, ReserveError, Role, Store};
+use murmur_actors::sealed::{upload_context, StoredFile};
+use murmur_seal::Sealer;
 
 /// Room for multipart boundaries and part headers when judging an upload
 /// by its Content-Length before reading it.
@@ -195,11 +197,13 @@ enum Refusal {
     OverQuota,
 }
 
-/// Streams one part into `path`, stopping at `max` bytes. Answers the size
-/// written or why it stopped.
+/// Streams one part into `path`, sealed with `sealer` (encryption at
+/// rest), stopping at `max` bytes. Answers the size received (the
+/// plaintext, what quotas count) or why it stopped.
 async fn write_part(
     part: Part,
     path: &Path,
+    mut sealer: Sealer,
     max: u64,
     declared: Option<u64>,
     room: &mut Reservation,
@@ -217,6 +221,7 @@ async fn write_part(
         .await
         .map_err(ApiError::internal)?;
     let mut written: u64 = 0;
+    let mut sealed = Vec::with_capacity(2 * murmur_seal::SEALED_CHUNK);
     let mut stream = part
         .stream()
         .map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")));
@@ -236,14 +241,20 @@ async fn write_part(
                 Err(ReserveError::Store(e)) => return Err(e.into()),
             }
         }
-        // A chunk may be several slices: write them all.
+        // A chunk may be several slices: seal them all.
         while chunk.has_remaining() {
             let slice = chunk.chunk();
-            file.write_all(slice).await.map_err(ApiError::internal)?;
+            sealer.push(slice, &mut sealed);
             let n = slice.len();
             chunk.advance(n);
         }
+        if !sealed.is_empty() {
+            file.write_all(&sealed).await.map_err(ApiError::internal)?;
+            sealed.clear();
+        }
     }
+    sealer.finish(&mut sealed);
+    file.write_all(&sealed).await.map_err(ApiError::internal)?;
     file.sync_all().await.map_err(ApiError::internal)?;
     Ok(Ok(written))
 }
@@ -407,7 +418,10 @@ async fn store_part(
         .await
         .map_err(ApiError::internal)?;
     let partial = state.store.partial_blob_path(&tenant, &id);
-    let outcome = write_part(part, &partial, limit, declared, &mut room).await;
+    let key = state.store.data_key(&tenant)?;
+    let context = upload_context(&id);
+    let sealer = Sealer::new(&key, context.as_bytes());
+    let outcome = write_part(part, &partial, sealer, limit, declared, &mut room).await;
     let size = match outcome {
         Ok(Ok(size)) => size,
         Ok(Err(refusal)) => {
@@ -425,7 +439,8 @@ async fn store_part(
             return Err(e);
         }
     };
-    let duration_s = match crate::media::measure(&partial, &name, tier.max_audio_seconds).await {
+    let stored = StoredFile::new(&partial, Some(key), context);
+    let duration_s = match crate::media::measure(stored, &name, tier.max_audio_seconds).await {
         Ok(d) => d,
         Err(refusal) => {
             let _ = tokio::fs::remove_file(&partial).await;
@@ -502,36 +517,21 @@ async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Re
         .store
         .file(caller.tenant_id(), &id)?
         .ok_or_else(|| ApiError::not_found("file"))?;
-    let mut handle = tokio::fs::File::open(state.store.blob_path(&file))
-        .await
-        .map_err(|e| ApiError::internal(format!("file {} has no bytes on disk: {e}", file.id)))?;
+    let key = state.store.data_key(caller.tenant_id())?;
+    let stored = super::download::stored_body(
+        &state.store.blob_path(&file),
+        &key,
+        &upload_context(&file.id),
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("file {} cannot be read: {e}", file.id)))?;
     // Served as the audio type its bytes show, never as the type the
     // uploader claimed (see `download`).
-    let content_type = {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let mut head = [0u8; 16];
-        let mut n = 0;
-        while n < head.len() {
-            match handle
-                .read(&mut head[n..])
-                .await
-                .map_err(ApiError::internal)?
-            {
-                0 => break,
-                read => n += read,
-            }
-        }
-        handle
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(ApiError::internal)?;
-        super::download::sniff_audio(&head[..n])
-    };
-    let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
-    let mut res = Response::new(body);
+    let content_type = super::download::sniff_audio(&stored.head);
+    let mut res = Response::new(stored.body);
     let headers = res.headers_mut();
     super::download::attachment(headers, content_type, &file.name);
-    headers.insert(header::CONTENT_LENGTH, file.size.into());
+    headers.insert(header::CONTENT_LENGTH, stored.len.into());
     Ok(tag_tenant(res, &caller))
 }
 

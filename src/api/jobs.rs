@@ -516,8 +516,10 @@ async fn stem(
         &state.store.artifact_dir(caller.tenant_id(), &job.id),
         name,
     );
-    let handle = match tokio::fs::File::open(&path).await {
-        Ok(h) => h,
+    let key = state.store.data_key(caller.tenant_id())?;
+    let context = murmur_actors::sealed::artifact_context(&job.id, name);
+    let stored = match super::download::stored_body(&path, &key, &context).await {
+        Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found(
                 "stem (the job did not separate its audio)",
@@ -525,11 +527,9 @@ async fn stem(
         }
         Err(e) => return Err(ApiError::internal(format!("stem {name} of job {id}: {e}"))),
     };
-    let len = handle.metadata().await.map_err(ApiError::internal)?.len();
-    let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(handle));
-    let mut res = Response::new(body);
+    let mut res = Response::new(stored.body);
     let headers = res.headers_mut();
     super::download::attachment(headers, "audio/wav", &format!("{}-{name}.wav", job.id));
-    headers.insert(header::CONTENT_LENGTH, len.into());
+    headers.insert(header::CONTENT_LENGTH, stored.len.into());
     Ok(tag_tenant(res, &caller))
 }

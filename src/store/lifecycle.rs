@@ -24,12 +24,15 @@ impl Store {
     /// billing record. `Conflict` while the job is unfinished.
     pub async fn delete_job(&self, tenant: &TenantId, id: &str) -> Result<Option<Job>, StoreError> {
         let key = scoped_key(tenant, id);
+        let seal = self.jobs.opener(tenant)?;
         let removed = (self.jobs.tree(), &self.event_seq, &self.events)
             .transaction(|(jobs, seqs, events)| {
                 let Some(bytes) = jobs.get(&key)? else {
                     return Ok(None);
                 };
-                let job: Job = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let job: Job = seal
+                    .decode(&key, &bytes)
+                    .map_err(ConflictableTransactionError::Abort)?;
                 if !job.status.is_finished() {
                     return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
                         format!(
@@ -238,6 +241,9 @@ impl Store {
         self.subscriptions.remove(tenant.as_str())?;
         remove_dir(&self.blob_dir(tenant))?;
         remove_dir(&self.data_dir.join("artifacts").join(tenant.as_str()))?;
+        // Last: without its key, any copy of the tenant's sealed bytes (a
+        // backup) can no longer be opened.
+        self.keyring.forget(tenant.as_str())?;
         self.tenant_deletions.remove(tenant.as_str())?;
         Ok(())
     }

@@ -7,19 +7,25 @@
 //! flushed to disk before the call returns: sled buffers writes otherwise.
 
 mod accounts;
+mod keyring;
 mod lifecycle;
 mod records;
 mod scoped;
 mod storage;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use accounts::UserChangeError;
+pub use keyring::{
+    master_key_source, read_master_key, write_key_file, MasterKeySource, MASTER_KEY_ENV,
+};
 pub use murmur_actors::job::{Event, EventType};
+pub use murmur_seal::DataKey;
 pub use records::*;
 use scoped::Scoped;
 pub use scoped::{Page, PageRequest};
@@ -43,6 +49,8 @@ pub enum StoreError {
          up to {supported}); upgrade Murmur or point --data-dir elsewhere"
     )]
     SchemaTooNew { found: u32, supported: u32 },
+    #[error("master key: {0}")]
+    MasterKey(String),
     #[error("not found")]
     NotFound,
     #[error("{open} of at most {limit} jobs are queued or running")]
@@ -127,6 +135,8 @@ pub struct Store {
     /// Stored and reserved upload bytes per tenant (the storage quota);
     /// every file row write goes through it.
     ledger: std::sync::Arc<storage::Ledger>,
+    /// Tenant data keys (tree `tenant_keys`), for encryption at rest.
+    keyring: Arc<keyring::Keyring>,
 }
 
 /// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
@@ -192,6 +202,7 @@ fn meter(
     limit: Option<TranslationLimit>,
     usage: &sled::transaction::TransactionalTree,
     files: &sled::transaction::TransactionalTree,
+    seal: &keyring::RowSeal,
 ) -> TxResult<()> {
     let was_open = before.is_none_or(|j| !j.status.is_finished());
     let update =
@@ -237,7 +248,8 @@ fn meter(
         None => {
             let file_key = scoped_key(tenant, &after.file_id);
             match files.get(&file_key)? {
-                Some(b) => decode::<FileRecord>(&file_key, &b)
+                Some(b) => seal
+                    .decode::<FileRecord>(&file_key, &b)
                     .ok()
                     .and_then(|f| f.duration_s),
                 None => None,
@@ -290,9 +302,41 @@ fn count_open(
 }
 
 impl Store {
-    /// Opens (or creates) the store under `data_dir`, checks the schema
-    /// version and removes upload leftovers of a previous crash.
+    /// Opens (or creates) the store under `data_dir` with the master key
+    /// from the environment or `<data_dir>/master_key` (see
+    /// [`Store::open_with_master_key`]).
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with_master_key(data_dir, None)
+    }
+
+    /// Opens (or creates) the store under `data_dir`, checks the schema
+    /// version, loads the master key (`MURMUR_MASTER_KEY`, else
+    /// `master_key_file`, else `<data_dir>/master_key`; created only for a
+    /// store without tenant keys) and checks that it wrapped every tenant
+    /// key, and removes upload leftovers of a previous crash.
+    pub fn open_with_master_key(
+        data_dir: &Path,
+        master_key_file: Option<&Path>,
+    ) -> Result<Store, StoreError> {
+        Store::open_inner(data_dir, master_key_file, None)
+    }
+
+    /// Opens the store to rotate its master key to `new` (see
+    /// [`Store::rotate_master_key`]): tenant keys already wrapped by `new`,
+    /// by an interrupted rotation, are accepted.
+    pub fn open_for_rotation(
+        data_dir: &Path,
+        master_key_file: Option<&Path>,
+        new: &DataKey,
+    ) -> Result<Store, StoreError> {
+        Store::open_inner(data_dir, master_key_file, Some(new))
+    }
+
+    fn open_inner(
+        data_dir: &Path,
+        master_key_file: Option<&Path>,
+        rotating_to: Option<&DataKey>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         // Private whoever made it: it holds password hashes and tenants' audio.
         #[cfg(unix)]
@@ -325,7 +369,25 @@ impl Store {
                 // Older schemas are migrated here when there are any.
             }
         }
-        let files = Scoped::open(&db, "files")?;
+        let key_tree = db.open_tree("tenant_keys")?;
+        let source = master_key_source(master_key_file, data_dir);
+        let master = match (read_master_key(&source)?, &source) {
+            (Some(key), _) => key,
+            (None, MasterKeySource::File(path)) if keyring::Keyring::is_empty(&key_tree) => {
+                let key = DataKey::generate();
+                write_key_file(path, &key)?;
+                tracing::info!(path = %path.display(), id = %key.id(), "created a master key");
+                key
+            }
+            (None, _) => {
+                return Err(StoreError::MasterKey(format!(
+                    "{source} does not exist, and tenant keys were wrapped by another master \
+                     key: give the server the key it was using"
+                )))
+            }
+        };
+        let keyring = Arc::new(keyring::Keyring::open(key_tree, master, rotating_to)?);
+        let files = Scoped::open_sealed(&db, "files", keyring.clone())?;
         let store = Store {
             data_dir: data_dir.to_path_buf(),
             tenants: db.open_tree("tenants")?,
@@ -337,8 +399,9 @@ impl Store {
             api_keys: Scoped::open(&db, "api_keys")?,
             ledger: storage::Ledger::new(files.clone()),
             files,
-            workflows: Scoped::open(&db, "workflows")?,
-            jobs: Scoped::open(&db, "jobs")?,
+            workflows: Scoped::open_sealed(&db, "workflows", keyring.clone())?,
+            jobs: Scoped::open_sealed(&db, "jobs", keyring.clone())?,
+            keyring,
             event_seq: db.open_tree("job_event_seq")?,
             events: db.open_tree("job_events")?,
             usage: db.open_tree("usage")?,
@@ -386,8 +449,15 @@ impl Store {
     pub async fn create_tenant(&self, tenant: &Tenant, owner: &User) -> Result<(), StoreError> {
         let email = owner.email.to_lowercase();
         let tid = TenantId::trusted(&tenant.id);
-        (&self.tenants, &self.emails, self.users.tree())
-            .transaction(|(tenants, emails, users)| {
+        // The tenant's data key is made with it.
+        let (data_key, key_record) = self.keyring.new_tenant_key(&tenant.id);
+        (
+            &self.tenants,
+            &self.emails,
+            self.users.tree(),
+            self.keyring.tree(),
+        )
+            .transaction(|(tenants, emails, users, keys)| {
                 if emails.get(email.as_bytes())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
                         "a user with this email already exists".into(),
@@ -397,9 +467,11 @@ impl Store {
                 let key = scoped_key(&tid, &owner.id);
                 emails.insert(email.as_bytes(), key.clone())?;
                 users.insert(key, encode(owner))?;
+                keys.insert(tenant.id.as_bytes(), key_record.as_slice())?;
                 Ok(())
             })
             .map_err(tx_error)?;
+        self.keyring.remember(&tenant.id, data_key);
         self.flush().await
     }
 
@@ -575,6 +647,23 @@ impl Store {
     }
 
     // ---- files -----------------------------------------------------------
+
+    /// The tenant's data key, which seals its uploads and artifacts (made
+    /// on first use for a tenant older than encryption at rest).
+    pub fn data_key(&self, tenant: &TenantId) -> Result<Arc<DataKey>, StoreError> {
+        self.keyring.key(tenant.as_str())
+    }
+
+    /// The id (a hash, not the key) of the master key in use.
+    pub fn master_key_id(&self) -> String {
+        self.keyring.master_id()
+    }
+
+    /// Rewraps every tenant key under `new` (see `murmur admin
+    /// rotate-master-key`); answers how many were rewrapped.
+    pub fn rotate_master_key(&self, new: DataKey) -> Result<usize, StoreError> {
+        self.keyring.rotate(new)
+    }
 
     /// Folder holding one tenant's uploaded bytes.
     pub fn blob_dir(&self, tenant: &TenantId) -> PathBuf {
@@ -811,6 +900,7 @@ impl Store {
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
         let key = scoped_key(tenant, id);
+        let seal = self.jobs.seal(tenant)?;
         // sled retries transactions through an `Fn`: lend it the closure.
         let change = std::cell::RefCell::new(change);
         let outcome = (
@@ -823,9 +913,10 @@ impl Store {
         )
             .transaction(|(jobs, seqs, events, usage, files, open_jobs)| {
                 let before: Option<Job> = match jobs.get(&key)? {
-                    Some(bytes) => {
-                        Some(decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?)
-                    }
+                    Some(bytes) => Some(
+                        seal.decode(&key, &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
                     None => None,
                 };
                 let mut job: Job = match (&before, &insert) {
@@ -835,7 +926,7 @@ impl Store {
                 if !(change.borrow_mut())(&mut job) {
                     return Ok(None);
                 }
-                meter(tenant, before.as_ref(), &job, limit, usage, files)?;
+                meter(tenant, before.as_ref(), &job, limit, usage, files, &seal)?;
                 count_open(tenant, before.as_ref(), &job, max_open, open_jobs)?;
                 let seq = match seqs.get(&key)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
@@ -845,9 +936,10 @@ impl Store {
                 event.seq = seq;
                 event.attempt = matches!(kind, EventType::Started | EventType::Retrying)
                     .then_some(job.attempts);
-                jobs.insert(key.as_slice(), encode(&job))?;
+                jobs.insert(key.as_slice(), seal.encode(&key, &job))?;
                 seqs.insert(key.as_slice(), &seq.to_be_bytes())?;
-                events.insert(event_key(tenant, id, seq), encode(&event))?;
+                let event_key = event_key(tenant, id, seq);
+                events.insert(event_key.as_slice(), seal.encode(&event_key, &event))?;
                 Ok(Some((job, event)))
             })
             .map_err(tx_error)?;
@@ -867,10 +959,11 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         let start = event_key(tenant, job_id, after.saturating_add(1));
         let end = event_key(tenant, job_id, u64::MAX);
+        let seal = self.jobs.opener(tenant)?;
         let mut out = Vec::new();
         for item in self.events.range(start..=end).take(limit) {
             let (key, bytes) = item?;
-            let mut event: Event = decode(&key, &bytes)?;
+            let mut event: Event = seal.decode(&key, &bytes)?;
             event.tenant_id = tenant.as_str().to_string();
             out.push(event);
         }
@@ -905,7 +998,7 @@ impl Store {
         let mut jobs = Vec::new();
         for item in self.jobs.tree().iter() {
             let (key, bytes) = item?;
-            let job: Job = decode(&key, &bytes)?;
+            let job: Job = self.keyring.rows_for_key(&key)?.decode(&key, &bytes)?;
             if !job.status.is_finished() {
                 jobs.push(job);
             }

@@ -2,10 +2,12 @@
 //! Row ids are ULIDs, so key order is creation order and lists page by id.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{decode, encode, scoped_key, StoreError, TenantId};
+use super::keyring::{Keyring, RowSeal};
+use super::{scoped_key, StoreError, TenantId};
 
 /// Largest page a list answers, whatever `limit` asks for.
 pub const MAX_PAGE: usize = 200;
@@ -36,6 +38,8 @@ impl<T> Page<T> {
 
 pub(super) struct Scoped<T> {
     tree: sled::Tree,
+    /// Rows are sealed with their tenant's key when set.
+    keyring: Option<Arc<Keyring>>,
     _row: PhantomData<fn() -> T>,
 }
 
@@ -43,6 +47,7 @@ impl<T> Clone for Scoped<T> {
     fn clone(&self) -> Self {
         Scoped {
             tree: self.tree.clone(),
+            keyring: self.keyring.clone(),
             _row: PhantomData,
         }
     }
@@ -52,8 +57,38 @@ impl<T: Serialize + DeserializeOwned> Scoped<T> {
     pub(super) fn open(db: &sled::Db, name: &str) -> Result<Self, StoreError> {
         Ok(Scoped {
             tree: db.open_tree(name)?,
+            keyring: None,
             _row: PhantomData,
         })
+    }
+
+    /// A tree whose rows are sealed with their tenant's data key.
+    pub(super) fn open_sealed(
+        db: &sled::Db,
+        name: &str,
+        keyring: Arc<Keyring>,
+    ) -> Result<Self, StoreError> {
+        Ok(Scoped {
+            tree: db.open_tree(name)?,
+            keyring: Some(keyring),
+            _row: PhantomData,
+        })
+    }
+
+    /// How this tree's rows of `tenant` are sealed.
+    pub(super) fn seal(&self, tenant: &TenantId) -> Result<RowSeal, StoreError> {
+        match &self.keyring {
+            Some(k) => k.rows(tenant),
+            None => Ok(RowSeal::plain()),
+        }
+    }
+
+    /// How this tree's rows of `tenant` are opened.
+    pub(super) fn opener(&self, tenant: &TenantId) -> Result<RowSeal, StoreError> {
+        match &self.keyring {
+            Some(k) => k.rows_to_read(tenant),
+            None => Ok(RowSeal::plain()),
+        }
     }
 
     pub(super) fn tree(&self) -> &sled::Tree {
@@ -63,20 +98,22 @@ impl<T: Serialize + DeserializeOwned> Scoped<T> {
     pub(super) fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<T>, StoreError> {
         let key = scoped_key(tenant, id);
         match self.tree.get(&key)? {
-            Some(bytes) => decode(&key, &bytes).map(Some),
+            Some(bytes) => self.opener(tenant)?.decode(&key, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
     pub(super) fn put(&self, tenant: &TenantId, id: &str, value: &T) -> Result<(), StoreError> {
-        self.tree.insert(scoped_key(tenant, id), encode(value))?;
+        let key = scoped_key(tenant, id);
+        let bytes = self.seal(tenant)?.encode(&key, value);
+        self.tree.insert(key, bytes)?;
         Ok(())
     }
 
     pub(super) fn remove(&self, tenant: &TenantId, id: &str) -> Result<Option<T>, StoreError> {
         let key = scoped_key(tenant, id);
         match self.tree.remove(&key)? {
-            Some(bytes) => decode(&key, &bytes).map(Some),
+            Some(bytes) => self.opener(tenant)?.decode(&key, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -88,15 +125,16 @@ impl<T: Serialize + DeserializeOwned> Scoped<T> {
         mut change: impl FnMut(&mut T) -> bool,
     ) -> Result<Option<T>, StoreError> {
         let key = scoped_key(tenant, id);
+        let seal = self.seal(tenant)?;
         loop {
             let Some(old) = self.tree.get(&key)? else {
                 return Ok(None);
             };
-            let mut value: T = decode(&key, &old)?;
+            let mut value: T = seal.decode(&key, &old)?;
             if !change(&mut value) {
                 return Ok(Some(value));
             }
-            let new = encode(&value);
+            let new = seal.encode(&key, &value);
             if self
                 .tree
                 .compare_and_swap(&key, Some(&old), Some(new))?
@@ -112,9 +150,10 @@ impl<T: Serialize + DeserializeOwned> Scoped<T> {
         tenant: &TenantId,
         mut f: impl FnMut(T),
     ) -> Result<(), StoreError> {
+        let seal = self.opener(tenant)?;
         for item in self.tree.scan_prefix(format!("{}/", tenant.as_str())) {
             let (key, bytes) = item?;
-            f(decode(&key, &bytes)?);
+            f(seal.decode(&key, &bytes)?);
         }
         Ok(())
     }
@@ -133,11 +172,12 @@ impl<T: Serialize + DeserializeOwned> Scoped<T> {
             // '/' + 1 = '0': just past every key with this prefix.
             None => format!("{}0", tenant.as_str()),
         };
+        let seal = self.opener(tenant)?;
         let mut items = Vec::with_capacity(limit);
         let mut more = false;
         for item in self.tree.range(prefix.as_bytes()..upper.as_bytes()).rev() {
             let (key, bytes) = item?;
-            let value: T = decode(&key, &bytes)?;
+            let value: T = seal.decode(&key, &bytes)?;
             if !keep(&value) {
                 continue;
             }

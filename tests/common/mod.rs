@@ -202,6 +202,52 @@ impl Server {
         Self::spawn(self.data_dir.clone(), self.env.clone(), tmp)
     }
 
+    /// Stops gracefully and starts again on the same data with `key` set
+    /// to `value` in the environment (a changed setting or secret).
+    pub fn restart_with_env(mut self, key: &str, value: &str) -> Server {
+        self.terminate();
+        let tmp = self._tmp.take();
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
+        Self::spawn(self.data_dir.clone(), env, tmp)
+    }
+
+    /// Runs `murmur serve` on this server's data dir and settings (with
+    /// `extra` environment) while this one is stopped, expecting it to
+    /// refuse to start; answers what it printed on stderr.
+    pub fn start_refused(&self, extra: &[(&str, &str)]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .output()
+            .expect("run murmur serve");
+        assert!(!out.status.success(), "murmur serve started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs `murmur admin ARGS` on this server's data dir and settings, with
+    /// `extra` environment; answers its success and output.
+    pub fn admin(&self, args: &[&str], extra: &[(&str, &str)]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
+            .args(["admin", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().copied())
+            .output()
+            .expect("run murmur admin");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Moves a tenant to `tier` with `murmur admin set-tier`, as support
     /// would (through this running server).
     pub fn set_tier(&self, tenant: &str, tier: &str) {

@@ -3,13 +3,11 @@
 //! in chunks and keeps nothing, so its memory does not grow with the audio's
 //! length.
 
-use std::path::Path;
-
 use symphonia::core::audio::SampleBuffer;
 
 use super::packets::{check_truncation, open, walk_packets, Walked};
 use super::resample::ResampleStream;
-use super::{AudioError, ChunkedDecode, DecodeOptions, DecodedAudio};
+use super::{AudioError, ChunkedDecode, DecodeOptions, DecodedAudio, Input};
 
 /// Output frames a chunked decode gathers before handing them on: one second
 /// at 16 kHz (64 KB of mono floats), few calls, little memory.
@@ -17,11 +15,12 @@ pub(super) const CHUNK_FRAMES: usize = 16_384;
 
 /// Decodes all of `path` and keeps every output sample.
 pub(super) fn decode_inner(
-    path: &Path,
+    input: Input<'_>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<DecodedAudio, AudioError> {
-    let (stream, walked) = decode_walk(path, options, should_stop, true, &mut |_| Ok(()))?;
+    let path = input.path();
+    let (stream, walked) = decode_walk(input, options, should_stop, true, &mut |_| Ok(()))?;
     let samples = stream.finish()?;
     if samples.is_empty() {
         return Err(AudioError::NoSamples {
@@ -43,11 +42,12 @@ pub(super) fn decode_inner(
 /// keeping none of it. The same resampler runs as in [`decode_inner`], so
 /// the chunks laid end to end are exactly its samples.
 pub(super) fn decode_chunks_inner(
-    path: &Path,
+    input: Input<'_>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
     mut on_chunk: impl FnMut(&[f32], u64) -> Result<(), AudioError>,
 ) -> Result<ChunkedDecode, AudioError> {
+    let path = input.path();
     let channels = options.channels.count();
     let mut next_frame = 0u64;
     let mut hand_on = |samples: &[f32], next_frame: &mut u64| -> Result<(), AudioError> {
@@ -58,7 +58,7 @@ pub(super) fn decode_chunks_inner(
         *next_frame += (samples.len() / channels) as u64;
         Ok(())
     };
-    let (stream, walked) = decode_walk(path, options, should_stop, false, &mut |stream| {
+    let (stream, walked) = decode_walk(input, options, should_stop, false, &mut |stream| {
         if stream.output().len() >= CHUNK_FRAMES * channels {
             hand_on(stream.output(), &mut next_frame)?;
             stream.take_output();
@@ -88,13 +88,14 @@ pub(super) fn decode_chunks_inner(
 /// truncation, and answers the resampler (to finish) with what the walk
 /// found. `size_from_header` sizes the output buffer for the whole file.
 fn decode_walk(
-    path: &Path,
+    input: Input<'_>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
     size_from_header: bool,
     after_packet: &mut dyn FnMut(&mut ResampleStream) -> Result<(), AudioError>,
 ) -> Result<(ResampleStream, Walked), AudioError> {
-    let opened = open(path)?;
+    let path = input.path();
+    let opened = open(input)?;
     let params = opened.params.clone();
     let header_frames = params.n_frames;
     if header_frames == Some(0) {
@@ -123,7 +124,7 @@ fn decode_walk(
     let mut stream: Option<ResampleStream> = None;
     let mut interleaved: Option<SampleBuffer<f32>> = None;
     let walked = walk_packets(
-        path,
+        input,
         opened,
         options.max_duration_s,
         should_stop,

@@ -24,10 +24,13 @@ use std::path::{Path, PathBuf};
 use symphonia::core::errors::Error as SymphoniaError;
 
 mod decode;
+mod input;
 mod mp4;
 mod packets;
 mod resample;
 mod speech;
+
+pub use input::{Input, Opener, ReadSeek};
 
 use decode::decode_inner;
 use packets::{corrupt, guarded, measure_inner, open, MAX_CONSECUTIVE_DECODE_ERRORS};
@@ -208,28 +211,34 @@ impl MeasuredLength {
 /// really is. Memory stays at one packet whatever the length; stops early
 /// with [`AudioError::TooLong`] once the count passes `max_duration_s`, and
 /// with [`AudioError::Cancelled`] soon after `should_stop` answers true.
-pub fn measure_duration(
-    path: &Path,
+pub fn measure_duration<'a>(
+    input: impl Into<Input<'a>>,
     max_duration_s: Option<f64>,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<MeasuredLength, AudioError> {
-    guarded(path, || measure_inner(path, max_duration_s, should_stop))
+    let input = input.into();
+    guarded(input.path(), || {
+        measure_inner(input, max_duration_s, should_stop)
+    })
 }
 
 /// Decodes `path` to 16 kHz mono.
-pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
-    decode_file_with(path, &DecodeOptions::default())
+pub fn decode_file<'a>(input: impl Into<Input<'a>>) -> Result<DecodedAudio, AudioError> {
+    decode_file_with(input, &DecodeOptions::default())
 }
 
 /// Decodes `path` to the rate and layout of `options`.
-pub fn decode_file_with(path: &Path, options: &DecodeOptions) -> Result<DecodedAudio, AudioError> {
-    decode_file_until(path, options, &|| false)
+pub fn decode_file_with<'a>(
+    input: impl Into<Input<'a>>,
+    options: &DecodeOptions,
+) -> Result<DecodedAudio, AudioError> {
+    decode_file_until(input, options, &|| false)
 }
 
 /// Like [`decode_file_with`], stopping with [`AudioError::Cancelled`] soon
 /// after `should_stop` answers true (a cancelled or overdue job).
-pub fn decode_file_until(
-    path: &Path,
+pub fn decode_file_until<'a>(
+    input: impl Into<Input<'a>>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<DecodedAudio, AudioError> {
@@ -238,7 +247,8 @@ pub fn decode_file_until(
             "output sample rate must be positive".into(),
         ));
     }
-    guarded(path, || decode_inner(path, options, should_stop))
+    let input = input.into();
+    guarded(input.path(), || decode_inner(input, options, should_stop))
 }
 
 /// What [`decode_chunks`] found, beside the samples it handed on.
@@ -263,8 +273,8 @@ pub struct ChunkedDecode {
 /// [`decode_file_until`]'s samples. An error from `on_chunk` stops the
 /// decode and is returned as is; so is any decode error, possibly after
 /// some chunks were handed on (a truncated file is found at its end).
-pub fn decode_chunks<E: From<AudioError>>(
-    path: &Path,
+pub fn decode_chunks<'a, E: From<AudioError>>(
+    input: impl Into<Input<'a>>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
     mut on_chunk: impl FnMut(&[f32], u64) -> Result<(), E>,
@@ -275,9 +285,11 @@ pub fn decode_chunks<E: From<AudioError>>(
         );
     }
     // The caller's error is kept aside; the decoder just sees a stop.
+    let input = input.into();
+    let path = input.path();
     let mut failed: Option<E> = None;
     let result = guarded(path, || {
-        decode::decode_chunks_inner(path, options, should_stop, |chunk, at| {
+        decode::decode_chunks_inner(input, options, should_stop, |chunk, at| {
             on_chunk(chunk, at).map_err(|e| {
                 failed = Some(e);
                 AudioError::Cancelled {
@@ -296,9 +308,11 @@ pub fn decode_chunks<E: From<AudioError>>(
 /// header can claim anything: bill and limit by [`measure_duration`]); when
 /// the header does not tell (some MP3 and Ogg files), from the packet
 /// timestamps, which reads the file but decodes nothing.
-pub fn probe_duration(path: &Path) -> Result<f64, AudioError> {
+pub fn probe_duration<'a>(input: impl Into<Input<'a>>) -> Result<f64, AudioError> {
+    let input = input.into();
+    let path = input.path();
     guarded(path, || {
-        let mut opened = open(path)?;
+        let mut opened = open(input)?;
         let rate = opened.params.sample_rate.unwrap_or(0);
         if let (Some(frames), true) = (opened.params.n_frames, rate > 0) {
             if frames == 0 {

@@ -1,9 +1,9 @@
 //! Just enough of the ISO base media format (MP4/M4A) to read the audio
 //! track's edit list, which symphonia 0.5 does not apply.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+
+use super::{Input, ReadSeek};
 
 /// Frames of the first audio track to drop at the start and to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,8 +17,8 @@ const MAX_MOOV: u64 = 64 << 20;
 
 /// The edit of the first sound track of an MP4 file, in frames at
 /// `sample_rate`; `None` for other files or without an edit list.
-pub fn audio_edit(path: &Path, sample_rate: u32) -> Option<Edit> {
-    let mut file = File::open(path).ok()?;
+pub fn audio_edit(input: Input<'_>, sample_rate: u32) -> Option<Edit> {
+    let (mut file, len) = input.open().ok()?;
     let mut head = [0u8; 8];
     file.read_exact(&mut head).ok()?;
     file.seek(SeekFrom::Start(4)).ok()?;
@@ -27,7 +27,6 @@ pub fn audio_edit(path: &Path, sample_rate: u32) -> Option<Edit> {
     if &kind != b"ftyp" {
         return None;
     }
-    let len = file.metadata().ok()?.len();
     let mut pos = 0u64;
     while pos + 8 <= len {
         file.seek(SeekFrom::Start(pos)).ok()?;
@@ -73,9 +72,8 @@ const MAX_DEPTH: usize = 8;
 /// [`FTYP_SEARCH`] bytes (symphonia starts wherever its probe finds that
 /// marker); `None` when there is none. Reads box headers and counts
 /// only, never a table.
-pub(super) fn oversized_sample_table(path: &Path) -> Option<String> {
-    let mut file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
+pub(super) fn oversized_sample_table(input: Input<'_>) -> Option<String> {
+    let (mut file, len) = input.open().ok()?;
     let mut head = Vec::new();
     (&mut file).take(FTYP_SEARCH).read_to_end(&mut head).ok()?;
     let starts = head
@@ -85,7 +83,7 @@ pub(super) fn oversized_sample_table(path: &Path) -> Option<String> {
         .map(|(i, _)| (i - 4) as u64)
         .take(MAX_FTYP_MARKERS);
     for start in starts {
-        if let Some(found) = check_boxes(&mut file, start, len, 0) {
+        if let Some(found) = check_boxes(file.as_mut(), len, start, len, 0) {
             return Some(found);
         }
     }
@@ -93,11 +91,16 @@ pub(super) fn oversized_sample_table(path: &Path) -> Option<String> {
 }
 
 /// Walks the boxes in `[pos, end)` of `file`.
-fn check_boxes(file: &mut File, mut pos: u64, end: u64, depth: usize) -> Option<String> {
+fn check_boxes(
+    file: &mut dyn ReadSeek,
+    file_len: u64,
+    mut pos: u64,
+    end: u64,
+    depth: usize,
+) -> Option<String> {
     if depth > MAX_DEPTH {
         return None;
     }
-    let file_len = file.metadata().ok()?.len();
     while pos.checked_add(8)? <= end {
         let mut head = [0u8; 8];
         file.seek(SeekFrom::Start(pos)).ok()?;
@@ -124,7 +127,7 @@ fn check_boxes(file: &mut File, mut pos: u64, end: u64, depth: usize) -> Option<
         match &kind {
             b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"edts" | b"moof" | b"traf"
             | b"mvex" => {
-                if let Some(found) = check_boxes(file, body_start, body_end, depth + 1) {
+                if let Some(found) = check_boxes(file, file_len, body_start, body_end, depth + 1) {
                     return Some(found);
                 }
             }
@@ -165,7 +168,7 @@ fn check_boxes(file: &mut File, mut pos: u64, end: u64, depth: usize) -> Option<
 }
 
 /// Reads as much of `buf` as the file has; answers the bytes read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> usize {
+fn read_up_to(file: &mut dyn ReadSeek, buf: &mut [u8]) -> usize {
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..]) {

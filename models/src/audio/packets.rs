@@ -3,7 +3,6 @@
 //! limit, bounded decode errors) and the checks on what it found. Only one
 //! packet's samples exist at a time.
 
-use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
@@ -17,7 +16,7 @@ use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::{mp4, AudioError, MeasuredLength};
+use super::{mp4, AudioError, Input, MeasuredLength};
 
 /// Decode errors in a row after which a stream is declared corrupt: a few
 /// damaged frames in a long file are skipped, a stream of garbage is not.
@@ -72,12 +71,13 @@ fn looks_like_audio(head: &[u8]) -> bool {
         || head.get(4..8) == Some(b"ftyp")
 }
 
-pub(super) fn open(path: &Path) -> Result<Opened, AudioError> {
+pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
+    let path = input.path();
     let io_err = |source| AudioError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io_err)?.len();
+    let (_, len) = input.open().map_err(io_err)?;
     if len == 0 {
         return Err(AudioError::Empty {
             path: path.to_path_buf(),
@@ -87,14 +87,14 @@ pub(super) fn open(path: &Path) -> Result<Opened, AudioError> {
     // the table's own entry count before reading it: a few hundred bytes
     // could ask for 68 GB and abort the whole process. Refuse such tables
     // before symphonia sees them.
-    if let Some(detail) = mp4::oversized_sample_table(path) {
+    if let Some(detail) = mp4::oversized_sample_table(input) {
         return Err(AudioError::Corrupt {
             path: path.to_path_buf(),
             detail,
         });
     }
-    let file = File::open(path).map_err(io_err)?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let source = input.media_source().map_err(io_err)?;
+    let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
@@ -108,8 +108,9 @@ pub(super) fn open(path: &Path) -> Result<Opened, AudioError> {
         .format(&hint, mss, &format_options, &MetadataOptions::default())
         .map_err(|e| {
             let mut head = [0u8; 12];
-            let n = File::open(path)
-                .and_then(|mut f| io::Read::read(&mut f, &mut head))
+            let n = input
+                .open()
+                .and_then(|(mut f, _)| io::Read::read(&mut f, &mut head))
                 .unwrap_or(0);
             match e {
                 SymphoniaError::IoError(ref io)
@@ -172,11 +173,11 @@ pub(super) fn corrupt(path: &Path, e: &SymphoniaError) -> AudioError {
 }
 
 pub(super) fn measure_inner(
-    path: &Path,
+    input: Input<'_>,
     max_duration_s: Option<f64>,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<MeasuredLength, AudioError> {
-    let opened = open(path)?;
+    let opened = open(input)?;
     let header_s = match (opened.params.n_frames, opened.params.sample_rate) {
         (Some(frames), Some(rate)) if rate > 0 => Some(frames as f64 / f64::from(rate)),
         _ => None,
@@ -184,7 +185,7 @@ pub(super) fn measure_inner(
     let header_exact = !header_is_estimate(&opened.params);
     // Decode every packet and count what comes out; the samples themselves
     // are dropped with the decoder's own reused buffer.
-    let walked = walk_packets(path, opened, max_duration_s, should_stop, |_, _| Ok(()))?;
+    let walked = walk_packets(input, opened, max_duration_s, should_stop, |_, _| Ok(()))?;
     Ok(MeasuredLength {
         duration_s: walked.duration_s(),
         header_s,
@@ -217,12 +218,13 @@ impl Walked {
 /// `max_duration_s`, and with [`AudioError::Cancelled`] when `should_stop`
 /// answers true (asked every [`CANCEL_CHECK_EVERY`] packets).
 pub(super) fn walk_packets(
-    path: &Path,
+    input: Input<'_>,
     opened: Opened,
     max_duration_s: Option<f64>,
     should_stop: &dyn Fn() -> bool,
     mut consume: impl FnMut(AudioBufferRef<'_>, Range<usize>) -> Result<(), AudioError>,
 ) -> Result<Walked, AudioError> {
+    let path = input.path();
     let Opened {
         mut reader,
         track_id,
@@ -239,7 +241,7 @@ pub(super) fn walk_packets(
     // front and how long the real audio is; symphonia 0.5 does not apply them.
     let edit = params
         .sample_rate
-        .and_then(|rate| mp4::audio_edit(path, rate));
+        .and_then(|rate| mp4::audio_edit(input, rate));
     let mut to_skip = edit.map_or(0, |e| e.skip_frames);
     let keep_limit = edit.and_then(|e| e.keep_frames);
 

@@ -2,8 +2,8 @@
 //! the samples inside VAD's regions and drops the rest as it goes, so a
 //! transcription holds memory in proportion to its speech, not its length.
 
+use super::Input;
 use std::ops::Range;
-use std::path::Path;
 
 use super::{decode_chunks, AudioError, DecodeOptions};
 use crate::transcript::SpeechRegion;
@@ -76,8 +76,8 @@ impl SampleSource for SpeechSamples {
 
 /// Decodes `path` (mono, at `options.sample_rate`) keeping only the samples
 /// in `ranges` (sorted, apart; see [`SpeechSamples::ranges_for`]).
-pub fn decode_speech(
-    path: &Path,
+pub fn decode_speech<'a>(
+    input: impl Into<Input<'a>>,
     options: &DecodeOptions,
     should_stop: &dyn Fn() -> bool,
     ranges: &[Range<usize>],
@@ -91,7 +91,7 @@ pub fn decode_speech(
     // ranges[next] is the first not finished; `filling`: its part is open.
     let mut next = 0;
     let mut filling = false;
-    let info = decode_chunks::<AudioError>(path, options, should_stop, |chunk, first| {
+    let info = decode_chunks::<AudioError>(input, options, should_stop, |chunk, first| {
         let first = first as usize;
         let end = first + chunk.len();
         while let Some(r) = ranges.get(next) {
