@@ -99,7 +99,7 @@ fn mp4_sample_table_larger_than_the_file_is_refused() {
     let mut file = mp4_box(b"ftyp", b"M4A \0\0\0\0M4A isom");
     file.extend(mp4_box(b"moov", &trak));
     std::fs::write(&path, &file).unwrap();
-    assert_eq!(mp4::oversized_sample_table(&path), None);
+    assert_eq!(mp4::oversized_sample_table(Input::file(&path)), None);
 }
 
 /// A box whose 64-bit size reaches past 2^64 ends the edit-list walk
@@ -116,8 +116,8 @@ fn mp4_box_size_near_u64_max_ends_the_walk() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wrap.m4a");
     std::fs::write(&path, &file).unwrap();
-    assert_eq!(mp4::audio_edit(&path, 16_000), None);
-    assert_eq!(mp4::oversized_sample_table(&path), None);
+    assert_eq!(mp4::audio_edit(Input::file(&path), 16_000), None);
+    assert_eq!(mp4::oversized_sample_table(Input::file(&path)), None);
 }
 
 /// Found by fuzzing (`fuzz/fuzz_targets/audio_decode.rs`, a 1,365-byte

@@ -102,3 +102,52 @@ impl MediaSource for Source {
         Some(self.len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{decode_file, measure_duration, write_wav_16bit};
+    use std::io::Cursor;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serves a file's bytes from memory, counting how often it is opened.
+    struct InMemory {
+        bytes: Vec<u8>,
+        opened: AtomicUsize,
+    }
+
+    impl Opener for InMemory {
+        fn open(&self) -> io::Result<(Box<dyn ReadSeek>, u64)> {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            let len = self.bytes.len() as u64;
+            Ok((Box::new(Cursor::new(self.bytes.clone())), len))
+        }
+    }
+
+    #[test]
+    fn an_opener_is_read_like_the_file_it_stands_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tone.wav");
+        let tone: Vec<f32> = (0..8_000).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        write_wav_16bit(&path, &tone, 16_000, 1).unwrap();
+        let memory = InMemory {
+            bytes: std::fs::read(&path).unwrap(),
+            opened: AtomicUsize::new(0),
+        };
+        // The name does not exist on disk: only the opener is read.
+        let name = dir.path().join("elsewhere.wav");
+        let from_opener = decode_file(Input::opened_by(&name, &memory)).unwrap();
+        let from_file = decode_file(&path).unwrap();
+        assert_eq!(from_opener.samples, from_file.samples);
+        assert!(memory.opened.load(Ordering::Relaxed) >= 1);
+        let measured = measure_duration(Input::opened_by(&name, &memory), None, &|| false).unwrap();
+        assert!((measured.duration_s - 0.5).abs() < 1e-9);
+        // Errors name the input by its name.
+        let garbage = InMemory {
+            bytes: b"not audio at all, just text".repeat(10),
+            opened: AtomicUsize::new(0),
+        };
+        let err = decode_file(Input::opened_by(&name, &garbage)).unwrap_err();
+        assert!(err.to_string().contains("elsewhere.wav"), "{err}");
+    }
+}
