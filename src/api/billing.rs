@@ -202,13 +202,15 @@ async fn webhook(
 }
 
 fn spawn_sync(state: &AppState, tenant: TenantId) {
-    let (store, tiers, settings) = (
+    let (store, tiers, settings, outbound) = (
         state.store.clone(),
         state.tiers.clone(),
         state.settings.clone(),
+        state.outbound.clone(),
     );
     state.background.spawn(async move {
-        match revenuecat::sync(&store, &tiers, &settings.billing.revenuecat, &tenant).await {
+        let rc = &settings.billing.revenuecat;
+        match revenuecat::sync(&store, &tiers, rc, &outbound, &tenant).await {
             Ok(outcome) => tracing::info!(tenant = %tenant, outcome = %outcome, "RevenueCat sync"),
             Err(e) => tracing::warn!(tenant = %tenant, error = %e, "RevenueCat sync failed"),
         }

@@ -14,7 +14,9 @@ use super::{
 };
 use crate::billing::{Tier, TierGate, Translation};
 use crate::ids::new_id;
-use crate::store::{EventType, Job, JobStatus, PageRequest, Role, StoreError, TranslationLimit};
+use crate::store::{
+    EventType, Job, JobCallback, JobStatus, PageRequest, Role, StoreError, TranslationLimit,
+};
 use murmur_actors::params::{JobParams, JobType, Task};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -120,6 +122,8 @@ struct NewJob {
     workflow_id: Option<String>,
     #[serde(default)]
     params: Value,
+    /// Receives this job's events (signed; see docs/API.md, "Webhooks").
+    callback_url: Option<String>,
 }
 
 async fn create(
@@ -131,18 +135,29 @@ async fn create(
         .authenticate(auth.as_deref(), op("jobs:write", Role::Member))
         .await?;
     let body: NewJob = parse_json(body)?;
-    let job = submit_job(
+    let callback = match &body.callback_url {
+        Some(url) => Some(JobCallback {
+            url: super::webhooks::checked_url(&state, "callback_url", url).await?,
+            secret: crate::webhooks::new_secret(),
+        }),
+        None => None,
+    };
+    let job = submit_job_with_callback(
         &state,
         &caller,
         &body.file_id,
         body.workflow_id.as_deref(),
         &body.params,
+        callback.as_ref(),
     )
     .await?;
-    Ok(tag_tenant(
-        json_reply(StatusCode::ACCEPTED, &job_view(&job)),
-        &caller,
-    ))
+    let mut view = job_view(&job);
+    if let Some(cb) = &callback {
+        // The only time the callback's secret leaves the server.
+        view["callback_url"] = json!(cb.url);
+        view["callback_secret"] = json!(cb.secret);
+    }
+    Ok(tag_tenant(json_reply(StatusCode::ACCEPTED, &view), &caller))
 }
 
 /// Creates a job for the caller on one of its files: resolves parameters
@@ -155,6 +170,18 @@ pub async fn submit_job(
     file_id: &str,
     workflow_id: Option<&str>,
     params: &Value,
+) -> Result<Job, ApiError> {
+    submit_job_with_callback(state, caller, file_id, workflow_id, params, None).await
+}
+
+/// [`submit_job`] with a checked `callback_url`, stored with the job.
+pub async fn submit_job_with_callback(
+    state: &AppState,
+    caller: &Caller,
+    file_id: &str,
+    workflow_id: Option<&str>,
+    params: &Value,
+    callback: Option<&JobCallback>,
 ) -> Result<Job, ApiError> {
     let tenant = caller.tenant_id();
     let file = state
@@ -252,12 +279,13 @@ pub async fn submit_job(
     );
     let event = match state
         .store
-        .create_job(
+        .create_job_with_callback(
             tenant,
             &job,
             EventType::Queued,
             limit,
             caller.tier.max_queued_jobs,
+            callback,
         )
         .await
     {

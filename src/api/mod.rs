@@ -18,6 +18,7 @@ mod session;
 mod tenant;
 mod users;
 mod web;
+mod webhooks;
 mod workflows;
 mod ws;
 
@@ -65,6 +66,9 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Bounds on password hashing and login attempts (see `auth::limits`).
     pub auth_limits: Arc<crate::auth::AuthLimits>,
+    /// The one outbound HTTP client, behind the SSRF guard (webhooks,
+    /// URL input, RevenueCat's REST sync).
+    pub outbound: crate::outbound::Outbound,
 }
 
 /// A verified caller with its tenant's current row and tier.
@@ -380,6 +384,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(openai::routes(state.clone()))
         .unify()
         .or(billing::routes(state.clone()))
+        .unify()
+        .or(webhooks::routes(state.clone()))
         .unify()
         .or(web::routes(state.clone()))
         .unify()

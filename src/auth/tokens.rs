@@ -184,16 +184,20 @@ pub const OPERATIONS: &[&str] = &[
     "workflows:write",
     "jobs:read",
     "jobs:write",
+    "webhooks:read",
+    "webhooks:write",
 ];
 
-/// API-key scopes: `read` (every read), `jobs` (upload, run and read jobs),
-/// `full` (all the creating user's rights). No scope means `full`.
+/// API-key scopes: `read` (every read but webhooks'), `jobs` (upload, run
+/// and read jobs), `full` (all the creating user's rights). No scope means
+/// `full`. Webhooks are `full` only: an endpoint receives every job of the
+/// tenant, so managing or inspecting one is an administrator's act.
 pub const SCOPES: &[&str] = &["read", "jobs", "full"];
 
 fn scope_allows(scope: &str, op: &str) -> bool {
     match scope {
         "full" => true,
-        "read" => op.ends_with(":read"),
+        "read" => op.ends_with(":read") && !op.starts_with("webhooks:"),
         "jobs" => matches!(
             op,
             "tenant:read"

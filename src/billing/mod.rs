@@ -2,7 +2,6 @@
 //! and the expiry of paid tiers.
 
 pub mod gates;
-pub mod http;
 pub mod revenuecat;
 pub mod tiers;
 pub mod transfer;

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::TierTable;
 use crate::config::RevenueCatSettings;
+use crate::outbound::{Outbound, Redirects};
 use crate::store::{Store, StoreError, Subscription, SubscriptionChange, Tenant, TenantId};
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +327,7 @@ pub async fn replay(
     store: &Store,
     tiers: &TierTable,
     settings: &RevenueCatSettings,
+    outbound: &Outbound,
 ) -> Result<usize, BillingError> {
     let pending = store.unprocessed_billing_events()?;
     for ev in &pending {
@@ -339,7 +341,7 @@ pub async fn replay(
             }
         };
         for tid in tenants.iter().filter(|_| settings.rest_sync) {
-            if let Err(e) = sync(store, tiers, settings, tid).await {
+            if let Err(e) = sync(store, tiers, settings, outbound, tid).await {
                 tracing::warn!(tenant = %tid, error = %e, "RevenueCat sync failed");
             }
         }
@@ -390,6 +392,7 @@ pub async fn sync(
     store: &Store,
     tiers: &TierTable,
     settings: &RevenueCatSettings,
+    outbound: &Outbound,
     tenant: &TenantId,
 ) -> Result<String, BillingError> {
     let url = format!(
@@ -397,15 +400,19 @@ pub async fn sync(
         settings.rest_base_url.trim_end_matches('/'),
         tenant.as_str()
     );
-    let (status, body) = super::http::request(
-        "GET",
-        &url,
-        Some(&settings.rest_api_key),
-        None,
-        Duration::from_millis(settings.rest_timeout_ms),
-    )
-    .await
-    .map_err(BillingError::Sync)?;
+    let parsed: reqwest::Url = url
+        .parse()
+        .map_err(|e| BillingError::Sync(format!("{url}: {e}")))?;
+    let request = outbound
+        .request(reqwest::Method::GET, &parsed, Redirects::Follow)
+        .map_err(|e| BillingError::Sync(e.to_string()))?
+        .bearer_auth(&settings.rest_api_key)
+        .header("accept", "application/json")
+        .timeout(Duration::from_millis(settings.rest_timeout_ms));
+    let (status, body) = outbound
+        .call(request)
+        .await
+        .map_err(|e| BillingError::Sync(e.to_string()))?;
     if status != 200 {
         return Err(BillingError::Sync(format!("{url} answered {status}")));
     }

@@ -54,6 +54,13 @@ impl Store {
             })
             .map_err(tx_error)?;
         if removed.is_some() {
+            // Its callback and the callback's delivery log go with it;
+            // deliveries still owed keep their own copy of the target.
+            self.job_callbacks.remove(&key)?;
+            let log = format!("{}/{}/", tenant.as_str(), id);
+            for k in self.delivery_log.scan_prefix(log.as_bytes()).keys() {
+                self.delivery_log.remove(k?)?;
+            }
             self.flush().await?;
             remove_dir(&self.artifact_dir(tenant, id))?;
         }
@@ -229,6 +236,10 @@ impl Store {
             &self.event_seq,
             &self.events,
             &self.usage,
+            self.webhooks.tree(),
+            &self.job_callbacks,
+            &self.outbox,
+            &self.delivery_log,
         ] {
             let keys: Vec<sled::IVec> = tree
                 .scan_prefix(prefix.as_bytes())

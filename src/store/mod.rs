@@ -12,6 +12,7 @@ mod lifecycle;
 mod records;
 mod scoped;
 mod storage;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,10 @@ pub use records::*;
 use scoped::Scoped;
 pub use scoped::{Page, PageRequest};
 pub use storage::{QuotaFull, Reservation, ReserveError};
+pub use webhooks::{
+    event_payload, webhook_event_name, Delivery, DeliveryAttempt, DeliveryTarget, JobCallback,
+    Webhook, WEBHOOK_EVENTS,
+};
 
 /// Version of the on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -137,6 +142,20 @@ pub struct Store {
     ledger: std::sync::Arc<storage::Ledger>,
     /// Tenant data keys (tree `tenant_keys`), for encryption at rest.
     keyring: Arc<keyring::Keyring>,
+    /// The tenants' webhook endpoints (sealed: they hold signing secrets).
+    webhooks: Scoped<Webhook>,
+    /// "<tenant>/<job>" -> sealed [`JobCallback`]: a job's `callback_url`.
+    job_callbacks: sled::Tree,
+    /// "<tenant>/<delivery>" -> sealed [`Delivery`]: the durable outbox,
+    /// written with the events that owe deliveries (see `webhooks`).
+    outbox: sled::Tree,
+    /// due time (ms, big-endian) + outbox key -> (): the outbox by due time.
+    outbox_due: sled::Tree,
+    /// "<tenant>/<endpoint>/<attempt>" -> sealed [`DeliveryAttempt`]:
+    /// recent attempts per endpoint, bounded.
+    delivery_log: sled::Tree,
+    /// Rung when deliveries are written, so the worker sends them at once.
+    outbox_signal: Arc<tokio::sync::Notify>,
 }
 
 /// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
@@ -401,6 +420,7 @@ impl Store {
             files,
             workflows: Scoped::open_sealed(&db, "workflows", keyring.clone())?,
             jobs: Scoped::open_sealed(&db, "jobs", keyring.clone())?,
+            webhooks: Scoped::open_sealed(&db, "webhooks", keyring.clone())?,
             keyring,
             event_seq: db.open_tree("job_event_seq")?,
             events: db.open_tree("job_events")?,
@@ -408,6 +428,11 @@ impl Store {
             open_jobs: db.open_tree("open_jobs")?,
             subscriptions: db.open_tree("subscriptions")?,
             billing_events: db.open_tree("billing_events")?,
+            job_callbacks: db.open_tree("job_callbacks")?,
+            outbox: db.open_tree("webhook_outbox")?,
+            outbox_due: db.open_tree("webhook_outbox_due")?,
+            delivery_log: db.open_tree("webhook_delivery_log")?,
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
             db,
         };
         store.sweep_partial_uploads()?;
@@ -855,13 +880,29 @@ impl Store {
         limit: Option<TranslationLimit>,
         max_open: Option<u64>,
     ) -> Result<Event, StoreError> {
+        self.create_job_with_callback(tenant, job, kind, limit, max_open, None)
+            .await
+    }
+
+    /// [`Store::create_job`] for a job with a `callback_url`: the callback
+    /// is written in the same transaction, so the job's first event is
+    /// already delivered to it.
+    pub async fn create_job_with_callback(
+        &self,
+        tenant: &TenantId,
+        job: &Job,
+        kind: EventType,
+        limit: Option<TranslationLimit>,
+        max_open: Option<u64>,
+        callback: Option<&JobCallback>,
+    ) -> Result<Event, StoreError> {
         let created = self
             .transition(
                 tenant,
                 &job.id,
                 Some(job.clone()),
                 kind,
-                (limit, max_open),
+                (limit, max_open, callback),
                 |_| true,
             )
             .await?;
@@ -886,7 +927,7 @@ impl Store {
         kind: EventType,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
-        self.transition(tenant, id, insert, kind, (None, None), change)
+        self.transition(tenant, id, insert, kind, (None, None, None), change)
             .await
     }
 
@@ -896,13 +937,18 @@ impl Store {
         id: &str,
         insert: Option<Job>,
         kind: EventType,
-        (limit, max_open): (Option<TranslationLimit>, Option<u64>),
+        (limit, max_open, callback): (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
         let key = scoped_key(tenant, id);
         let seal = self.jobs.seal(tenant)?;
+        // Deliveries the event owes go in its transaction (see `webhooks`).
+        let subscribers = self.subscribers(tenant, kind)?;
+        let mut enqueued = 0;
         // sled retries transactions through an `Fn`: lend it the closure.
         let change = std::cell::RefCell::new(change);
+        let enqueued_in_tx = std::cell::Cell::new(0);
+        // Nine trees: as many as sled's transactions take.
         let outcome = (
             self.jobs.tree(),
             &self.event_seq,
@@ -910,41 +956,66 @@ impl Store {
             &self.usage,
             self.files.tree(),
             &self.open_jobs,
+            &self.job_callbacks,
+            &self.outbox,
+            &self.outbox_due,
         )
-            .transaction(|(jobs, seqs, events, usage, files, open_jobs)| {
-                let before: Option<Job> = match jobs.get(&key)? {
-                    Some(bytes) => Some(
-                        seal.decode(&key, &bytes)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                    ),
-                    None => None,
-                };
-                let mut job: Job = match (&before, &insert) {
-                    (Some(job), _) | (None, Some(job)) => job.clone(),
-                    (None, None) => return Ok(None),
-                };
-                if !(change.borrow_mut())(&mut job) {
-                    return Ok(None);
-                }
-                meter(tenant, before.as_ref(), &job, limit, usage, files, &seal)?;
-                count_open(tenant, before.as_ref(), &job, max_open, open_jobs)?;
-                let seq = match seqs.get(&key)? {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
-                    None => 1,
-                };
-                let mut event = Event::of(&job, kind);
-                event.seq = seq;
-                event.attempt = matches!(kind, EventType::Started | EventType::Retrying)
-                    .then_some(job.attempts);
-                jobs.insert(key.as_slice(), seal.encode(&key, &job))?;
-                seqs.insert(key.as_slice(), &seq.to_be_bytes())?;
-                let event_key = event_key(tenant, id, seq);
-                events.insert(event_key.as_slice(), seal.encode(&event_key, &event))?;
-                Ok(Some((job, event)))
-            })
+            .transaction(
+                |(jobs, seqs, events, usage, files, open_jobs, callbacks, outbox, due)| {
+                    let before: Option<Job> = match jobs.get(&key)? {
+                        Some(bytes) => Some(
+                            seal.decode(&key, &bytes)
+                                .map_err(ConflictableTransactionError::Abort)?,
+                        ),
+                        None => None,
+                    };
+                    let mut job: Job = match (&before, &insert) {
+                        (Some(job), _) | (None, Some(job)) => job.clone(),
+                        (None, None) => return Ok(None),
+                    };
+                    if !(change.borrow_mut())(&mut job) {
+                        return Ok(None);
+                    }
+                    meter(tenant, before.as_ref(), &job, limit, usage, files, &seal)?;
+                    count_open(tenant, before.as_ref(), &job, max_open, open_jobs)?;
+                    let seq = match seqs.get(&key)? {
+                        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                        None => 1,
+                    };
+                    let mut event = Event::of(&job, kind);
+                    event.seq = seq;
+                    event.attempt = matches!(kind, EventType::Started | EventType::Retrying)
+                        .then_some(job.attempts);
+                    jobs.insert(key.as_slice(), seal.encode(&key, &job))?;
+                    seqs.insert(key.as_slice(), &seq.to_be_bytes())?;
+                    let event_key = event_key(tenant, id, seq);
+                    events.insert(event_key.as_slice(), seal.encode(&event_key, &event))?;
+                    if let Some(cb) = callback.filter(|_| before.is_none()) {
+                        callbacks.insert(key.as_slice(), seal.encode(&key, cb))?;
+                    }
+                    enqueued_in_tx.set(0);
+                    if let Some(subscribers) = &subscribers {
+                        enqueued_in_tx.set(webhooks::enqueue(
+                            tenant,
+                            &job,
+                            &event,
+                            subscribers,
+                            callbacks,
+                            outbox,
+                            due,
+                            &seal,
+                        )?);
+                    }
+                    Ok(Some((job, event)))
+                },
+            )
             .map_err(tx_error)?;
         if outcome.is_some() {
+            enqueued = enqueued_in_tx.get();
             self.flush().await?;
+        }
+        if enqueued > 0 {
+            self.outbox_signal.notify_one();
         }
         Ok(outcome)
     }
