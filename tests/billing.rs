@@ -648,6 +648,24 @@ async fn revenuecat_stand_in(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let (route, calls) = revenuecat_route(tier_entitlement);
+    let (addr, serve) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(serve);
+    (addr, calls)
+}
+
+/// RevenueCat's `GET /v1/subscribers/{id}` as the stand-ins answer it, and
+/// its call counter.
+fn revenuecat_route(
+    tier_entitlement: &'static str,
+) -> (
+    impl warp::Filter<Extract = (impl warp::Reply,), Error = warp::Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use warp::Filter;
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = calls.clone();
@@ -702,9 +720,66 @@ async fn revenuecat_stand_in(
             });
             warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::OK)
         });
-    let (addr, serve) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(serve);
-    (addr, calls)
+    (route, calls)
+}
+
+/// RevenueCat's REST API over HTTPS, as the real one is: the sync reaches
+/// it when the server trusts the stand-in's certificate authority (made
+/// for this test), and does not when it does not.
+#[tokio::test]
+async fn revenuecat_rest_sync_speaks_https_and_checks_certificates() {
+    let (route, calls) = revenuecat_route("enterprise");
+    let https = common::tls::serve_https(route).await;
+    let base = https.base();
+    let [(ca_key, ca), (hosts_key, hosts)] = https.trust_env();
+    let rest = [
+        ("MURMUR__BILLING__REVENUECAT__REST_SYNC", "true"),
+        ("MURMUR__BILLING__REVENUECAT__REST_BASE_URL", base.as_str()),
+        ("MURMUR__BILLING__REVENUECAT__REST_API_KEY", "sk_test_rest"),
+        (hosts_key, hosts.as_str()),
+    ];
+    let purchase = |a: &common::Tenant, id: &'static str| {
+        let t0 = now_ms();
+        rc_event(
+            id,
+            "INITIAL_PURCHASE",
+            &a.id,
+            "premium",
+            t0,
+            Some(t0 + 3_600_000),
+        )
+    };
+    // Not trusting the authority: the TLS handshake fails, the event's
+    // own tier (premium) stands.
+    let (untrusting, _dir) = start(&rest);
+    let a = signup(&untrusting, "Acme").await;
+    webhook(&untrusting, Some(SECRET), purchase(&a, "evt-untrusted"))
+        .await
+        .expect(200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sub = a.client.get("/v1/subscription").await.expect(200);
+    assert_eq!(sub["tier"], "premium", "{sub}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(untrusting);
+
+    let mut trusting_env = rest.to_vec();
+    trusting_env.push((ca_key, ca.as_str()));
+    let (server, _dir) = start(&trusting_env);
+    let a = signup(&server, "Acme").await;
+    webhook(&server, Some(SECRET), purchase(&a, "evt-trusted"))
+        .await
+        .expect(200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sub = a.client.get("/v1/subscription").await.expect(200);
+        if sub["tier"] == "enterprise" {
+            assert_eq!(sub["subscription"]["source"], "revenuecat_sync");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never synced: {sub}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
 
 #[tokio::test]

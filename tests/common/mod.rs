@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod revenuecat;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
