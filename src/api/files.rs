@@ -45,6 +45,7 @@ const MULTIPART_SLACK: u64 = 64 * 1024;
 const DRAIN_BUDGET: u64 = 8 * 1024 * 1024;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let state_for_url = state.clone();
     let upload = warp::path!("v1" / "files")
         .and(warp::post())
         .and(with_state(state.clone()))
@@ -73,7 +74,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .and(auth_header())
         .then(|id, s, a| async move { respond(delete(s, a, id).await) });
-    upload
+    super::url_input::route(state_for_url)
+        .or(upload)
+        .unify()
         .or(list)
         .unify()
         .or(one)
@@ -108,7 +111,7 @@ pub fn file_view(f: &FileRecord) -> serde_json::Value {
            "content_type": f.content_type, "created_at": f.created_at})
 }
 
-fn too_large(limit: u64, tier: &str) -> ApiError {
+pub(super) fn too_large(limit: u64, tier: &str) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
@@ -197,17 +200,21 @@ enum Refusal {
     OverQuota,
 }
 
-/// Streams one part into `path`, sealed with `sealer` (encryption at
-/// rest), stopping at `max` bytes. Answers the size received (the
-/// plaintext, what quotas count) or why it stopped.
-async fn write_part(
-    part: Part,
+/// Streams an upload's bytes into `path`, sealed with `sealer`
+/// (encryption at rest), stopping at `max` bytes. Answers the size received
+/// (the plaintext, what quotas count) or why it stopped.
+async fn write_stream<S, B>(
+    mut stream: S,
     path: &Path,
     mut sealer: Sealer,
     max: u64,
     declared: Option<u64>,
     room: &mut Reservation,
-) -> Result<Result<u64, Refusal>, ApiError> {
+) -> Result<Result<u64, Refusal>, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, ApiError>> + Unpin,
+    B: Buf,
+{
     // A request that says how long it is claims that much room at once, or
     // what is left of it (the file is part of the body): parallel uploads
     // are then served first come, first served. Claiming only chunk by
@@ -222,9 +229,6 @@ async fn write_part(
         .map_err(ApiError::internal)?;
     let mut written: u64 = 0;
     let mut sealed = Vec::with_capacity(2 * murmur_seal::SEALED_CHUNK);
-    let mut stream = part
-        .stream()
-        .map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")));
     while let Some(mut chunk) = stream.try_next().await? {
         let n = chunk.remaining() as u64;
         written += n;
@@ -407,12 +411,35 @@ async fn store_part(
     declared: Option<u64>,
     part: Part,
 ) -> Result<FileRecord, ApiError> {
+    let name = clean_name(part.filename().unwrap_or("upload"));
+    let content_type = part.content_type().map(str::to_string);
+    let stream = part
+        .stream()
+        .map_err(|e| ApiError::invalid(format!("malformed multipart body: {e}")));
+    store_stream(state, caller, name, content_type, declared, stream).await
+}
+
+/// Stores an upload's bytes for the caller, from any stream (a multipart
+/// part, a body fetched from a URL): checked against the tier's file size
+/// and storage quota as they arrive, sealed at rest, measured as audio,
+/// renamed into place and recorded. `declared` is the length announced
+/// up front, if any. Any failure leaves no file and no row.
+pub(super) async fn store_stream<S, B>(
+    state: &AppState,
+    caller: &Caller,
+    name: String,
+    content_type: Option<String>,
+    declared: Option<u64>,
+    stream: S,
+) -> Result<FileRecord, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, ApiError>> + Unpin,
+    B: Buf,
+{
     let tier = &caller.tier;
     let limit = tier.max_file_bytes;
     let tenant = caller.tenant_id().clone();
     let mut room = state.store.reserve_storage(&tenant, tier.storage_bytes);
-    let name = clean_name(part.filename().unwrap_or("upload"));
-    let content_type = part.content_type().map(str::to_string);
     let id = new_id("f");
     tokio::fs::create_dir_all(state.store.blob_dir(&tenant))
         .await
@@ -421,7 +448,7 @@ async fn store_part(
     let key = state.store.data_key(&tenant)?;
     let context = upload_context(&id);
     let sealer = Sealer::new(&key, context.as_bytes());
-    let outcome = write_part(part, &partial, sealer, limit, declared, &mut room).await;
+    let outcome = write_stream(stream, &partial, sealer, limit, declared, &mut room).await;
     let size = match outcome {
         Ok(Ok(size)) => size,
         Ok(Err(refusal)) => {

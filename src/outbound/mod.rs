@@ -38,6 +38,9 @@ pub struct OutboundSettings {
     pub connect_timeout_ms: u64,
     /// Longest a request may take, answer included.
     pub timeout_ms: u64,
+    /// Longest fetching audio from a URL may take (`POST /v1/files` with
+    /// a `url`): a long recording over a slow link takes a while.
+    pub fetch_timeout_ms: u64,
     /// Redirects followed (each checked like the first URL) where a caller
     /// follows any; webhooks never do.
     pub max_redirects: usize,
@@ -305,6 +308,7 @@ mod tests {
             extra_root_certs: vec![],
             connect_timeout_ms: 1000,
             timeout_ms: 2000,
+            fetch_timeout_ms: 2000,
             max_redirects: 3,
             max_response_bytes: 1024,
         }
@@ -357,7 +361,7 @@ mod tests {
         let s: OutboundSettings = serde_json::from_value(serde_json::json!({
             "allowed_hosts": "127.0.0.1, localhost",
             "extra_root_certs": ["/a.pem"],
-            "connect_timeout_ms": 1, "timeout_ms": 1, "max_redirects": 0,
+            "connect_timeout_ms": 1, "timeout_ms": 1, "fetch_timeout_ms": 1, "max_redirects": 0,
             "max_response_bytes": 1
         }))
         .unwrap();
