@@ -75,7 +75,7 @@ pub fn spawn(
 ) {
     tasks.spawn(async move {
         let signal = store.outbox_signal();
-        loop {
+        while !stopping.is_cancelled() {
             let batch = match store.due_deliveries(Utc::now(), 64) {
                 Ok(b) => b,
                 Err(e) => {
@@ -84,17 +84,27 @@ pub fn spawn(
                 }
             };
             let worked = !batch.is_empty();
+            let unrecorded = std::sync::atomic::AtomicUsize::new(0);
             futures_util::stream::iter(batch)
                 .for_each_concurrent(settings.concurrency.max(1), |d| {
                     let (store, outbound, settings) = (&store, &outbound, &settings);
+                    let unrecorded = &unrecorded;
                     async move {
                         if let Err(e) = attempt(store, outbound, settings, d).await {
                             tracing::error!(error = %e, "cannot record a webhook delivery");
+                            unrecorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                 })
                 .await;
-            if worked {
+            if unrecorded.into_inner() > 0 {
+                // Unrecorded rows are still due: pause rather than resend
+                // them in a tight loop while the store is failing.
+                tokio::select! {
+                    _ = stopping.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            } else if worked {
                 // More may be due already: look again before sleeping.
                 continue;
             }
@@ -191,8 +201,11 @@ async fn send(
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
         .body(delivery.payload.clone());
-    // The answer's body is read (bounded) only to finish the exchange.
-    let (status, _) = outbound.call(request).await.map_err(|e| e.to_string())?;
+    let response = outbound.send(request).await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    // Only the status counts; a little of the body is read so the
+    // connection can be reused, and a large or broken one is ignored.
+    let _ = crate::outbound::read_capped(response, 64 * 1024).await;
     Ok(status)
 }
 

@@ -138,6 +138,7 @@ impl Outbound {
         let max = settings.max_redirects;
         let hop_guard = guard.clone();
         let follow = build(reqwest::redirect::Policy::custom(move |attempt| {
+            // `previous` holds every URL asked so far, the first included.
             if attempt.previous().len() > max {
                 return attempt.error(format!("more than {max} redirects"));
             }

@@ -445,6 +445,37 @@ mod tests {
         assert!(store.user(&b, "u_tb").unwrap().is_some());
     }
 
+    /// A deleted tenant's endpoints, callbacks, outbox rows and delivery
+    /// log go with it; another tenant's stay.
+    #[tokio::test]
+    async fn a_deleted_tenant_takes_its_webhooks_and_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = tenant(&store, "ta").await;
+        let b = tenant(&store, "tb").await;
+        for t in [&a, &b] {
+            let hook = crate::store::Webhook {
+                id: "wh_1".into(),
+                tenant_id: t.as_str().into(),
+                user_id: "u".into(),
+                url: "https://h.example/".into(),
+                events: vec!["job.completed".into()],
+                description: None,
+                secret: "whsec_AAAA".into(),
+                created_at: Utc::now(),
+            };
+            store.put_webhook(t, &hook).await.unwrap();
+            finished_job(&store, t, "j_1").await;
+        }
+        assert_eq!(store.due_deliveries(Utc::now(), 10).unwrap().len(), 2);
+        assert!(store.delete_tenant(&a).await.unwrap());
+        assert!(store.webhook(&a, "wh_1").unwrap().is_none());
+        let due = store.due_deliveries(Utc::now(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].tenant_id, "tb");
+        assert!(store.webhook(&b, "wh_1").unwrap().is_some());
+    }
+
     #[tokio::test]
     async fn upload_bytes_without_a_row_are_swept_at_open() {
         let dir = tempfile::tempdir().unwrap();

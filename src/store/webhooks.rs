@@ -424,3 +424,150 @@ impl Store {
         self.flush().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmur_actors::job::JobStatus;
+    use murmur_actors::params::JobParams;
+
+    fn hook(tenant: &TenantId, id: &str, events: &[&str]) -> Webhook {
+        Webhook {
+            id: id.into(),
+            tenant_id: tenant.as_str().into(),
+            user_id: "u1".into(),
+            url: format!("https://{id}.example/hook"),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            description: None,
+            secret: "whsec_AAAA".into(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn job(tenant: &TenantId, id: &str) -> Job {
+        Job::queued(
+            id.into(),
+            tenant.as_str().into(),
+            "u1".into(),
+            "f1".into(),
+            None,
+            JobParams::defaults("base"),
+        )
+    }
+
+    /// Deliveries are written with the event that owes them, to the
+    /// subscribed endpoints of the job's own tenant only, sealed; events
+    /// nobody subscribes to owe nothing; a delivered row leaves the outbox.
+    #[tokio::test]
+    async fn events_owe_deliveries_to_their_own_tenants_subscribers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (TenantId::trusted("ta"), TenantId::trusted("tb"));
+        store
+            .put_webhook(&a, &hook(&a, "wh_all", WEBHOOK_EVENTS))
+            .await
+            .unwrap();
+        store
+            .put_webhook(&a, &hook(&a, "wh_done", &["job.completed"]))
+            .await
+            .unwrap();
+        store
+            .put_webhook(&b, &hook(&b, "wh_b", WEBHOOK_EVENTS))
+            .await
+            .unwrap();
+        let callback = JobCallback {
+            url: "https://cb.example/".into(),
+            secret: "whsec_BBBB".into(),
+        };
+        store
+            .create_job_with_callback(
+                &a,
+                &job(&a, "j1"),
+                EventType::Queued,
+                None,
+                None,
+                Some(&callback),
+            )
+            .await
+            .unwrap();
+        let due = store.due_deliveries(Utc::now(), 100).unwrap();
+        let mut targets: Vec<_> = due.iter().map(|d| d.target.clone()).collect();
+        targets.sort_by_key(|t| format!("{t:?}"));
+        assert_eq!(
+            targets,
+            [
+                DeliveryTarget::Callback("j1".into()),
+                DeliveryTarget::Webhook("wh_all".into()),
+            ]
+        );
+        assert!(due
+            .iter()
+            .all(|d| d.tenant_id == "ta" && d.event_type == "job.queued"));
+        // Sealed at rest: no URL or payload in the clear.
+        for item in store.outbox.iter() {
+            let (_, raw) = item.unwrap();
+            let text = String::from_utf8_lossy(&raw);
+            assert!(!text.contains("example") && !text.contains("job.queued"));
+        }
+        // A progress event owes nothing.
+        store
+            .transition_job(&a, "j1", None, EventType::Progress, |j| {
+                j.progress = 0.5;
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.due_deliveries(Utc::now(), 100).unwrap().len(), 2);
+        // Completion goes to both of A's endpoints and the callback.
+        store
+            .transition_job(&a, "j1", None, EventType::Completed, |j| {
+                j.status = JobStatus::Completed;
+                true
+            })
+            .await
+            .unwrap();
+        let due = store.due_deliveries(Utc::now(), 100).unwrap();
+        assert_eq!(due.len(), 5, "{due:#?}");
+        assert!(due.iter().all(|d| d.tenant_id == "ta"));
+        // Recording a delivered attempt removes the row and logs it.
+        let d = &due[0];
+        let attempt = DeliveryAttempt {
+            id: "att_1".into(),
+            delivery_id: d.id.clone(),
+            event_type: d.event_type.clone(),
+            job_id: d.job_id.clone(),
+            attempt: 1,
+            status_code: Some(204),
+            error: None,
+            outcome: "delivered".into(),
+            duration_ms: 3,
+            at: Utc::now(),
+            next_attempt_at: None,
+        };
+        store.record_delivery(d, &attempt, None, 10).await.unwrap();
+        assert_eq!(store.due_deliveries(Utc::now(), 100).unwrap().len(), 4);
+        // Rescheduling moves a row out of what is due now.
+        let later = Utc::now() + chrono::Duration::hours(1);
+        let r = &due[1];
+        store
+            .record_delivery(
+                r,
+                &DeliveryAttempt {
+                    id: "att_2".into(),
+                    ..attempt.clone()
+                },
+                Some(later),
+                10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.due_deliveries(Utc::now(), 100).unwrap().len(), 3);
+        assert!(store.next_delivery_due().unwrap().is_some());
+        // Tenant B's endpoint was never owed anything.
+        assert!(store
+            .due_deliveries(later + chrono::Duration::hours(1), 100)
+            .unwrap()
+            .iter()
+            .all(|d| d.tenant_id == "ta"));
+    }
+}
