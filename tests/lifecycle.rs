@@ -65,7 +65,7 @@ async fn a_job_is_deleted_with_its_result_and_events_and_only_by_its_tenant() {
 #[tokio::test]
 async fn an_owner_exports_everything_the_tenant_holds_and_nothing_else() {
     setup();
-    let server = Server::start();
+    let server = Server::start_with(&[("MURMUR__OUTBOUND__ALLOWED_HOSTS", "127.0.0.1")]);
     let a = signup(&server, "Acme").await;
     let b = signup(&server, "Other").await;
     let (fid, jid) = finished_job(&a.client).await;
@@ -77,6 +77,11 @@ async fn an_owner_exports_everything_the_tenant_holds_and_nothing_else() {
     let key = a
         .client
         .post("/v1/api-keys", json!({"name": "k"}))
+        .await
+        .expect(201);
+    let hook = a
+        .client
+        .post("/v1/webhooks", json!({"url": "http://127.0.0.1:9/hook"}))
         .await
         .expect(201);
 
@@ -98,7 +103,7 @@ async fn an_owner_exports_everything_the_tenant_holds_and_nothing_else() {
         .collect();
     let kinds: Vec<&str> = rows.iter().map(|r| r["type"].as_str().unwrap()).collect();
     for kind in [
-        "tenant", "user", "api_key", "file", "workflow", "job", "usage",
+        "tenant", "user", "api_key", "file", "workflow", "webhook", "job", "usage",
     ] {
         assert!(kinds.contains(&kind), "no {kind} row in {kinds:?}");
     }
@@ -108,6 +113,7 @@ async fn an_owner_exports_everything_the_tenant_holds_and_nothing_else() {
     // No secrets, nothing of the other tenant.
     assert!(!text.contains("hashed_password") && !text.contains("argon2"));
     assert!(!text.contains(key["token"].as_str().unwrap()));
+    assert!(!text.contains(hook["secret"].as_str().unwrap()));
     for other in [&b.id, &b_fid, &b_jid, &b.email] {
         assert!(!text.contains(other.as_str()), "export leaks {other}");
     }

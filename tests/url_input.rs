@@ -34,6 +34,21 @@ async fn audio_host() -> HttpsStandIn {
             .body(Vec::new())
             .unwrap()
     });
+    // A name that resolves to loopback: refused when the hop connects.
+    let to_localhost = warp::path!("to-localhost").map(|| {
+        warp::http::Response::builder()
+            .status(302)
+            .header("location", "http://localhost:9/a.wav")
+            .body(Vec::new())
+            .unwrap()
+    });
+    let endless = warp::path!("loop").map(|| {
+        warp::http::Response::builder()
+            .status(302)
+            .header("location", "/loop")
+            .body(Vec::new())
+            .unwrap()
+    });
     let big_declared = warp::path!("big-declared").map(|| vec![0u8; 500_000]);
     // Chunked, no length: only counting while streaming can stop it.
     let big_streamed = warp::path!("big-streamed").map(|| {
@@ -46,6 +61,8 @@ async fn audio_host() -> HttpsStandIn {
     let routes = warp::get().and(
         tone.or(moved)
             .or(to_private)
+            .or(to_localhost)
+            .or(endless)
             .or(big_declared)
             .or(big_streamed)
             .or(noise),
@@ -129,6 +146,8 @@ async fn oversized_non_audio_failing_and_private_urls_are_refused_leaving_nothin
         ("noise.wav", 422, "invalid_audio"),
         ("missing.wav", 422, "url_fetch_failed"),
         ("to-private", 422, "url_not_allowed"),
+        ("to-localhost", 422, "url_not_allowed"),
+        ("loop", 422, "url_fetch_failed"),
     ] {
         a.client
             .post("/v1/files", url(path))

@@ -120,8 +120,8 @@ impl Store {
     }
 
     /// Everything the tenant has, row by row, for an export: the tenant,
-    /// subscription, users, API keys, files, workflows, jobs with their
-    /// event logs, and usage by month. Calls `emit` per row; stops at its
+    /// subscription, users, API keys, files, workflows, webhooks (never
+    /// their secrets), jobs with their event logs, and usage by month. Calls `emit` per row; stops at its
     /// first error.
     pub fn export<E>(
         &self,
@@ -164,6 +164,13 @@ impl Store {
         })?;
         self.workflows.for_each(tenant, |w| {
             rows.push(json!({"type": "workflow", "workflow": w}))
+        })?;
+        self.webhooks.for_each(tenant, |w: super::Webhook| {
+            rows.push(
+                json!({"type": "webhook", "webhook": {"id": w.id, "url": w.url,
+                "events": w.events, "description": w.description,
+                "created_at": w.created_at}}),
+            )
         })?;
         for row in rows.drain(..) {
             send!(row);
