@@ -200,3 +200,58 @@ async fn by_default_loopback_is_refused_and_unknown_certificates_fail() {
         .await
         .problem(422, "url_fetch_failed");
 }
+
+#[tokio::test]
+async fn a_job_fetches_its_audio_from_a_source_url() {
+    common::install_models(&["silero-vad"]);
+    let host = audio_host().await;
+    let server = start_trusting(&host);
+    let a = signup(&server, "Acme").await;
+    let source = format!("{}/tone.wav", host.base());
+    let job = a
+        .client
+        .post(
+            "/v1/jobs",
+            json!({"source_url": source, "params": {"job_type": "vad"}}),
+        )
+        .await
+        .expect(202);
+    let done = common::wait_job(&a.client, job["id"].as_str().unwrap(), 120).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let file = a
+        .client
+        .get(&format!("/v1/files/{}", job["file_id"].as_str().unwrap()))
+        .await
+        .expect(200);
+    assert_eq!(file["name"], "tone.wav");
+    // Exactly one of file_id and source_url.
+    a.client
+        .post(
+            "/v1/jobs",
+            json!({"source_url": source, "file_id": file["id"], "params": {"job_type": "vad"}}),
+        )
+        .await
+        .problem(400, "invalid_request");
+    a.client
+        .post("/v1/jobs", json!({"params": {"job_type": "vad"}}))
+        .await
+        .problem(400, "invalid_request");
+    // The same guard as everywhere.
+    a.client
+        .post(
+            "/v1/jobs",
+            json!({"source_url": "http://10.0.0.1/a.wav", "params": {"job_type": "vad"}}),
+        )
+        .await
+        .problem(422, "url_not_allowed");
+    // A job refused after the fetch keeps no file.
+    a.client
+        .post(
+            "/v1/jobs",
+            json!({"source_url": source, "params": {"diarize": {"enabled": true}}}),
+        )
+        .await
+        .problem(403, "feature_not_in_tier");
+    let listed = a.client.get("/v1/files").await.expect(200);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+}

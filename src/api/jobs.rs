@@ -118,7 +118,9 @@ pub fn job_view(j: &Job) -> Value {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewJob {
-    file_id: String,
+    /// The audio: an uploaded file, or `source_url` to fetch it first.
+    file_id: Option<String>,
+    source_url: Option<String>,
     workflow_id: Option<String>,
     #[serde(default)]
     params: Value,
@@ -142,15 +144,42 @@ async fn create(
         }),
         None => None,
     };
-    let job = submit_job_with_callback(
+    let (file_id, fetched) = match (body.file_id, &body.source_url) {
+        (Some(id), None) => (id, false),
+        (None, Some(url)) => {
+            // Fetching stores a file, which the caller must be allowed to.
+            state
+                .authenticate(auth.as_deref(), op("files:write", Role::Member))
+                .await?;
+            let file =
+                super::url_input::fetch_to_file(&state, &caller, "source_url", url, None).await?;
+            (file.id, true)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "send either file_id or source_url (exactly one)",
+            ))
+        }
+    };
+    let submitted = submit_job_with_callback(
         &state,
         &caller,
-        &body.file_id,
+        &file_id,
         body.workflow_id.as_deref(),
         &body.params,
         callback.as_ref(),
     )
-    .await?;
+    .await;
+    let job = match submitted {
+        Ok(job) => job,
+        Err(e) => {
+            // A file fetched for a job that was refused is not kept.
+            if fetched {
+                let _ = state.store.delete_file(caller.tenant_id(), &file_id).await;
+            }
+            return Err(e);
+        }
+    };
     let mut view = job_view(&job);
     if let Some(cb) = &callback {
         // The only time the callback's secret leaves the server.

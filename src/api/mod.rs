@@ -16,7 +16,7 @@ mod openai;
 mod ops;
 mod session;
 mod tenant;
-mod url_input;
+pub mod url_input;
 mod users;
 mod web;
 mod webhooks;

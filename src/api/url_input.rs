@@ -5,6 +5,9 @@
 //! the tier's `max_file_bytes` enforced while streaming, the storage quota
 //! claimed as bytes arrive, sealed at rest, measured as audio.
 //!
+//! `POST /v1/jobs` with `source_url` fetches the same way
+//! ([`fetch_to_file`]) and then submits the job on the new file.
+//!
 //! Limits: the whole fetch happens within the request (the caller waits
 //! for it); a URL that answers slowly holds the request up to the timeout.
 
@@ -19,10 +22,10 @@ use super::files::{clean_name, file_view, store_stream, too_large};
 use super::webhooks::{checked_url, url_error};
 use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
-    AppState,
+    AppState, Caller,
 };
 use crate::outbound::{OutboundError, Redirects};
-use crate::store::Role;
+use crate::store::{FileRecord, Role};
 
 /// The route, for JSON bodies only: anything else falls through to the
 /// multipart upload.
@@ -74,7 +77,24 @@ async fn fetch(
         .authenticate(auth.as_deref(), op("files:write", Role::Member))
         .await?;
     let input: UrlInput = parse_json(body)?;
-    let url: reqwest::Url = checked_url(&state, "url", &input.url)
+    let record = fetch_to_file(&state, &caller, "url", &input.url, input.name.as_deref()).await?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::CREATED, &file_view(&record)),
+        &caller,
+    ))
+}
+
+/// Fetches `url` (the request's field `field`) into a new file of the
+/// caller's, as an upload: see the module docs. `name` overrides the
+/// name taken from the URL.
+pub async fn fetch_to_file(
+    state: &AppState,
+    caller: &Caller,
+    field: &str,
+    url: &str,
+    name: Option<&str>,
+) -> Result<FileRecord, ApiError> {
+    let url: reqwest::Url = checked_url(state, field, url)
         .await?
         .parse()
         .map_err(|e| ApiError::invalid(format!("url: {e}")))?;
@@ -82,7 +102,7 @@ async fn fetch(
     let request = state
         .outbound
         .request(reqwest::Method::GET, &url, Redirects::Follow)
-        .map_err(|e| url_error("url", e))?
+        .map_err(|e| url_error(field, e))?
         .timeout(std::time::Duration::from_millis(
             state.outbound.settings().fetch_timeout_ms.max(1),
         ))
@@ -92,7 +112,7 @@ async fn fetch(
         );
     let response = state.outbound.send(request).await.map_err(|e| match e {
         e @ (OutboundError::Refused(_) | OutboundError::BadUrl(_) | OutboundError::Lookup(_)) => {
-            url_error("url", e)
+            url_error(field, e)
         }
         other => fetch_failed(other.to_string()),
     })?;
@@ -109,17 +129,14 @@ async fn fetch(
         return Err(too_large(tier.max_file_bytes, &tier.name));
     }
     let name = clean_name(
-        input
-            .name
-            .as_deref()
-            .or_else(|| {
-                response
-                    .url()
-                    .path_segments()
-                    .and_then(|mut s| s.next_back())
-                    .filter(|s| !s.is_empty())
-            })
-            .unwrap_or("download"),
+        name.or_else(|| {
+            response
+                .url()
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or("download"),
     );
     let content_type = response
         .headers()
@@ -132,10 +149,7 @@ async fn fetch(
             .bytes_stream()
             .map_err(move |e| fetch_failed(format!("{source}: the download broke off: {e}"))),
     );
-    let record = store_stream(&state, &caller, name, content_type, declared, stream).await?;
+    let record = store_stream(state, caller, name, content_type, declared, stream).await?;
     tracing::info!(tenant = %caller.tenant.id, file = %record.id, "file fetched from a URL");
-    Ok(tag_tenant(
-        json_reply(StatusCode::CREATED, &file_view(&record)),
-        &caller,
-    ))
+    Ok(record)
 }
