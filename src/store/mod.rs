@@ -944,10 +944,10 @@ impl Store {
         let seal = self.jobs.seal(tenant)?;
         // Deliveries the event owes go in its transaction (see `webhooks`).
         let subscribers = self.subscribers(tenant, kind)?;
-        let mut enqueued = 0;
         // sled retries transactions through an `Fn`: lend it the closure.
         let change = std::cell::RefCell::new(change);
-        let enqueued_in_tx = std::cell::Cell::new(0);
+        // How many deliveries the transaction (its last run) wrote.
+        let enqueued = std::cell::Cell::new(0);
         // Nine trees: as many as sled's transactions take.
         let outcome = (
             self.jobs.tree(),
@@ -960,61 +960,58 @@ impl Store {
             &self.outbox,
             &self.outbox_due,
         )
-            .transaction(
-                |(jobs, seqs, events, usage, files, open_jobs, callbacks, outbox, due)| {
-                    let before: Option<Job> = match jobs.get(&key)? {
-                        Some(bytes) => Some(
-                            seal.decode(&key, &bytes)
-                                .map_err(ConflictableTransactionError::Abort)?,
-                        ),
-                        None => None,
-                    };
-                    let mut job: Job = match (&before, &insert) {
-                        (Some(job), _) | (None, Some(job)) => job.clone(),
-                        (None, None) => return Ok(None),
-                    };
-                    if !(change.borrow_mut())(&mut job) {
-                        return Ok(None);
-                    }
-                    meter(tenant, before.as_ref(), &job, limit, usage, files, &seal)?;
-                    count_open(tenant, before.as_ref(), &job, max_open, open_jobs)?;
-                    let seq = match seqs.get(&key)? {
-                        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
-                        None => 1,
-                    };
-                    let mut event = Event::of(&job, kind);
-                    event.seq = seq;
-                    event.attempt = matches!(kind, EventType::Started | EventType::Retrying)
-                        .then_some(job.attempts);
-                    jobs.insert(key.as_slice(), seal.encode(&key, &job))?;
-                    seqs.insert(key.as_slice(), &seq.to_be_bytes())?;
-                    let event_key = event_key(tenant, id, seq);
-                    events.insert(event_key.as_slice(), seal.encode(&event_key, &event))?;
-                    if let Some(cb) = callback.filter(|_| before.is_none()) {
-                        callbacks.insert(key.as_slice(), seal.encode(&key, cb))?;
-                    }
-                    enqueued_in_tx.set(0);
-                    if let Some(subscribers) = &subscribers {
-                        enqueued_in_tx.set(webhooks::enqueue(
-                            tenant,
-                            &job,
-                            &event,
-                            subscribers,
-                            callbacks,
-                            outbox,
-                            due,
-                            &seal,
-                        )?);
-                    }
-                    Ok(Some((job, event)))
-                },
-            )
+            .transaction(|(jobs, seqs, events, usage, files, open, cbs, out, due)| {
+                let before: Option<Job> = match jobs.get(&key)? {
+                    Some(bytes) => Some(
+                        seal.decode(&key, &bytes)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                let mut job: Job = match (&before, &insert) {
+                    (Some(job), _) | (None, Some(job)) => job.clone(),
+                    (None, None) => return Ok(None),
+                };
+                if !(change.borrow_mut())(&mut job) {
+                    return Ok(None);
+                }
+                meter(tenant, before.as_ref(), &job, limit, usage, files, &seal)?;
+                count_open(tenant, before.as_ref(), &job, max_open, open)?;
+                let seq = match seqs.get(&key)? {
+                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) + 1,
+                    None => 1,
+                };
+                let mut event = Event::of(&job, kind);
+                event.seq = seq;
+                event.attempt = matches!(kind, EventType::Started | EventType::Retrying)
+                    .then_some(job.attempts);
+                jobs.insert(key.as_slice(), seal.encode(&key, &job))?;
+                seqs.insert(key.as_slice(), &seq.to_be_bytes())?;
+                let event_key = event_key(tenant, id, seq);
+                events.insert(event_key.as_slice(), seal.encode(&event_key, &event))?;
+                if let Some(cb) = callback.filter(|_| before.is_none()) {
+                    cbs.insert(key.as_slice(), seal.encode(&key, cb))?;
+                }
+                enqueued.set(0);
+                if let Some(subscribers) = &subscribers {
+                    enqueued.set(webhooks::enqueue(
+                        tenant,
+                        &job,
+                        &event,
+                        subscribers,
+                        cbs,
+                        out,
+                        due,
+                        &seal,
+                    )?);
+                }
+                Ok(Some((job, event)))
+            })
             .map_err(tx_error)?;
         if outcome.is_some() {
-            enqueued = enqueued_in_tx.get();
             self.flush().await?;
         }
-        if enqueued > 0 {
+        if outcome.is_some() && enqueued.get() > 0 {
             self.outbox_signal.notify_one();
         }
         Ok(outcome)
