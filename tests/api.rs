@@ -118,9 +118,24 @@ async fn bad_tokens_are_refused() {
         .problem(401, "unauthorized");
 }
 
+/// The server's signing key, read as only someone holding the master key
+/// could: the file is sealed by it.
 fn server_root_key(server: &Server) -> biscuit_auth::KeyPair {
-    let hex = std::fs::read_to_string(server.data_dir.join("root_key")).unwrap();
-    let private = biscuit_auth::PrivateKey::from_bytes_hex(hex.trim(), Default::default()).unwrap();
+    let read = |name: &str| std::fs::read_to_string(server.data_dir.join(name)).unwrap();
+    let master = murmur_seal::DataKey::from_hex(&read("master_key")).unwrap();
+    let text = read("root_key");
+    let (_, sealed) = text
+        .trim()
+        .strip_prefix("sealed:")
+        .and_then(|rest| rest.split_once(':'))
+        .expect("a sealed root key");
+    let plain =
+        murmur_seal::open_value(&master, b"root key", &hex::decode(sealed).unwrap()).unwrap();
+    let private = biscuit_auth::PrivateKey::from_bytes_hex(
+        std::str::from_utf8(&plain).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     biscuit_auth::KeyPair::from(&private)
 }
 
