@@ -32,6 +32,14 @@ pub struct ServerSettings {
     pub header_read_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Most events one WebSocket subscription replays; the rest is paged
+    /// (`replay_truncated`).
+    #[serde(default = "default_ws_replay_page")]
+    pub ws_replay_page: usize,
+}
+
+fn default_ws_replay_page() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -227,6 +227,61 @@ async fn jfk_job_streams_events_and_serves_every_format() {
         .problem(400, "invalid_request");
 }
 
+/// A replay is paged: a long log never goes out in one burst, and the
+/// pages put end to end are the log.
+#[tokio::test]
+async fn replays_come_in_pages_that_add_up_to_the_log() {
+    setup();
+    let server = Server::start_with(&[("MURMUR__SERVER__WS_REPLAY_PAGE", "2")]);
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    assert_eq!(wait_job(&a.client, &jid, 120).await["status"], "completed");
+    let log = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(log.len() >= 5, "{log:?}");
+
+    let mut ws = connect(&server, a.client.token.as_deref().unwrap()).await;
+    let mut replayed = Vec::new();
+    let mut after = 0;
+    loop {
+        send(
+            &mut ws,
+            json!({"op": "subscribe", "topic": format!("job:{jid}"), "after": after}),
+        )
+        .await;
+        assert_eq!(next(&mut ws, 10).await["type"], "subscribed");
+        let mut page = 0;
+        loop {
+            let got = next(&mut ws, 10).await;
+            if got["type"] == "replay_truncated" {
+                assert_eq!(page, 2, "a page of 2");
+                after = got["next_after"].as_u64().unwrap();
+                break;
+            }
+            page += 1;
+            replayed.push(got);
+            if replayed.len() == log.len() {
+                break;
+            }
+        }
+        if replayed.len() == log.len() {
+            break;
+        }
+    }
+    assert_eq!(&replayed, &log);
+    // Whether the log ended on a page's end or not, nothing follows it.
+    assert!(tokio::time::timeout(Duration::from_millis(500), ws.next())
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn reconnect_with_after_replays_exactly_the_missed_events() {
     setup();
