@@ -909,6 +909,7 @@ async fn operations_endpoints() {
         "/v1/audio/translations",
         "/v1/ws",
         "/v1/models",
+        "/v1/models/{id}",
         "/v1/usage",
         "/v1/subscription",
         "/v1/billing/revenuecat",
@@ -939,7 +940,30 @@ async fn operations_endpoints() {
     assert_eq!(by_id("base")["default"], true);
     assert_eq!(by_id("small")["allowed"], false, "basic tier");
     assert_eq!(by_id("large-v3")["available"], false, "no registry package");
+    // OpenAI's shapes: a list of model objects, `whisper-1` an alias of
+    // the default, and one model by id.
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"], models["items"]);
+    for m in models["data"].as_array().unwrap() {
+        assert_eq!(m["object"], "model", "{m}");
+        assert!(m["created"].is_i64() && m["owned_by"].is_string(), "{m}");
+    }
+    assert_eq!(by_id("whisper-1")["alias_of"], "base");
+    assert!(by_id("base")["created"].as_i64().unwrap() > 1_600_000_000);
+    assert_eq!(by_id("large-v3")["created"], 0, "not installed");
+    let one = a.client.get("/v1/models/tiny.en").await.expect(200);
+    assert_eq!(
+        (one["id"].as_str(), one["object"].as_str()),
+        (Some("tiny.en"), Some("model"))
+    );
+    assert_eq!(one["english_only"], true);
+    let missing = a.client.get("/v1/models/gpt-4o").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["error"]["code"], "not_found");
     anon.get("/v1/models").await.problem(401, "unauthorized");
+    anon.get("/v1/models/base")
+        .await
+        .problem(401, "unauthorized");
     // A model the tier allows that the server does not have: 422.
     let f = a
         .client
