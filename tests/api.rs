@@ -991,3 +991,82 @@ async fn operations_endpoints() {
         .contains("murmur_http_request_duration_seconds"));
     assert!(metrics.text.contains("murmur_store_bytes_on_disk"));
 }
+
+/// Browser front-ends on other origins: nothing is readable cross-origin
+/// by default; listed origins get preflights and readable answers, others
+/// get neither.
+#[tokio::test]
+async fn cors_is_off_by_default_and_follows_the_allow_list() {
+    let http = reqwest::Client::new();
+    let preflight = |base: &str, origin: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/v1/files"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let off = Server::start();
+    let res = preflight(&off.base, "https://app.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let a = signup(&off, "Acme").await;
+    let res = a
+        .client
+        .request(reqwest::Method::GET, "/v1/files")
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    drop(off);
+
+    let on = Server::start_with(&[(
+        "MURMUR__SERVER__CORS_ALLOWED_ORIGINS",
+        "https://app.example, https://admin.example",
+    )]);
+    let res = preflight(&on.base, "https://app.example").await.unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let res = preflight(&on.base, "https://evil.example").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "cors_forbidden");
+    let a = signup(&on, "Acme").await;
+    let read = |origin: &'static str| {
+        a.client
+            .request(reqwest::Method::GET, "/v1/files")
+            .header("origin", origin)
+            .send()
+    };
+    let res = read("https://admin.example").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://admin.example"
+    );
+    assert!(res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-request-id"));
+    // An unlisted origin's page cannot read the answer (the request is
+    // served as for any client; the browser withholds it).
+    let res = read("https://evil.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    // Without a token, still 401: CORS grants no access.
+    let res = http
+        .get(format!("{}/v1/files", on.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
