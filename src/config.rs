@@ -53,6 +53,36 @@ pub struct ServerSettings {
     pub header_read_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Most events one WebSocket subscription replays; the rest is paged
+    /// (`replay_truncated`).
+    #[serde(default = "default_ws_replay_page")]
+    pub ws_replay_page: usize,
+    /// Origins whose pages may read answers (CORS); empty: none. A list in
+    /// TOML, or one comma-separated string (for the environment).
+    #[serde(default, deserialize_with = "list_or_commas")]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// A list of strings given as a list or as one comma-separated string.
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Given::deserialize(d)? {
+        Given::List(list) => list,
+        Given::Text(text) => text
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
+}
+
+fn default_ws_replay_page() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

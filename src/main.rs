@@ -198,7 +198,12 @@ fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> any
             new_key_file.display()
         );
     }
+    // The token signing key is sealed by the master key too: read it with
+    // the old key (or the new one, if an interrupted rotation sealed it
+    // already), and seal it again with the new one.
+    let token_keys = murmur::auth::TokenKeys::load_or_create(data_dir, &store)?;
     let rewrapped = store.rotate_master_key(new.clone())?;
+    token_keys.save(data_dir, &store)?;
     println!("rewrapped {rewrapped} tenant keys from master key {old_id} to {new_id}");
     match source {
         MasterKeySource::File(path) if path == data_dir.join("master_key") => {

@@ -40,7 +40,7 @@ pub async fn start(
     let data_dir = settings.store.data_dir.clone();
     let store = Store::open_with_master_key(&data_dir, Some(&settings.store.master_key_file))
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let keys = TokenKeys::load_or_create(&data_dir)?;
+    let keys = TokenKeys::load_or_create(&data_dir, &store)?;
     let tiers = Arc::new(TierTable::load(&settings.billing.tiers_file)?);
     let (jobs, root) = System::start(
         Arc::new(StoreJobs {

@@ -118,9 +118,24 @@ async fn bad_tokens_are_refused() {
         .problem(401, "unauthorized");
 }
 
+/// The server's signing key, read as only someone holding the master key
+/// could: the file is sealed by it.
 fn server_root_key(server: &Server) -> biscuit_auth::KeyPair {
-    let hex = std::fs::read_to_string(server.data_dir.join("root_key")).unwrap();
-    let private = biscuit_auth::PrivateKey::from_bytes_hex(hex.trim(), Default::default()).unwrap();
+    let read = |name: &str| std::fs::read_to_string(server.data_dir.join(name)).unwrap();
+    let master = murmur_seal::DataKey::from_hex(&read("master_key")).unwrap();
+    let text = read("root_key");
+    let (_, sealed) = text
+        .trim()
+        .strip_prefix("sealed:")
+        .and_then(|rest| rest.split_once(':'))
+        .expect("a sealed root key");
+    let plain =
+        murmur_seal::open_value(&master, b"root key", &hex::decode(sealed).unwrap()).unwrap();
+    let private = biscuit_auth::PrivateKey::from_bytes_hex(
+        std::str::from_utf8(&plain).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
     biscuit_auth::KeyPair::from(&private)
 }
 
@@ -894,6 +909,7 @@ async fn operations_endpoints() {
         "/v1/audio/translations",
         "/v1/ws",
         "/v1/models",
+        "/v1/models/{id}",
         "/v1/usage",
         "/v1/subscription",
         "/v1/billing/revenuecat",
@@ -927,7 +943,30 @@ async fn operations_endpoints() {
     assert_eq!(by_id("base")["default"], true);
     assert_eq!(by_id("small")["allowed"], false, "basic tier");
     assert_eq!(by_id("large-v3")["available"], false, "no registry package");
+    // OpenAI's shapes: a list of model objects, `whisper-1` an alias of
+    // the default, and one model by id.
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"], models["items"]);
+    for m in models["data"].as_array().unwrap() {
+        assert_eq!(m["object"], "model", "{m}");
+        assert!(m["created"].is_i64() && m["owned_by"].is_string(), "{m}");
+    }
+    assert_eq!(by_id("whisper-1")["alias_of"], "base");
+    assert!(by_id("base")["created"].as_i64().unwrap() > 1_600_000_000);
+    assert_eq!(by_id("large-v3")["created"], 0, "not installed");
+    let one = a.client.get("/v1/models/tiny.en").await.expect(200);
+    assert_eq!(
+        (one["id"].as_str(), one["object"].as_str()),
+        (Some("tiny.en"), Some("model"))
+    );
+    assert_eq!(one["english_only"], true);
+    let missing = a.client.get("/v1/models/gpt-4o").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["error"]["code"], "not_found");
     anon.get("/v1/models").await.problem(401, "unauthorized");
+    anon.get("/v1/models/base")
+        .await
+        .problem(401, "unauthorized");
     // A model the tier allows that the server does not have: 422.
     let f = a
         .client
@@ -954,4 +993,83 @@ async fn operations_endpoints() {
         .text
         .contains("murmur_http_request_duration_seconds"));
     assert!(metrics.text.contains("murmur_store_bytes_on_disk"));
+}
+
+/// Browser front-ends on other origins: nothing is readable cross-origin
+/// by default; listed origins get preflights and readable answers, others
+/// get neither.
+#[tokio::test]
+async fn cors_is_off_by_default_and_follows_the_allow_list() {
+    let http = reqwest::Client::new();
+    let preflight = |base: &str, origin: &str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/v1/files"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let off = Server::start();
+    let res = preflight(&off.base, "https://app.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    let a = signup(&off, "Acme").await;
+    let res = a
+        .client
+        .request(reqwest::Method::GET, "/v1/files")
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    drop(off);
+
+    let on = Server::start_with(&[(
+        "MURMUR__SERVER__CORS_ALLOWED_ORIGINS",
+        "https://app.example, https://admin.example",
+    )]);
+    let res = preflight(&on.base, "https://app.example").await.unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let res = preflight(&on.base, "https://evil.example").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "cors_forbidden");
+    let a = signup(&on, "Acme").await;
+    let read = |origin: &'static str| {
+        a.client
+            .request(reqwest::Method::GET, "/v1/files")
+            .header("origin", origin)
+            .send()
+    };
+    let res = read("https://admin.example").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://admin.example"
+    );
+    assert!(res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("x-request-id"));
+    // An unlisted origin's page cannot read the answer (the request is
+    // served as for any client; the browser withholds it).
+    let res = read("https://evil.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    // Without a token, still 401: CORS grants no access.
+    let res = http
+        .get(format!("{}/v1/files", on.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }

@@ -112,6 +112,10 @@ async fn what_a_tenant_stores_is_sealed_on_disk_and_served_back_intact() {
         files_containing(&server.data_dir, key.trim().as_bytes()).len(),
         1
     );
+    // The token signing key is sealed by the master key: a copy of the
+    // data directory cannot mint tokens.
+    let root = std::fs::read_to_string(server.data_dir.join("root_key")).unwrap();
+    assert!(root.starts_with("sealed:"), "{root}");
 
     // After a restart, all of it reads back.
     let server = server.restart_graceful();
@@ -234,6 +238,9 @@ async fn a_wrong_master_key_is_refused_at_start_and_rotation_moves_to_a_new_one(
             .trim(),
         new_key.trim()
     );
+    // The signing key was sealed again, by the new key.
+    let root = std::fs::read_to_string(server.data_dir.join("root_key")).unwrap();
+    assert!(root.starts_with("sealed:"), "{root}");
     // The old key no longer opens the store.
     let err = server.start_refused(&[("MURMUR_MASTER_KEY", old_key.trim())]);
     assert!(err.contains("master key"), "{err}");

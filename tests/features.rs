@@ -215,6 +215,19 @@ async fn a_separation_job_returns_downloadable_stems() {
         );
         rms.push(level);
     }
+    // Stored sealed with the tenant's key (encryption at rest), served
+    // decrypted above.
+    for name in ["vocals", "accompaniment"] {
+        let path = server
+            .data_dir
+            .join("artifacts")
+            .join(&a.id)
+            .join(id)
+            .join(format!("{name}.wav"));
+        let stored = std::fs::read(&path).unwrap();
+        assert!(stored.starts_with(b"MURMSEAL"), "{name} is stored in clear");
+        assert!(!stored.windows(4).any(|w| w == b"RIFF"));
+    }
     // The recording is music without a voice: nearly all of it is
     // accompaniment.
     println!(

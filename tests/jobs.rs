@@ -227,6 +227,61 @@ async fn jfk_job_streams_events_and_serves_every_format() {
         .problem(400, "invalid_request");
 }
 
+/// A replay is paged: a long log never goes out in one burst, and the
+/// pages put end to end are the log.
+#[tokio::test]
+async fn replays_come_in_pages_that_add_up_to_the_log() {
+    setup();
+    let server = Server::start_with(&[("MURMUR__SERVER__WS_REPLAY_PAGE", "2")]);
+    let a = signup(&server, "Acme").await;
+    let fid = upload_jfk(&a.client).await;
+    let jid = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    assert_eq!(wait_job(&a.client, &jid, 120).await["status"], "completed");
+    let log = a
+        .client
+        .get(&format!("/v1/jobs/{jid}/events"))
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(log.len() >= 5, "{log:?}");
+
+    let mut ws = connect(&server, a.client.token.as_deref().unwrap()).await;
+    let mut replayed = Vec::new();
+    let mut after = 0;
+    loop {
+        send(
+            &mut ws,
+            json!({"op": "subscribe", "topic": format!("job:{jid}"), "after": after}),
+        )
+        .await;
+        assert_eq!(next(&mut ws, 10).await["type"], "subscribed");
+        let mut page = 0;
+        loop {
+            let got = next(&mut ws, 10).await;
+            if got["type"] == "replay_truncated" {
+                assert_eq!(page, 2, "a page of 2");
+                after = got["next_after"].as_u64().unwrap();
+                break;
+            }
+            page += 1;
+            replayed.push(got);
+            if replayed.len() == log.len() {
+                break;
+            }
+        }
+        if replayed.len() == log.len() {
+            break;
+        }
+    }
+    assert_eq!(&replayed, &log);
+    // Whether the log ended on a page's end or not, nothing follows it.
+    assert!(tokio::time::timeout(Duration::from_millis(500), ws.next())
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn reconnect_with_after_replays_exactly_the_missed_events() {
     setup();
@@ -603,6 +658,128 @@ async fn openai(c: &Client, path: &str, fields: &[(&str, &str)]) -> common::Answ
     form = form.part("file", part);
     c.send(c.request(reqwest::Method::POST, path).multipart(form))
         .await
+}
+
+/// The `data:` events of a server-sent event stream.
+fn sse_events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|frame| frame.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn openai_transcriptions_stream_as_server_sent_events() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Other").await;
+    server.set_tier(&a.id, "premium");
+    // The JFK clip four times (44 s of speech) spans two of Whisper's 30 s
+    // windows: the text arrives in a delta per window, then whole.
+    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..4 {
+        samples.extend_from_slice(&jfk.samples);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("jfk4.wav");
+    murmur_models::audio::write_wav_16bit(&long, &samples, 16_000, 1).unwrap();
+    let call = std::fs::read(&long).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("model", "tiny.en")
+        .text("stream", "true")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(call).file_name("call.wav"),
+        );
+    let res = a
+        .client
+        .request(reqwest::Method::POST, "/v1/audio/transcriptions")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(&res.text().await.unwrap());
+    let (done, deltas) = events.split_last().expect("events");
+    assert_eq!(done["type"], "transcript.text.done", "{events:?}");
+    assert!(deltas.iter().all(|d| d["type"] == "transcript.text.delta"));
+    assert!(deltas.len() >= 2, "{} deltas: {deltas:?}", deltas.len());
+    let streamed: String = deltas
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, done["text"].as_str().unwrap());
+    assert!(!words(&streamed).is_empty());
+    assert_eq!(done["usage"]["type"], "duration");
+    assert!(done["usage"]["seconds"].as_f64().unwrap() >= 44.0);
+
+    // The JFK clip, streamed, is the same text as unstreamed.
+    let jfk = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[
+            ("model", "tiny.en"),
+            ("stream", "true"),
+            ("response_format", "text"),
+        ],
+    )
+    .await;
+    assert_eq!(jfk.status, 200);
+    let last = sse_events(&jfk.text).pop().unwrap();
+    assert_eq!(
+        words(last["text"].as_str().unwrap()),
+        words(murmur_models::testaudio::JFK_TEXT)
+    );
+
+    // As at OpenAI: no streamed translations, no streamed subtitles; a
+    // refusal keeps nothing.
+    openai(
+        &a.client,
+        "/v1/audio/translations",
+        &[("model", "tiny.en"), ("stream", "true")],
+    )
+    .await
+    .problem(400, "invalid_request");
+    openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[
+            ("model", "tiny.en"),
+            ("stream", "true"),
+            ("response_format", "srt"),
+        ],
+    )
+    .await
+    .problem(400, "invalid_request");
+    openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[("model", "tiny.en"), ("stream", "maybe")],
+    )
+    .await
+    .problem(400, "invalid_request");
+    // The uploads are gone, the jobs stay, and only for their tenant.
+    assert_eq!(
+        a.client.get("/v1/files").await.expect(200)["items"],
+        json!([])
+    );
+    assert_eq!(
+        a.client.get("/v1/jobs").await.expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        b.client.get("/v1/jobs").await.expect(200)["items"],
+        json!([])
+    );
 }
 
 #[tokio::test]

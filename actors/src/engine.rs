@@ -26,7 +26,8 @@ pub struct WorkRequest {
     /// Folder for files the job produces beside its result (separated
     /// stems), created by the engine when it writes one; the same folder on
     /// every attempt, so a resumed job finds what an earlier one wrote.
-    /// `None`: keep nothing on disk.
+    /// `None`: keep nothing on disk once the job ends (a transcription that
+    /// separates writes its stems to a scratch folder it then removes).
     #[serde(default)]
     pub artifacts: Option<PathBuf>,
     /// The longest audio this job may process, checked while decoding: a

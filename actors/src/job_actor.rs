@@ -127,7 +127,7 @@ impl Actor for JobActor {
             JobMsg::Progress(p) => {
                 let p = p.clamp(0.0, 1.0);
                 update(state, Some(EventType::Progress), move |j| {
-                    if p <= j.progress {
+                    if !progress_advances(j.progress, p) {
                         return false;
                     }
                     j.progress = p;
@@ -257,6 +257,18 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
     Ok(())
 }
 
+/// Smallest rise of progress worth an event: each event is a flushed
+/// write and a message to every subscriber, and an engine may report after
+/// every second of audio (a 3 h separation reported 10,800 times). So a
+/// job's log holds at most about 200 progress events, whatever its length.
+const PROGRESS_STEP: f64 = 0.005;
+
+/// Whether progress moving from `recorded` to `reported` is recorded:
+/// forward by at least [`PROGRESS_STEP`], or to the end.
+fn progress_advances(recorded: f64, reported: f64) -> bool {
+    reported > recorded && (reported >= recorded + PROGRESS_STEP || reported >= 1.0)
+}
+
 async fn finish(
     me: &ActorRef<JobMsg>,
     state: &mut JobState,
@@ -317,4 +329,31 @@ async fn finish(
     }
     me.stop(None);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_recorded_in_steps_and_never_backwards() {
+        assert!(progress_advances(0.0, 0.05));
+        assert!(!progress_advances(0.05, 0.052));
+        assert!(progress_advances(0.05, 0.055));
+        assert!(!progress_advances(0.5, 0.4));
+        assert!(!progress_advances(0.5, 0.5));
+        assert!(progress_advances(0.998, 1.0));
+        // Reported every second of a 3 h job: at most one event per step.
+        let mut recorded = 0.0;
+        let mut events = 0;
+        for second in 1..=10_800 {
+            let p = f64::from(second) / 10_800.0;
+            if progress_advances(recorded, p) {
+                recorded = p;
+                events += 1;
+            }
+        }
+        assert!(events <= 200, "{events} progress events");
+        assert_eq!(recorded, 1.0);
+    }
 }

@@ -5,16 +5,18 @@
 //! LRU, one lock per model) so a model is loaded once and shared by jobs.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use murmur_models::audio::{self, AudioError, DecodedAudio};
 use murmur_models::diarize::{self, DiarizeError, DiarizeOptions, Diarizer};
 use murmur_models::fetch;
-use murmur_models::separate::{SeparateError, Separator, STEMS};
+use murmur_models::separate::{SeparateError, SeparationStream, Separator, STEMS};
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
 use murmur_models::vad::{SileroVad, VadStream};
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
@@ -24,6 +26,8 @@ use serde_json::json;
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use crate::job::JobStage;
 use crate::params::{JobParams, JobType, Task};
+use crate::sealed::{artifact_context, StoredFile};
+use murmur_seal::SealWriter;
 
 /// Names of the non-Whisper models in the catalogue.
 const VAD_MODEL: &str = "silero-vad";
@@ -34,6 +38,80 @@ const DIARIZATION_MODEL: &str = "diarization";
 /// `murmur_models::separate::STEMS`) in a job's artifacts folder.
 pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
     artifacts.join(format!("{name}.wav"))
+}
+
+/// Where the stem `name` is written until it is whole.
+fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
+    folder.join(format!(".{name}.part"))
+}
+
+/// The stem `name` of the job as stored: sealed with the tenant's key
+/// when the job has one (encryption at rest).
+fn stem_file(request: &WorkRequest, folder: &Path, name: &str) -> StoredFile {
+    StoredFile::new(
+        &stem_path(folder, name),
+        request.sealing.as_ref().map(|s| s.key.clone()),
+        artifact_context(&request.job_id, name),
+    )
+}
+
+/// Where a stem's bytes go: sealed with the tenant's key, or plain (the
+/// CLI, which has none).
+enum StemOut {
+    Plain(BufWriter<File>),
+    Sealed(SealWriter<BufWriter<File>>),
+}
+
+impl Write for StemOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StemOut::Plain(w) => w.write(buf),
+            StemOut::Sealed(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            StemOut::Plain(w) => w.flush(),
+            StemOut::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// Opens the output the stem `name` is written to, front to back and never
+/// sought (a 16-bit WAV whose header, with the length, comes first): a
+/// `.part` file in `folder` that [`commit_stem`] renames once whole, so a
+/// crash never leaves half a stem. The one place a stem's bytes meet the
+/// disk; sealed with the tenant's key when the job has one.
+fn create_stem(request: &WorkRequest, folder: &Path, name: &str) -> io::Result<StemOut> {
+    let file = BufWriter::with_capacity(1 << 20, File::create(stem_part_path(folder, name))?);
+    Ok(match &request.sealing {
+        Some(s) => StemOut::Sealed(SealWriter::new(
+            file,
+            &s.key,
+            artifact_context(&request.job_id, name).as_bytes(),
+        )),
+        None => StemOut::Plain(file),
+    })
+}
+
+/// Finishes the stem `name` that [`create_stem`] opened: seals its last
+/// chunk, flushes and closes its output, then renames it to [`stem_path`].
+fn commit_stem(folder: &Path, name: &str, out: StemOut) -> io::Result<()> {
+    let file = match out {
+        StemOut::Plain(w) => w,
+        StemOut::Sealed(w) => w.finish()?,
+    };
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(stem_part_path(folder, name), stem_path(folder, name))
+}
+
+/// Removes the `.part` files an unfinished separation left (best effort: a
+/// later attempt overwrites them anyway).
+fn discard_stems(folder: &Path) {
+    for name in STEMS {
+        let _ = std::fs::remove_file(stem_part_path(folder, name));
+    }
 }
 
 /// What a transcription job has finished, saved after VAD and after every
@@ -176,11 +254,12 @@ impl ModelEngine {
 }
 
 /// Decode failures are the input's fault (fail at once), except I/O and a
-/// stop. The message names "the audio", never the server's path to it.
-fn audio_error(e: AudioError, request: &WorkRequest) -> WorkError {
+/// stop. The message names "the audio", never the server's path to it
+/// (`path`: the upload, or the vocals separated from it).
+fn audio_error(e: AudioError, request: &WorkRequest, path: &Path) -> WorkError {
     let msg = e
         .to_string()
-        .replace(&request.audio.display().to_string(), "the audio");
+        .replace(&path.display().to_string(), "the audio");
     match (e, &request.audio_limit) {
         (AudioError::Io { .. }, _) => WorkError::Transient(msg),
         (AudioError::Cancelled { .. }, _) => WorkError::Cancelled,
@@ -193,17 +272,27 @@ fn audio_error(e: AudioError, request: &WorkRequest) -> WorkError {
     }
 }
 
-/// How the job's audio is decoded: at `sample_rate` in `channels`, stopping
-/// at the job's length limit.
+/// `options` stopping at the job's length limit.
+fn limited(request: &WorkRequest, options: audio::DecodeOptions) -> audio::DecodeOptions {
+    audio::DecodeOptions {
+        max_duration_s: request.audio_limit.as_ref().map(|l| l.max_s),
+        ..options
+    }
+}
+
+/// The job's audio (`path`: the upload, or the vocals separated from it)
+/// decoded whole, at the rate and layout of `options`, stopping at the
+/// job's length limit.
 fn decode_job_audio(
     request: &WorkRequest,
-    mut options: audio::DecodeOptions,
+    file: &StoredFile,
+    options: audio::DecodeOptions,
     cancel: &AtomicBool,
 ) -> Result<DecodedAudio, WorkError> {
-    options.max_duration_s = request.audio_limit.as_ref().map(|l| l.max_s);
-    let stored = request.stored_audio();
-    audio::decode_file_until(stored.input(), &options, &|| cancel.load(Ordering::Relaxed))
-        .map_err(|e| audio_error(e, request))
+    audio::decode_file_until(file.input(), &limited(request, options), &|| {
+        cancel.load(Ordering::Relaxed)
+    })
+    .map_err(|e| audio_error(e, request, file.path()))
 }
 
 fn decode_options(p: &JobParams) -> DecodeOptions {
@@ -298,19 +387,6 @@ fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
     json!({"duration_s": duration_s, "stems": stems})
 }
 
-/// One channel at 16 kHz from a 44.1 kHz stereo stem, for VAD, Whisper and
-/// the diarizer.
-fn stem_to_16k_mono(stem: &DecodedAudio) -> Result<Vec<f32>, WorkError> {
-    let channels = usize::from(stem.channels.max(1));
-    let mono: Vec<f32> = stem
-        .samples
-        .chunks(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
-    audio::resample(&mono, 1, stem.sample_rate, audio::WHISPER_SAMPLE_RATE)
-        .map_err(|e| WorkError::Transient(format!("resampling the vocals: {e}")))
-}
-
 fn separate_error(e: SeparateError) -> WorkError {
     match e {
         SeparateError::Cancelled => WorkError::Cancelled,
@@ -319,11 +395,58 @@ fn separate_error(e: SeparateError) -> WorkError {
     }
 }
 
+/// A folder for the stems of a job that has no artifacts folder (the CLI's
+/// `transcribe --separate-bgm`): the vocals go to disk all the same, so they
+/// are read back in bounded memory. Removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> io::Result<ScratchDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "murmur-stems-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A finished separation: where its stems are, and the source's length.
+struct Separated {
+    folder: PathBuf,
+    /// The source's decoded length in seconds (what usage is metered from).
+    duration_s: f64,
+    /// Keeps a scratch folder alive while the vocals are read.
+    _scratch: Option<ScratchDir>,
+}
+
+impl Separated {
+    fn vocals(&self, request: &WorkRequest) -> StoredFile {
+        stem_file(request, &self.folder, "vocals")
+    }
+}
+
 impl ModelEngine {
-    /// Decodes the job's audio (44.1 kHz stereo), splits it into vocals and
-    /// accompaniment, writes both to the artifacts folder, and answers the
-    /// vocals at 16 kHz mono with the source's decoded length in seconds. A
-    /// resumed job reads the vocals an earlier attempt wrote instead.
+    /// Splits the job's audio into vocals and accompaniment and writes both
+    /// to the artifacts folder (or a scratch folder when the job has none),
+    /// in memory that does not grow with the audio's length: a first pass
+    /// counts the frames at 44.1 kHz, the second decodes in chunks into a
+    /// [`SeparationStream`] whose stems are written as they become final.
+    /// A resumed job whose stems were written finds them instead.
+    ///
+    /// Why a first pass rather than the upload's measured length: the stem
+    /// headers need the exact frame count up front (the output cannot seek
+    /// back), and only the same decode and resampler give it exactly; the
+    /// pass also enforces the length limit and finds a damaged or truncated
+    /// file before minutes of Spleeter, for a few percent of their cost.
     fn separate(
         &self,
         request: &WorkRequest,
@@ -331,55 +454,130 @@ impl ModelEngine {
         sink: &mut dyn WorkSink,
         cancel: &AtomicBool,
         plan: &ProgressPlan,
-    ) -> Result<(Vec<f32>, f64), WorkError> {
-        let folder = request.artifacts.as_deref();
-        if let (true, Some(folder)) = (checkpoint.separated, folder) {
-            if let Ok(audio) = audio::decode_file(&stem_path(folder, "vocals")) {
+    ) -> Result<Separated, WorkError> {
+        let stop = || cancel.load(Ordering::Relaxed);
+        let (folder, scratch) = match &request.artifacts {
+            Some(folder) => (folder.clone(), None),
+            None if request.params.job_type == JobType::BgmSeparation => {
+                return Err(WorkError::InvalidInput(
+                    "a separation job needs a folder to write its stems to".into(),
+                ))
+            }
+            None => {
+                let scratch = ScratchDir::new().map_err(|e| {
+                    WorkError::Transient(format!("creating a folder for the stems: {e}"))
+                })?;
+                (scratch.0.clone(), Some(scratch))
+            }
+        };
+        if checkpoint.separated {
+            // Measuring decodes the whole stem, so a damaged one is found
+            // here and separated again.
+            let vocals = stem_file(request, &folder, "vocals");
+            if let Ok(m) = audio::measure_duration(vocals.input(), None, &stop) {
                 sink.stage(JobStage::Separate);
                 sink.progress(plan.separating(1.0));
-                return Ok((audio.samples, audio.duration_s));
+                return Ok(Separated {
+                    folder,
+                    duration_s: m.duration_s,
+                    _scratch: scratch,
+                });
             }
         }
-        if folder.is_none() && request.params.job_type == JobType::BgmSeparation {
-            return Err(WorkError::InvalidInput(
-                "a separation job needs a folder to write its stems to".into(),
-            ));
-        }
-        let stereo = decode_job_audio(
+        let options = limited(
             request,
             audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
-            cancel,
-        )?;
+        );
+        let upload = request.stored_audio();
+        let counted =
+            audio::decode_chunks::<AudioError>(upload.input(), &options, &stop, |_, _| Ok(()))
+                .map_err(|e| audio_error(e, request, upload.path()))?;
         sink.progress(plan.decoded);
         sink.stage(JobStage::Separate);
         let separator = self.separator()?;
-        let stems = separator
-            .separate(&stereo, &mut |f| {
-                sink.progress(plan.separating(f));
-                if cancel.load(Ordering::Relaxed) {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(separate_error)?;
-        if let Some(folder) = folder {
-            std::fs::create_dir_all(folder)
-                .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
-            for (name, stem) in STEMS.iter().zip([&stems.vocals, &stems.accompaniment]) {
-                // Written beside, then renamed: a crash never leaves half a stem.
-                let part = folder.join(format!(".{name}.part"));
-                audio::write_wav_16bit(&part, &stem.samples, stem.sample_rate, stem.channels)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        std::fs::rename(&part, stem_path(folder, name)).map_err(|e| e.to_string())
-                    })
-                    .map_err(|e| WorkError::Transient(format!("writing the {name} stem: {e}")))?;
-            }
-            checkpoint.separated = true;
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
+        let written = self.write_stems(
+            request,
+            &folder,
+            &options,
+            counted.frames,
+            sink,
+            cancel,
+            plan,
+            &separator,
+        );
+        if let Err(e) = written {
+            discard_stems(&folder);
+            return Err(e);
+        }
+        checkpoint.separated = request.artifacts.is_some();
+        if checkpoint.separated {
             sink.checkpoint(json!(checkpoint));
         }
-        Ok((stem_to_16k_mono(&stems.vocals)?, stereo.duration_s))
+        Ok(Separated {
+            folder,
+            duration_s: counted.duration_s,
+            _scratch: scratch,
+        })
+    }
+
+    /// The second pass of [`ModelEngine::separate`]: decodes `frames`
+    /// frames in chunks through Spleeter into both stems' outputs, and
+    /// commits them once whole.
+    #[allow(clippy::too_many_arguments)]
+    fn write_stems(
+        &self,
+        request: &WorkRequest,
+        folder: &Path,
+        options: &audio::DecodeOptions,
+        frames: u64,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+        separator: &Separator,
+    ) -> Result<(), WorkError> {
+        let stop = || cancel.load(Ordering::Relaxed);
+        let write_error = |name: &str, e: io::Error| {
+            WorkError::Transient(format!("writing the {name} stem: {e}"))
+        };
+        let open = |name: &str| {
+            create_stem(request, folder, name)
+                .and_then(|out| {
+                    audio::WavWriter::new(out, murmur_models::separate::SAMPLE_RATE, 2, frames)
+                })
+                .map_err(|e| write_error(name, e))
+        };
+        let mut outputs = [open(STEMS[0])?, open(STEMS[1])?];
+        let len = usize::try_from(frames)
+            .map_err(|_| WorkError::InvalidInput("the audio is too long to separate".into()))?;
+        let mut stream = SeparationStream::new(separator, len);
+        let upload = request.stored_audio();
+        audio::decode_chunks::<SeparateError>(upload.input(), options, &stop, |chunk, _| {
+            let [vocals, accompaniment] = &mut outputs;
+            stream.push(chunk, &mut |v, a| {
+                vocals.write(v)?;
+                accompaniment.write(a)
+            })?;
+            sink.progress(plan.separating(stream.fraction_done()));
+            Ok(())
+        })
+        .and_then(|_| stream.finish())
+        .map_err(|e| match e {
+            SeparateError::Audio(e) => audio_error(e, request, upload.path()),
+            SeparateError::Write(e) => WorkError::Transient(format!("writing the stems: {e}")),
+            SeparateError::InvalidAudio(m) => WorkError::Transient(format!(
+                "the audio decoded differently the second time ({m}); try again"
+            )),
+            other => separate_error(other),
+        })?;
+        for (name, output) in STEMS.iter().zip(outputs) {
+            output
+                .finish()
+                .and_then(|out| commit_stem(folder, name, out))
+                .map_err(|e| write_error(name, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -407,33 +605,51 @@ impl Engine for ModelEngine {
 
         sink.stage(JobStage::Decode);
         let wants_vad = params.vad.enabled || params.job_type == JobType::Vad;
-        // Without separation or diarization, nothing needs the whole
-        // recording at once: VAD reads it in chunks, and Whisper only the
-        // speech, kept by a second pass. So silence never sits in memory.
-        let streaming = !separating && !diarizing && wants_vad;
-        if streaming {
-            return self.run_streaming(request, sink, cancel, &plan, checkpoint);
-        }
-        // Separation decodes the file at its own rate and answers the vocals,
-        // which VAD, Whisper and the diarizer then read instead of the mix.
-        // `duration_s` is the source's decoded length (frames / its own
-        // rate), what usage is metered from.
-        let (samples, duration_s) = if separating {
-            self.separate(request, &mut checkpoint, sink, cancel, &plan)?
+        // Separation writes the stems to disk; VAD, Whisper and the
+        // diarizer then read the vocals stem instead of the upload.
+        let separated = if separating {
+            Some(self.separate(request, &mut checkpoint, sink, cancel, &plan)?)
         } else {
-            let decoded = decode_job_audio(request, audio::DecodeOptions::default(), cancel)?;
-            sink.progress(plan.decoded);
-            (decoded.samples, decoded.duration_s)
+            None
         };
         if cancelled() {
             return Err(WorkError::Cancelled);
         }
-        if params.job_type == JobType::BgmSeparation {
+        if let (JobType::BgmSeparation, Some(separated)) = (params.job_type, &separated) {
             sink.stage(JobStage::Format);
             return Ok(WorkOutput {
-                result: stems_result(&request.job_id, duration_s),
-                audio_seconds: duration_s,
+                result: stems_result(&request.job_id, separated.duration_s),
+                audio_seconds: separated.duration_s,
             });
+        }
+        let source = JobAudio {
+            file: match &separated {
+                Some(s) => s.vocals(request),
+                None => request.stored_audio(),
+            },
+            duration_s: separated.as_ref().map(|s| s.duration_s),
+        };
+        // Without diarization, nothing needs the whole recording at once:
+        // VAD reads it in chunks, and Whisper only the speech, kept by a
+        // second pass. So silence never sits in memory.
+        if !diarizing && wants_vad {
+            return self.run_streaming(request, &source, sink, cancel, &plan, checkpoint);
+        }
+        let decoded = decode_job_audio(
+            request,
+            &source.file,
+            audio::DecodeOptions::default(),
+            cancel,
+        )?;
+        if separated.is_none() {
+            sink.progress(plan.decoded);
+        }
+        // Usage is metered from the source's decoded length (frames / its
+        // own rate), not the stem's.
+        let duration_s = source.duration_s.unwrap_or(decoded.duration_s);
+        let samples = decoded.samples;
+        if cancelled() {
+            return Err(WorkError::Cancelled);
         }
 
         let regions = if wants_vad {
@@ -472,6 +688,15 @@ impl Engine for ModelEngine {
     }
 }
 
+/// The audio VAD, Whisper and the diarizer read: the upload, or the vocals
+/// separated from it.
+struct JobAudio {
+    file: StoredFile,
+    /// The source's length when `file` is a stem of it (what usage is
+    /// metered from); None to take it from decoding `file`.
+    duration_s: Option<f64>,
+}
+
 /// Why a streamed VAD pass stopped: the decoder, or the model.
 enum StreamError {
     Audio(AudioError),
@@ -485,27 +710,25 @@ impl From<AudioError> for StreamError {
 }
 
 impl ModelEngine {
-    /// A `vad` job, or a transcription with VAD and without separation or
-    /// diarization, in bounded memory: the first pass decodes in chunks into
-    /// a streaming VAD (the regions and the length are all it keeps), the
-    /// second keeps only the samples of the speech regions for Whisper. A
-    /// resumed job with its regions checkpointed still makes the first pass
-    /// for the length, without running the model.
+    /// A `vad` job, or a transcription with VAD and without diarization, in
+    /// bounded memory, over `source` (the upload, or its separated vocals):
+    /// the first pass decodes in chunks into a streaming VAD (the regions
+    /// and the length are all it keeps), the second keeps only the samples
+    /// of the speech regions for Whisper. A resumed job with its regions
+    /// checkpointed still makes the first pass for the length, without
+    /// running the model.
     fn run_streaming(
         &self,
         request: &WorkRequest,
+        source: &JobAudio,
         sink: &mut dyn WorkSink,
         cancel: &AtomicBool,
         plan: &ProgressPlan,
         mut checkpoint: Checkpoint,
     ) -> Result<WorkOutput, WorkError> {
         let params = &request.params;
-        let options = audio::DecodeOptions {
-            max_duration_s: request.audio_limit.as_ref().map(|l| l.max_s),
-            ..audio::DecodeOptions::default()
-        };
+        let options = limited(request, audio::DecodeOptions::default());
         let stop = || cancel.load(Ordering::Relaxed);
-        let stored = request.stored_audio();
         let known = checkpoint.regions.clone();
         // The model loads with the first chunk, so a file refused from its
         // header (too long, not audio) fails before any model is needed.
@@ -514,8 +737,11 @@ impl ModelEngine {
         let mut staged = false;
         let decoded = {
             let mut stream = VadStream::new(&params.vad);
-            let result =
-                audio::decode_chunks::<StreamError>(stored.input(), &options, &stop, |chunk, _| {
+            let result = audio::decode_chunks::<StreamError>(
+                source.file.input(),
+                &options,
+                &stop,
+                |chunk, _| {
                     if known.is_some() {
                         return Ok(());
                     }
@@ -530,9 +756,10 @@ impl ModelEngine {
                     stream
                         .push(model, chunk, &mut regions)
                         .map_err(|e| StreamError::Work(WorkError::Transient(e.to_string())))
-                });
+                },
+            );
             let decoded = result.map_err(|e| match e {
-                StreamError::Audio(e) => audio_error(e, request),
+                StreamError::Audio(e) => audio_error(e, request, source.file.path()),
                 StreamError::Work(e) => e,
             })?;
             if let Some(model) = &vad {
@@ -554,7 +781,7 @@ impl ModelEngine {
         if stop() {
             return Err(WorkError::Cancelled);
         }
-        let duration_s = decoded.duration_s;
+        let duration_s = source.duration_s.unwrap_or(decoded.duration_s);
         let speech = if params.job_type == JobType::Vad {
             audio::SpeechSamples {
                 len: decoded.frames as usize,
@@ -565,8 +792,8 @@ impl ModelEngine {
                 &regions_after(&regions, checkpoint.resume_at),
                 audio::WHISPER_SAMPLE_RATE,
             );
-            audio::decode_speech(stored.input(), &options, &stop, &ranges)
-                .map_err(|e| audio_error(e, request))?
+            audio::decode_speech(source.file.input(), &options, &stop, &ranges)
+                .map_err(|e| audio_error(e, request, source.file.path()))?
         };
         self.finish_job(
             request,
@@ -820,6 +1047,175 @@ mod tests {
             .run(&request, &mut NullSink, &AtomicBool::new(true))
             .unwrap_err();
         assert!(matches!(err, WorkError::Cancelled), "{err:?}");
+    }
+
+    /// The shared model cache (`~/.cache/murmur/models`), installing the
+    /// named models first.
+    fn cached_models(names: &[&str]) -> PathBuf {
+        let cache = murmur_models::registry::cache_dir();
+        for name in names {
+            fetch::install(name, &cache.join("models"), &cache, &mut |_| {}).expect("install");
+        }
+        cache.join("models")
+    }
+
+    fn job(audio: PathBuf, params: serde_json::Value, artifacts: Option<PathBuf>) -> WorkRequest {
+        WorkRequest {
+            job_id: "j1".into(),
+            tenant_id: "t1".into(),
+            audio,
+            params: JobParams::merged(&JobParams::defaults("tiny.en"), &params).unwrap(),
+            checkpoint: None,
+            artifacts,
+            audio_limit: None,
+            sealing: None,
+        }
+    }
+
+    #[test]
+    fn written_stems_are_byte_for_byte_the_whole_file_separation() {
+        let models = cached_models(&["spleeter-2stems"]);
+        // 30 s of a real conversation at 16 kHz mono: two of Spleeter's
+        // chunks, resampled and duplicated to 44.1 kHz stereo on the way.
+        let upload = murmur_models::testaudio::pyannote_sample().unwrap().wav;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("artifacts");
+        let request = job(
+            upload.clone(),
+            json!({"job_type": "bgm_separation"}),
+            Some(folder.clone()),
+        );
+        let engine = ModelEngine::new(
+            ModelEngineConfig {
+                models_dir: models.clone(),
+                ..engine(dir.path()).config
+            },
+            Device::Cpu,
+        );
+        let out = engine
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap();
+        assert!(
+            (out.audio_seconds - 30.0).abs() < 0.01,
+            "{}",
+            out.audio_seconds
+        );
+
+        // The reference: the whole file decoded, separated in memory, and
+        // written with the buffer writer.
+        let input = audio::decode_file_with(
+            &upload,
+            &audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
+        )
+        .unwrap();
+        let separator = Separator::load(&models.join("spleeter-2stems"), &Device::Cpu).unwrap();
+        let stems = separator
+            .separate(&input, &mut |_| ControlFlow::Continue(()))
+            .unwrap();
+        for (name, stem) in STEMS.iter().zip([&stems.vocals, &stems.accompaniment]) {
+            let reference = dir.path().join(format!("{name}-reference.wav"));
+            audio::write_wav_16bit(&reference, &stem.samples, stem.sample_rate, 2).unwrap();
+            let written = std::fs::read(stem_path(&folder, name)).unwrap();
+            assert_eq!(
+                written.len() as u64,
+                audio::WAV_HEADER_BYTES + 4 * input.frames() as u64
+            );
+            assert!(
+                written == std::fs::read(&reference).unwrap(),
+                "the streamed {name} stem differs from the whole-file one"
+            );
+            assert!(!stem_part_path(&folder, name).exists());
+        }
+    }
+
+    #[test]
+    fn a_resumed_separation_reads_its_stems_instead_of_separating_again() {
+        // No models installed: separating again would fail.
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("artifacts");
+        std::fs::create_dir_all(&folder).unwrap();
+        let tone: Vec<f32> = (0..2 * 88_200)
+            .map(|i| 0.2 * (i as f32 * 0.03).sin())
+            .collect();
+        for name in STEMS {
+            audio::write_wav_16bit(&stem_path(&folder, name), &tone, 44_100, 2).unwrap();
+        }
+        let mut request = job(
+            dir.path().join("gone.wav"),
+            json!({"job_type": "bgm_separation"}),
+            Some(folder.clone()),
+        );
+        request.checkpoint = Some(json!(Checkpoint {
+            separated: true,
+            ..Checkpoint::default()
+        }));
+        let out = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap();
+        assert!(
+            (out.audio_seconds - 2.0).abs() < 1e-6,
+            "{}",
+            out.audio_seconds
+        );
+        assert_eq!(out.result["stems"][0]["name"], "vocals");
+        // A damaged stem is separated again: here that reads the upload,
+        // which is gone.
+        std::fs::write(stem_path(&folder, "vocals"), b"RIFF....WAVE").unwrap();
+        let err = engine(dir.path())
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap_err();
+        assert!(
+            matches!(&err, WorkError::Transient(m) if m.contains("cannot read the audio")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_transcription_without_a_folder_separates_through_a_scratch_folder() {
+        let models = cached_models(&["spleeter-2stems", "silero-vad", "tiny.en"]);
+        let dir = tempfile::tempdir().unwrap();
+        let request = job(
+            murmur_models::testaudio::jfk().unwrap(),
+            json!({"model": "tiny.en", "separate_bgm": {"enabled": true}}),
+            None,
+        );
+        let engine = ModelEngine::new(
+            ModelEngineConfig {
+                models_dir: models,
+                ..engine(dir.path()).config
+            },
+            Device::Cpu,
+        );
+        let scratch_before = scratch_folders();
+        let out = engine
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap();
+        assert!(
+            (out.audio_seconds - 11.0).abs() < 0.01,
+            "{}",
+            out.audio_seconds
+        );
+        let text = out.result["text"].as_str().unwrap();
+        let wer = murmur_models::wer::wer(murmur_models::testaudio::JFK_TEXT, text);
+        assert!(wer <= 0.2, "WER {wer}: {text}");
+        assert_eq!(
+            scratch_folders(),
+            scratch_before,
+            "the scratch folder stays"
+        );
+    }
+
+    /// This process's scratch stem folders.
+    fn scratch_folders() -> Vec<PathBuf> {
+        let prefix = format!("murmur-stems-{}-", std::process::id());
+        let mut found: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
     }
 
     #[test]

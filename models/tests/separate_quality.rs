@@ -11,7 +11,9 @@ use std::time::Instant;
 use murmur_models::audio::{self, DecodeOptions, DecodedAudio};
 use murmur_models::fetch;
 use murmur_models::registry;
-use murmur_models::separate::{si_sdr, SeparateError, Separator, Stems, SAMPLE_RATE};
+use murmur_models::separate::{
+    si_sdr, SeparateError, SeparationStream, Separator, Stems, SAMPLE_RATE,
+};
 use murmur_models::testaudio;
 use murmur_models::wer;
 use murmur_models::whisper::{self, WhisperModel};
@@ -318,4 +320,104 @@ fn long_input_is_separated_chunk_by_chunk_without_seams() {
         eprintln!("copy {i}: vocals {sdr:.2} dB");
         assert!((sdr - vocals_sdr).abs() < 2.0, "copy {i}: {sdr} dB");
     }
+}
+
+#[test]
+fn streamed_separation_equals_the_whole_file_path() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A real recording long enough for three chunks (two full, one short):
+    // the pyannote conversation over the demucs music, looped to 50 s,
+    // written at 32 kHz stereo so both paths resample.
+    let rate = 32_000;
+    let stereo_at = |path: &std::path::Path| {
+        audio::decode_file_with(path, &DecodeOptions::stereo(rate)).expect("decode")
+    };
+    let speech = stereo_at(&testaudio::pyannote_sample().expect("fetch").wav);
+    let music = stereo_at(&testaudio::music_mp3().expect("fetch music"));
+    let n = 50 * rate as usize * 2;
+    let mix: Vec<f32> = (0..n)
+        .map(|i| {
+            0.6 * speech.samples[i % speech.samples.len()]
+                + 0.3 * music.samples[i % music.samples.len()]
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mix.wav");
+    audio::write_wav_16bit(&path, &mix, rate, 2).expect("write");
+
+    let options = DecodeOptions::stereo(SAMPLE_RATE);
+    let t0 = Instant::now();
+    let input = audio::decode_file_with(&path, &options).expect("decode");
+    let whole = separator()
+        .separate(&input, &mut |_| ControlFlow::Continue(()))
+        .expect("separate");
+    let whole_s = t0.elapsed().as_secs_f64();
+
+    // The streamed path: the decoder's chunks (about 0.4 s each) straight
+    // into the stream, the stems collected as they come out.
+    let t0 = Instant::now();
+    let mut stream = SeparationStream::new(separator(), input.frames());
+    let (mut vocals, mut accompaniment) = (Vec::new(), Vec::new());
+    let mut emitted = Vec::new();
+    let mut progress = vec![stream.fraction_done()];
+    audio::decode_chunks::<SeparateError>(&path, &options, &|| false, |chunk, _| {
+        stream.push(chunk, &mut |v, a| {
+            assert_eq!(v.len(), a.len());
+            emitted.push(v.len() / 2);
+            vocals.extend_from_slice(v);
+            accompaniment.extend_from_slice(a);
+            Ok(())
+        })?;
+        if progress.last() != Some(&stream.fraction_done()) {
+            progress.push(stream.fraction_done());
+        }
+        Ok(())
+    })
+    .expect("streamed separation");
+    stream.finish().expect("every frame arrived");
+    eprintln!(
+        "50 s: whole-file {whole_s:.1} s, streamed {:.1} s; stems emitted in pieces of \
+         {emitted:?} frames; progress {progress:?}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(emitted.len(), 3, "one piece per chunk: {emitted:?}");
+    assert_eq!(progress.first(), Some(&0.0));
+    assert_eq!(progress.last(), Some(&1.0));
+
+    // Same frames, same chunks, same order of the overlap-add: the same
+    // numbers, bit for bit.
+    for (name, streamed, reference) in [
+        ("vocals", &vocals, &whole.vocals.samples),
+        (
+            "accompaniment",
+            &accompaniment,
+            &whole.accompaniment.samples,
+        ),
+    ] {
+        assert_eq!(streamed.len(), reference.len(), "{name}");
+        let diff = streamed
+            .iter()
+            .zip(reference.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: max difference {diff:e}");
+        assert_eq!(diff, 0.0, "{name} differs by up to {diff}");
+    }
+}
+
+#[test]
+fn a_stream_refuses_more_or_less_than_it_was_told() {
+    let mut stream = SeparationStream::new(separator(), 10);
+    let err = stream
+        .push(&[0.0; 22], &mut |_, _| Ok(()))
+        .expect_err("11 frames into a 10-frame stream");
+    assert!(matches!(err, SeparateError::InvalidAudio(_)), "{err}");
+    let mut stream = SeparationStream::new(separator(), 10);
+    stream
+        .push(&[0.0; 18], &mut |_, _| Ok(()))
+        .expect("9 frames");
+    assert!(matches!(
+        stream.finish(),
+        Err(SeparateError::InvalidAudio(_))
+    ));
 }

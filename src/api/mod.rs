@@ -6,6 +6,7 @@
 //! a failed check from falling through to other routes.
 
 mod billing;
+mod cors;
 mod download;
 mod errors;
 pub mod files;
@@ -393,12 +394,25 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .recover(errors::recover)
         .unify()
         .boxed();
+    let cors = cors::Cors::new(&state.settings.server.cors_allowed_origins);
+    let preflight_cors = cors.clone();
+    // A CORS preflight is answered before any route sees it.
+    let preflight = warp::options()
+        .and(warp::header::<String>("origin"))
+        .and(warp::header::<String>("access-control-request-method"))
+        .and_then(move |origin: String, _method: String| {
+            let answer = preflight_cors.preflight(&origin);
+            async move { answer.ok_or_else(warp::reject) }
+        });
+    let api = preflight.or(api).unify().boxed();
     warp::any()
         .map(Instant::now)
         .and(warp::method())
         .and(warp::path::full())
+        .and(warp::header::optional::<String>("origin"))
         .and(api)
-        .map(|started: Instant, method: warp::http::Method, path: warp::path::FullPath, mut res: Response| {
+        .map(move |started: Instant, method: warp::http::Method, path: warp::path::FullPath, origin: Option<String>, mut res: Response| {
+            cors.decorate(res.headers_mut(), origin.as_deref());
             let route = route_label(path.as_str());
             let status = res.status().as_u16();
             let elapsed = started.elapsed();

@@ -242,14 +242,24 @@ fn handle_client(state: &AppState, tenant: &TenantId, s: &mut Session, text: &st
                     }
                 }
                 if let Some(after) = after {
-                    // Replay what was missed; live events resume after it.
+                    // Replay what was missed, a page at most (one more is
+                    // read to know whether the log goes on); live events
+                    // resume after it.
                     s.sent.insert(job_id.clone(), after);
-                    match state.store.events_after(tenant, job_id, after, usize::MAX) {
-                        Ok(events) => {
+                    let page = state.settings.server.ws_replay_page.max(1);
+                    match state.store.events_after(tenant, job_id, after, page + 1) {
+                        Ok(mut events) => {
+                            let more = events.len() > page;
+                            events.truncate(page);
+                            let last = events.last().map_or(after, |e| e.seq);
                             for e in events {
                                 if s.first_time(&e) {
                                     out.push(event_message(&e));
                                 }
+                            }
+                            if more {
+                                out.push(control(json!({"type": "replay_truncated",
+                                    "topic": topic, "next_after": last})));
                             }
                         }
                         Err(e) => tracing::error!(error = %e, "ws replay"),

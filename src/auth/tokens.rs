@@ -47,7 +47,7 @@ use chrono::{DateTime, Utc};
 
 use crate::billing::gates::{self, TierGate};
 use crate::billing::{tiers::model_family, Tier};
-use crate::store::{Role, TenantId};
+use crate::store::{Role, Store, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -211,6 +211,9 @@ fn scope_allows(scope: &str, op: &str) -> bool {
     }
 }
 
+/// What the sealed signing key is bound to.
+const ROOT_KEY_CONTEXT: &str = "root key";
+
 /// The server's signing key pair, kept in the data dir. Cheap to share via
 /// `Arc`; never serialised into any answer.
 pub struct TokenKeys {
@@ -219,7 +222,10 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     /// Loads `<data_dir>/root_key` or creates it (mode 0600) on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<TokenKeys, TokenError> {
+    /// The file is sealed by the store's master key (encryption at rest: a
+    /// copy of the data directory must not let anyone mint tokens); a key
+    /// written in clear by an older build is read and sealed in place.
+    pub fn load_or_create(data_dir: &Path, store: &Store) -> Result<TokenKeys, TokenError> {
         let path = data_dir.join("root_key");
         let err = |reason: String| TokenError::RootKey {
             path: path.display().to_string(),
@@ -227,31 +233,58 @@ impl TokenKeys {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let private = PrivateKey::from_bytes_hex(text.trim(), Default::default())
+                let hex = match store
+                    .open_secret(ROOT_KEY_CONTEXT, &text)
+                    .map_err(|e| err(e.to_string()))?
+                {
+                    Some(plain) => String::from_utf8(plain).map_err(|e| err(e.to_string()))?,
+                    None => text.trim().to_string(),
+                };
+                let private = PrivateKey::from_bytes_hex(&hex, Default::default())
                     .map_err(|e| err(e.to_string()))?;
-                Ok(TokenKeys {
+                let keys = TokenKeys {
                     root: KeyPair::from(&private),
-                })
+                };
+                if !text.trim().starts_with("sealed:") {
+                    keys.save(data_dir, store)?;
+                }
+                Ok(keys)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let root = KeyPair::new();
-                let tmp = data_dir.join(".root_key.tmp");
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    options.mode(0o600);
-                }
-                let mut file = options.open(&tmp).map_err(|e| err(e.to_string()))?;
-                file.write_all(root.private().to_bytes_hex().as_bytes())
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| err(e.to_string()))?;
-                std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
-                Ok(TokenKeys { root })
+                let keys = TokenKeys {
+                    root: KeyPair::new(),
+                };
+                keys.save(data_dir, store)?;
+                Ok(keys)
             }
             Err(e) => Err(err(e.to_string())),
         }
+    }
+
+    /// Writes the signing key to `<data_dir>/root_key` (0600, atomically),
+    /// sealed by the store's master key as it is now (also after a
+    /// rotation).
+    pub fn save(&self, data_dir: &Path, store: &Store) -> Result<(), TokenError> {
+        let path = data_dir.join("root_key");
+        let err = |reason: String| TokenError::RootKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        let hex = zeroize::Zeroizing::new(self.root.private().to_bytes_hex());
+        let text = store.seal_secret(ROOT_KEY_CONTEXT, hex.as_bytes());
+        let tmp = data_dir.join(".root_key.tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp).map_err(|e| err(e.to_string()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
     }
 
     fn authority(
@@ -658,7 +691,8 @@ mod tests {
 
     fn new_keys() -> (tempfile::TempDir, TokenKeys) {
         let dir = tempfile::tempdir().unwrap();
-        let keys = TokenKeys::load_or_create(dir.path()).unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let keys = TokenKeys::load_or_create(dir.path(), &store).unwrap();
         (dir, keys)
     }
 
@@ -676,8 +710,13 @@ mod tests {
                 Utc::now() + chrono::Duration::hours(1),
             )
             .unwrap();
-        let again = TokenKeys::load_or_create(dir.path()).unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let again = TokenKeys::load_or_create(dir.path(), &store).unwrap();
         let p = again.verify(&token, READ, minted).unwrap();
+        // Sealed: the file does not hold the key in clear.
+        let text = std::fs::read_to_string(dir.path().join("root_key")).unwrap();
+        assert!(text.starts_with("sealed:"), "{text}");
+        assert!(!text.contains(&keys.root.private().to_bytes_hex()));
         assert_eq!((p.user_id.as_str(), p.tenant.as_str()), ("u1", "t1"));
         #[cfg(unix)]
         {

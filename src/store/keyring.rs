@@ -100,6 +100,9 @@ pub fn write_key_file(path: &Path, key: &DataKey) -> Result<(), StoreError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// How a sealed server secret's text starts.
+const SECRET_PREFIX: &str = "sealed:";
+
 /// A tenant's data key as stored: sealed by the master key named `master`.
 #[derive(Serialize, Deserialize)]
 struct WrappedKey {
@@ -114,6 +117,8 @@ fn wrap_context(tenant: &str) -> Vec<u8> {
 /// The tenant data keys: stored wrapped, cached unwrapped.
 pub(super) struct Keyring {
     master: RwLock<DataKey>,
+    /// The new master key while a rotation runs (see `open`).
+    rotating_to: Option<DataKey>,
     tree: sled::Tree,
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
 }
@@ -144,6 +149,7 @@ impl Keyring {
         }
         Ok(Keyring {
             master: RwLock::new(master),
+            rotating_to: rotating_to.cloned(),
             tree,
             cache: RwLock::default(),
         })
@@ -279,6 +285,45 @@ impl Keyring {
         self.tree.flush()?;
         *self.master.write().expect("master key lock") = new;
         Ok(done)
+    }
+
+    /// A server secret (the token signing key) sealed by the master key,
+    /// as text for its file: `sealed:<master key id>:<hex>`.
+    pub(super) fn seal_secret(&self, context: &str, plain: &[u8]) -> String {
+        let master = self.master.read().expect("master key lock");
+        let sealed = seal_value(&master, context.as_bytes(), plain);
+        format!("{SECRET_PREFIX}{}:{}", master.id(), hex::encode(sealed))
+    }
+
+    /// The secret [`seal_secret`](Self::seal_secret) wrote; `None` for
+    /// text written before secrets were sealed (to be read as it is).
+    pub(super) fn open_secret(
+        &self,
+        context: &str,
+        text: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(rest) = text.trim().strip_prefix(SECRET_PREFIX) else {
+            return Ok(None);
+        };
+        let malformed = |why: &str| key_error(format!("the sealed {context}: {why}"));
+        let (id, sealed) = rest.split_once(':').ok_or_else(|| malformed("no key id"))?;
+        let sealed = hex::decode(sealed).map_err(|_| malformed("not hex"))?;
+        let master = self.master.read().expect("master key lock");
+        let key = [Some(&*master), self.rotating_to.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.id() == id)
+            .ok_or_else(|| {
+                key_error(format!(
+                    "the {context} is sealed by master key {id}, and this server was given \
+                     master key {}: start it with the key it was using (or finish a rotation \
+                     with `murmur admin rotate-master-key`)",
+                    master.id()
+                ))
+            })?;
+        open_value(key, context.as_bytes(), &sealed)
+            .map(Some)
+            .map_err(|e| malformed(&e.to_string()))
     }
 
     /// How rows of `tenant` are sealed (making its key if need be).

@@ -679,6 +679,18 @@ impl Store {
         self.keyring.key(tenant.as_str())
     }
 
+    /// A server secret (the token signing key) sealed by the master key,
+    /// bound to `context`, as text for a file.
+    pub fn seal_secret(&self, context: &str, plain: &[u8]) -> String {
+        self.keyring.seal_secret(context, plain)
+    }
+
+    /// What [`Store::seal_secret`] sealed; `None` when `text` was written
+    /// before secrets were sealed.
+    pub fn open_secret(&self, context: &str, text: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.keyring.open_secret(context, text)
+    }
+
     /// The id (a hash, not the key) of the master key in use.
     pub fn master_key_id(&self) -> String {
         self.keyring.master_id()

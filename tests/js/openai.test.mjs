@@ -130,6 +130,51 @@ test('errors arrive as the SDK error classes with our problem detail', async () 
   );
 });
 
+test('models.list and models.retrieve see the installed models', async () => {
+  const ids = [];
+  for await (const model of client.models.list()) {
+    assert.equal(model.object, 'model');
+    assert.equal(typeof model.created, 'number');
+    ids.push(model.id);
+  }
+  for (const id of ['tiny.en', 'base', 'whisper-1']) {
+    assert.ok(ids.includes(id), `${id} in ${ids}`);
+  }
+  const tiny = await client.models.retrieve('tiny.en');
+  assert.equal(tiny.id, 'tiny.en');
+  assert.equal(tiny.installed, true);
+  const alias = await client.models.retrieve('whisper-1');
+  const byDefault = (await client.models.list()).data.find((m) => m.default);
+  assert.equal(alias.alias_of, byDefault.id);
+  await assert.rejects(client.models.retrieve('gpt-4o'), (e) => e instanceof OpenAI.NotFoundError);
+});
+
+test('stream: true yields text deltas, then the whole text', async () => {
+  const stream = await client.audio.transcriptions.create({
+    file: createReadStream(jfk),
+    model: 'tiny.en',
+    stream: true,
+  });
+  const events = [];
+  for await (const event of stream) {
+    events.push(event);
+  }
+  const done = events.at(-1);
+  assert.equal(done.type, 'transcript.text.done');
+  assert.match(done.text, ASK_NOT);
+  const deltas = events.slice(0, -1);
+  assert.ok(deltas.length >= 1);
+  assert.ok(deltas.every((e) => e.type === 'transcript.text.delta'));
+  // The deltas laid end to end are the text, to the character.
+  assert.equal(deltas.map((e) => e.delta).join(''), done.text);
+
+  // Streamed translations are refused, as at OpenAI.
+  await assert.rejects(
+    client.audio.translations.create({ file: createReadStream(jfk), model: 'tiny.en', stream: true }),
+    (e) => e instanceof OpenAI.BadRequestError,
+  );
+});
+
 test("another tenant's SDK client sees none of these jobs", async () => {
   const other = await signup(server.base, 'openai-other');
   const mine = await (

@@ -17,9 +17,8 @@
 //! counted and bounded, and every way a file can be unusable maps to one
 //! [`AudioError`] variant with a message a user can act on.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use symphonia::core::errors::Error as SymphoniaError;
 
@@ -29,6 +28,7 @@ mod mp4;
 mod packets;
 mod resample;
 mod speech;
+mod wav;
 
 pub use input::{Input, Opener, ReadSeek};
 
@@ -36,6 +36,7 @@ use decode::decode_inner;
 use packets::{corrupt, guarded, measure_inner, open, MAX_CONSECUTIVE_DECODE_ERRORS};
 pub use resample::resample;
 pub use speech::{decode_speech, SpeechSamples};
+pub use wav::{write_wav_16bit, WavWriter, WAV_HEADER_BYTES};
 
 /// The rate Whisper and Silero VAD expect.
 pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
@@ -361,55 +362,6 @@ pub fn probe_duration<'a>(input: impl Into<Input<'a>>) -> Result<f64, AudioError
             }),
         }
     })
-}
-
-/// Writes interleaved `samples` as a 16-bit PCM WAV file (clipped to [-1, 1]).
-pub fn write_wav_16bit(
-    path: &Path,
-    samples: &[f32],
-    sample_rate: u32,
-    channels: u16,
-) -> Result<(), AudioError> {
-    if channels == 0 || sample_rate == 0 {
-        return Err(AudioError::InvalidArgument(
-            "a WAV file needs at least one channel and a positive rate".into(),
-        ));
-    }
-    if samples.len() % usize::from(channels) != 0 {
-        return Err(AudioError::InvalidArgument(format!(
-            "{} samples do not split into {channels} channels",
-            samples.len()
-        )));
-    }
-    let data_len = u32::try_from(samples.len() * 2)
-        .ok()
-        .filter(|n| *n <= u32::MAX - 36)
-        .ok_or_else(|| AudioError::InvalidArgument("too many samples for a WAV file".into()))?;
-    let io_err = |source| AudioError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut out = BufWriter::new(File::create(path).map_err(io_err)?);
-    let block_align = channels * 2;
-    let mut header = Vec::with_capacity(44);
-    header.extend_from_slice(b"RIFF");
-    header.extend_from_slice(&(36 + data_len).to_le_bytes());
-    header.extend_from_slice(b"WAVEfmt ");
-    header.extend_from_slice(&16u32.to_le_bytes());
-    header.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    header.extend_from_slice(&channels.to_le_bytes());
-    header.extend_from_slice(&sample_rate.to_le_bytes());
-    header.extend_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
-    header.extend_from_slice(&block_align.to_le_bytes());
-    header.extend_from_slice(&16u16.to_le_bytes());
-    header.extend_from_slice(b"data");
-    header.extend_from_slice(&data_len.to_le_bytes());
-    out.write_all(&header).map_err(io_err)?;
-    for &s in samples {
-        let v = (s.clamp(-1.0, 1.0) * 32767.0).round() as i16;
-        out.write_all(&v.to_le_bytes()).map_err(io_err)?;
-    }
-    out.flush().map_err(io_err)
 }
 
 #[cfg(test)]

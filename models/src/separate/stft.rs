@@ -6,7 +6,10 @@
 //! can walk a long recording in bounded memory: frame `t` covers samples
 //! `t * hop - lead .. t * hop - lead + window` of the input, where `lead` is
 //! the zero padding Spleeter puts in front of the waveform (one window), and
-//! samples outside the input read as zero (TensorFlow's `pad_end`).
+//! samples outside the input read as zero (TensorFlow's `pad_end`). Input
+//! and output are windows onto the recording (`first` is the recording's
+//! frame at their start), so a streaming caller holds only the part of the
+//! waveform the frames at hand touch.
 
 use std::sync::Arc;
 
@@ -65,15 +68,18 @@ impl Stft {
     }
 
     /// The spectrum of frame `t` of one channel of `signal` (interleaved,
-    /// preceded by `lead` zeros); `BINS` values.
+    /// preceded by `lead` zeros); `BINS` values. Samples outside the window
+    /// `signal` holds read as zero: the caller's window must cover every
+    /// sample of the recording the frame touches.
     pub fn analyse(&mut self, signal: &Interleaved<'_>, lead: usize, t: usize) -> &[Complex32] {
         let Interleaved {
             samples,
             channels,
             channel,
+            first,
         } = *signal;
         let len = (samples.len() / channels) as isize;
-        let start = (t * FRAME_STEP) as isize - lead as isize;
+        let start = (t * FRAME_STEP) as isize - lead as isize - first as isize;
         for (n, slot) in self.frame.iter_mut().enumerate() {
             let i = start + n as isize;
             let x = if i >= 0 && i < len {
@@ -91,14 +97,14 @@ impl Stft {
 
     /// Inverts `spectrum` (`BINS` values, consumed as scratch), windows it
     /// and adds it into channel `channel` of the interleaved `out` where
-    /// frame `t` lands; frame 0 of `out` is input sample 0, so the `lead`
-    /// padding and anything past `out` are dropped.
+    /// frame `t` lands; frame 0 of `out` is the recording's frame `first`,
+    /// so the `lead` padding and anything outside `out` are dropped.
     pub fn synthesise_add(
         &mut self,
         spectrum: &mut [Complex32],
         lead: usize,
         t: usize,
-        out: &mut [f32],
+        (out, first): (&mut [f32], usize),
         (channels, channel): (usize, usize),
     ) {
         // A real signal's DC and Nyquist bins are real; drop rounding noise.
@@ -110,7 +116,7 @@ impl Stft {
         // realfft's inverse is unnormalised; TensorFlow's irfft divides by N.
         let scale = WINDOW_COMPENSATION / FRAME_LENGTH as f32;
         let len = (out.len() / channels) as isize;
-        let start = (t * FRAME_STEP) as isize - lead as isize;
+        let start = (t * FRAME_STEP) as isize - lead as isize - first as isize;
         for (n, &x) in self.frame.iter().enumerate() {
             let i = start + n as isize;
             if i >= 0 && i < len {
@@ -120,12 +126,24 @@ impl Stft {
     }
 }
 
-/// One channel of an interleaved buffer.
+/// One channel of an interleaved window onto a recording.
 #[derive(Debug, Clone, Copy)]
 pub struct Interleaved<'a> {
     pub samples: &'a [f32],
     pub channels: usize,
     pub channel: usize,
+    /// The recording's frame at `samples[0]` (0 for a whole recording).
+    pub first: usize,
+}
+
+/// The recording's first frame that frame `t` touches (saturating at 0).
+pub fn frame_start(t: usize, lead: usize) -> usize {
+    (t * FRAME_STEP).saturating_sub(lead)
+}
+
+/// The recording's frame just past the last one frame `t` touches.
+pub fn frame_end(t: usize, lead: usize) -> usize {
+    (t * FRAME_STEP + FRAME_LENGTH).saturating_sub(lead)
 }
 
 /// Frames `tf.signal.stft(pad_end=True)` produces for `samples` input
@@ -155,10 +173,11 @@ mod tests {
             samples: &signal,
             channels: 1,
             channel: 0,
+            first: 0,
         };
         for t in 0..frame_count(n, FRAME_LENGTH) {
             let mut spec = stft.analyse(&input, FRAME_LENGTH, t).to_vec();
-            stft.synthesise_add(&mut spec, FRAME_LENGTH, t, &mut out, (1, 0));
+            stft.synthesise_add(&mut spec, FRAME_LENGTH, t, (&mut out, 0), (1, 0));
         }
         let max_err = signal
             .iter()

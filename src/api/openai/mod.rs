@@ -8,6 +8,11 @@
 //! stay, listed under `/v1/jobs`. That holds also when the request ends
 //! first (the client went away, the wait limit passed): a background task
 //! then deletes the upload when the job ends.
+//!
+//! `stream=true` on transcriptions answers server-sent events instead
+//! (`stream.rs`).
+
+mod stream;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,6 +43,7 @@ const OPENAI_FIELDS: &[&str] = &[
     "response_format",
     "temperature",
     "timestamp_granularities[]",
+    "stream",
 ];
 
 /// Longest a request waits for its job before answering 503 (the job goes
@@ -126,12 +132,13 @@ async fn speech(
     let (file, fields) = receive_form(&state, &caller, content_length, form, OPENAI_FIELDS).await?;
     let submitted = async {
         let format = response_format(&fields)?;
+        let streaming = streaming(&fields, task, format)?;
         let params = job_params(&state, &fields, task)?;
         let job = submit_job(&state, &caller, &file.id, None, &params).await?;
-        Ok::<_, ApiError>((format, job))
+        Ok::<_, ApiError>((format, streaming, job))
     }
     .await;
-    let (format, job) = match submitted {
+    let (format, streaming, job) = match submitted {
         Ok(ok) => ok,
         Err(e) => {
             // Refused (bad fields, a gate): keep nothing of the request.
@@ -146,6 +153,11 @@ async fn speech(
         job_id: job.id.clone(),
         armed: true,
     };
+    if streaming {
+        let tenant = caller.tenant_id().clone();
+        let events = stream::transcript_events(state.clone(), tenant, job.id.clone(), cleanup);
+        return Ok(tag_tenant(events, &caller));
+    }
     let started = std::time::Instant::now();
     let job = loop {
         let current = state
@@ -228,6 +240,28 @@ fn response_format(fields: &HashMap<String, String>) -> Result<&'static str, Api
         .ok_or_else(|| {
             ApiError::invalid("response_format must be json, text, srt, verbose_json or vtt")
         })
+}
+
+/// Whether the answer streams (`stream=true`): transcriptions only, as
+/// text (`json` or `text` formats), as at OpenAI.
+fn streaming(fields: &HashMap<String, String>, task: &str, format: &str) -> Result<bool, ApiError> {
+    let asked = match fields.get("stream").map(|s| s.trim().to_ascii_lowercase()) {
+        None => false,
+        Some(s) if s == "true" => true,
+        Some(s) if s == "false" || s.is_empty() => false,
+        Some(_) => return Err(ApiError::invalid("stream must be true or false")),
+    };
+    if asked && task != "transcribe" {
+        return Err(ApiError::invalid(
+            "stream is accepted on transcriptions only",
+        ));
+    }
+    if asked && !matches!(format, "json" | "text") {
+        return Err(ApiError::invalid(
+            "a streamed transcription is text: response_format must be json or text",
+        ));
+    }
+    Ok(asked)
 }
 
 /// Job parameters from the OpenAI fields.
