@@ -29,11 +29,11 @@ pub struct OutboundSettings {
     /// Hosts (names or IP literals as written in URLs) allowed even when
     /// they are not public. A list, or one comma-separated string (so an
     /// environment variable can set it).
-    #[serde(default, deserialize_with = "list_or_csv")]
+    #[serde(default, deserialize_with = "crate::config::list_or_commas")]
     pub allowed_hosts: Vec<String>,
     /// PEM files of certificate authorities trusted beside the built-in
     /// web roots (a company CA, a test CA).
-    #[serde(default, deserialize_with = "list_or_csv")]
+    #[serde(default, deserialize_with = "crate::config::list_or_commas")]
     pub extra_root_certs: Vec<String>,
     pub connect_timeout_ms: u64,
     /// Longest a request may take, answer included.
@@ -46,23 +46,6 @@ pub struct OutboundSettings {
     pub max_redirects: usize,
     /// Largest answer read from a webhook receiver or an API.
     pub max_response_bytes: u64,
-}
-
-fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrCsv {
-        List(Vec<String>),
-        Csv(String),
-    }
-    Ok(match ListOrCsv::deserialize(d)? {
-        ListOrCsv::List(v) => v,
-        ListOrCsv::Csv(s) => s
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect(),
-    })
 }
 
 #[derive(Debug, thiserror::Error)]
