@@ -7,6 +7,9 @@
 //!    every `completed` event has arrived over WebSocket.
 //! 2. Event latency: 500 WebSocket subscribers on the tenant topic while
 //!    jobs run; latency is receipt time minus the event's `at` stamp.
+//! 3. With `--webhooks N`: N endpoints (all events) on a loopback receiver
+//!    during both runs, so throughput includes the outbox writes; then the
+//!    delivery latency (receipt minus the event's `timestamp`) and count.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -104,17 +107,27 @@ async fn main() {
     let jobs = arg("--jobs", 1000);
     let subscribers = arg("--subscribers", 500);
     let latency_jobs = arg("--latency-jobs", 200);
+    let webhooks = arg("--webhooks", 0);
     let tmp = tempfile::tempdir().unwrap();
     let mut settings = Settings::load(None).unwrap();
     settings.store.data_dir = tmp.path().join("data");
     settings.auth.argon2_memory_kib = 1024;
     settings.auth.argon2_iterations = 1;
     settings.models.fetch_missing = true; // the trivial engine needs no model
-                                          // Two workers sharing one engine, as `serve` shares one per device.
+    settings.outbound.allowed_hosts = vec!["127.0.0.1".into()];
+    // Two workers sharing one engine, as `serve` shares one per device.
     let engine: Arc<dyn Engine> = Arc::new(TrivialEngine);
     let engines = vec![engine; 2];
     let (state, _root) = murmur::server::start(settings, engines).await.unwrap();
     let store = state.store.clone();
+    let hooks_tasks = tokio_util::task::TaskTracker::new();
+    murmur::webhooks::spawn(
+        store.clone(),
+        state.outbound.clone(),
+        state.settings.webhooks.clone(),
+        &hooks_tasks,
+        state.stopping.clone(),
+    );
     let (addr, server) =
         warp::serve(murmur::api::routes(state)).bind_ephemeral(([127, 0, 0, 1], 0));
     tokio::spawn(server);
@@ -145,6 +158,40 @@ async fn main() {
         .await
         .unwrap();
     let file_id = file["id"].as_str().unwrap().to_string();
+    let deliveries = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    if webhooks > 0 {
+        use warp::Filter;
+        let got = deliveries.clone();
+        let receiver = warp::post()
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if let Some(at) = v["timestamp"].as_str() {
+                    let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
+                    let ms =
+                        (chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    got.lock().unwrap().push(ms);
+                }
+                warp::http::StatusCode::NO_CONTENT
+            });
+        let (rx_addr, rx) = warp::serve(receiver).bind_ephemeral(([127, 0, 0, 1], 0));
+        tokio::spawn(rx);
+        for i in 0..webhooks {
+            let res = http
+                .post(format!("{base}/v1/webhooks"))
+                .bearer_auth(&token)
+                .json(&json!({"url": format!("http://{rx_addr}/hook/{i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                res.status(),
+                201,
+                "{}",
+                res.text().await.unwrap_or_default()
+            );
+        }
+    }
 
     // 1. Throughput: submit over HTTP, then wait until the tenant's usage
     // counts every job completed (a WebSocket watcher could lag behind
@@ -228,4 +275,23 @@ async fn main() {
         percentile(&all, 0.99),
         all.last().copied().unwrap_or(f64::NAN)
     );
+
+    if webhooks > 0 {
+        // Each job announces queued, started and completed.
+        let expected = (jobs + latency_jobs) * 3 * webhooks;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while deliveries.lock().unwrap().len() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut all = deliveries.lock().unwrap().clone();
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "webhooks: {} of {expected} deliveries to {webhooks} endpoint(s), latency p50 {:.1} ms, \
+             p99 {:.1} ms, max {:.1} ms",
+            all.len(),
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
+            all.last().copied().unwrap_or(f64::NAN)
+        );
+    }
 }

@@ -97,6 +97,12 @@ pub fn spawn(
                     }
                 })
                 .await;
+            // One flush for the batch's records (see `record_delivery`).
+            if worked {
+                if let Err(e) = store.flush().await {
+                    tracing::error!(error = %e, "cannot flush webhook delivery records");
+                }
+            }
             if unrecorded.into_inner() > 0 {
                 // Unrecorded rows are still due: pause rather than resend
                 // them in a tight loop while the store is failing.
@@ -134,7 +140,7 @@ async fn attempt(
     let tenant = TenantId::trusted(&delivery.tenant_id);
     if let DeliveryTarget::Webhook(id) = &delivery.target {
         if store.webhook(&tenant, id)?.is_none() {
-            return store.drop_delivery(&delivery).await;
+            return store.drop_delivery(&delivery);
         }
     }
     let number = delivery.attempts + 1;
@@ -178,9 +184,7 @@ async fn attempt(
         at: now,
         next_attempt_at: next,
     };
-    store
-        .record_delivery(&delivery, &record, next, settings.log_per_endpoint.max(1))
-        .await
+    store.record_delivery(&delivery, &record, next, settings.log_per_endpoint.max(1))
 }
 
 /// Sends one signed attempt; answers the receiver's status or why none.

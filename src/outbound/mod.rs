@@ -309,6 +309,11 @@ mod tests {
             "http://169.254.169.254/latest/meta-data/",
             "http://[::1]/",
             "http://localhost:9/",
+            // Other spellings of 127.0.0.1 that URL parsers accept.
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://127.1/",
+            "http://[0:0:0:0:0:ffff:7f00:1]/",
         ] {
             assert!(
                 matches!(out.check_url(url).await, Err(OutboundError::Refused(_))),

@@ -362,7 +362,12 @@ impl Store {
     /// Records an attempt of `delivery`: with `next` the row is kept and
     /// due again then, without it the row leaves the outbox (delivered or
     /// given up). The endpoint's log keeps its newest `log_limit` attempts.
-    pub async fn record_delivery(
+    ///
+    /// Not flushed here: the worker flushes once per batch. A record lost
+    /// to a crash before that only means the message is sent again, which
+    /// at-least-once delivery allows; one fsync per attempt would cap
+    /// deliveries at the disk's flush rate.
+    pub fn record_delivery(
         &self,
         delivery: &Delivery,
         attempt: &DeliveryAttempt,
@@ -411,17 +416,18 @@ impl Store {
         for old in keys.iter().take(keys.len().saturating_sub(log_limit)) {
             self.delivery_log.remove(old)?;
         }
-        self.flush().await
+        Ok(())
     }
 
-    /// Drops a delivery whose endpoint is gone, without an attempt.
-    pub async fn drop_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    /// Drops a delivery whose endpoint is gone, without an attempt (not
+    /// flushed, as [`Store::record_delivery`]).
+    pub fn drop_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
         let tenant = TenantId::trusted(&delivery.tenant_id);
         let key = scoped_key(&tenant, &delivery.id);
         self.outbox.remove(&key)?;
         self.outbox_due
             .remove(due_key(delivery.next_attempt_at, &key))?;
-        self.flush().await
+        Ok(())
     }
 }
 
@@ -544,7 +550,7 @@ mod tests {
             at: Utc::now(),
             next_attempt_at: None,
         };
-        store.record_delivery(d, &attempt, None, 10).await.unwrap();
+        store.record_delivery(d, &attempt, None, 10).unwrap();
         assert_eq!(store.due_deliveries(Utc::now(), 100).unwrap().len(), 4);
         // Rescheduling moves a row out of what is due now.
         let later = Utc::now() + chrono::Duration::hours(1);
@@ -559,7 +565,6 @@ mod tests {
                 Some(later),
                 10,
             )
-            .await
             .unwrap();
         assert_eq!(store.due_deliveries(Utc::now(), 100).unwrap().len(), 3);
         assert!(store.next_delivery_due().unwrap().is_some());
