@@ -917,6 +917,7 @@ async fn operations_endpoints() {
         "/v1/webhooks",
         "/v1/webhooks/{id}",
         "/v1/webhooks/{id}/deliveries",
+        "/v1/jobs/{id}/deliveries",
         "/readyz",
         "/metrics",
         "/",

@@ -290,6 +290,29 @@ async fn a_job_callback_receives_that_jobs_events_signed_with_its_own_secret() {
         let body: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["data"]["job_id"], job_id.as_str());
     }
+    // The job's own delivery log shows them; another tenant sees nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = a
+            .client
+            .get(&format!("/v1/jobs/{job_id}/deliveries"))
+            .await
+            .expect(200);
+        let items = log["items"].as_array().unwrap();
+        if items.len() >= rx.received().len() {
+            assert!(items
+                .iter()
+                .all(|i| i["status_code"] == 200 && i["job_id"] == job_id.as_str()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = signup(&server, "Globex").await;
+    b.client
+        .get(&format!("/v1/jobs/{job_id}/deliveries"))
+        .await
+        .problem(404, "not_found");
     // A second job without a callback sends nothing there.
     let other = vad_job(&a.client, json!({})).await;
     let n = rx.received().len();

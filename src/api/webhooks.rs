@@ -3,7 +3,9 @@
 //! (`crate::webhooks`); the outbox is the store's (`store::webhooks`).
 //!
 //! Admins and owners (or a `full`-scope key) only: an endpoint receives
-//! every job of the tenant, whoever submitted it.
+//! every job of the tenant, whoever submitted it. Also
+//! `GET /v1/jobs/{id}/deliveries`: attempts to a job's own callback, for
+//! whoever may read the job.
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -52,10 +54,16 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(|id, s, a| async move { respond(delete(s, a, id).await) });
     let deliveries = warp::path!("v1" / "webhooks" / String / "deliveries")
         .and(warp::get())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .and(auth_header())
         .and(warp::query::<AttemptsQuery>())
         .then(|id, s, a, q| async move { respond(deliveries(s, a, id, q).await) });
+    let callback_deliveries = warp::path!("v1" / "jobs" / String / "deliveries")
+        .and(warp::get())
+        .and(with_state(state))
+        .and(auth_header())
+        .and(warp::query::<AttemptsQuery>())
+        .then(|id, s, a, q| async move { respond(callback_deliveries(s, a, id, q).await) });
     create
         .or(list)
         .unify()
@@ -64,6 +72,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(delete)
         .unify()
         .or(deliveries)
+        .unify()
+        .or(callback_deliveries)
         .unify()
         .boxed()
 }
@@ -234,6 +244,29 @@ async fn deliveries(
     let tenant = caller.tenant_id();
     if state.store.webhook(tenant, &id)?.is_none() {
         return Err(ApiError::not_found("webhook"));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, MAX_ATTEMPTS_LISTED);
+    let items = state.store.delivery_attempts(tenant, &id, limit)?;
+    Ok(tag_tenant(
+        json_reply(StatusCode::OK, &json!({"items": items})),
+        &caller,
+    ))
+}
+
+/// Recent attempts to a job's own `callback_url` (empty when it has none):
+/// whoever may read the job may read them.
+async fn callback_deliveries(
+    state: AppState,
+    auth: Option<String>,
+    id: String,
+    q: AttemptsQuery,
+) -> Result<Response, ApiError> {
+    let caller = state
+        .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
+        .await?;
+    let tenant = caller.tenant_id();
+    if state.store.job(tenant, &id)?.is_none() {
+        return Err(ApiError::not_found("job"));
     }
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_ATTEMPTS_LISTED);
     let items = state.store.delivery_attempts(tenant, &id, limit)?;
