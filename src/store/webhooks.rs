@@ -382,6 +382,14 @@ impl Store {
             DeliveryTarget::Callback(job) => job.clone(),
         };
         let log = log_key(tenant.as_str(), &endpoint, &attempt.id);
+        // A deleted job's callback is still served, but its log went with
+        // the job: write none that nothing would ever remove.
+        let keep_log = match &delivery.target {
+            DeliveryTarget::Webhook(_) => true,
+            DeliveryTarget::Callback(job) => {
+                self.jobs.tree().contains_key(scoped_key(&tenant, job))?
+            }
+        };
         let old_due = due_key(delivery.next_attempt_at, &key);
         (&self.outbox, &self.outbox_due, &self.delivery_log)
             .transaction(|(outbox, due, logs)| {
@@ -402,7 +410,9 @@ impl Store {
                         outbox.remove(key.as_slice())?;
                     }
                 }
-                logs.insert(log.as_slice(), seal.encode(&log, attempt))?;
+                if keep_log {
+                    logs.insert(log.as_slice(), seal.encode(&log, attempt))?;
+                }
                 Ok(())
             })
             .map_err(tx_error)?;
