@@ -6,6 +6,7 @@
 //! a failed check from falling through to other routes.
 
 mod billing;
+pub mod client_ip;
 mod cors;
 mod download;
 mod errors;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Bounds on password hashing and login attempts (see `auth::limits`).
     pub auth_limits: Arc<crate::auth::AuthLimits>,
+    /// Proxies whose `X-Forwarded-For` names the client for rate limiting.
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 /// A verified caller with its tenant's current row and tier.
