@@ -61,6 +61,10 @@ pub struct ServerSettings {
     /// TOML, or one comma-separated string (for the environment).
     #[serde(default, deserialize_with = "list_or_commas")]
     pub cors_allowed_origins: Vec<String>,
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For`
+    /// names the client for rate limiting; empty: none.
+    #[serde(default, deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// A list of strings given as a list or as one comma-separated string.

@@ -62,6 +62,8 @@ pub async fn start(
             "applied RevenueCat events left from the last run"
         );
     }
+    let trusted_proxies = api::client_ip::TrustedProxies::parse(&settings.server.trusted_proxies)
+        .map_err(anyhow::Error::msg)?;
     let auth_limits = Arc::new(crate::auth::AuthLimits::new(
         crate::auth::limits::LimitSettings {
             max_concurrent_hashes: settings.auth.max_concurrent_hashes,
@@ -90,6 +92,7 @@ pub async fn start(
         stopping: tokio_util::sync::CancellationToken::new(),
         auth_limits,
         outbound,
+        trusted_proxies,
     };
     Ok((state, root))
 }

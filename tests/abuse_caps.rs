@@ -491,3 +491,56 @@ async fn data_directories_are_private() {
         assert_eq!(mode(&f) & 0o077, 0, "{} is readable by others", f.display());
     }
 }
+
+/// Behind a trusted reverse proxy, each client behind it has its own login
+/// budget (the proxy's `X-Forwarded-For`); a client cannot pick its own
+/// address by writing the header, and without trusted proxies the header
+/// is ignored.
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_limited_apart() {
+    let attempt = |base: String, forwarded: &'static str| async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/auth/login"))
+            .header("x-forwarded-for", forwarded)
+            .json(&json!({"email": "nobody@example.com", "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let proxied = Server::start_with(&[
+        ("MURMUR__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_ADDRESS", "3"),
+        ("MURMUR__SERVER__TRUSTED_PROXIES", "127.0.0.1/32, ::1"),
+    ]);
+    let base = proxied.base.clone();
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(attempt(base.clone(), "198.51.100.1").await);
+    }
+    assert_eq!(first.last(), Some(&429), "{first:?}");
+    // Another client behind the same proxy is not held back.
+    assert_eq!(attempt(base.clone(), "198.51.100.2").await, 401);
+    // The limited client cannot escape by prepending a made-up address:
+    // the proxy's (right-most) entry still names it.
+    assert_eq!(
+        attempt(base.clone(), "203.0.113.77, 198.51.100.1").await,
+        429
+    );
+
+    // Without trusted proxies the header means nothing: one budget for
+    // everyone on this address.
+    let direct =
+        Server::start_with(&[("MURMUR__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_ADDRESS", "3")]);
+    let base = direct.base.clone();
+    let mut seen = Vec::new();
+    for client in [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ] {
+        seen.push(attempt(base.clone(), client).await);
+    }
+    assert_eq!(seen.last(), Some(&429), "{seen:?}");
+}

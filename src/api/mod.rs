@@ -6,6 +6,7 @@
 //! a failed check from falling through to other routes.
 
 mod billing;
+pub mod client_ip;
 mod cors;
 mod download;
 mod errors;
@@ -71,6 +72,8 @@ pub struct AppState {
     /// The one outbound HTTP client, behind the SSRF guard (webhooks,
     /// URL input, RevenueCat's REST sync).
     pub outbound: crate::outbound::Outbound,
+    /// Proxies whose `X-Forwarded-For` names the client for rate limiting.
+    pub trusted_proxies: client_ip::TrustedProxies,
 }
 
 /// A verified caller with its tenant's current row and tier.

@@ -5,7 +5,7 @@
 //! per client address, failed logins per (account, address); a refused
 //! attempt answers 429 `rate_limited` with `Retry-After` before any hashing.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::{
-    auth_header, json_body, json_reply, op, parse_json, remote_addr, respond, tag_tenant,
+    auth_header, client_ip::client_ip, json_body, json_reply, op, parse_json, respond, tag_tenant,
     with_state, ApiError, AppState, JsonBody,
 };
 use crate::auth::limits::RateLimited;
@@ -24,16 +24,17 @@ use crate::ids::new_id;
 use crate::store::{Role, Tenant, TenantId, User};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let proxies = state.trusted_proxies.clone();
     let signup = warp::path!("v1" / "auth" / "signup")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(remote_addr())
+        .and(client_ip(proxies.clone()))
         .and(json_body(&state))
         .then(|s, r, b| async move { respond(signup(s, r, b).await) });
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(remote_addr())
+        .and(client_ip(proxies))
         .and(json_body(&state))
         .then(|s, r, b| async move { respond(login(s, r, b).await) });
     let me = warp::path!("v1" / "me")
@@ -130,11 +131,11 @@ fn login_token(
 
 async fn signup(
     state: AppState,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let body: SignupBody = parse_json(body)?;
-    if let Err(refused) = state.auth_limits.admit_signup(remote.map(|r| r.ip())) {
+    if let Err(refused) = state.auth_limits.admit_signup(client) {
         return Ok(rate_limited(refused));
     }
     let name = body.tenant.trim().to_string();
@@ -180,12 +181,12 @@ struct LoginBody {
 
 async fn login(
     state: AppState,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let body: LoginBody = parse_json(body)?;
     let wrong = || ApiError::unauthorized("wrong email or password");
-    let ip = remote.map(|r| r.ip());
+    let ip = client;
     let limits = &state.auth_limits;
     if let Err(refused) = limits.admit_login(ip, &body.email) {
         return Ok(rate_limited(refused));
