@@ -1,0 +1,105 @@
+//! A Murmur job in the shape of Whisper-WebUI's `TaskStatusResponse`:
+//! its status names, task types, result shapes and `duration` (seconds the
+//! task ran, not the audio's length).
+
+use serde_json::{json, Value};
+
+use crate::store::{Job, JobStatus};
+
+/// Silero's rate: that backend's VAD results count samples at 16 kHz.
+const VAD_RATE: f64 = 16_000.0;
+
+/// Names of the stems in the separation result and the ZIP, in that
+/// backend's words, with the Murmur stem each one is.
+pub const STEM_NAMES: [(&str, &str); 2] = [("instrumental", "accompaniment"), ("vocal", "vocals")];
+
+/// A stem's label: its ZIP entry is this with `.wav`.
+pub fn stem_label(job_id: &str, stem: &str) -> String {
+    format!("{job_id}-{stem}")
+}
+
+/// That backend's status name for a Murmur job status.
+pub fn status_name(status: JobStatus) -> &'static str {
+    match status {
+        JobStatus::Queued => "queued",
+        JobStatus::Running => "in_progress",
+        JobStatus::Completed => "completed",
+        JobStatus::Failed => "failed",
+        JobStatus::Cancelled => "cancelled",
+    }
+}
+
+/// `GET /task/{identifier}`'s answer for `job`.
+pub fn view(job: &Job) -> Value {
+    let completed = job.status == JobStatus::Completed;
+    let separation = job.job_type == "bgm_separation";
+    let result = if completed {
+        job.result.as_ref().map(|r| result(job, r))
+    } else {
+        None
+    };
+    let duration = match (job.started_at, job.finished_at) {
+        (Some(start), Some(end)) => Some((end - start).num_milliseconds() as f64 / 1000.0),
+        _ => None,
+    };
+    json!({
+        "identifier": job.id,
+        "status": status_name(job.status),
+        "task_type": job.job_type,
+        "result_type": if separation && completed { "filepath" } else { "json" },
+        "result": result,
+        "task_params": super::params::task_params(&job.params),
+        "error": job.error,
+        "duration": duration,
+        "progress": (job.progress * 100.0).round() / 100.0,
+    })
+}
+
+/// A completed job's result in that backend's shape.
+fn result(job: &Job, stored: &Value) -> Value {
+    match job.job_type.as_str() {
+        // Its `Segment`s; what Murmur does not compute is null, as there
+        // when the engine does not report it.
+        "transcription" => {
+            let segments = stored["segments"].as_array().cloned().unwrap_or_default();
+            Value::Array(
+                segments
+                    .iter()
+                    .map(|s| {
+                        let mut seg = json!({
+                            "id": s["id"], "seek": null, "text": s["text"],
+                            "start": s["start"], "end": s["end"], "tokens": null,
+                            "temperature": null, "avg_logprob": null,
+                            "compression_ratio": null, "no_speech_prob": null,
+                            "words": null,
+                        });
+                        if let Some(speaker) = s.get("speaker") {
+                            seg["speaker"] = speaker.clone();
+                        }
+                        seg
+                    })
+                    .collect(),
+            )
+        }
+        // Silero's speech chunks: sample offsets at 16 kHz.
+        "vad" => Value::Array(
+            stored["speech"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    let at = |k: &str| (r[k].as_f64().unwrap_or(0.0) * VAD_RATE).round() as u64;
+                    json!({"start": at("start"), "end": at("end")})
+                })
+                .collect(),
+        ),
+        // There, content hashes that find the files on its disk; here,
+        // the names of the stems in this task's ZIP (`GET /task/file/{id}`).
+        "bgm_separation" => json!({
+            "instrumental_hash": stem_label(&job.id, STEM_NAMES[0].0),
+            "vocal_hash": stem_label(&job.id, STEM_NAMES[1].0),
+        }),
+        _ => stored.clone(),
+    }
+}
