@@ -131,6 +131,7 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
     };
     let mut notes = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
+    let mut uvr_model = None;
     for (name, value) in pairs {
         let name = name.as_str();
         // `suppress_tokens` is a list: its values arrive repeated.
@@ -150,15 +151,21 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
                 return Err(unsupported(name, value));
             }
         } else if let Some((_, default)) = DECODING.iter().find(|(n, _)| *n == name) {
+            // Ignored or not, a value that backend would refuse is refused.
+            match default {
+                Default::Num(_) => {
+                    number(name, value)?;
+                }
+                Default::Bool(_) => {
+                    boolean(name, value)?;
+                }
+                Default::Text(_) | Default::Unset => {}
+            }
             if route == Route::Transcription && !at_default(name, value, *default, pairs) {
                 notes.push(format!("{name}={value} (Murmur has no such setting)"));
             }
         } else if name == "uvr_model_size" {
-            if route != Route::Vad {
-                notes.push(format!(
-                    "uvr_model_size={value} (Murmur separates with Spleeter 2 stems)"
-                ));
-            }
+            uvr_model = Some(value);
         } else if DEPLOYMENT.contains(&name) || (route != Route::Transcription && is_known(name)) {
             // Another route's parameter, as that backend's clients send
             // whole parameter sets: it has no effect there either.
@@ -168,6 +175,14 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
                 name.chars().take(64).collect::<String>()
             )));
         }
+    }
+    // Named only where a separation runs: with another model than asked.
+    let separates =
+        route == Route::BgmSeparation || params["separate_bgm"]["enabled"] == json!(true);
+    if let Some(model) = uvr_model.filter(|_| separates) {
+        notes.push(format!(
+            "uvr_model_size={model} (Murmur separates with Spleeter 2 stems)"
+        ));
     }
     Ok(Mapped { params, notes })
 }
