@@ -17,6 +17,7 @@
 
 mod params;
 mod task;
+mod values;
 mod zip;
 
 use warp::filters::multipart::FormData;

@@ -22,6 +22,7 @@
 use serde_json::{json, Value};
 use warp::http::StatusCode;
 
+use super::values::{blank, boolean, number, parse_bool, whole};
 use crate::api::ApiError;
 use murmur_actors::params::MODEL_NAMES;
 
@@ -147,7 +148,7 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
         } else if route == Route::Transcription && TRANSCRIPTION.contains(&name) {
             map_transcription(name, value, &mut params, &mut notes)?;
         } else if route == Route::Transcription && UNSUPPORTED.contains(&name) {
-            if !(value.is_empty() || value == "null" || value.eq_ignore_ascii_case("false")) {
+            if !(blank(value) || value.eq_ignore_ascii_case("false")) {
                 return Err(unsupported(name, value));
             }
         } else if let Some((_, default)) = DECODING.iter().find(|(n, _)| *n == name) {
@@ -240,25 +241,19 @@ fn map_transcription(
             params["model"] = json!(model);
         }
         // That backend's "automatic detection" is an absent language.
-        "lang" => {
-            if !(value.is_empty()
-                || value == "null"
-                || value.eq_ignore_ascii_case("automatic detection"))
-            {
-                params["language"] = json!(value.to_ascii_lowercase());
-            }
+        "lang" if !(blank(value) || value.eq_ignore_ascii_case("automatic detection")) => {
+            params["language"] = json!(value.to_ascii_lowercase());
         }
         "is_translate" => {
-            if boolean(name, value)? {
-                params["task"] = json!("translate");
-            }
+            let task = if boolean(name, value)? {
+                "translate"
+            } else {
+                "transcribe"
+            };
+            params["task"] = json!(task);
         }
         "temperature" => params["temperature"] = json!(number(name, value)?),
-        "initial_prompt" => {
-            if !(value.is_empty() || value == "null") {
-                params["initial_prompt"] = json!(value);
-            }
-        }
+        "initial_prompt" if !blank(value) => params["initial_prompt"] = json!(value),
         "is_diarize" => params["diarize"] = json!({"enabled": boolean(name, value)?}),
         "is_separate_bgm" => params["separate_bgm"] = json!({"enabled": boolean(name, value)?}),
         _ => {}
@@ -297,7 +292,7 @@ fn map_vad(route: Route, name: &str, value: &str, params: &mut Value) -> Result<
 
 /// Whether `value` is that backend's default for a decoding knob.
 fn at_default(name: &str, value: &str, default: Default, pairs: &[(String, String)]) -> bool {
-    let unset = value.is_empty() || value == "null" || value == "None";
+    let unset = blank(value);
     match default {
         Default::Num(d) => value.parse::<f64>().is_ok_and(|v| (v - d).abs() < 1e-9),
         Default::Bool(d) => parse_bool(value) == Some(d),
@@ -312,66 +307,6 @@ fn at_default(name: &str, value: &str, default: Default, pairs: &[(String, Strin
             all.iter().all(|v| *v == d || *v == "[-1]" || v.is_empty())
         }
         Default::Text(d) => value == d || unset,
-    }
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn boolean(name: &str, value: &str) -> Result<bool, ApiError> {
-    parse_bool(value).ok_or_else(|| ApiError::invalid(format!("{name} must be true or false")))
-}
-
-fn number(name: &str, value: &str) -> Result<f64, ApiError> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|v| !v.is_nan())
-        .ok_or_else(|| ApiError::invalid(format!("{name} must be a number")))
-}
-
-fn whole(name: &str, value: &str) -> Result<u32, ApiError> {
-    value
-        .parse::<u32>()
-        .map_err(|_| ApiError::invalid(format!("{name} must be a whole number of milliseconds")))
-}
-
-/// The parameters of a Murmur job in that backend's names, for
-/// `task_params`: what will run, not what was sent.
-pub fn task_params(params: &murmur_actors::params::JobParams) -> Value {
-    use murmur_actors::params::{JobType, Task};
-    let vad = &params.vad;
-    let vad_view = json!({
-        "vad_filter": vad.enabled,
-        "threshold": vad.threshold,
-        "min_speech_duration_ms": vad.min_speech_ms,
-        "max_speech_duration_s": vad.max_speech_s,
-        "min_silence_duration_ms": vad.min_silence_ms,
-        "speech_pad_ms": vad.speech_pad_ms,
-    });
-    match params.job_type {
-        JobType::Transcription => {
-            let mut view = json!({
-                "model_size": params.model,
-                "lang": params.language,
-                "is_translate": params.task == Task::Translate,
-                "temperature": params.temperature,
-                "initial_prompt": params.initial_prompt,
-                "is_diarize": params.diarize.enabled,
-                "is_separate_bgm": params.separate_bgm.enabled,
-            });
-            if let (Some(view), Some(vad)) = (view.as_object_mut(), vad_view.as_object()) {
-                view.extend(vad.clone());
-            }
-            view
-        }
-        JobType::Vad => vad_view,
-        JobType::BgmSeparation => json!({"uvr_model_size": "spleeter-2stems"}),
     }
 }
 

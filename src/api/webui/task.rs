@@ -29,6 +29,16 @@ pub fn status_name(status: JobStatus) -> &'static str {
     }
 }
 
+/// A job's status there: a job queued again after a transient fault (it
+/// keeps the fault as its error) is `retrying`.
+pub fn task_status(job: &Job) -> &'static str {
+    if job.status == JobStatus::Queued && job.error.is_some() {
+        "retrying"
+    } else {
+        status_name(job.status)
+    }
+}
+
 /// `GET /task/{identifier}`'s answer for `job`.
 pub fn view(job: &Job) -> Value {
     let completed = job.status == JobStatus::Completed;
@@ -44,11 +54,11 @@ pub fn view(job: &Job) -> Value {
     };
     json!({
         "identifier": job.id,
-        "status": status_name(job.status),
+        "status": task_status(job),
         "task_type": job.job_type,
         "result_type": if separation && completed { "filepath" } else { "json" },
         "result": result,
-        "task_params": super::params::task_params(&job.params),
+        "task_params": task_params(&job.params),
         "error": job.error,
         "duration": duration,
         "progress": (job.progress * 100.0).round() / 100.0,
@@ -101,5 +111,39 @@ fn result(job: &Job, stored: &Value) -> Value {
             "vocal_hash": stem_label(&job.id, STEM_NAMES[1].0),
         }),
         _ => stored.clone(),
+    }
+}
+
+/// The parameters of a Murmur job in that backend's names, for
+/// `task_params`: what will run, not what was sent.
+pub fn task_params(params: &murmur_actors::params::JobParams) -> Value {
+    use murmur_actors::params::{JobType, Task};
+    let vad = &params.vad;
+    let vad_view = json!({
+        "vad_filter": vad.enabled,
+        "threshold": vad.threshold,
+        "min_speech_duration_ms": vad.min_speech_ms,
+        "max_speech_duration_s": vad.max_speech_s,
+        "min_silence_duration_ms": vad.min_silence_ms,
+        "speech_pad_ms": vad.speech_pad_ms,
+    });
+    match params.job_type {
+        JobType::Transcription => {
+            let mut view = json!({
+                "model_size": params.model,
+                "lang": params.language,
+                "is_translate": params.task == Task::Translate,
+                "temperature": params.temperature,
+                "initial_prompt": params.initial_prompt,
+                "is_diarize": params.diarize.enabled,
+                "is_separate_bgm": params.separate_bgm.enabled,
+            });
+            if let (Some(view), Some(vad)) = (view.as_object_mut(), vad_view.as_object()) {
+                view.extend(vad.clone());
+            }
+            view
+        }
+        JobType::Vad => vad_view,
+        JobType::BgmSeparation => json!({"uvr_model_size": "spleeter-2stems"}),
     }
 }

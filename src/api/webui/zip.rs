@@ -41,9 +41,9 @@ pub fn layout(entries: &[Entry]) -> Option<u64> {
 /// MS-DOS time and date of `at` (what ZIP headers carry).
 pub fn dos_time(at: chrono::DateTime<chrono::Utc>) -> (u16, u16) {
     use chrono::{Datelike, Timelike};
-    let time = (at.hour() << 11 | at.minute() << 5 | at.second() / 2) as u16;
+    let time = ((at.hour() << 11) | (at.minute() << 5) | (at.second() / 2)) as u16;
     let year = at.year().clamp(1980, 2107) as u32 - 1980;
-    let date = (year << 9 | at.month() << 5 | at.day()) as u16;
+    let date = ((year << 9) | (at.month() << 5) | at.day()) as u16;
     (time, date)
 }
 
