@@ -220,11 +220,18 @@ async fn get_file(state: AppState, auth: Option<String>, id: String) -> Result<R
     let modified = zip::dos_time(job.finished_at.unwrap_or(job.updated_at));
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
     let job_id = job.id.clone();
-    // Owned by the server's tracker; ends when the client goes away (the
-    // channel closes) or at the archive's end.
+    // Owned by the server's tracker; ends at the archive's end, when the
+    // client goes away (the channel closes) or when the server stops (a
+    // client that stopped reading must not hold up shutdown).
+    let stopping = state.stopping.clone();
     state.background.spawn(async move {
-        if let Err(e) = zip::write(entries, modified, &tx).await {
-            tracing::warn!(job = %job_id, error = %e, "the stems ZIP stopped early");
+        tokio::select! {
+            written = zip::write(entries, modified, &tx) => {
+                if let Err(e) = written {
+                    tracing::warn!(job = %job_id, error = %e, "the stems ZIP stopped early");
+                }
+            }
+            _ = stopping.cancelled() => {}
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
