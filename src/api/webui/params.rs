@@ -136,9 +136,11 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
     for (name, value) in pairs {
         let name = name.as_str();
         // `suppress_tokens` is a list: its values arrive repeated.
-        if seen.contains(&name) && name != "suppress_tokens" {
+        let repeated = seen.contains(&name);
+        if repeated && name != "suppress_tokens" {
             return Err(ApiError::invalid(format!(
-                "query parameter {name} is sent more than once"
+                "query parameter {} is sent more than once",
+                clip(name)
             )));
         }
         seen.push(name);
@@ -162,8 +164,14 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
                 }
                 Default::Text(_) | Default::Unset => {}
             }
-            if route == Route::Transcription && !at_default(name, value, *default, pairs) {
-                notes.push(format!("{name}={value} (Murmur has no such setting)"));
+            if route == Route::Transcription
+                && !repeated
+                && !at_default(name, value, *default, pairs)
+            {
+                notes.push(format!(
+                    "{name}={} (Murmur has no such setting)",
+                    clip(value)
+                ));
             }
         } else if name == "uvr_model_size" {
             uvr_model = Some(value);
@@ -173,7 +181,7 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
         } else {
             return Err(ApiError::invalid(format!(
                 "unknown query parameter {:?}; see docs/API.md, \"Whisper-WebUI compatibility\"",
-                name.chars().take(64).collect::<String>()
+                clip(name)
             )));
         }
     }
@@ -182,10 +190,16 @@ pub fn map(route: Route, pairs: &[(String, String)]) -> Result<Mapped, ApiError>
         route == Route::BgmSeparation || params["separate_bgm"]["enabled"] == json!(true);
     if let Some(model) = uvr_model.filter(|_| separates) {
         notes.push(format!(
-            "uvr_model_size={model} (Murmur separates with Spleeter 2 stems)"
+            "uvr_model_size={} (Murmur separates with Spleeter 2 stems)",
+            clip(model)
         ));
     }
     Ok(Mapped { params, notes })
+}
+
+/// At most 64 characters of a client's name or value, for an answer.
+fn clip(text: &str) -> String {
+    text.chars().take(64).collect()
 }
 
 fn is_known(name: &str) -> bool {
@@ -207,7 +221,7 @@ fn unsupported(name: &str, value: &str) -> ApiError {
         "unsupported_parameter",
         format!(
             "{name}={} cannot be honoured: {why}; leave it unset",
-            value.chars().take(64).collect::<String>()
+            clip(value)
         ),
     )
 }
@@ -232,7 +246,7 @@ fn map_transcription(
                         "unsupported_parameter",
                         format!(
                             "model_size {:?} is not a model Murmur runs; choose one of {}",
-                            other.chars().take(64).collect::<String>(),
+                            clip(other),
                             MODEL_NAMES.join(", ")
                         ),
                     ))
@@ -343,6 +357,17 @@ mod tests {
         let m = map(Route::Transcription, &pairs(&[("beam_size", "1")])).unwrap();
         assert_eq!(m.notes.len(), 1);
         assert!(m.notes[0].starts_with("beam_size=1"));
+
+        // A list arrives as repeated values: named once.
+        let tokens = [("suppress_tokens", "1"), ("suppress_tokens", "2")];
+        let m = map(Route::Transcription, &pairs(&tokens)).unwrap();
+        assert_eq!(m.notes.len(), 1, "{:?}", m.notes);
+        let e = map(
+            Route::Transcription,
+            &pairs(&[("lang", "en"), ("lang", "de")]),
+        )
+        .unwrap_err();
+        assert!(e.detail.contains("more than once"));
     }
 
     #[test]
