@@ -183,6 +183,12 @@ pub async fn authenticate_upload(
     }
 }
 
+/// Reads and discards a refused multipart request's body (up to
+/// [`DRAIN_BUDGET`]), so a client still sending reads the answer.
+pub(super) async fn discard(form: FormData) {
+    drain(form, DRAIN_BUDGET).await;
+}
+
 async fn drain(mut form: FormData, mut budget: u64) {
     while let Some(Ok(part)) = form.next().await {
         let mut stream = part.stream();

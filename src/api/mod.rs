@@ -22,6 +22,7 @@ pub mod url_input;
 mod users;
 mod web;
 mod webhooks;
+mod webui;
 mod workflows;
 mod ws;
 
@@ -391,6 +392,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(billing::routes(state.clone()))
         .unify()
         .or(webhooks::routes(state.clone()))
+        .unify()
+        .or(webui::routes(state.clone()))
         .unify()
         .or(web::routes(state.clone()))
         .unify()

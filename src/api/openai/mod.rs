@@ -110,6 +110,24 @@ impl Drop for UploadCleanup {
     }
 }
 
+/// Deletes `file_id` once `job_id` has ended (in the background; see
+/// [`UploadCleanup`]): for compatibility routes whose uploads, as at the
+/// services they mimic, are not kept.
+pub(super) fn delete_upload_when_done(
+    state: &AppState,
+    tenant: &crate::store::TenantId,
+    file_id: &str,
+    job_id: &str,
+) {
+    drop(UploadCleanup {
+        state: state.clone(),
+        tenant: tenant.clone(),
+        file_id: file_id.to_string(),
+        job_id: job_id.to_string(),
+        armed: true,
+    });
+}
+
 /// Errors carry OpenAI's `error` object beside the problem fields.
 fn openai_respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_openai_response)
