@@ -204,6 +204,11 @@ async fn waiting_work_runs_highest_tier_first() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    // "running" is written just before the job actor reads the file and
+    // the tier and hands the job to the pool: give both hand-overs time to
+    // land in the pool's queue (the pool's queue is not observable from
+    // here; its gauge is shared with the other tests of this process).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     gate.open.store(true, Ordering::SeqCst);
     for (c, j) in [
         (&blocker.client, &first),
