@@ -111,8 +111,7 @@ mod tests {
         let options = DecodeOptions::default();
         let whole = decode_file_with(&path, &options).unwrap().samples;
         let pulled: Vec<f32> = ChunkReader::open(&path, &options)
-            .map(|c| c.unwrap())
-            .flatten()
+            .flat_map(|c| c.unwrap())
             .collect();
         assert!(pulled == whole);
         // Leaving after one chunk stops the decoder (the drop joins it).

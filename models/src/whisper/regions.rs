@@ -161,7 +161,7 @@ impl Joiner<'_> {
     /// Feeds the next piece of the recording, handing the joined signal it
     /// yields to `emit`.
     pub(super) fn feed(&mut self, piece: &[f32], emit: &mut dyn FnMut(&[f32])) {
-        const GAP: [f32; REGION_GAP_SAMPLES] = [0.0; REGION_GAP_SAMPLES];
+        static GAP: [f32; REGION_GAP_SAMPLES] = [0.0; REGION_GAP_SAMPLES];
         let (first, end) = (self.at, self.at + piece.len());
         while let Some(&(a, b)) = self.ranges.get(self.next) {
             if a >= end {
