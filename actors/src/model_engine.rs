@@ -512,13 +512,17 @@ impl ModelEngine {
         let len = usize::try_from(frames)
             .map_err(|_| WorkError::InvalidInput("the audio is too long to separate".into()))?;
         let mut stream = SeparationStream::new(separator, len);
+        let mut reported = 0.0;
         audio::decode_chunks::<SeparateError>(&request.audio, options, &stop, |chunk, _| {
             let [vocals, accompaniment] = &mut outputs;
             stream.push(chunk, &mut |v, a| {
                 vocals.write(v)?;
                 accompaniment.write(a)
             })?;
-            sink.progress(plan.separating(stream.fraction_done()));
+            if stream.fraction_done() > reported {
+                reported = stream.fraction_done();
+                sink.progress(plan.separating(reported));
+            }
             Ok(())
         })
         .and_then(|_| stream.finish())

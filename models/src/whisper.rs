@@ -415,15 +415,18 @@ impl WhisperModel {
         let filters = self.filters.clone();
         let mut max = MelMax::new(&filters);
         let mut joiner = map.joiner();
-        for piece in source.open() {
+        for (i, piece) in source.open().enumerate() {
             let piece = piece.map_err(WhisperError::Input)?;
             joiner.feed(&piece, &mut |p| max.push(p));
-            // A stop is honoured during the first read too.
-            if !on_progress(Progress {
-                processed_s: 0.0,
-                total_s,
-                segment: None,
-            }) {
+            // A stop is honoured during the first read too (asked now and
+            // then: a read is many small pieces).
+            if i % 32 == 0
+                && !on_progress(Progress {
+                    processed_s: 0.0,
+                    total_s,
+                    segment: None,
+                })
+            {
                 return Err(WhisperError::Cancelled);
             }
         }
