@@ -8,8 +8,8 @@
 //! separation decodes in chunks through Spleeter straight into the stems on
 //! disk; VAD reads the upload (or the separated vocals) in chunks, and
 //! Whisper reads it again window by window. A diarized transcription still
-//! decodes its audio whole at 16 kHz (about 230 MB per hour of audio), which
-//! the diarizer's clustering needs at once.
+//! decodes its audio whole at 16 kHz (about 230 MB per hour of audio) for
+//! the diarizer, which reads it at once; Whisper streams even then.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -635,31 +635,37 @@ impl Engine for ModelEngine {
             return Err(WorkError::Cancelled);
         }
 
+        // Whisper reads the file again window by window all the same: its
+        // joined copy and spectrogram would double what is held.
+        let options = limited(request, audio::DecodeOptions::default());
         self.finish_job(
             request,
             sink,
             cancel,
             &plan,
             checkpoint,
-            WhisperInput::Whole(&samples),
+            AfterVad {
+                path: source.path,
+                options: &options,
+                frames: samples.len(),
+                whole: Some(&samples),
+            },
             duration_s,
             regions,
         )
     }
 }
 
-/// What Whisper (and the diarizer) read after VAD.
+/// What Whisper and the diarizer read after VAD.
 #[derive(Clone, Copy)]
-enum WhisperInput<'a> {
-    /// The whole recording at 16 kHz mono, in memory (for the diarizer).
-    Whole(&'a [f32]),
-    /// A file Whisper reads again, front to back, as it goes: `frames`
+struct AfterVad<'a> {
+    /// The file Whisper reads again, front to back, as it goes: `frames`
     /// samples at 16 kHz mono decoded with `options`.
-    File {
-        path: &'a Path,
-        options: &'a audio::DecodeOptions,
-        frames: usize,
-    },
+    path: &'a Path,
+    options: &'a audio::DecodeOptions,
+    frames: usize,
+    /// The whole recording at 16 kHz mono, in memory: only when diarizing.
+    whole: Option<&'a [f32]>,
 }
 
 /// A file for [`WhisperModel::transcribe_regions_streamed`]: every read
@@ -798,10 +804,11 @@ impl ModelEngine {
             cancel,
             plan,
             checkpoint,
-            WhisperInput::File {
+            AfterVad {
                 path: source.path,
                 options: &options,
                 frames,
+                whole: None,
             },
             duration_s,
             regions,
@@ -821,7 +828,7 @@ impl ModelEngine {
         cancel: &AtomicBool,
         plan: &ProgressPlan,
         mut checkpoint: Checkpoint,
-        input: WhisperInput,
+        input: AfterVad,
         duration_s: f64,
         regions: Option<Vec<SpeechRegion>>,
     ) -> Result<WorkOutput, WorkError> {
@@ -879,26 +886,21 @@ impl ModelEngine {
                 speakers: None,
             }
         } else {
-            match input {
-                WhisperInput::Whole(samples) => {
-                    model.transcribe_regions(samples, &todo, &opts, &mut on_progress)
-                }
-                WhisperInput::File {
-                    path,
-                    options,
-                    frames,
-                } => model.transcribe_regions_streamed(
-                    &FileChunks { path, options },
-                    frames,
+            model
+                .transcribe_regions_streamed(
+                    &FileChunks {
+                        path: input.path,
+                        options: input.options,
+                    },
+                    input.frames,
                     &todo,
                     &opts,
                     &mut on_progress,
-                ),
-            }
-            .map_err(|e| match e {
-                whisper::WhisperError::Cancelled => WorkError::Cancelled,
-                other => WorkError::Transient(other.to_string()),
-            })?
+                )
+                .map_err(|e| match e {
+                    whisper::WhisperError::Cancelled => WorkError::Cancelled,
+                    other => WorkError::Transient(other.to_string()),
+                })?
         };
         done.extend(transcript.segments);
         for (i, seg) in done.iter_mut().enumerate() {
@@ -927,14 +929,9 @@ impl ModelEngine {
             };
             let turns = diarizer
                 .diarize(
-                    match input {
-                        WhisperInput::Whole(samples) => samples,
-                        WhisperInput::File { .. } => {
-                            return Err(WorkError::Transient(
-                                "diarization needs the whole recording".into(),
-                            ))
-                        }
-                    },
+                    input.whole.ok_or_else(|| {
+                        WorkError::Transient("diarization needs the whole recording".into())
+                    })?,
                     &options,
                     &mut |f| {
                         sink.progress(plan.diarizing(f));
