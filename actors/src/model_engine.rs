@@ -3,6 +3,13 @@
 //! checkpoints so an interrupted job resumes where it stopped. Loaded models
 //! are kept (Silero, Spleeter and the diarizer once each; Whisper in a small
 //! LRU, one lock per model) so a model is loaded once and shared by jobs.
+//!
+//! Memory does not grow with the audio's length, except for diarization:
+//! separation decodes in chunks through Spleeter straight into the stems on
+//! disk; VAD reads the upload (or the separated vocals) in chunks, and
+//! Whisper reads it again window by window. A diarized transcription still
+//! decodes its audio whole at 16 kHz (about 230 MB per hour of audio) for
+//! the diarizer, which reads it at once; Whisper streams even then.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -553,13 +560,17 @@ impl ModelEngine {
             .map_err(|_| WorkError::InvalidInput("the audio is too long to separate".into()))?;
         let mut stream = SeparationStream::new(separator, len);
         let upload = request.stored_audio();
+        let mut reported = 0.0;
         audio::decode_chunks::<SeparateError>(upload.input(), options, &stop, |chunk, _| {
             let [vocals, accompaniment] = &mut outputs;
             stream.push(chunk, &mut |v, a| {
                 vocals.write(v)?;
                 accompaniment.write(a)
             })?;
-            sink.progress(plan.separating(stream.fraction_done()));
+            if stream.fraction_done() > reported {
+                reported = stream.fraction_done();
+                sink.progress(plan.separating(reported));
+            }
             Ok(())
         })
         .and_then(|_| stream.finish())
@@ -630,9 +641,9 @@ impl Engine for ModelEngine {
             duration_s: separated.as_ref().map(|s| s.duration_s),
         };
         // Without diarization, nothing needs the whole recording at once:
-        // VAD reads it in chunks, and Whisper only the speech, kept by a
-        // second pass. So silence never sits in memory.
-        if !diarizing && wants_vad {
+        // VAD reads it in chunks, and Whisper reads it again, window by
+        // window. Only the diarizer still wants it whole.
+        if !diarizing {
             return self.run_streaming(request, &source, sink, cancel, &plan, checkpoint);
         }
         let decoded = decode_job_audio(
@@ -674,17 +685,74 @@ impl Engine for ModelEngine {
             return Err(WorkError::Cancelled);
         }
 
+        // Whisper reads the file again window by window all the same: its
+        // joined copy and spectrogram would double what is held.
+        let options = limited(request, audio::DecodeOptions::default());
         self.finish_job(
             request,
             sink,
             cancel,
             &plan,
             checkpoint,
-            &samples,
-            Some(&samples),
+            AfterVad {
+                file: &source.file,
+                options: &options,
+                frames: samples.len(),
+                whole: Some(&samples),
+            },
             duration_s,
             regions,
         )
+    }
+}
+
+/// What Whisper and the diarizer read after VAD.
+#[derive(Clone, Copy)]
+struct AfterVad<'a> {
+    /// The file Whisper reads again, front to back, as it goes: `frames`
+    /// samples at 16 kHz mono decoded with `options`.
+    file: &'a StoredFile,
+    options: &'a audio::DecodeOptions,
+    frames: usize,
+    /// The whole recording at 16 kHz mono, in memory: only when diarizing.
+    whole: Option<&'a [f32]>,
+}
+
+/// A file for [`WhisperModel::transcribe_regions_streamed`]: every read
+/// decodes it anew on its own thread, a few chunks ahead.
+struct FileChunks<'a> {
+    file: &'a StoredFile,
+    options: &'a audio::DecodeOptions,
+}
+
+impl whisper::ChunkSource for FileChunks<'_> {
+    type Reader = FileChunkReader;
+
+    fn open(&self) -> FileChunkReader {
+        FileChunkReader {
+            reader: audio::ChunkReader::open_input(
+                self.file.path(),
+                self.file.opener(),
+                self.options,
+            ),
+            path: self.file.path().display().to_string(),
+        }
+    }
+}
+
+struct FileChunkReader {
+    reader: audio::ChunkReader,
+    /// Scrubbed from error messages: a job's error names "the audio".
+    path: String,
+}
+
+impl Iterator for FileChunkReader {
+    type Item = Result<Vec<f32>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.reader
+            .next()
+            .map(|r| r.map_err(|e| e.to_string().replace(&self.path, "the audio")))
     }
 }
 
@@ -710,13 +778,14 @@ impl From<AudioError> for StreamError {
 }
 
 impl ModelEngine {
-    /// A `vad` job, or a transcription with VAD and without diarization, in
-    /// bounded memory, over `source` (the upload, or its separated vocals):
-    /// the first pass decodes in chunks into a streaming VAD (the regions
-    /// and the length are all it keeps), the second keeps only the samples
-    /// of the speech regions for Whisper. A resumed job with its regions
-    /// checkpointed still makes the first pass for the length, without
-    /// running the model.
+    /// A `vad` job, or a transcription without diarization, in bounded
+    /// memory, over `source` (the upload, or its separated vocals): the
+    /// first pass decodes in chunks into a streaming VAD (the regions and
+    /// the length are all it keeps; with VAD off, just the length), then
+    /// Whisper reads the file again window by window (twice: see
+    /// [`WhisperModel::transcribe_regions_streamed`]). A resumed job with
+    /// its regions checkpointed still makes the first pass for the length,
+    /// without running the model.
     fn run_streaming(
         &self,
         request: &WorkRequest,
@@ -729,7 +798,9 @@ impl ModelEngine {
         let params = &request.params;
         let options = limited(request, audio::DecodeOptions::default());
         let stop = || cancel.load(Ordering::Relaxed);
+        let wants_vad = params.vad.enabled || params.job_type == JobType::Vad;
         let known = checkpoint.regions.clone();
+        let skip_vad = known.is_some() || !wants_vad;
         // The model loads with the first chunk, so a file refused from its
         // header (too long, not audio) fails before any model is needed.
         let mut vad: Option<Arc<SileroVad>> = None;
@@ -742,7 +813,7 @@ impl ModelEngine {
                 &options,
                 &stop,
                 |chunk, _| {
-                    if known.is_some() {
+                    if skip_vad {
                         return Ok(());
                     }
                     if !staged {
@@ -769,60 +840,53 @@ impl ModelEngine {
             }
             decoded
         };
-        let regions = match known {
-            Some(r) => r,
-            None => {
+        let regions = match (known, wants_vad) {
+            (Some(r), _) => Some(r),
+            (None, true) => {
                 checkpoint.regions = Some(regions.clone());
                 sink.checkpoint(json!(checkpoint));
-                regions
+                Some(regions)
             }
+            (None, false) => None,
         };
         sink.progress(plan.vad_done);
         if stop() {
             return Err(WorkError::Cancelled);
         }
         let duration_s = source.duration_s.unwrap_or(decoded.duration_s);
-        let speech = if params.job_type == JobType::Vad {
-            audio::SpeechSamples {
-                len: decoded.frames as usize,
-                parts: Vec::new(),
-            }
-        } else {
-            let ranges = audio::SpeechSamples::ranges_for(
-                &regions_after(&regions, checkpoint.resume_at),
-                audio::WHISPER_SAMPLE_RATE,
-            );
-            audio::decode_speech(source.file.input(), &options, &stop, &ranges)
-                .map_err(|e| audio_error(e, request, source.file.path()))?
-        };
+        let frames = usize::try_from(decoded.frames)
+            .map_err(|_| WorkError::InvalidInput("the audio is too long".into()))?;
         self.finish_job(
             request,
             sink,
             cancel,
             plan,
             checkpoint,
-            &speech,
-            None,
+            AfterVad {
+                file: &source.file,
+                options: &options,
+                frames,
+                whole: None,
+            },
             duration_s,
-            Some(regions),
+            regions,
         )
     }
 }
 
 impl ModelEngine {
-    /// After VAD: a `vad` job's result, or Whisper over `samples` (the whole
-    /// recording, or just its speech) and, when asked, diarization over
-    /// `whole`.
+    /// After VAD: a `vad` job's result, or Whisper over the speech of
+    /// `input` (or all of it, without regions) and, when asked,
+    /// diarization over the whole recording.
     #[allow(clippy::too_many_arguments)]
-    fn finish_job<S: whisper::SampleSource + ?Sized>(
+    fn finish_job(
         &self,
         request: &WorkRequest,
         sink: &mut dyn WorkSink,
         cancel: &AtomicBool,
         plan: &ProgressPlan,
         mut checkpoint: Checkpoint,
-        samples: &S,
-        whole: Option<&[f32]>,
+        input: AfterVad,
         duration_s: f64,
         regions: Option<Vec<SpeechRegion>>,
     ) -> Result<WorkOutput, WorkError> {
@@ -881,7 +945,16 @@ impl ModelEngine {
             }
         } else {
             model
-                .transcribe_regions(samples, &todo, &opts, &mut on_progress)
+                .transcribe_regions_streamed(
+                    &FileChunks {
+                        file: input.file,
+                        options: input.options,
+                    },
+                    input.frames,
+                    &todo,
+                    &opts,
+                    &mut on_progress,
+                )
                 .map_err(|e| match e {
                     whisper::WhisperError::Cancelled => WorkError::Cancelled,
                     other => WorkError::Transient(other.to_string()),
@@ -914,7 +987,7 @@ impl ModelEngine {
             };
             let turns = diarizer
                 .diarize(
-                    whole.ok_or_else(|| {
+                    input.whole.ok_or_else(|| {
                         WorkError::Transient("diarization needs the whole recording".into())
                     })?,
                     &options,
@@ -1203,6 +1276,45 @@ mod tests {
             scratch_before,
             "the scratch folder stays"
         );
+    }
+
+    #[test]
+    fn a_transcription_without_vad_reads_the_file_window_by_window_to_the_same_words() {
+        let models = cached_models(&["tiny.en"]);
+        let dir = tempfile::tempdir().unwrap();
+        let upload = murmur_models::testaudio::jfk().unwrap();
+        let request = job(
+            upload.clone(),
+            json!({"model": "tiny.en", "vad": {"enabled": false}}),
+            None,
+        );
+        let engine = ModelEngine::new(
+            ModelEngineConfig {
+                models_dir: models.clone(),
+                ..engine(dir.path()).config
+            },
+            Device::Cpu,
+        );
+        let out = engine
+            .run(&request, &mut NullSink, &AtomicBool::new(false))
+            .unwrap();
+        // The same model over the whole recording in memory.
+        let samples = audio::decode_file(&upload).unwrap();
+        let mut model = WhisperModel::load(&models.join("tiny.en"), &Device::Cpu).unwrap();
+        let whole = model
+            .transcribe_regions(
+                &samples.samples,
+                &[SpeechRegion {
+                    start: 0.0,
+                    end: samples.duration_s,
+                }],
+                &decode_options(&request.params),
+                &mut |_| true,
+            )
+            .unwrap();
+        let result: Transcript = serde_json::from_value(out.result).unwrap();
+        assert!(!whole.segments.is_empty());
+        assert_eq!(result.segments, whole.segments);
     }
 
     /// This process's scratch stem folders.

@@ -28,7 +28,9 @@ pub fn artifact_context(job_id: &str, name: &str) -> String {
 }
 
 /// A stored file that may be sealed: opened through the seal when it is,
-/// as it is otherwise (files written before encryption at rest).
+/// as it is otherwise (files written before encryption at rest). Cloning
+/// is cheap (the key is shared).
+#[derive(Clone)]
 pub struct StoredFile {
     path: PathBuf,
     key: Option<Arc<DataKey>>,
@@ -46,6 +48,14 @@ impl StoredFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What a decoder on another thread reads the file through: `None`
+    /// for a plain file (read from the file system).
+    pub fn opener(&self) -> Option<Arc<dyn Opener>> {
+        self.key
+            .as_ref()
+            .map(|_| Arc::new(self.clone()) as Arc<dyn Opener>)
     }
 
     /// The file as the decoder reads it.

@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use realfft::RealFftPlanner;
 
+mod stream;
+pub use stream::{MelMax, MelWindows};
+
 pub const SAMPLE_RATE: usize = 16_000;
 pub const N_FFT: usize = 400;
 pub const HOP_LENGTH: usize = 160;
@@ -128,35 +131,100 @@ impl LogMel {
     }
 }
 
+/// The padded signal's sample `i` as an index into the signal of `total`
+/// samples: Whisper reflect-pads `N_FFT / 2` samples on each side.
+fn reflect(i: usize, total: usize) -> usize {
+    let half = N_FFT / 2;
+    let j = i as isize - half as isize;
+    let j = if j < 0 {
+        -j
+    } else if j as usize >= total {
+        2 * (total as isize - 1) - j
+    } else {
+        j
+    };
+    j.clamp(0, total.max(1) as isize - 1) as usize
+}
+
+/// One frame's log-mel values before the floor: the FFT plan, window and
+/// buffers, reused frame after frame. One per thread.
+pub(crate) struct FrameMel {
+    fft: Arc<dyn realfft::RealToComplex<f32>>,
+    window: Vec<f32>,
+    input: Vec<f32>,
+    spectrum: Vec<realfft::num_complex::Complex32>,
+    scratch: Vec<realfft::num_complex::Complex32>,
+    power: Vec<f32>,
+}
+
+impl FrameMel {
+    pub(crate) fn new() -> Self {
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
+        let window = (0..N_FFT)
+            .map(|i| {
+                let x = std::f32::consts::PI * 2.0 * i as f32 / N_FFT as f32;
+                0.5 - 0.5 * x.cos()
+            })
+            .collect();
+        FrameMel {
+            input: fft.make_input_vec(),
+            spectrum: fft.make_output_vec(),
+            scratch: fft.make_scratch_vec(),
+            power: vec![0f32; N_FFT / 2 + 1],
+            window,
+            fft,
+        }
+    }
+
+    /// `log10` mel energies of frame `f` into `row` (`n_mels` values), the
+    /// signal read through `at` (an index into the padded signal; see
+    /// [`reflect`]). Leaves `row` alone if the FFT refuses (it cannot, the
+    /// buffers come from its plan).
+    pub(crate) fn compute(
+        &mut self,
+        at: &dyn Fn(usize) -> f32,
+        f: usize,
+        filters: &MelFilters,
+        row: &mut [f32],
+    ) {
+        let offset = f * HOP_LENGTH;
+        for (i, x) in self.input.iter_mut().enumerate() {
+            *x = at(offset + i) * self.window[i];
+        }
+        if self
+            .fft
+            .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
+            .is_err()
+        {
+            return;
+        }
+        for (p, c) in self.power.iter_mut().zip(&self.spectrum) {
+            *p = c.norm_sqr();
+        }
+        for (m, (first, run)) in filters.bands.iter().enumerate() {
+            let s: f32 = run
+                .iter()
+                .zip(&self.power[*first..])
+                .map(|(w, p)| w * p)
+                .sum();
+            row[m] = s.max(1e-10).log10();
+        }
+    }
+}
+
+/// Whisper's floor and scaling of a `log10` value, given the floor
+/// (`max - 8` over the whole signal).
+pub(crate) fn scale(v: f32, floor: f32) -> f32 {
+    (v.max(floor) + 4.0) / 4.0
+}
+
 /// Computes Whisper's log-mel spectrogram of 16 kHz mono `samples` followed
 /// by `pad_samples` zeros (Whisper's transcribe pads with 30 s).
 pub fn log_mel_spectrogram(samples: &[f32], filters: &MelFilters, pad_samples: usize) -> LogMel {
     let n_mels = filters.n_mels();
     let total = samples.len() + pad_samples;
     let n_frames = total / HOP_LENGTH;
-    let half = N_FFT / 2;
-    // Sample i of the reflect-padded signal (padding N_FFT/2 on each side).
-    let padded_len = total + 2 * half;
-    let at = |i: usize| -> f32 {
-        let j = i as isize - half as isize;
-        let j = if j < 0 {
-            -j
-        } else if j as usize >= total {
-            2 * (total as isize - 1) - j
-        } else {
-            j
-        };
-        let j = j.clamp(0, total.max(1) as isize - 1) as usize;
-        samples.get(j).copied().unwrap_or(0.0)
-    };
-    debug_assert!(padded_len >= n_frames * HOP_LENGTH);
-
-    let window: Vec<f32> = (0..N_FFT)
-        .map(|i| {
-            let x = std::f32::consts::PI * 2.0 * i as f32 / N_FFT as f32;
-            0.5 - 0.5 * x.cos()
-        })
-        .collect();
+    let at = |i: usize| -> f32 { samples.get(reflect(i, total)).copied().unwrap_or(0.0) };
     let mut data = vec![0f32; n_mels * n_frames];
 
     // Two halves of the frames on two threads: the STFT is independent per
@@ -166,42 +234,19 @@ pub fn log_mel_spectrogram(samples: &[f32], filters: &MelFilters, pad_samples: u
         .unwrap_or(1)
         .clamp(1, 8);
     let per = n_frames.div_ceil(threads).max(1);
-    let fft: Arc<dyn realfft::RealToComplex<f32>> =
-        RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
     let columns: Vec<Vec<f32>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let fft = fft.clone();
-                let window = &window;
                 let at = &at;
                 scope.spawn(move || {
                     let start = (t * per).min(n_frames);
                     let end = ((t + 1) * per).min(n_frames);
-                    let mut input = fft.make_input_vec();
-                    let mut spectrum = fft.make_output_vec();
-                    let mut scratch = fft.make_scratch_vec();
-                    let mut power = vec![0f32; N_FFT / 2 + 1];
+                    let mut frame = FrameMel::new();
                     // Frame-major block [frames, n_mels], transposed below.
                     let mut out = vec![0f32; (end - start) * n_mels];
                     for f in start..end {
-                        let offset = f * HOP_LENGTH;
-                        for (i, x) in input.iter_mut().enumerate() {
-                            *x = at(offset + i) * window[i];
-                        }
-                        if fft
-                            .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
-                            .is_err()
-                        {
-                            continue;
-                        }
-                        for (p, c) in power.iter_mut().zip(&spectrum) {
-                            *p = c.norm_sqr();
-                        }
                         let row = &mut out[(f - start) * n_mels..(f - start + 1) * n_mels];
-                        for (m, (first, run)) in filters.bands.iter().enumerate() {
-                            let s: f32 = run.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();
-                            row[m] = s.max(1e-10).log10();
-                        }
+                        frame.compute(at, f, filters, row);
                     }
                     out
                 })
@@ -224,7 +269,7 @@ pub fn log_mel_spectrogram(samples: &[f32], filters: &MelFilters, pad_samples: u
     let max = data.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let floor = max - 8.0;
     for v in data.iter_mut() {
-        *v = (v.max(floor) + 4.0) / 4.0;
+        *v = scale(*v, floor);
     }
     LogMel {
         n_mels,

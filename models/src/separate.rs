@@ -56,7 +56,7 @@ use realfft::num_complex::Complex32;
 
 use crate::audio::{self, AudioError, DecodedAudio};
 use stft::{Interleaved, Stft, BINS, FRAME_LENGTH};
-pub use stream::SeparationStream;
+pub use stream::{SeparationStream, StemSink};
 use tfbundle::{BundleError, DataType, TensorBundle};
 use unet::{Nhwc, UNet, Weights};
 

@@ -13,6 +13,7 @@
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
 pub mod decoder;
+mod regions;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,9 +24,13 @@ use candle_transformers::models::whisper::model::{AudioEncoder, Whisper};
 pub use candle_transformers::models::whisper::Config;
 use tokenizers::Tokenizer;
 
-use crate::mel::{self, LogMel, MelFilters, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
+use crate::mel::{
+    self, LogMel, MelFilters, MelMax, MelWindows, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE,
+};
 use crate::transcript::{Segment, SpeechRegion, Transcript};
 use decoder::{DecoderState, TextDecoder};
+use regions::RegionMap;
+pub use regions::SampleSource;
 
 /// Seconds per timestamp token step.
 const TIME_PRECISION: f64 = 0.02;
@@ -57,6 +62,8 @@ pub enum WhisperError {
     Candle(#[from] candle_core::Error),
     #[error("tokenizer failed: {0}")]
     Tokenizer(String),
+    #[error("reading the audio failed: {0}")]
+    Input(String),
 }
 
 /// Transcribe in the spoken language, or translate into English.
@@ -347,8 +354,15 @@ impl WhisperModel {
         on_progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Transcript, WhisperError> {
         let total_s = samples.len() as f64 / SAMPLE_RATE as f64;
-        let (language, segments) =
-            self.run(samples, opts, &mut |p| on_progress(p), &|t, _| t, total_s)?;
+        let mut mel = mel::log_mel_spectrogram(samples, &self.filters, N_SAMPLES);
+        let (language, segments) = self.run(
+            &mut mel,
+            samples.is_empty(),
+            opts,
+            &mut |p| on_progress(p),
+            &|t, _| t,
+            total_s,
+        )?;
         Ok(finish(language, total_s, segments))
     }
 
@@ -366,8 +380,11 @@ impl WhisperModel {
         let total_s = samples.sample_count() as f64 / SAMPLE_RATE as f64;
         let map = RegionMap::new(regions, samples.sample_count());
         let joined = map.gather(samples);
+        let mut mel = mel::log_mel_spectrogram(&joined, &self.filters, N_SAMPLES);
+        drop(joined);
         let (language, segments) = self.run(
-            &joined,
+            &mut mel,
+            map.joined_len() == 0,
             opts,
             &mut |p| on_progress(p),
             &|t, is_end| map.to_original(t, is_end),
@@ -376,13 +393,78 @@ impl WhisperModel {
         Ok(finish(language, total_s, segments))
     }
 
-    /// The long-form loop. `to_original(t, is_end)` maps seconds of
-    /// `samples` to the caller's timeline (`is_end`: the time closes a
-    /// segment, so a time on a seam between joined regions belongs to the
-    /// region before it).
+    /// [`WhisperModel::transcribe_regions`] over a recording of `n_samples`
+    /// samples that is read, front to back and twice, from `source` rather
+    /// than held: the first read finds the spectrogram's maximum (Whisper
+    /// floors every value at `max - 8` over the whole signal), the second
+    /// feeds the 30 s windows as the long-form loop asks for them. Memory is
+    /// a window of samples and of spectrogram, whatever the length; the
+    /// transcript is the one `transcribe_regions` gives on the same samples.
+    pub fn transcribe_regions_streamed<C: ChunkSource + ?Sized>(
+        &mut self,
+        source: &C,
+        n_samples: usize,
+        regions: &[SpeechRegion],
+        opts: &DecodeOptions,
+        on_progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Transcript, WhisperError> {
+        let total_s = n_samples as f64 / SAMPLE_RATE as f64;
+        let map = RegionMap::new(regions, n_samples);
+        let joined_len = map.joined_len();
+        // The windows borrow the filters while the loop borrows the model.
+        let filters = self.filters.clone();
+        let mut max = MelMax::new(&filters);
+        let mut joiner = map.joiner();
+        for (i, piece) in source.open().enumerate() {
+            let piece = piece.map_err(WhisperError::Input)?;
+            joiner.feed(&piece, &mut |p| max.push(p));
+            // A stop is honoured during the first read too (asked now and
+            // then: a read is many small pieces).
+            if i % 32 == 0
+                && !on_progress(Progress {
+                    processed_s: 0.0,
+                    total_s,
+                    segment: None,
+                })
+            {
+                return Err(WhisperError::Cancelled);
+            }
+        }
+        let max = max.finish(N_SAMPLES);
+        let mut pieces = source.open();
+        let mut joiner = map.joiner();
+        let read = |out: &mut Vec<f32>| -> Result<bool, WhisperError> {
+            match pieces.next() {
+                Some(piece) => {
+                    let piece = piece.map_err(WhisperError::Input)?;
+                    joiner.feed(&piece, &mut |p| out.extend_from_slice(p));
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        };
+        let mut mel = MelWindows::new(&filters, joined_len, N_SAMPLES, max, read);
+        let (language, segments) = self.run(
+            &mut mel,
+            joined_len == 0,
+            opts,
+            &mut |p| on_progress(p),
+            &|t, is_end| map.to_original(t, is_end),
+            total_s,
+        )?;
+        Ok(finish(language, total_s, segments))
+    }
+
+    /// The long-form loop over the spectrogram `mel` (`empty`: of no
+    /// samples). `to_original(t, is_end)` maps seconds of the spectrogram
+    /// to the caller's timeline (`is_end`: the time closes a segment, so a
+    /// time on a seam between joined regions belongs to the region before
+    /// it).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
-        samples: &[f32],
+        mel: &mut dyn MelSource,
+        empty: bool,
         opts: &DecodeOptions,
         on_progress: &mut dyn FnMut(Progress) -> bool,
         to_original: &dyn Fn(f64, bool) -> f64,
@@ -414,12 +496,11 @@ impl WhisperModel {
             .clone()
             .unwrap_or_else(|| "en".to_string())
             .to_ascii_lowercase();
-        if samples.is_empty() {
+        if empty {
             return Ok((language, Vec::new()));
         }
 
-        let mel = mel::log_mel_spectrogram(samples, &self.filters, N_SAMPLES);
-        let content_frames = mel.n_frames.saturating_sub(N_FRAMES);
+        let content_frames = mel.n_frames().saturating_sub(N_FRAMES);
         let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
         let mut rng = SplitMix64(opts.seed);
         let mut all_tokens: Vec<u32> = Vec::new();
@@ -442,7 +523,7 @@ impl WhisperModel {
             }
             let segment_size = N_FRAMES.min(content_frames - seek);
             let segment_duration = segment_size as f64 * frame_s;
-            let audio = self.encode(&mel, seek, segment_size)?;
+            let audio = self.encode(mel.window(seek, segment_size)?, mel.n_mels())?;
             let mut state = self.decoder.start(&audio)?;
 
             if multilingual && language_token.is_none() {
@@ -589,10 +670,9 @@ impl WhisperModel {
         Ok((language, segments))
     }
 
-    /// Encoder output `[1, 1500, d]` for mel frames `seek..seek + len`.
-    fn encode(&mut self, mel: &LogMel, seek: usize, len: usize) -> Result<Tensor, WhisperError> {
-        let window = mel.window(seek, len);
-        let input = Tensor::from_vec(window, (1, mel.n_mels, N_FRAMES), &self.device)?;
+    /// Encoder output `[1, 1500, d]` for a `[n_mels, N_FRAMES]` window.
+    fn encode(&mut self, window: Vec<f32>, n_mels: usize) -> Result<Tensor, WhisperError> {
+        let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), &self.device)?;
         Ok(self.encoder.forward(&input, true)?)
     }
 
@@ -845,6 +925,54 @@ impl WhisperModel {
     }
 }
 
+/// A recording [`WhisperModel::transcribe_regions_streamed`] reads front to
+/// back, as many times as it needs, in pieces of any size (16 kHz mono).
+pub trait ChunkSource {
+    type Reader: Iterator<Item = Result<Vec<f32>, String>>;
+    /// Starts a read from the first sample.
+    fn open(&self) -> Self::Reader;
+}
+
+/// A spectrogram the long-form loop takes its 30 s windows from: whole in
+/// memory, or computed window by window from a recording read as it goes.
+trait MelSource {
+    fn n_mels(&self) -> usize;
+    fn n_frames(&self) -> usize;
+    /// Frames `start..start + len` as `[n_mels, N_FRAMES]`, zero padded;
+    /// asked for front to back.
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError>;
+}
+
+impl MelSource for LogMel {
+    fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    fn n_frames(&self) -> usize {
+        self.n_frames
+    }
+
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError> {
+        Ok(LogMel::window(self, start, len))
+    }
+}
+
+impl<R: FnMut(&mut Vec<f32>) -> Result<bool, WhisperError>> MelSource for MelWindows<'_, R> {
+    fn n_mels(&self) -> usize {
+        MelWindows::n_mels(self)
+    }
+
+    fn n_frames(&self) -> usize {
+        MelWindows::n_frames(self)
+    }
+
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError> {
+        MelWindows::window(self, start, len)?.ok_or_else(|| {
+            WhisperError::Input("the audio ended before the length it had the first time".into())
+        })
+    }
+}
+
 fn finish(language: String, duration_s: f64, segments: Vec<Segment>) -> Transcript {
     let text = segments
         .iter()
@@ -1016,126 +1144,6 @@ impl SplitMix64 {
     }
 }
 
-/// Silence put between joined speech regions: Whisper places segment
-/// boundaries better at a pause, and times that fall in it map to the edge
-/// of a region instead of into the audio that was cut out.
-const REGION_GAP_SAMPLES: usize = SAMPLE_RATE * 3 / 10;
-
-/// 16 kHz audio [`WhisperModel::transcribe_regions`] reads its regions from:
-/// a whole slice, or just the speech of a long recording
-/// (`audio::SpeechSamples`), so a long job need not hold its silence.
-pub trait SampleSource {
-    /// Samples in the whole recording.
-    fn sample_count(&self) -> usize;
-    /// Appends samples `range` to `out`.
-    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>);
-}
-
-impl SampleSource for [f32] {
-    fn sample_count(&self) -> usize {
-        self.len()
-    }
-
-    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
-        out.extend_from_slice(&self[range]);
-    }
-}
-
-impl SampleSource for Vec<f32> {
-    fn sample_count(&self) -> usize {
-        self.len()
-    }
-
-    fn extend_range(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
-        out.extend_from_slice(&self[range]);
-    }
-}
-
-/// Joins speech regions into one signal and maps its times back.
-struct RegionMap {
-    /// (start in joined signal, start in original, length), seconds.
-    spans: Vec<(f64, f64, f64)>,
-    /// Sample ranges in the original signal.
-    ranges: Vec<(usize, usize)>,
-}
-
-impl RegionMap {
-    fn new(regions: &[SpeechRegion], n_samples: usize) -> Self {
-        let sr = SAMPLE_RATE as f64;
-        let mut ranges: Vec<(usize, usize)> = regions
-            .iter()
-            .filter(|r| r.start.is_finite() && r.end.is_finite())
-            .map(|r| {
-                let a = ((r.start.max(0.0) * sr) as usize).min(n_samples);
-                let b = ((r.end.max(0.0) * sr).ceil() as usize).min(n_samples);
-                (a, b)
-            })
-            .filter(|(a, b)| b > a)
-            .collect();
-        ranges.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::new();
-        for (a, b) in ranges {
-            match merged.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        let mut spans = Vec::new();
-        let mut at = 0usize;
-        for &(a, b) in &merged {
-            spans.push((at as f64 / sr, a as f64 / sr, (b - a) as f64 / sr));
-            at += b - a + REGION_GAP_SAMPLES;
-        }
-        Self {
-            spans,
-            ranges: merged,
-        }
-    }
-
-    fn gather<S: SampleSource + ?Sized>(&self, samples: &S) -> Vec<f32> {
-        let total = self
-            .ranges
-            .iter()
-            .map(|(a, b)| b - a + REGION_GAP_SAMPLES)
-            .sum();
-        let mut out = Vec::with_capacity(total);
-        for (i, &(a, b)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                out.extend(std::iter::repeat_n(0f32, REGION_GAP_SAMPLES));
-            }
-            samples.extend_range(a..b, &mut out);
-        }
-        out
-    }
-
-    /// Maps a time of the joined signal to the original timeline. A time in
-    /// the gap after a region (or exactly on its end) is the start of the
-    /// next region, or with `is_end` the end of that region, so a segment
-    /// never spans the silence that was cut out.
-    fn to_original(&self, t: f64, is_end: bool) -> f64 {
-        let Some(i) = self
-            .spans
-            .iter()
-            .rposition(|&(joined, _, _)| joined <= t)
-            .or((!self.spans.is_empty()).then_some(0))
-        else {
-            return t;
-        };
-        let (joined, orig, len) = self.spans[i];
-        if is_end && t <= joined && i > 0 {
-            let (_, prev_orig, prev_len) = self.spans[i - 1];
-            return prev_orig + prev_len;
-        }
-        if t - joined < len || is_end {
-            return orig + (t - joined).clamp(0.0, len);
-        }
-        match self.spans.get(i + 1) {
-            Some(&(_, next_orig, _)) => next_orig,
-            None => orig + len,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1186,34 +1194,5 @@ mod tests {
         let looped = "thank you ".repeat(30);
         assert!(compression_ratio(normal) < 2.4);
         assert!(compression_ratio(&looped) > 2.4);
-    }
-
-    #[test]
-    fn region_map_round_trip() {
-        let regions = [
-            SpeechRegion {
-                start: 1.0,
-                end: 2.0,
-            },
-            SpeechRegion {
-                start: 5.0,
-                end: 6.5,
-            },
-        ];
-        let map = RegionMap::new(&regions, 10 * SAMPLE_RATE);
-        // 1 s + 0.3 s gap + 1.5 s.
-        assert_eq!(map.gather(&vec![0.0; 10 * SAMPLE_RATE][..]).len(), 44_800);
-        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        assert!(near(map.to_original(0.0, false), 1.0));
-        assert!(near(map.to_original(0.5, false), 1.5));
-        assert!(near(map.to_original(1.55, false), 5.25));
-        assert!(near(map.to_original(2.8, true), 6.5));
-        assert!(near(map.to_original(9.0, true), 6.5));
-        // In the gap: a start goes to the next region, an end to the previous.
-        assert!(near(map.to_original(1.0, false), 5.0));
-        assert!(near(map.to_original(1.1, false), 5.0));
-        assert!(near(map.to_original(1.1, true), 2.0));
-        assert!(near(map.to_original(1.3, true), 2.0));
-        assert!(near(map.to_original(1.3, false), 5.0));
     }
 }

@@ -142,28 +142,3 @@ fn the_callers_error_a_stop_and_the_limit_end_a_chunked_decode() {
     let err = decode_chunks::<AudioError>(&jfk, &options, &|| false, |_, _| Ok(())).unwrap_err();
     assert!(matches!(err, AudioError::TooLong { .. }), "{err:?}");
 }
-
-#[test]
-fn decode_speech_keeps_exactly_the_samples_of_its_ranges() {
-    use murmur_models::audio::{decode_speech, SpeechSamples};
-    use murmur_models::transcript::SpeechRegion;
-    use murmur_models::whisper::SampleSource;
-    let mp3 = testaudio::music_mp3().expect("fetch test.mp3");
-    let whole = decode_file_with(&mp3, &DecodeOptions::default()).unwrap();
-    // Ranges inside one chunk, across chunk seams, and past the end.
-    let regions: Vec<SpeechRegion> = [(0.2, 0.7), (0.9, 3.4), (7.0, 7.01), (19.5, 40.0)]
-        .iter()
-        .map(|&(start, end)| SpeechRegion { start, end })
-        .collect();
-    let ranges = SpeechSamples::ranges_for(&regions, 16_000);
-    let speech = decode_speech(&mp3, &DecodeOptions::default(), &|| false, &ranges).unwrap();
-    assert_eq!(speech.sample_count(), whole.samples.len());
-    assert!(speech.kept() < whole.samples.len() / 2);
-    let mut got = Vec::new();
-    speech.extend_range(0..whole.samples.len(), &mut got);
-    for (i, (a, b)) in got.iter().zip(&whole.samples).enumerate() {
-        let inside = ranges.iter().any(|r| r.contains(&i));
-        let expected = if inside { *b } else { 0.0 };
-        assert_eq!(a.to_bits(), expected.to_bits(), "sample {i}");
-    }
-}

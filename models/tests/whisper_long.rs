@@ -9,7 +9,8 @@ use murmur_models::audio;
 use murmur_models::fetch;
 use murmur_models::registry;
 use murmur_models::testaudio;
-use murmur_models::whisper::{DecodeOptions, WhisperModel};
+use murmur_models::transcript::SpeechRegion;
+use murmur_models::whisper::{ChunkSource, DecodeOptions, WhisperModel};
 
 fn model(name: &str) -> PathBuf {
     let cache = registry::cache_dir();
@@ -122,4 +123,90 @@ fn base_on_music_without_speech() {
     eprintln!("music: {:#?}", t);
     let n = words(&t.text).len();
     assert!(n <= 5, "{n} words transcribed from music: {}", t.text);
+}
+
+/// A recording in memory read back in pieces of `piece` samples.
+struct Pieces {
+    samples: Vec<f32>,
+    piece: usize,
+}
+
+impl ChunkSource for Pieces {
+    type Reader = std::vec::IntoIter<Result<Vec<f32>, String>>;
+
+    fn open(&self) -> Self::Reader {
+        self.samples
+            .chunks(self.piece)
+            .map(|c| Ok(c.to_vec()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+}
+
+#[test]
+fn streamed_transcription_equals_the_in_memory_one() {
+    // The conversation twice and a half: 75 s, three windows and more.
+    let sample = testaudio::pyannote_sample().expect("fetch sample");
+    let once = audio::decode_file(&sample.wav).expect("decode").samples;
+    let samples: Vec<f32> = once
+        .iter()
+        .cycle()
+        .take(once.len() * 5 / 2)
+        .copied()
+        .collect();
+    let n = samples.len();
+    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let opts = DecodeOptions::default();
+    let source = Pieces {
+        samples: samples.clone(),
+        piece: 7_001,
+    };
+    let whole = [SpeechRegion {
+        start: 0.0,
+        end: n as f64 / 16_000.0,
+    }];
+    let some = [
+        SpeechRegion {
+            start: 1.5,
+            end: 29.0,
+        },
+        SpeechRegion {
+            start: 33.2,
+            end: 61.0,
+        },
+        SpeechRegion {
+            start: 64.0,
+            end: 80.0,
+        },
+    ];
+    for regions in [&whole[..], &some[..]] {
+        let t0 = Instant::now();
+        let in_memory = m
+            .transcribe_regions(&samples, regions, &opts, &mut |_| true)
+            .expect("in memory");
+        let t1 = Instant::now();
+        let streamed = m
+            .transcribe_regions_streamed(&source, n, regions, &opts, &mut |_| true)
+            .expect("streamed");
+        eprintln!(
+            "{} regions: in memory {:.1} s, streamed {:.1} s, {} segments: {}",
+            regions.len(),
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64(),
+            streamed.segments.len(),
+            streamed.text
+        );
+        assert!(in_memory.segments.len() > 5);
+        assert_eq!(streamed.segments, in_memory.segments);
+        assert_eq!(streamed.text, in_memory.text);
+    }
+    // A source shorter than announced fails instead of inventing silence.
+    let short = Pieces {
+        samples: samples[..n / 2].to_vec(),
+        piece: 7_001,
+    };
+    let err = m
+        .transcribe_regions_streamed(&short, n, &whole, &opts, &mut |_| true)
+        .expect_err("short source");
+    assert!(err.to_string().contains("ended"), "{err}");
 }

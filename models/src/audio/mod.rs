@@ -26,16 +26,16 @@ mod decode;
 mod input;
 mod mp4;
 mod packets;
+mod pull;
 mod resample;
-mod speech;
 mod wav;
 
 pub use input::{Input, Opener, ReadSeek};
 
 use decode::decode_inner;
 use packets::{corrupt, guarded, measure_inner, open, MAX_CONSECUTIVE_DECODE_ERRORS};
+pub use pull::ChunkReader;
 pub use resample::resample;
-pub use speech::{decode_speech, SpeechSamples};
 pub use wav::{write_wav_16bit, WavWriter, WAV_HEADER_BYTES};
 
 /// The rate Whisper and Silero VAD expect.

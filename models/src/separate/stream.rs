@@ -20,6 +20,10 @@ use std::io;
 use super::stft::{self, Stft, FRAME_LENGTH};
 use super::{SeparateError, Separator, CHANNELS, SEGMENTS_PER_CHUNK, SEGMENT_FRAMES};
 
+/// Where the stems go as they become final: `(vocals, accompaniment)`,
+/// interleaved stereo, the same number of samples each.
+pub type StemSink<'s> = dyn FnMut(&[f32], &[f32]) -> io::Result<()> + 's;
+
 /// STFT frames per chunk.
 const CHUNK_FRAMES: usize = SEGMENT_FRAMES * SEGMENTS_PER_CHUNK;
 /// Spleeter's zero padding in front of the waveform (one window).
@@ -86,11 +90,7 @@ impl<'a> SeparationStream<'a> {
     /// Takes the next interleaved stereo samples and runs every chunk they
     /// complete, handing the samples of both stems that became final to
     /// `emit(vocals, accompaniment)`.
-    pub fn push(
-        &mut self,
-        samples: &[f32],
-        emit: &mut dyn FnMut(&[f32], &[f32]) -> io::Result<()>,
-    ) -> Result<(), SeparateError> {
+    pub fn push(&mut self, samples: &[f32], emit: &mut StemSink) -> Result<(), SeparateError> {
         if samples.len() % CHANNELS != 0 {
             return Err(SeparateError::InvalidAudio(format!(
                 "{} samples do not split into {CHANNELS} channels",
@@ -137,10 +137,7 @@ impl<'a> SeparationStream<'a> {
         stft::frame_end(end - 1, LEAD).min(self.len)
     }
 
-    fn run_chunk(
-        &mut self,
-        emit: &mut dyn FnMut(&[f32], &[f32]) -> io::Result<()>,
-    ) -> Result<(), SeparateError> {
+    fn run_chunk(&mut self, emit: &mut StemSink) -> Result<(), SeparateError> {
         let k = self.next_chunk;
         let (first, end) = self.chunk_frames(k);
         // The output window reaches as far as this chunk writes, never past
