@@ -37,7 +37,9 @@ fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let keys = TokenKeys::load_or_create(dir.path()).expect("root key");
+        // The signing key is sealed by the store's master key.
+        let store = murmur::store::Store::open(&dir.path().join("data")).expect("store");
+        let keys = TokenKeys::load_or_create(dir.path(), &store).expect("root key");
         let tiers = TierTable::load("").expect("embedded tiers");
         let tier = tiers.get("basic").expect("basic tier").clone();
         let tenant = TenantId::for_operator("t_fuzz");
