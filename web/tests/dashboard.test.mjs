@@ -161,7 +161,9 @@ describe('dashboard', { timeout: 240_000 }, () => {
       window.notReloaded = true;
     });
     await pageA.locator('#file-input').setInputFiles(jfk);
-    await pageA.getByText('Uploaded jfk.wav').waitFor();
+    // The visible line, not the screen-reader announcer that repeats it
+    // 50 ms later (both match the text once the announcement lands).
+    await pageA.locator('#upload-name', { hasText: 'Uploaded jfk.wav' }).waitFor();
     assert.notEqual(await pageA.locator('#file-select').inputValue(), '');
     // tiny.en is allowed on basic (the tiny family); small is not in the
     // plan and is offered disabled.
