@@ -97,6 +97,30 @@ pub async fn start(
     Ok((state, root))
 }
 
+/// Seals uploads and stems an older build wrote in clear, off the runtime,
+/// stopping with the server (see `store::reseal`).
+fn seal_clear_files_in_background(
+    store: &Store,
+    background: &tokio_util::task::TaskTracker,
+    stopping: &tokio_util::sync::CancellationToken,
+) {
+    let (store, stopping) = (store.clone(), stopping.clone());
+    background.spawn(async move {
+        let done = tokio::task::spawn_blocking(move || {
+            store.seal_clear_files(&|| stopping.is_cancelled())
+        })
+        .await;
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(files = n, "sealed files written in clear by an older build")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "sealing files written in clear stopped"),
+            Err(e) => tracing::error!(error = %e, "sealing files written in clear failed"),
+        }
+    });
+}
+
 /// Where `murmur admin` finds a running server: its loopback URL and the
 /// operator token.
 pub fn operator_file(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -192,6 +216,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         &background,
         stop_sweeps.clone(),
     );
+    seal_clear_files_in_background(&store, &background, &stop_sweeps);
     crate::retention::spawn(
         store.clone(),
         state.tiers.clone(),

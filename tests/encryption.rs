@@ -262,3 +262,73 @@ async fn a_wrong_master_key_is_refused_at_start_and_rotation_moves_to_a_new_one(
         "a.wav"
     );
 }
+
+/// A data directory upgraded from a build before encryption at rest: its
+/// uploads and stems in clear are sealed in the background after start,
+/// and read back the same.
+#[tokio::test]
+async fn files_an_older_build_wrote_in_clear_are_sealed_after_start() {
+    common::install_models(&["silero-vad"]);
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let audio = common::tone_wav(1.0, 16000);
+    let fid = a.client.upload("old.wav", audio.clone()).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = a
+        .client
+        .post(
+            "/v1/jobs",
+            json!({"file_id": fid, "params": {"job_type": "vad"}}),
+        )
+        .await
+        .expect(202);
+    let jid = job["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        common::wait_job(&a.client, &jid, 60).await["status"],
+        "completed"
+    );
+    let mut server = server;
+    server.terminate();
+    // As an older build left them: the upload and a stem in clear.
+    let blob = server.data_dir.join("files").join(&a.id).join(&fid);
+    std::fs::write(&blob, &audio).unwrap();
+    let stem_dir = server.data_dir.join("artifacts").join(&a.id).join(&jid);
+    std::fs::create_dir_all(&stem_dir).unwrap();
+    let stem = stem_dir.join("vocals.wav");
+    let stem_audio = common::tone_wav(0.5, 44100);
+    std::fs::write(&stem, &stem_audio).unwrap();
+
+    let server = server.restart_graceful();
+    let sealed = |p: &std::path::Path| std::fs::read(p).unwrap().starts_with(MAGIC);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(sealed(&blob) && sealed(&stem)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not sealed after 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!contains(&std::fs::read(&blob).unwrap(), b"RIFF"));
+    let c = moved(&a.client, &server);
+    let res = download(&c, &fid).await;
+    assert_eq!(res.bytes().await.unwrap().as_ref(), audio.as_slice());
+    let res = c
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{jid}/stems/vocals"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.bytes().await.unwrap().as_ref(), stem_audio.as_slice());
+    // Nothing half-written is left beside them.
+    let leftovers: Vec<_> = files_under(&server.data_dir.join("files"))
+        .into_iter()
+        .chain(files_under(&stem_dir))
+        .filter(|p| p.to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

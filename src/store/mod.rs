@@ -10,6 +10,7 @@ mod accounts;
 mod keyring;
 mod lifecycle;
 mod records;
+mod reseal;
 mod scoped;
 mod storage;
 mod webhooks;
