@@ -357,14 +357,21 @@ impl OpenedFile {
 pub fn open_file(path: &Path, key: &DataKey, context: &[u8]) -> io::Result<OpenedFile> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut head = [0u8; MAGIC.len()];
-    let n = read_up_to(&mut file, &mut head)?;
-    file.seek(SeekFrom::Start(0))?;
-    if is_sealed_file(&head[..n]) {
+    if starts_sealed(&mut file)? {
         Ok(OpenedFile::Sealed(SealReader::new(file, key, context)?))
     } else {
         Ok(OpenedFile::Plain { file, len })
     }
+}
+
+/// Whether the stream from its start is a sealed file; leaves it at its
+/// start again.
+pub fn starts_sealed(file: &mut (impl Read + Seek)) -> io::Result<bool> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut head = [0u8; MAGIC.len()];
+    let n = read_up_to(file, &mut head)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(is_sealed_file(&head[..n]))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -20,8 +20,8 @@ mod key;
 mod value;
 
 pub use file::{
-    is_sealed_file, open_file, plaintext_len, ChunkOpener, OpenedFile, SealReader, SealWriter,
-    Sealer, CHUNK, HEADER_LEN, MAGIC, SEALED_CHUNK,
+    is_sealed_file, open_file, plaintext_len, starts_sealed, ChunkOpener, OpenedFile, SealReader,
+    SealWriter, Sealer, CHUNK, HEADER_LEN, MAGIC, SEALED_CHUNK,
 };
 pub use key::DataKey;
 pub use value::{is_sealed_value, open_value, seal_value};

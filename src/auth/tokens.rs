@@ -233,10 +233,12 @@ impl TokenKeys {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let hex = match store
+                // `None`: written in clear by an older build, sealed below.
+                let sealed = store
                     .open_secret(ROOT_KEY_CONTEXT, &text)
-                    .map_err(|e| err(e.to_string()))?
-                {
+                    .map_err(|e| err(e.to_string()))?;
+                let in_clear = sealed.is_none();
+                let hex = match sealed {
                     Some(plain) => String::from_utf8(plain).map_err(|e| err(e.to_string()))?,
                     None => text.trim().to_string(),
                 };
@@ -245,7 +247,7 @@ impl TokenKeys {
                 let keys = TokenKeys {
                     root: KeyPair::from(&private),
                 };
-                if !text.trim().starts_with("sealed:") {
+                if in_clear {
                     keys.save(data_dir, store)?;
                 }
                 Ok(keys)

@@ -155,12 +155,6 @@ impl Keyring {
         })
     }
 
-    /// Whether any tenant key is stored (a new master key file may only be
-    /// created while none is).
-    pub(super) fn is_empty(tree: &sled::Tree) -> bool {
-        tree.is_empty()
-    }
-
     pub(super) fn tree(&self) -> &sled::Tree {
         &self.tree
     }

@@ -393,7 +393,8 @@ impl Store {
         let source = master_key_source(master_key_file, data_dir);
         let master = match (read_master_key(&source)?, &source) {
             (Some(key), _) => key,
-            (None, MasterKeySource::File(path)) if keyring::Keyring::is_empty(&key_tree) => {
+            // A new master key file only while no tenant key exists.
+            (None, MasterKeySource::File(path)) if key_tree.is_empty() => {
                 let key = DataKey::generate();
                 write_key_file(path, &key)?;
                 tracing::info!(path = %path.display(), id = %key.id(), "created a master key");

@@ -10,11 +10,11 @@
 //! ones open the sealed one, and a crash leaves one whole version.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom};
+use std::io::{self, BufWriter};
 use std::path::Path;
 
 use murmur_actors::sealed::{artifact_context, upload_context};
-use murmur_seal::{is_sealed_file, SealWriter, MAGIC};
+use murmur_seal::{starts_sealed, SealWriter};
 
 use super::{FileRecord, Store, StoreError, TenantId};
 
@@ -77,12 +77,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        let mut head = [0u8; MAGIC.len()];
-        let n = read_up_to(&mut clear, &mut head)?;
-        if is_sealed_file(&head[..n]) {
+        if starts_sealed(&mut clear)? {
             return Ok(false);
         }
-        clear.seek(SeekFrom::Start(0))?;
         let key = self.data_key(tenant)?;
         let part = path.with_file_name(part_name);
         let mut out = SealWriter::new(
@@ -109,15 +106,4 @@ fn read_dirs(dir: &Path) -> Vec<std::fs::DirEntry> {
     std::fs::read_dir(dir)
         .map(|entries| entries.flatten().collect())
         .unwrap_or_default()
-}
-
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
