@@ -399,14 +399,7 @@ mod tests {
     use murmur_actors::params::JobParams;
 
     fn job(tenant: &TenantId, id: &str) -> Job {
-        Job::queued(
-            id.into(),
-            tenant.as_str().into(),
-            "u1".into(),
-            "f1".into(),
-            None,
-            JobParams::defaults("base"),
-        )
+        super::super::tests::job(tenant, id, JobParams::defaults("base"))
     }
 
     /// Rows written before encryption still read, and are sealed when next

@@ -1132,7 +1132,8 @@ mod tests {
     use chrono::Utc;
     use murmur_actors::params::JobParams;
 
-    fn job(tenant: &TenantId, id: &str, params: JobParams) -> Job {
+    /// A queued job of `tenant` (the store's tests, and its modules').
+    pub(super) fn job(tenant: &TenantId, id: &str, params: JobParams) -> Job {
         Job::queued(
             id.into(),
             tenant.as_str().into(),

@@ -461,14 +461,7 @@ mod tests {
     }
 
     fn job(tenant: &TenantId, id: &str) -> Job {
-        Job::queued(
-            id.into(),
-            tenant.as_str().into(),
-            "u1".into(),
-            "f1".into(),
-            None,
-            JobParams::defaults("base"),
-        )
+        super::super::tests::job(tenant, id, JobParams::defaults("base"))
     }
 
     /// Deliveries are written with the event that owes them, to the
