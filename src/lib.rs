@@ -1,6 +1,7 @@
 //! Murmur: a multi-tenant speech-to-text service. See docs/ARCHITECTURE.md for
 //! the map; this crate is the service (HTTP API, auth, store, billing).
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod billing;

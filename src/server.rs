@@ -171,7 +171,7 @@ fn prefetch_default_models(settings: &Settings, tasks: &tokio_util::task::TaskTr
     let cache_dir = settings.cache_dir();
     let names = [
         settings.models.default_model.clone(),
-        "silero-vad".to_string(),
+        murmur_models::fetch::VAD_MODEL.to_string(),
     ];
     tasks.spawn_blocking(move || {
         for name in names {

@@ -36,10 +36,7 @@ use crate::params::{JobParams, JobType, Task};
 use crate::sealed::{artifact_context, StoredFile};
 use murmur_seal::SealWriter;
 
-/// Names of the non-Whisper models in the catalogue.
-const VAD_MODEL: &str = "silero-vad";
-const SEPARATION_MODEL: &str = "spleeter-2stems";
-const DIARIZATION_MODEL: &str = "diarization";
+use murmur_models::fetch::{DIARIZATION_MODEL, SEPARATION_MODEL, VAD_MODEL};
 
 /// Where a separation keeps the stem `name` (one of
 /// `murmur_models::separate::STEMS`) in a job's artifacts folder.
@@ -609,9 +606,8 @@ impl Engine for ModelEngine {
 
         // Shares of the progress bar: separation and diarization are slow
         // stages when asked for; transcription takes the rest.
-        let separating = params.job_type == JobType::BgmSeparation
-            || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
-        let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
+        let separating = params.separates();
+        let diarizing = params.diarizes();
         let plan = ProgressPlan::new(params.job_type, separating, diarizing);
 
         sink.stage(JobStage::Decode);
@@ -892,7 +888,7 @@ impl ModelEngine {
     ) -> Result<WorkOutput, WorkError> {
         let params = &request.params;
         let cancelled = || cancel.load(Ordering::Relaxed);
-        let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
+        let diarizing = params.diarizes();
         if params.job_type == JobType::Vad {
             sink.stage(JobStage::Format);
             let speech = regions.unwrap_or_default();

@@ -91,6 +91,29 @@ impl JobParams {
         }
     }
 
+    /// Whether the job runs a Whisper model (only transcriptions do; vad
+    /// and separation jobs carry `model` but never load it).
+    pub fn runs_whisper(&self) -> bool {
+        self.job_type == JobType::Transcription
+    }
+
+    /// Whether the job separates background music: a separation job, or a
+    /// transcription that asks for it first.
+    pub fn separates(&self) -> bool {
+        self.job_type == JobType::BgmSeparation
+            || (self.runs_whisper() && self.separate_bgm.enabled)
+    }
+
+    /// Whether the job labels speakers.
+    pub fn diarizes(&self) -> bool {
+        self.runs_whisper() && self.diarize.enabled
+    }
+
+    /// Whether the job translates to English (tiers limit this).
+    pub fn translates(&self) -> bool {
+        self.runs_whisper() && self.task == Task::Translate
+    }
+
     /// `base` with every field of the JSON object `overrides` laid over it,
     /// nested objects merged key by key. Unknown fields and wrong types are
     /// errors, so a typo never silently runs the default.
@@ -189,5 +212,24 @@ mod tests {
         );
         assert!(JobParams::merged(&base, &json!({"language": "English"})).is_err());
         assert!(JobParams::merged(&base, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn says_which_stages_a_job_runs() {
+        let base = JobParams::defaults("base");
+        let over = |v: Value| JobParams::merged(&base, &v).unwrap();
+        let plain = over(json!({}));
+        assert!(plain.runs_whisper() && !plain.separates() && !plain.diarizes());
+        assert!(!plain.translates());
+        let all = over(json!({"separate_bgm": {"enabled": true},
+            "diarize": {"enabled": true}, "task": "translate"}));
+        assert!(all.separates() && all.diarizes() && all.translates());
+        // A separation job separates and nothing else, whatever it carries.
+        let sep = over(json!({"job_type": "bgm_separation",
+            "diarize": {"enabled": true}, "task": "translate"}));
+        assert!(sep.separates() && !sep.runs_whisper());
+        assert!(!sep.diarizes() && !sep.translates());
+        let vad = over(json!({"job_type": "vad", "separate_bgm": {"enabled": true}}));
+        assert!(!vad.separates() && !vad.runs_whisper());
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::engine::AudioLimit;
 use crate::job::{Event, EventType, Job};
-use crate::params::{JobParams, JobType, Task};
+use crate::params::JobParams;
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -37,11 +37,9 @@ impl TenantLimits {
             max_s: s as f64,
             rule: format!("the {tier} tier's maximum audio length of {s} s"),
         });
-        let translates =
-            params.job_type == JobType::Transcription && params.task == Task::Translate;
         let translation = self
             .translation_max_seconds
-            .filter(|_| translates)
+            .filter(|_| params.translates())
             .map(|s| AudioLimit {
                 max_s: s as f64,
                 rule: format!("the {tier} tier's translation limit of {s} s"),

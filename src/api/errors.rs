@@ -5,6 +5,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
+use crate::admission::Refusal;
 use crate::auth::TokenError;
 use crate::store::StoreError;
 
@@ -123,6 +124,35 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("resource"),
             StoreError::Conflict(msg) => ApiError::conflict(msg),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Job admission's refusals (docs/API.md, "Errors").
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> ApiError {
+        let detail = e.to_string();
+        match e {
+            Refusal::NotFound(what) => ApiError::not_found(what),
+            Refusal::Params(_) => ApiError::invalid(detail),
+            Refusal::ModelNotInTier { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "model_not_in_tier", detail)
+            }
+            Refusal::FeatureNotInTier { .. } | Refusal::TranslationTooLong { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "feature_not_in_tier", detail)
+            }
+            Refusal::AudioTooLong { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "audio_too_long", detail)
+            }
+            Refusal::ModelNotInstalled(_) | Refusal::FeatureNotInstalled { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
+            }
+            Refusal::QueueFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail)
+            }
+            Refusal::TranslationQuota { .. } => ApiError::quota(detail),
+            Refusal::Token(e) => e.into(),
+            Refusal::Store(e) => e.into(),
         }
     }
 }

@@ -12,12 +12,8 @@ use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
     AppState, Caller,
 };
-use crate::billing::{Tier, TierGate, Translation};
-use crate::ids::new_id;
-use crate::store::{
-    EventType, Job, JobCallback, JobStatus, PageRequest, Role, StoreError, TranslationLimit,
-};
-use murmur_actors::params::{JobParams, JobType, Task};
+use crate::admission::JobRequest;
+use crate::store::{EventType, Job, JobCallback, JobStatus, PageRequest, Role, StoreError};
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "jobs")
@@ -82,30 +78,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The problem answer for a tier gate (docs/API.md, "Errors").
-pub fn tier_gate_error(gate: &TierGate, tier: &Tier) -> ApiError {
-    match gate {
-        TierGate::Model(model) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "model_not_in_tier",
-            format!(
-                "the {} tier cannot use model {model}; it allows {}",
-                tier.name,
-                tier.models.join(", ")
-            ),
-        ),
-        TierGate::Feature(feature) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "feature_not_in_tier",
-            format!(
-                "{} is not part of the {} tier; upgrade to use it",
-                feature.label(),
-                tier.name
-            ),
-        ),
-    }
-}
-
 pub fn job_view(j: &Job) -> Value {
     json!({
         "id": j.id, "file_id": j.file_id, "workflow_id": j.workflow_id,
@@ -161,7 +133,7 @@ async fn create(
             ))
         }
     };
-    let submitted = submit_job_with_callback(
+    let submitted = submit_job(
         &state,
         &caller,
         &file_id,
@@ -189,22 +161,10 @@ async fn create(
     Ok(tag_tenant(json_reply(StatusCode::ACCEPTED, &view), &caller))
 }
 
-/// Creates a job for the caller on one of its files: resolves parameters
-/// (defaults, then the workflow's, then `params`), checks every gate,
-/// stores it `queued` with its first event and hands it to the actor
-/// system. Every entry point that starts jobs goes through here.
+/// Creates a job for the caller on one of its files, through every rule
+/// of [`crate::admission`]. Every entry point that starts jobs goes through
+/// here.
 pub async fn submit_job(
-    state: &AppState,
-    caller: &Caller,
-    file_id: &str,
-    workflow_id: Option<&str>,
-    params: &Value,
-) -> Result<Job, ApiError> {
-    submit_job_with_callback(state, caller, file_id, workflow_id, params, None).await
-}
-
-/// [`submit_job`] with a checked `callback_url`, stored with the job.
-pub async fn submit_job_with_callback(
     state: &AppState,
     caller: &Caller,
     file_id: &str,
@@ -212,143 +172,13 @@ pub async fn submit_job_with_callback(
     params: &Value,
     callback: Option<&JobCallback>,
 ) -> Result<Job, ApiError> {
-    let tenant = caller.tenant_id();
-    let file = state
-        .store
-        .file(tenant, file_id)?
-        .ok_or_else(|| ApiError::not_found("file"))?;
-    let base = match workflow_id {
-        Some(id) => {
-            state
-                .store
-                .workflow(tenant, id)?
-                .ok_or_else(|| ApiError::not_found("workflow"))?
-                .config
-        }
-        None => JobParams::defaults(&state.settings.models.default_model),
-    };
-    let params =
-        JobParams::merged(&base, params).map_err(|e| ApiError::invalid(format!("params: {e}")))?;
-    // Gates are checked at run time too: a workflow saved on a higher tier
-    // meets the tenant's tier of today.
-    state.check_gates(caller, &params)?;
-    // The length measured at upload against the tier of today; the engine
-    // checks again while decoding, for files measured before tiers had a
-    // maximum.
-    let max_s = caller.tier.max_audio_seconds;
-    if let Some(duration) = file.duration_s.filter(|d| *d > max_s as f64) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "audio_too_long",
-            format!(
-                "this file is {duration:.1} s long, over the {} tier's maximum of {max_s} s \
-                 of audio (split it, or upgrade)",
-                caller.tier.name
-            ),
-        ));
-    }
-    let translates = params.job_type == JobType::Transcription && params.task == Task::Translate;
-    let limit = match (&caller.tier.translation, translates) {
-        (Translation::Limited, true) => {
-            let max_s = caller.tier.translation_max_file_seconds.unwrap_or(0);
-            let duration = file.duration_s.unwrap_or(f64::INFINITY);
-            if duration > max_s as f64 {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "feature_not_in_tier",
-                    format!(
-                        "the {} tier translates files of at most {max_s} s; this file is \
-                         {duration:.1} s long (upgrade for longer translations)",
-                        caller.tier.name
-                    ),
-                ));
-            }
-            caller
-                .tier
-                .translation_jobs_per_month
-                .map(|per_month| TranslationLimit { per_month })
-        }
-        _ => None,
-    };
-    if params.job_type == JobType::Transcription && !super::model_available(state, &params.model) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!(
-                "model {} is not installed on this server; GET /v1/models lists what is",
-                params.model
-            ),
-        ));
-    }
-    let separating = params.job_type == JobType::BgmSeparation
-        || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
-    let diarizing = params.job_type == JobType::Transcription && params.diarize.enabled;
-    for (wanted, model, feature) in [
-        (separating, "spleeter-2stems", "background-music separation"),
-        (diarizing, "diarization", "speaker diarization"),
-    ] {
-        if wanted && !super::model_available(state, model) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!(
-                    "{feature} is not installed on this server (the operator can run \
-                     `murmur models fetch {model}`)"
-                ),
-            ));
-        }
-    }
-    let job = Job::queued(
-        new_id("j"),
-        caller.tenant.id.clone(),
-        caller.principal.user_id.clone(),
-        file.id,
-        workflow_id.map(str::to_string),
+    let request = JobRequest {
+        file_id,
+        workflow_id,
         params,
-    );
-    let event = match state
-        .store
-        .create_job_with_callback(
-            tenant,
-            &job,
-            EventType::Queued,
-            limit,
-            caller.tier.max_queued_jobs,
-            callback,
-        )
-        .await
-    {
-        Ok(event) => event,
-        Err(StoreError::QueueFull { open, limit }) => {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue_full",
-                format!(
-                    "the {} tier queues at most {limit} jobs at once and {open} are queued or \
-                     running; submit more when some have finished",
-                    caller.tier.name
-                ),
-            ))
-        }
-        Err(StoreError::LimitReached {
-            used,
-            limit,
-            period,
-        }) => {
-            return Err(ApiError::quota(format!(
-                "the {} tier allows {limit} translation jobs per calendar month (UTC); \
-                 {used} used in {period}; upgrade or wait for next month",
-                caller.tier.name
-            )))
-        }
-        Err(e) => return Err(e.into()),
+        callback,
     };
-    if translates {
-        metrics::counter!("murmur_usage_translation_jobs_total", "tier" => caller.tier.name.clone())
-            .increment(1);
-    }
-    state.jobs.submitted(event);
-    Ok(job)
+    Ok(state.rules().submit(caller, request).await?)
 }
 
 #[derive(Deserialize)]

@@ -36,14 +36,14 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+pub use crate::auth::Caller;
 pub use errors::ApiError;
-pub use models::model_available;
 
-use crate::auth::tokens::GateError;
-use crate::auth::{Operation, PasswordCost, Principal, TokenKeys};
-use crate::billing::{gates, Tier, TierTable};
+use crate::admission::Rules;
+use crate::auth::{Operation, PasswordCost, TokenKeys};
+use crate::billing::TierTable;
 use crate::config::Settings;
-use crate::store::{Role, Store, Tenant, TenantId};
+use crate::store::{Role, Store};
 
 /// Everything a handler needs; cloning is shallow.
 #[derive(Clone)]
@@ -75,20 +75,6 @@ pub struct AppState {
     pub outbound: crate::outbound::Outbound,
     /// Proxies whose `X-Forwarded-For` names the client for rate limiting.
     pub trusted_proxies: client_ip::TrustedProxies,
-}
-
-/// A verified caller with its tenant's current row and tier.
-pub struct Caller {
-    pub principal: Principal,
-    pub tenant: Tenant,
-    /// The tenant's tier now (the store's, not the token's, when they differ).
-    pub tier: Tier,
-}
-
-impl Caller {
-    pub fn tenant_id(&self) -> &TenantId {
-        &self.principal.tenant
-    }
 }
 
 /// Shorthand for an operation in handlers.
@@ -236,24 +222,13 @@ pub fn token_check_slots() -> usize {
 }
 
 impl AppState {
-    /// Checks what `params` need from the tier (model family, diarization,
-    /// BGM separation, translation) in the caller's token authorizer, with
-    /// the tenant's current tier and epoch (see `auth::tokens`).
-    pub fn check_gates(
-        &self,
-        caller: &Caller,
-        params: &murmur_actors::params::JobParams,
-    ) -> Result<(), ApiError> {
-        let needs = gates::needs(params);
-        match self.keys.authorize_gates(
-            &caller.principal,
-            &caller.tier,
-            caller.tenant.tier_epoch,
-            &needs,
-        ) {
-            Ok(()) => Ok(()),
-            Err(GateError::Refused(gate)) => Err(jobs::tier_gate_error(&gate, &caller.tier)),
-            Err(GateError::Token(e)) => Err(e.into()),
+    /// The job admission rules (`crate::admission`) over this state.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules {
+            store: &self.store,
+            settings: &self.settings,
+            keys: &self.keys,
+            jobs: &self.jobs,
         }
     }
 }

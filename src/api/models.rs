@@ -39,10 +39,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     list.or(one).unify().boxed()
 }
 
-/// Whether jobs can run `model` here: installed, or installable on demand.
-pub fn model_available(state: &AppState, model: &str) -> bool {
-    fetch::installed(&state.settings.models_dir(), model).is_some()
-        || (state.settings.models.fetch_missing && fetch::find(model).is_some())
+/// Whether jobs can run `model` here (see [`crate::admission`]).
+fn model_available(state: &AppState, model: &str) -> bool {
+    crate::admission::model_available(&state.settings, model)
 }
 
 /// When the model was installed here (Unix seconds), as OpenAI's `created`;

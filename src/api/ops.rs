@@ -62,7 +62,7 @@ fn readyz(state: AppState) -> Response {
     // Jobs need the default Whisper model and the VAD.
     let default_model = &state.settings.models.default_model;
     let models_dir = state.settings.models_dir();
-    let missing: Vec<&str> = [default_model.as_str(), "silero-vad"]
+    let missing: Vec<&str> = [default_model.as_str(), murmur_models::fetch::VAD_MODEL]
         .into_iter()
         .filter(|m| murmur_models::fetch::installed(&models_dir, m).is_none())
         .collect();

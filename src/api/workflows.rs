@@ -85,10 +85,7 @@ fn resolve_params(
     base: &JobParams,
     params: &Value,
 ) -> Result<JobParams, ApiError> {
-    let params =
-        JobParams::merged(base, params).map_err(|e| ApiError::invalid(format!("params: {e}")))?;
-    state.check_gates(caller, &params)?;
-    Ok(params)
+    Ok(state.rules().resolve(caller, base, params)?)
 }
 
 async fn create(

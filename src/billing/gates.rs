@@ -2,7 +2,7 @@
 //! workflow is submitted, so a workflow saved on a higher tier meets the
 //! tenant's tier of today when it runs.
 
-use murmur_actors::params::{JobParams, JobType, Task};
+use murmur_actors::params::JobParams;
 
 use super::{Tier, Translation};
 
@@ -73,18 +73,16 @@ pub fn needs(params: &JobParams) -> Vec<TierGate> {
     let mut out = Vec::new();
     // Only transcription runs a Whisper model; vad and separation jobs
     // carry the field but never load it.
-    if params.job_type == JobType::Transcription {
+    if params.runs_whisper() {
         out.push(TierGate::Model(params.model.clone()));
     }
-    let separates = params.job_type == JobType::BgmSeparation
-        || (params.job_type == JobType::Transcription && params.separate_bgm.enabled);
-    if separates {
+    if params.separates() {
         out.push(TierGate::Feature(Capability::BgmSeparation));
     }
-    if params.job_type == JobType::Transcription && params.diarize.enabled {
+    if params.diarizes() {
         out.push(TierGate::Feature(Capability::Diarization));
     }
-    if params.job_type == JobType::Transcription && params.task == Task::Translate {
+    if params.translates() {
         out.push(TierGate::Feature(Capability::Translation));
     }
     out

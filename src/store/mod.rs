@@ -208,8 +208,7 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
 }
 
 fn is_translation(job: &Job) -> bool {
-    use murmur_actors::params::{JobType, Task};
-    job.params.job_type == JobType::Transcription && job.params.task == Task::Translate
+    job.params.translates()
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;

@@ -152,7 +152,7 @@ async fn speech(
         let format = response_format(&fields)?;
         let streaming = streaming(&fields, task, format)?;
         let params = job_params(&state, &fields, task)?;
-        let job = submit_job(&state, &caller, &file.id, None, &params).await?;
+        let job = submit_job(&state, &caller, &file.id, None, &params, None).await?;
         Ok::<_, ApiError>((format, streaming, job))
     }
     .await;

@@ -111,7 +111,7 @@ async fn submit(
     };
     // The file is the only part that backend reads from the body.
     let (file, _) = receive_form(&state, &caller, content_length, form, &[]).await?;
-    let job = match submit_job(&state, &caller, &file.id, None, &mapped.params).await {
+    let job = match submit_job(&state, &caller, &file.id, None, &mapped.params, None).await {
         Ok(job) => job,
         Err(e) => {
             let _ = state.store.delete_file(caller.tenant_id(), &file.id).await;

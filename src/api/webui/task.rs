@@ -144,6 +144,6 @@ pub fn task_params(params: &murmur_actors::params::JobParams) -> Value {
             view
         }
         JobType::Vad => vad_view,
-        JobType::BgmSeparation => json!({"uvr_model_size": "spleeter-2stems"}),
+        JobType::BgmSeparation => json!({"uvr_model_size": murmur_models::fetch::SEPARATION_MODEL}),
     }
 }
