@@ -13,6 +13,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -92,6 +94,47 @@ async function startJob(page) {
   return handle.jsonValue();
 }
 
+/**
+ * Whether `headers` carry a valid Standard Webhooks signature of `body` for
+ * `secret` ("whsec_" + base64 key): our own check, not Murmur's code.
+ */
+function signedBy(secret, headers, body) {
+  const key = Buffer.from(secret.replace(/^whsec_/, ''), 'base64');
+  const expected = createHmac('sha256', key)
+    .update(`${headers['webhook-id']}.${headers['webhook-timestamp']}.`)
+    .update(body)
+    .digest();
+  return (headers['webhook-signature'] || '').split(' ').some((part) => {
+    const [version, sig] = part.split(',');
+    const got = Buffer.from(sig || '', 'base64');
+    return version === 'v1' && got.length === expected.length && timingSafeEqual(got, expected);
+  });
+}
+
+/**
+ * A stand-in for the outside world on a loopback port: serves a recording
+ * at /audio/talk.wav and records every other request (webhook deliveries).
+ */
+async function startReceiver(audio) {
+  const received = [];
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/audio/talk.wav') {
+      res.writeHead(200, { 'content-type': 'audio/wav' });
+      res.end(readFileSync(audio));
+      return;
+    }
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      received.push({ path: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+      res.writeHead(204);
+      res.end();
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { server, received, base: `http://127.0.0.1:${server.address().port}` };
+}
+
 function account(name) {
   const n = `${name}-${process.pid}-${Date.now()}`;
   return { tenant: `Dashboard ${n}`, email: `${n}@example.test`, password: 'correct horse battery staple' };
@@ -107,6 +150,8 @@ describe('dashboard', { timeout: 240_000 }, () => {
   let pageB;
   let jfk;
   let jobId;
+  let receiver;
+  let webhookId;
   const alice = account('alice');
   const bob = account('bob');
   // The reconnect test's control over pageA's WebSocket.
@@ -118,7 +163,10 @@ describe('dashboard', { timeout: 240_000 }, () => {
     mkdirSync(artifacts, { recursive: true });
     installModels(['tiny.en', 'silero-vad']);
     jfk = testAudio('jfk');
-    const env = {};
+    receiver = await startReceiver(jfk);
+    // The receiver is on loopback, which the SSRF guard refuses unless the
+    // operator allows the host.
+    const env = { MURMUR__OUTBOUND__ALLOWED_HOSTS: '127.0.0.1' };
     if (process.env.MURMUR_WEB_DIR) env.MURMUR__SERVER__WEB_DIR = resolve(process.env.MURMUR_WEB_DIR);
     server = await startMurmur({ env });
     browser = await chromium.launch({
@@ -144,6 +192,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
   after(async () => {
     await browser?.close();
     await server?.stop();
+    receiver?.server.close();
   });
 
   it('serves the page under its CSP and signs two tenants up through it', async () => {
@@ -325,6 +374,77 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(after.status, 401, 'the revoked key is refused');
   });
 
+  it('adds a webhook, fetches audio from a URL and runs it with a callback, every delivery signed', async () => {
+    const fetchUrl = pageA.getByLabel('Or fetch it from a URL');
+    // A cloud metadata address is refused by the server's SSRF guard, in words.
+    await fetchUrl.fill('http://169.254.169.254/latest/meta-data/');
+    await pageA.getByRole('button', { name: 'Fetch', exact: true }).click();
+    const refused = pageA.locator('#toasts .toast').last();
+    await refused.waitFor();
+    assert.match(await refused.innerText(), /not allowed|link-local|private/i);
+    await refused.getByRole('button', { name: 'Dismiss message' }).click();
+
+    // An endpoint for every event but "queued".
+    await pageA.getByLabel('Endpoint URL').fill(`${receiver.base}/endpoint`);
+    await pageA.locator('input[name="webhook-event"][value="job.queued"]').uncheck();
+    await pageA.getByRole('button', { name: 'Add endpoint' }).click();
+    const secretBox = pageA.getByLabel('New endpoint’s signing secret');
+    await secretBox.waitFor();
+    const endpointSecret = await secretBox.inputValue();
+    assert.match(endpointSecret, /^whsec_/);
+    const row = pageA.locator('#webhook-list li', { hasText: `${receiver.base}/endpoint` });
+    await row.waitFor();
+    webhookId = await row.getAttribute('data-webhook-id');
+    assert.match(await row.innerText(), /job\.started, job\.completed, job\.failed, job\.cancelled/);
+
+    // The server fetches the recording; the form selects it.
+    await fetchUrl.fill(`${receiver.base}/audio/talk.wav`);
+    await fetchUrl.press('Enter');
+    await pageA.locator('#upload-name', { hasText: 'Fetched talk.wav' }).waitFor({ timeout: 30_000 });
+    assert.equal(await pageA.locator('#file-select option:checked').innerText().then((t) => t.startsWith('talk.wav')), true);
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    await pageA.getByLabel('Callback URL (optional)').fill(`${receiver.base}/callback`);
+    const id = await startJob(pageA);
+    const callbackSecret = await pageA.getByLabel('Callback signing secret').inputValue();
+    assert.match(callbackSecret, /^whsec_/);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 90_000 });
+    const view = pageA.locator('#job-view');
+    await view.locator('#transcript li').first().waitFor({ timeout: 15_000 });
+    const text = (await view.locator('#transcript').innerText()).replace(/\s+/g, ' ').toLowerCase();
+    assert.ok(text.includes(PHRASE), `transcript of the fetched file lacks the phrase: ${text}`);
+
+    // Both receivers hear of the job's end, each signed with its own secret.
+    const types = (path) => receiver.received
+      .filter((r) => r.path === path)
+      .map((r) => JSON.parse(r.body))
+      .filter((e) => e.data.job_id === id)
+      .map((e) => e.type);
+    for (let i = 0; !(types('/endpoint').includes('job.completed') && types('/callback').includes('job.completed')); i += 1) {
+      assert.ok(i < 300, `deliveries so far: ${JSON.stringify(receiver.received.map((r) => [r.path, JSON.parse(r.body).type]))}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(!types('/endpoint').includes('job.queued'), 'the endpoint did not ask for job.queued');
+    assert.ok(types('/callback').includes('job.queued'), 'a callback hears every event');
+    for (const r of receiver.received) {
+      const secret = r.path === '/endpoint' ? endpointSecret : callbackSecret;
+      assert.ok(signedBy(secret, r.headers, r.body), `signature of a delivery to ${r.path}`);
+      assert.ok(!signedBy(r.path === '/endpoint' ? callbackSecret : endpointSecret, r.headers, r.body),
+        'a delivery does not verify with the other secret');
+    }
+
+    // The endpoint's delivery log, in the page.
+    await row.getByRole('button', { name: `Deliveries to ${receiver.base}/endpoint` }).click();
+    const delivered = row.locator('tr[data-outcome="delivered"]', { hasText: 'job.completed' });
+    await delivered.first().waitFor();
+    assert.match(await delivered.first().innerText(), /HTTP 204/);
+    assert.deepEqual(await axeViolations(pageA), [], 'with the webhooks and the callback secret shown');
+    // Later tests start jobs on the JFK upload, without a callback.
+    await pageA.getByLabel('Callback URL (optional)').fill('');
+    const jfkOption = await pageA.locator('#file-select option', { hasText: 'jfk.wav' }).getAttribute('value');
+    await pageA.locator('#file-select').selectOption(jfkOption);
+  });
+
   it('reconnects after the socket drops and catches up on what it missed', async () => {
     const loadsBefore = watchA.loads;
     const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
@@ -444,13 +564,23 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(await pageB.locator('#job-list li').count(), 0);
     assert.equal(await pageB.locator('#jobs-empty').isVisible(), true);
     assert.equal(await pageB.locator('#file-select option:not([value=""])').count(), 0);
+    // Nor her webhook endpoints.
+    await pageB.getByRole('button', { name: 'Refresh webhooks' }).click();
+    assert.equal(await pageB.locator('#webhook-list li').count(), 0);
+    assert.equal(await pageB.locator('#webhooks-empty').isVisible(), true);
     const html = await pageB.content();
-    assert.ok(!html.includes(jobId) && !html.includes('jfk.wav'), 'nothing of alice’s shows');
+    for (const hers of [jobId, 'jfk.wav', 'talk.wav', webhookId, receiver.base]) {
+      assert.ok(!html.includes(hers), `nothing of alice’s shows (${hers})`);
+    }
     await pageB.getByRole('button', { name: 'Refresh jobs' }).click();
     assert.equal(await pageB.locator('#job-list li').count(), 0);
     const token = await pageB.evaluate(() => sessionStorage.getItem('murmur.token'));
     const res = await fetch(`${server.base}/v1/jobs/${jobId}`, { headers: { authorization: `Bearer ${token}` } });
     assert.equal(res.status, 404);
+    for (const path of [`/v1/webhooks/${webhookId}`, `/v1/webhooks/${webhookId}/deliveries`]) {
+      const other = await fetch(`${server.base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      assert.equal(other.status, 404, path);
+    }
   });
 
   it('signs out, forgetting the token', async () => {
