@@ -13,6 +13,7 @@
 import { after, before, describe, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs'
+import { createServer, Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -39,6 +40,10 @@ function nodeData(instance: any, credential: string, inputs: Record<string, any>
 
 let harness: any
 let server: any
+// A web server on loopback that serves the JFK recording at /talk.wav (and
+// a text file at /notes.txt), for the nodes' Audio URL input.
+let web: Server
+let webBase: string
 let audioUri: string
 let audioBytes: Buffer
 const credentials: Record<string, { baseUrl: string; apiKey: string }> = {}
@@ -109,7 +114,22 @@ before(async () => {
     audioBytes = readFileSync(path)
     // Exactly what Flowise's UI stores for a `file` input.
     audioUri = `data:audio/wav;base64,${audioBytes.toString('base64')},filename:jfk.wav`
-    server = await harness.startMurmur()
+    web = createServer((req, res) => {
+        if (req.url === '/talk.wav') {
+            res.writeHead(200, { 'content-type': 'audio/wav' })
+            res.end(audioBytes)
+        } else if (req.url === '/notes.txt') {
+            res.writeHead(200, { 'content-type': 'text/plain' })
+            res.end('not audio\n'.repeat(100))
+        } else {
+            res.writeHead(404)
+            res.end()
+        }
+    })
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r))
+    webBase = `http://127.0.0.1:${(web.address() as any).port}`
+    // The SSRF guard refuses loopback unless the operator allows the host.
+    server = await harness.startMurmur({ env: { MURMUR__OUTBOUND__ALLOWED_HOSTS: '127.0.0.1' } })
     const a = await harness.signup(server.base, 'flowise-a')
     const b = await harness.signup(server.base, 'flowise-b')
     credentials.credA = { baseUrl: server.base, apiKey: await apiKey(a.token, 'flowise') }
@@ -120,6 +140,7 @@ before(async () => {
 
 after(async () => {
     await server?.stop()
+    web?.close()
 })
 
 describe('credential', () => {
@@ -160,6 +181,39 @@ describe('Murmur Transcribe', () => {
         const out = await node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', task: 'transcribe', vad: true, outputFormat: 'text' }), '', options())
         assert.equal(typeof out, 'string')
         assert.match(out, PHRASE)
+    })
+
+    test('transcribes an Audio URL the server fetches, after the files, and refuses bad ones in words', async () => {
+        const Node = nodeClass('MurmurTranscribe')
+        const node = new Node()
+        const urlOnly = await node.init(nodeData(node, 'credA', { audioUrl: `${webBase}/talk.wav`, model: 'tiny.en' }), '', options())
+        assert.match(urlOnly, PHRASE)
+        const filesA = await api(credentials.credA.apiKey, 'GET', '/v1/files')
+        const fetched = filesA.items.find((f: any) => f.name === 'talk.wav')
+        assert.ok(fetched, 'the fetched file is the tenant\'s, named after the URL')
+        // Another tenant does not see it.
+        const filesB = await api(credentials.credB.apiKey, 'GET', '/v1/files')
+        assert.equal(filesB.items.find((f: any) => f.id === fetched.id), undefined)
+
+        // A file and a URL: two transcripts, the file's first.
+        const both = await node.init(nodeData(node, 'credA', { audioFile: audioUri, audioUrl: `${webBase}/talk.wav`, model: 'tiny.en' }), '', options())
+        const parts = both.split('\n\n')
+        assert.equal(parts.length, 2, both)
+        for (const part of parts) assert.match(part, PHRASE)
+
+        await assert.rejects(node.init(nodeData(node, 'credA', { model: 'tiny.en' }), '', options()), /no audio was given/)
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioUrl: 'ftp://example.com/a.wav' }), '', options()), /must be http or https/)
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioUrl: 'talk.wav' }), '', options()), /is not a URL/)
+        // The cloud metadata address: the server's SSRF guard refuses it.
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioUrl: 'http://169.254.169.254/latest/' }), '', options()), (e: any) => {
+            assert.match(e.message, /not allowed|link-local|private/i)
+            return true
+        })
+        // Not audio: refused by the server's audio check.
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioUrl: `${webBase}/notes.txt` }), '', options()), (e: any) => {
+            assert.match(e.message, /audio|media|not supported/i)
+            return true
+        })
     })
 
     test('as a chatflow ending node it transcribes once, in run', async () => {
@@ -362,6 +416,10 @@ describe('Murmur Run Workflow', () => {
         assert.ok(job, 'a job of that workflow')
         assert.equal(job.params.model, 'tiny.en')
         assert.equal(job.params.language, 'en')
+
+        // The same workflow on an Audio URL.
+        const fromUrl = await node.init(nodeData(node, 'credA', { workflow: wf.id, audioUrl: `${webBase}/talk.wav` }), '', options())
+        assert.match(fromUrl, PHRASE)
     })
 })
 
@@ -418,8 +476,14 @@ describe('Murmur Transcribe Tool', () => {
         assert.equal(status.status, 'completed')
         assert.match(status.result, PHRASE)
 
+        // A URL the agent was given: the server fetches and transcribes it.
+        assert.match(await tool.invoke({ audio_url: `${webBase}/talk.wav` }), PHRASE)
+        assert.match(await tool.invoke({ audio_url: 'http://169.254.169.254/' }), /^Error: .*(not allowed|link-local|private)/i)
+        assert.match(await tool.invoke({ audio_url: 'file:///etc/passwd' }), /^Error: .*must be http or https/)
+
         // Wrong calls answer text the agent can act on.
         assert.match(await tool.invoke({}), /give exactly one of file_id/)
+        assert.match(await tool.invoke({ file_id: file.id, audio_url: `${webBase}/talk.wav` }), /give exactly one of file_id/)
         assert.match(await tool.invoke({ file_id: 'f_missing' }), /^Error: Murmur: file not found \(for this API key's tenant/)
         await assert.rejects(tool.invoke({ file_id: 42 }), /schema|Expected string/i)
 

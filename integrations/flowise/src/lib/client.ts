@@ -177,6 +177,11 @@ export class MurmurClient {
         }
     }
 
+    /** Has the server fetch audio from an http(s) URL (its SSRF guard and the plan's limits apply). */
+    async fetchUrl(url: string): Promise<MurmurFile> {
+        return this.json<MurmurFile>('POST', '/v1/files', { json: { url }, ctx: { action: 'fetch the audio URL', fileName: url } })
+    }
+
     async submitJob(fileId: string, params: Record<string, any>, workflowId?: string, ctx: ErrorContext = {}): Promise<MurmurJob> {
         const body: Record<string, any> = { file_id: fileId, params }
         if (workflowId) body.workflow_id = workflowId

@@ -1,7 +1,7 @@
 // What the Transcribe, Run Workflow and tool nodes share: upload, submit,
 // follow, format.
 
-import { AudioFile } from './audio'
+import { AudioFile, readAudioInput } from './audio'
 import { MurmurClient, MurmurJob, ResultFormat } from './client'
 import { describeJobEnd, ErrorContext, MurmurError } from './errors'
 import { INodeOptionsValue } from './Interface'
@@ -62,6 +62,57 @@ export async function transcribeFile(
 ): Promise<RunOutcome> {
     const uploaded = await client.uploadFile(file)
     return runOnFile(client, uploaded.id, request, { ...ctx, fileName: file.name })
+}
+
+/** Has the server fetch one audio URL, runs one job on it and renders the result. */
+export async function transcribeUrl(
+    client: MurmurClient,
+    url: string,
+    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    ctx: ErrorContext = {}
+): Promise<RunOutcome> {
+    const fetched = await client.fetchUrl(url)
+    return runOnFile(client, fetched.id, request, { ...ctx, fileName: fetched.name })
+}
+
+/** An "Audio URL" input: undefined when empty, an error when not an http(s) URL. */
+export function audioUrl(value: unknown): string | undefined {
+    const s = String(value ?? '').trim()
+    if (!s) return undefined
+    let url: URL
+    try {
+        url = new URL(s)
+    } catch {
+        throw new Error(`Murmur: the Audio URL "${s}" is not a URL; give the http(s) address of an audio or video file`)
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+        throw new Error(`Murmur: the Audio URL must be http or https (got ${url.protocol})`)
+    }
+    return s
+}
+
+/**
+ * Runs a node's audio, in order: the files of its "Audio File" input, then
+ * its "Audio URL" (fetched by the server). The outputs, one per source,
+ * separated by a blank line.
+ */
+export async function transcribeInputs(
+    client: MurmurClient,
+    inputs: Record<string, any>,
+    options: Record<string, any> | undefined,
+    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number },
+    ctx: ErrorContext = {}
+): Promise<string> {
+    const url = audioUrl(inputs.audioUrl)
+    const hasFile = typeof inputs.audioFile === 'string' && inputs.audioFile.trim() !== ''
+    if (!url && !hasFile) {
+        throw new Error('Murmur: no audio was given; upload a file in the node\'s "Audio File" input or give an "Audio URL".')
+    }
+    const files = hasFile ? await readAudioInput(inputs.audioFile, options) : []
+    const outputs: string[] = []
+    for (const file of files) outputs.push((await transcribeFile(client, file, request, ctx)).output)
+    if (url) outputs.push((await transcribeUrl(client, url, request, ctx)).output)
+    return outputs.join('\n\n')
 }
 
 /** Runs one job on an uploaded Murmur file and renders the result. */

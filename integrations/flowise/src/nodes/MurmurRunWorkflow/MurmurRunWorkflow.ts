@@ -1,7 +1,7 @@
-import { readAudioInput, AUDIO_FILE_TYPES } from '../../lib/audio'
+import { AUDIO_FILE_TYPES } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listWorkflowOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
-import { OUTPUT_FORMATS, outputFormat, timeoutMs, transcribeFile } from '../../lib/run'
+import { OUTPUT_FORMATS, outputFormat, timeoutMs, transcribeInputs } from '../../lib/run'
 
 class MurmurRunWorkflow_Murmur implements INode {
     label: string
@@ -19,7 +19,7 @@ class MurmurRunWorkflow_Murmur implements INode {
     constructor() {
         this.label = 'Murmur Run Workflow'
         this.name = 'murmurRunWorkflow'
-        this.version = 1.0
+        this.version = 1.1
         this.type = 'MurmurRunWorkflow'
         this.icon = ICON
         this.category = CATEGORY
@@ -39,7 +39,17 @@ class MurmurRunWorkflow_Murmur implements INode {
                 label: 'Audio File',
                 name: 'audioFile',
                 type: 'file',
-                fileType: AUDIO_FILE_TYPES
+                fileType: AUDIO_FILE_TYPES,
+                optional: true
+            },
+            {
+                label: 'Audio URL',
+                name: 'audioUrl',
+                type: 'string',
+                placeholder: 'https://example.com/talk.mp3',
+                optional: true,
+                acceptVariable: true,
+                description: 'Instead of (or after) the file: the http(s) address of an audio or video file, which the Murmur server fetches'
             },
             {
                 label: 'Output Format',
@@ -72,13 +82,7 @@ class MurmurRunWorkflow_Murmur implements INode {
         if (!workflowId) throw new Error('Murmur: choose a workflow in the "Workflow" input.')
         const format = outputFormat(inputs.outputFormat)
         const client = await clientFor(nodeData, options)
-        const files = await readAudioInput(inputs.audioFile, options)
-        const results: string[] = []
-        for (const file of files) {
-            const run = await transcribeFile(client, file, { params: {}, workflowId, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) })
-            results.push(run.output)
-        }
-        return results.join('\n\n')
+        return transcribeInputs(client, inputs, options, { params: {}, workflowId, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) })
     }
 
     /** Flowise runs an ending node with `run`. */

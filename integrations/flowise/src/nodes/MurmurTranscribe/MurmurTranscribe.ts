@@ -1,7 +1,7 @@
-import { readAudioInput, AUDIO_FILE_TYPES } from '../../lib/audio'
+import { AUDIO_FILE_TYPES } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
-import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeFile } from '../../lib/run'
+import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeInputs } from '../../lib/run'
 
 class MurmurTranscribe_Murmur implements INode {
     label: string
@@ -19,7 +19,7 @@ class MurmurTranscribe_Murmur implements INode {
     constructor() {
         this.label = 'Murmur Transcribe'
         this.name = 'murmurTranscribe'
-        this.version = 1.0
+        this.version = 1.1
         this.type = 'MurmurTranscribe'
         this.icon = ICON
         this.category = CATEGORY
@@ -32,7 +32,17 @@ class MurmurTranscribe_Murmur implements INode {
                 label: 'Audio File',
                 name: 'audioFile',
                 type: 'file',
-                fileType: AUDIO_FILE_TYPES
+                fileType: AUDIO_FILE_TYPES,
+                optional: true
+            },
+            {
+                label: 'Audio URL',
+                name: 'audioUrl',
+                type: 'string',
+                placeholder: 'https://example.com/talk.mp3',
+                optional: true,
+                acceptVariable: true,
+                description: 'Instead of (or after) the file: the http(s) address of an audio or video file, which the Murmur server fetches'
             },
             {
                 label: 'Model',
@@ -114,13 +124,7 @@ class MurmurTranscribe_Murmur implements INode {
         const format = outputFormat(inputs.outputFormat)
         const { params, ctx } = paramsFromInputs(inputs)
         const client = await clientFor(nodeData, options)
-        const files = await readAudioInput(inputs.audioFile, options)
-        const results: string[] = []
-        for (const file of files) {
-            const run = await transcribeFile(client, file, { params, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
-            results.push(run.output)
-        }
-        return results.join('\n\n')
+        return transcribeInputs(client, inputs, options, { params, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
     }
 
     /** Flowise runs an ending node with `run`. */

@@ -1,8 +1,9 @@
 // Murmur as an agent tool. An agent cannot hand a tool an audio upload: what
 // it can pass are strings it has seen, so the tool takes the id of a file
 // already uploaded to Murmur (`file_id`, e.g. from the dashboard, an earlier
-// step or the user) to transcribe it, or the id of a job (`job_id`) to report
-// its status and result. The node's inputs fix the credential and the job
+// step or the user) or the http(s) address of one (`audio_url`, fetched by
+// the Murmur server) to transcribe it, or the id of a job (`job_id`) to
+// report its status and result. The node's inputs fix the credential and the job
 // settings the agent may not change (model, diarization, ...).
 
 import { StructuredTool } from '@langchain/core/tools'
@@ -11,7 +12,16 @@ import { MurmurClient } from '../../lib/client'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, listModelOptions } from '../../lib/common'
 import { MurmurError } from '../../lib/errors'
 import { ICommonObject, INode, INodeData, INodeOptionsValue, INodeParams } from '../../lib/Interface'
-import { OUTPUT_FORMATS, OutputFormat, outputFormat, paramsFromInputs, runOnFile, timeoutMs } from '../../lib/run'
+import {
+    audioUrl,
+    OUTPUT_FORMATS,
+    OutputFormat,
+    outputFormat,
+    paramsFromInputs,
+    runOnFile,
+    timeoutMs,
+    transcribeUrl
+} from '../../lib/run'
 import { jobReport } from '../../lib/status'
 
 export const murmurToolSchema = z.object({
@@ -19,6 +29,10 @@ export const murmurToolSchema = z.object({
         .string()
         .optional()
         .describe('Id of an audio file already uploaded to Murmur (starts with "f_"): transcribe it and answer the transcript'),
+    audio_url: z
+        .string()
+        .optional()
+        .describe('http(s) address of an audio or video file: Murmur fetches it, transcribes it and answers the transcript'),
     job_id: z
         .string()
         .optional()
@@ -37,8 +51,9 @@ export interface MurmurToolSettings {
 export class MurmurTranscribeTool extends StructuredTool {
     name = 'murmur_transcribe'
     description =
-        'Speech to text with Murmur. Give file_id (an audio file uploaded to Murmur) to get its transcript, ' +
-        'or job_id (a Murmur job) to get its status and result. Give exactly one of them.'
+        'Speech to text with Murmur. Give file_id (an audio file uploaded to Murmur) or audio_url (the address of ' +
+        'an audio file on the web) to get its transcript, or job_id (a Murmur job) to get its status and result. ' +
+        'Give exactly one of them.'
     schema = murmurToolSchema
 
     private readonly client: MurmurClient
@@ -56,16 +71,23 @@ export class MurmurTranscribeTool extends StructuredTool {
     /** Errors come back as text the agent (and its user) can read, not as a crash of the flow. */
     protected async _call(arg: MurmurToolInput): Promise<string> {
         const fileId = arg.file_id?.trim()
+        const url = arg.audio_url?.trim()
         const jobId = arg.job_id?.trim()
-        if (!!fileId === !!jobId) return 'Error: give exactly one of file_id (to transcribe) or job_id (to check a job).'
+        if ([fileId, url, jobId].filter(Boolean).length !== 1) {
+            return 'Error: give exactly one of file_id or audio_url (to transcribe) or job_id (to check a job).'
+        }
+        let checkedUrl: string | undefined
+        try {
+            checkedUrl = audioUrl(url)
+        } catch (e) {
+            return `Error: ${(e as Error).message}`
+        }
         try {
             if (jobId) return JSON.stringify(await jobReport(this.client, jobId, this.settings.format))
-            const run = await runOnFile(
-                this.client,
-                fileId!,
-                { params: this.settings.params, format: this.settings.format, timeoutMs: this.settings.timeoutMs },
-                this.settings.ctx
-            )
+            const request = { params: this.settings.params, format: this.settings.format, timeoutMs: this.settings.timeoutMs }
+            const run = checkedUrl
+                ? await transcribeUrl(this.client, checkedUrl!, request, this.settings.ctx)
+                : await runOnFile(this.client, fileId!, request, this.settings.ctx)
             return run.output
         } catch (e) {
             if (e instanceof MurmurError) return `Error: ${e.message}`
@@ -103,11 +125,11 @@ class MurmurTranscribeTool_Tools implements INode {
     constructor() {
         this.label = 'Murmur Transcribe Tool'
         this.name = 'murmurTranscribeTool'
-        this.version = 1.0
+        this.version = 1.1
         this.type = 'MurmurTranscribeTool'
         this.icon = ICON
         this.category = 'Tools'
-        this.description = 'Lets an agent transcribe audio files stored in Murmur and check Murmur jobs'
+        this.description = 'Lets an agent transcribe audio files stored in Murmur or on the web, and check Murmur jobs'
         this.baseClasses = [this.type, 'Tool', ...baseClassesOf(MurmurTranscribeTool)]
         this.credential = CREDENTIAL
         this.inputs = [
