@@ -25,6 +25,7 @@ use symphonia::core::errors::Error as SymphoniaError;
 mod decode;
 mod input;
 mod mp4;
+mod opus;
 mod packets;
 mod pull;
 mod resample;
@@ -66,7 +67,10 @@ pub enum AudioError {
          Ogg Vorbis and AAC/M4A"
     )]
     NotAudio { path: PathBuf, detail: String },
-    #[error("{path} contains no audio track")]
+    #[error(
+        "{path} contains no audio track Murmur can read (a video without sound, or audio in a \
+         codec Murmur does not know)"
+    )]
     NoAudioTrack { path: PathBuf },
     #[error("{path} uses an unsupported codec or feature ({detail})")]
     Unsupported { path: PathBuf, detail: String },

@@ -9,14 +9,16 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use symphonia::core::audio::AudioBufferRef;
-use symphonia::core::codecs::{CodecParameters, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{
+    self as codecs, CodecParameters, CodecType, DecoderOptions, CODEC_TYPE_NULL,
+};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use super::{mp4, AudioError, Input, MeasuredLength};
+use super::{mp4, opus, AudioError, Input, MeasuredLength};
 
 /// Decode errors in a row after which a stream is declared corrupt: a few
 /// damaged frames in a long file are skipped, a stream of garbage is not.
@@ -69,6 +71,38 @@ fn looks_like_audio(head: &[u8]) -> bool {
         || head.starts_with(b"OggS")
         || head.starts_with(b"ID3")
         || head.get(4..8) == Some(b"ftyp")
+        // EBML: Matroska and WebM.
+        || head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
+}
+
+/// A codec's name for messages: the decoder's own when Murmur has one, the
+/// usual name of codecs it has none for.
+fn codec_name(codec: CodecType) -> String {
+    if let Some(d) = opus::codecs().get_codec(codec) {
+        return d.short_name.to_string();
+    }
+    let known = [
+        (codecs::CODEC_TYPE_MP1, "MPEG-1 Layer I"),
+        (codecs::CODEC_TYPE_MP2, "MPEG-1 Layer II"),
+        (codecs::CODEC_TYPE_SPEEX, "Speex"),
+        (codecs::CODEC_TYPE_MUSEPACK, "Musepack"),
+        (codecs::CODEC_TYPE_ATRAC1, "ATRAC1"),
+        (codecs::CODEC_TYPE_ATRAC3, "ATRAC3"),
+        (codecs::CODEC_TYPE_ATRAC3PLUS, "ATRAC3plus"),
+        (codecs::CODEC_TYPE_ATRAC9, "ATRAC9"),
+        (codecs::CODEC_TYPE_EAC3, "E-AC-3 (Dolby Digital Plus)"),
+        (codecs::CODEC_TYPE_AC4, "AC-4"),
+        (codecs::CODEC_TYPE_DCA, "DTS"),
+        (codecs::CODEC_TYPE_WMA, "WMA"),
+        (codecs::CODEC_TYPE_WAVPACK, "WavPack"),
+        (codecs::CODEC_TYPE_MONKEYS_AUDIO, "Monkey's Audio"),
+        (codecs::CODEC_TYPE_ALAC, "ALAC (Apple Lossless)"),
+        (codecs::CODEC_TYPE_TTA, "TTA"),
+    ];
+    known.iter().find(|(c, _)| *c == codec).map_or_else(
+        || format!("an unknown codec (id {codec})"),
+        |(_, n)| n.to_string(),
+    )
 }
 
 pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
@@ -113,6 +147,26 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
                 .and_then(|(mut f, _)| io::Read::read(&mut f, &mut head))
                 .unwrap_or(0);
             match e {
+                // symphonia's Ogg reader reads to the end when no stream has
+                // a codec it maps: say which codec that is.
+                SymphoniaError::IoError(ref io)
+                    if io.kind() == io::ErrorKind::UnexpectedEof
+                        && head[..n].starts_with(b"OggS") =>
+                {
+                    match ogg_codec(input) {
+                        Some(codec) => AudioError::Unsupported {
+                            path: path.to_path_buf(),
+                            detail: format!(
+                                "its Ogg stream is {codec}, which Murmur cannot decode; convert \
+                                 it to a common format such as MP3, AAC, FLAC, Opus or WAV"
+                            ),
+                        },
+                        None => AudioError::Truncated {
+                            path: path.to_path_buf(),
+                            detail: format!("the file ends inside its header ({len} bytes)"),
+                        },
+                    }
+                }
                 SymphoniaError::IoError(ref io)
                     if io.kind() == io::ErrorKind::UnexpectedEof
                         && looks_like_audio(&head[..n]) =>
@@ -135,23 +189,98 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
             }
         })?;
     let reader = probed.format;
-    let track = reader
+    // The first audio track Murmur can decode (a video's first audio track:
+    // video tracks carry no audio codec); when there is none, the error
+    // names the codecs the audio tracks use.
+    let audio: Vec<_> = reader
         .tracks()
         .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| AudioError::NoAudioTrack {
-            path: path.to_path_buf(),
-        })?;
+        .filter(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .collect();
+    let track = match audio
+        .iter()
+        .find(|t| opus::codecs().get_codec(t.codec_params.codec).is_some())
+    {
+        Some(track) => *track,
+        None if audio.is_empty() => {
+            return Err(AudioError::NoAudioTrack {
+                path: path.to_path_buf(),
+            })
+        }
+        None => {
+            let names: Vec<String> = audio
+                .iter()
+                .map(|t| codec_name(t.codec_params.codec))
+                .collect();
+            return Err(AudioError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "its audio is {}, which Murmur cannot decode; convert it to a common \
+                     format such as MP3, AAC, FLAC, Opus, Vorbis or WAV",
+                    names.join(", ")
+                ),
+            });
+        }
+    };
     if let Some(rate) = track.codec_params.sample_rate {
         if !SOURCE_RATES.contains(&rate) {
             return Err(unsupported_rate(path, rate));
         }
     }
+    let mut params = track.codec_params.clone();
+    if is_matroska(input) {
+        frames_from_time_base(&mut params);
+    }
     Ok(Opened {
         track_id: track.id,
-        params: track.codec_params.clone(),
+        params,
         reader,
     })
+}
+
+/// The codec of an Ogg file's first stream, from the first packet of its
+/// first page (RFC 3533: a 27-byte header, the segment table, then the
+/// packet), when it is one of the codecs Ogg commonly carries.
+fn ogg_codec(input: Input<'_>) -> Option<&'static str> {
+    let mut page = [0u8; 27 + 255 + 16];
+    let n = input
+        .open()
+        .and_then(|(mut f, _)| io::Read::read(&mut f, &mut page))
+        .ok()?;
+    let segments = *page.get(26)? as usize;
+    let packet = page.get(27 + segments..n)?;
+    let signatures: [(&[u8], &str); 6] = [
+        (b"Speex   ", "Speex"),
+        (b"\x80theora", "Theora video"),
+        (b"OpusHead", "Opus"),
+        (b"\x01vorbis", "Vorbis"),
+        (b"\x7fFLAC", "FLAC"),
+        (b"CELT    ", "CELT"),
+    ];
+    signatures
+        .iter()
+        .find(|(sig, _)| packet.starts_with(sig))
+        .map(|(_, name)| *name)
+}
+
+fn is_matroska(input: Input<'_>) -> bool {
+    let mut head = [0u8; 4];
+    input
+        .open()
+        .and_then(|(mut f, _)| io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && head == [0x1A, 0x45, 0xDF, 0xA3]
+}
+
+/// symphonia's Matroska reader states a track's length (`n_frames`) in the
+/// segment's time base (milliseconds, usually), not in frames as every other
+/// reader does: make it frames, so lengths and truncation checks hold.
+fn frames_from_time_base(params: &mut CodecParameters) {
+    if let (Some(n), Some(tb), Some(rate)) = (params.n_frames, params.time_base, params.sample_rate)
+    {
+        let t = tb.calc_time(n);
+        params.n_frames = Some(((t.seconds as f64 + t.frac) * f64::from(rate)).round() as u64);
+    }
 }
 
 fn unsupported_rate(path: &Path, rate: u32) -> AudioError {
@@ -230,11 +359,11 @@ pub(super) fn walk_packets(
         track_id,
         params,
     } = opened;
-    let mut decoder = symphonia::default::get_codecs()
+    let mut decoder = opus::codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| AudioError::Unsupported {
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            detail: format!("{} audio: {e}", codec_name(params.codec)),
         })?;
 
     // MP4/M4A edit lists say how many priming frames an AAC encoder put in
