@@ -477,11 +477,7 @@ async fn a_separation_task_downloads_as_a_zip_of_two_wavs() {
         std::fs::write(tmp.path(), &wav).unwrap();
         let decoded = audio::decode_file_with(tmp.path(), &DecodeOptions::stereo(44_100)).unwrap();
         assert_eq!((decoded.sample_rate, decoded.channels), (44_100, 2));
-        assert!(
-            decoded.duration_s > 1.0,
-            "{name}: {} s",
-            decoded.duration_s
-        );
+        assert!(decoded.duration_s > 1.0, "{name}: {} s", decoded.duration_s);
     }
     let expect = |h: &Value| format!("{}.wav", h.as_str().unwrap());
     assert_eq!(
