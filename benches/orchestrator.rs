@@ -67,7 +67,9 @@ async fn ws(
     let url = format!("{}/v1/ws?token={token}", base.replace("http://", "ws://"));
     let (mut s, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
     s.send(Message::Text(
-        json!({"op": "subscribe", "topic": "tenant"}).to_string(),
+        json!({"op": "subscribe", "topic": "tenant"})
+            .to_string()
+            .into(),
     ))
     .await
     .unwrap();
@@ -128,9 +130,12 @@ async fn main() {
         &hooks_tasks,
         state.stopping.clone(),
     );
-    let (addr, server) =
-        warp::serve(murmur::api::routes(state)).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(server);
+    let (addr, listener) = common::loopback_listener().await;
+    tokio::spawn(
+        warp::serve(murmur::api::routes(state))
+            .incoming(listener)
+            .run(),
+    );
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
 
@@ -174,8 +179,8 @@ async fn main() {
                 }
                 warp::http::StatusCode::NO_CONTENT
             });
-        let (rx_addr, rx) = warp::serve(receiver).bind_ephemeral(([127, 0, 0, 1], 0));
-        tokio::spawn(rx);
+        let (rx_addr, rx_listener) = common::loopback_listener().await;
+        tokio::spawn(warp::serve(receiver).incoming(rx_listener).run());
         for i in 0..webhooks {
             let res = http
                 .post(format!("{base}/v1/webhooks"))

@@ -282,7 +282,6 @@ struct ConnectionLimits {
 /// back when the connection (or the WebSocket it was upgraded to) closes.
 struct Admitted {
     stream: tokio::net::TcpStream,
-    remote: std::net::SocketAddr,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -320,13 +319,14 @@ impl tokio::io::AsyncWrite for Admitted {
     }
 }
 
-/// Serves `routes` through hyper (not `warp::serve`, which has no header
-/// timeout and no connection cap): at most `max_connections` at once, each
-/// closed if a request's headers take longer than `header_read_timeout`.
-/// Accepting waits for a free place, so excess connections queue in the
-/// kernel's backlog instead of holding memory here. Answers the bound
-/// address and the server, which ends after `stop` fires and open
-/// requests finish.
+/// Serves `routes` through hyper's connections (not `warp::serve`, which
+/// has no header timeout and no connection cap): HTTP/1 (with upgrades to
+/// WebSocket) and HTTP/2, at most `max_connections` at once, each closed if
+/// a request's headers take longer than `header_read_timeout`. Accepting
+/// waits for a free place, so excess connections queue in the kernel's
+/// backlog instead of holding memory here. Answers the bound address and
+/// the server, which ends after `stop` fires and open requests finish
+/// (idle keep-alive connections are closed then).
 async fn http_server(
     routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
     listen: std::net::SocketAddr,
@@ -336,56 +336,67 @@ async fn http_server(
     std::net::SocketAddr,
     impl std::future::Future<Output = ()> + Send,
 )> {
-    use futures_util::StreamExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let admitted =
-        futures_util::stream::unfold((listener, places), |(listener, places)| async move {
-            let permit = places.clone().acquire_owned().await.ok()?;
-            loop {
-                match listener.accept().await {
-                    Ok((stream, remote)) => {
-                        let conn = Admitted {
-                            stream,
-                            remote,
-                            _permit: permit,
-                        };
-                        return Some((Ok::<_, std::io::Error>(conn), (listener, places)));
-                    }
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+    let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    connections
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    connections.http2().timer(TokioTimer::new());
+    Ok((addr, async move {
+        let open = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let permit = tokio::select! {
+                permit = places.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = &mut stop => break,
+            };
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
                     // Out of file descriptors and the like: wait, then go
-                    // on (an error here would end the whole server).
+                    // on (an error here must not end the whole server).
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot accept a connection");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
                     }
-                }
-            }
-        })
-        .boxed();
-    let service = warp::service(routes);
-    let make_service = hyper::service::make_service_fn(move |conn: &Admitted| {
-        let remote = api::RemoteAddr(conn.remote);
-        let service = service.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::Body>| {
-                    req.extensions_mut().insert(remote);
-                    let mut service = service.clone();
-                    hyper::service::Service::call(&mut service, req)
                 },
-            ))
+                _ = &mut stop => break,
+            };
+            let remote = api::RemoteAddr(remote);
+            let service = service.clone();
+            let per_request = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(remote);
+                    hyper::service::Service::call(&service, req)
+                },
+            );
+            let io = TokioIo::new(Admitted {
+                stream,
+                _permit: permit,
+            });
+            let conn = connections
+                .serve_connection_with_upgrades(io, per_request)
+                .into_owned();
+            let conn = open.watch(conn);
+            tokio::spawn(async move {
+                // A client that hung up or sent garbage: its own business.
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
         }
-    });
-    let server = hyper::Server::builder(hyper::server::accept::from_stream(admitted))
-        .http1_header_read_timeout(limits.header_read_timeout)
-        .serve(make_service)
-        .with_graceful_shutdown(stop);
-    Ok((addr, async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
+        drop(listener);
+        open.shutdown().await;
     }))
 }
 

@@ -649,8 +649,8 @@ async fn revenuecat_stand_in(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let (route, calls) = revenuecat_route(tier_entitlement);
-    let (addr, serve) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(serve);
+    let (addr, listener) = common::loopback_listener().await;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
     (addr, calls)
 }
 

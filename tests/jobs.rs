@@ -35,7 +35,7 @@ async fn connect(server: &Server, token: &str) -> Ws {
 }
 
 async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string())).await.unwrap();
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// The next JSON message, within `secs`.

@@ -38,9 +38,12 @@ async fn serve(
     settings.jobs.backoff_base = Duration::from_millis(100);
     tweak(&mut settings);
     let (state, _root) = murmur::server::start(settings, engines).await.unwrap();
-    let (addr, server) =
-        warp::serve(murmur::api::routes(state.clone())).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(server);
+    let (addr, listener) = common::loopback_listener().await;
+    tokio::spawn(
+        warp::serve(murmur::api::routes(state.clone()))
+            .incoming(listener)
+            .run(),
+    );
     (
         common::InProcess {
             base: format!("http://{addr}"),

@@ -55,7 +55,7 @@ async fn audio_host() -> HttpsStandIn {
         let chunks = futures_util::stream::iter(
             (0..50).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 10_000]))),
         );
-        warp::http::Response::new(hyper::Body::wrap_stream(chunks))
+        warp::reply::stream(chunks)
     });
     let noise = warp::path!("noise.wav").map(|| vec![b'x'; 5_000]);
     let routes = warp::get().and(

@@ -69,8 +69,8 @@ impl Receiver {
                     warp::http::StatusCode::from_u16(answered).unwrap()
                 },
             );
-        let (addr, serve) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-        tokio::spawn(serve);
+        let (addr, listener) = common::loopback_listener().await;
+        tokio::spawn(warp::serve(route).incoming(listener).run());
         Receiver {
             base: format!("http://{addr}"),
             log,

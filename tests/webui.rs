@@ -468,7 +468,8 @@ async fn a_separation_task_downloads_as_a_zip_of_two_wavs() {
     let mut names = Vec::new();
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).unwrap();
-        names.push(entry.name().to_string());
+        let name = entry.name().unwrap().to_string();
+        names.push(name.clone());
         let mut wav = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut wav).unwrap();
         assert_eq!(&wav[..4], b"RIFF");
@@ -476,12 +477,7 @@ async fn a_separation_task_downloads_as_a_zip_of_two_wavs() {
         std::fs::write(tmp.path(), &wav).unwrap();
         let decoded = audio::decode_file_with(tmp.path(), &DecodeOptions::stereo(44_100)).unwrap();
         assert_eq!((decoded.sample_rate, decoded.channels), (44_100, 2));
-        assert!(
-            decoded.duration_s > 1.0,
-            "{}: {} s",
-            entry.name(),
-            decoded.duration_s
-        );
+        assert!(decoded.duration_s > 1.0, "{name}: {} s", decoded.duration_s);
     }
     let expect = |h: &Value| format!("{}.wav", h.as_str().unwrap());
     assert_eq!(

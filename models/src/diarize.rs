@@ -304,7 +304,7 @@ impl Diarizer {
         //    linked to a well-embedded local speaker of a nearby window whose
         //    activity matches its own on the frames both windows see, and
         //    embedded only when there is none.
-        let is_anchor = |w: usize| w % EMBED_EVERY == 0 || w + 1 == num_windows;
+        let is_anchor = |w: usize| w.is_multiple_of(EMBED_EVERY) || w + 1 == num_windows;
         let mut order: Vec<usize> = (0..num_windows).filter(|&w| is_anchor(w)).collect();
         order.extend((0..num_windows).filter(|&w| !is_anchor(w)));
         let mut locals: Vec<LocalSpeaker> = Vec::new();

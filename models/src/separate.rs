@@ -315,7 +315,7 @@ fn to_stereo_44k(audio: &DecodedAudio) -> Result<Vec<f32>, SeparateError> {
             audio.channels, audio.sample_rate
         )));
     }
-    if audio.samples.len() % channels != 0 {
+    if !audio.samples.len().is_multiple_of(channels) {
         return Err(SeparateError::InvalidAudio(format!(
             "{} samples do not split into {channels} channels",
             audio.samples.len()

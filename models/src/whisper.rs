@@ -815,7 +815,7 @@ impl WhisperModel {
             if state.len() + 1 > n_ctx {
                 break;
             }
-            if tokens.len() % 16 == 0 && !check() {
+            if tokens.len().is_multiple_of(16) && !check() {
                 return Err(WhisperError::Cancelled);
             }
             let hidden = self.decoder.forward(&[next], state)?;

@@ -11,17 +11,34 @@
 use std::io;
 use std::path::Path;
 
-use futures_util::stream;
+use futures_util::stream::{self, BoxStream};
+use futures_util::StreamExt;
 use murmur_seal::{ChunkOpener, DataKey, HEADER_LEN};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use warp::http::header::{self, HeaderMap, HeaderValue};
 
 /// A stored file opened for download: its plaintext length, its first bytes
-/// (to choose a content type) and the body that streams it.
+/// (to choose a content type) and the stream of its bytes (answered with
+/// [`streamed`], or read into a ZIP of stems).
 pub struct StoredBody {
     pub len: u64,
     pub head: Vec<u8>,
-    pub body: hyper::Body,
+    pub body: BoxStream<'static, io::Result<bytes::Bytes>>,
+}
+
+/// A 200 response whose body is `chunks`, sent as they are produced (never
+/// held whole). An error item ends the body early, so the client sees a
+/// truncated response, never a wrong one.
+pub fn streamed<S, B, E>(chunks: S) -> warp::reply::Response
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Send + 'static,
+    B: Into<bytes::Bytes> + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    use warp::Reply;
+    // warp wants a `Sync` stream; it is only ever polled through `&mut`,
+    // which `SyncStream` makes `Sync` without a lock.
+    warp::reply::stream(sync_wrapper::SyncStream::new(chunks)).into_response()
 }
 
 /// Opens a stored file at `path`: sealed with `key` and `context`, or plain
@@ -35,7 +52,7 @@ pub async fn stored_body(path: &Path, key: &DataKey, context: &str) -> io::Resul
     if !murmur_seal::is_sealed_file(&header) {
         file.seek(io::SeekFrom::Start(0)).await?;
         header.truncate(16);
-        let body = hyper::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let body = tokio_util::io::ReaderStream::new(file).boxed();
         return Ok(StoredBody {
             len: sealed_len,
             head: header,
@@ -68,7 +85,7 @@ pub async fn stored_body(path: &Path, key: &DataKey, context: &str) -> io::Resul
     Ok(StoredBody {
         len,
         head,
-        body: hyper::Body::wrap_stream(body),
+        body: body.boxed(),
     })
 }
 

@@ -561,7 +561,7 @@ async fn content(state: AppState, auth: Option<String>, id: String) -> Result<Re
     // Served as the audio type its bytes show, never as the type the
     // uploader claimed (see `download`).
     let content_type = super::download::sniff_audio(&stored.head);
-    let mut res = Response::new(stored.body);
+    let mut res = super::download::streamed(stored.body);
     let headers = res.headers_mut();
     super::download::attachment(headers, content_type, &file.name);
     headers.insert(header::CONTENT_LENGTH, stored.len.into());

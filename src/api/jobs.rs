@@ -414,7 +414,7 @@ async fn stem(
         }
         Err(e) => return Err(ApiError::internal(format!("stem {name} of job {id}: {e}"))),
     };
-    let mut res = Response::new(stored.body);
+    let mut res = super::download::streamed(stored.body);
     let headers = res.headers_mut();
     super::download::attachment(headers, "audio/wav", &format!("{}-{name}.wav", job.id));
     headers.insert(header::CONTENT_LENGTH, stored.len.into());

@@ -67,8 +67,7 @@ async fn export(state: AppState, auth: Option<String>) -> Result<Response, ApiEr
             let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
         }
     });
-    let body = hyper::Body::wrap_stream(tokio_stream_from(rx));
-    let mut res = Response::new(body);
+    let mut res = super::download::streamed(tokio_stream_from(rx));
     let headers = res.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -12,6 +12,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// A listener on a free loopback port and its address, for a stand-in
+/// served with `warp::serve(route).incoming(listener).run()` (warp has no
+/// ephemeral bind that answers the port).
+pub async fn loopback_listener() -> (std::net::SocketAddr, tokio::net::TcpListener) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (listener.local_addr().unwrap(), listener)
+}
+
 /// A tier table like the product's but with small sizes, so limits can be
 /// crossed in a test without gigabytes of data.
 pub const TEST_TIERS: &str = r#"

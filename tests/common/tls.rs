@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio_rustls::rustls;
+use warp::Filter;
 
 /// A running HTTPS server and the authority that signed its certificate.
 pub struct HttpsStandIn {
@@ -39,10 +39,10 @@ impl HttpsStandIn {
 }
 
 /// Serves `route` over HTTPS on a loopback port with a fresh certificate.
-pub async fn serve_https<F>(route: F) -> HttpsStandIn
+pub async fn serve_https<F, R>(route: F) -> HttpsStandIn
 where
-    F: warp::Filter + Clone + Send + Sync + 'static,
-    F::Extract: warp::Reply,
+    F: warp::Filter<Extract = (R,), Error = warp::Rejection> + Clone + Send + Sync + 'static,
+    R: warp::Reply + 'static,
 {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -72,21 +72,28 @@ where
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let incoming = futures_util::stream::unfold(listener, |l| async move {
-        let accepted = l.accept().await;
-        Some((accepted, l))
-    })
-    .filter_map(move |accepted| {
-        let acceptor = acceptor.clone();
-        async move {
-            let (tcp, _) = accepted.ok()?;
-            // A failed handshake (a client that refused our certificate)
-            // ends that connection, not the server.
-            acceptor.accept(tcp).await.ok()
+    // warp serves only plain listeners: each TLS connection goes to hyper
+    // with the route as its service.
+    let service = hyper_util::service::TowerToHyperService::new(warp::service(
+        route.map(warp::Reply::into_response).boxed(),
+    ));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, service) = (acceptor.clone(), service.clone());
+            tokio::spawn(async move {
+                // A failed handshake (a client that refused our
+                // certificate) ends that connection, not the server.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
         }
-    })
-    .map(Ok::<_, std::io::Error>);
-    tokio::spawn(warp::serve(route).serve_incoming(incoming));
+    });
     HttpsStandIn {
         addr,
         ca_pem,

@@ -388,7 +388,7 @@ pub(super) fn walk_packets(
     let mut last_error: Option<String> = None;
 
     loop {
-        if packets % CANCEL_CHECK_EVERY == 0 && should_stop() {
+        if packets.is_multiple_of(CANCEL_CHECK_EVERY) && should_stop() {
             return Err(AudioError::Cancelled {
                 path: path.to_path_buf(),
             });

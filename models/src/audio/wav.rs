@@ -120,7 +120,7 @@ pub fn write_wav_16bit(
             "a WAV file needs at least one channel and a positive rate".into(),
         ));
     }
-    if samples.len() % usize::from(channels) != 0 {
+    if !samples.len().is_multiple_of(usize::from(channels)) {
         return Err(AudioError::InvalidArgument(format!(
             "{} samples do not split into {channels} channels",
             samples.len()

@@ -91,7 +91,7 @@ impl<'a> SeparationStream<'a> {
     /// complete, handing the samples of both stems that became final to
     /// `emit(vocals, accompaniment)`.
     pub fn push(&mut self, samples: &[f32], emit: &mut StemSink) -> Result<(), SeparateError> {
-        if samples.len() % CHANNELS != 0 {
+        if !samples.len().is_multiple_of(CHANNELS) {
             return Err(SeparateError::InvalidAudio(format!(
                 "{} samples do not split into {CHANNELS} channels",
                 samples.len()

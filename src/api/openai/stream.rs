@@ -54,7 +54,7 @@ pub(super) fn transcript_events(
         let frame = f.next_frame().await?;
         Some((Ok::<_, Infallible>(frame), f))
     });
-    let mut res = Response::new(hyper::Body::wrap_stream(frames));
+    let mut res = crate::api::download::streamed(frames);
     let headers = res.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

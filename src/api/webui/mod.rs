@@ -239,7 +239,7 @@ async fn get_file(state: AppState, auth: Option<String>, id: String) -> Result<R
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
     });
-    let mut res = Response::new(hyper::Body::wrap_stream(body));
+    let mut res = super::download::streamed(body);
     let headers = res.headers_mut();
     super::download::attachment(
         headers,
