@@ -30,6 +30,12 @@ def audio(directory):
         ("tone.mp3", ["-ar", "8000", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "8k"]),
         ("tone.ogg", ["-ar", "8000", "-ac", "1", "-c:a", "libvorbis", "-q:a", "0"]),
         ("tone.m4a", ["-ar", "8000", "-ac", "1", "-c:a", "aac", "-b:a", "8k"]),
+        ("voice.opus", ["-ac", "1", "-c:a", "libopus", "-b:a", "6k"]),
+        ("stereo.webm", ["-ac", "2", "-c:a", "libopus", "-b:a", "16k"]),
+        ("tone.mkv", ["-ar", "8000", "-ac", "1", "-c:a", "libvorbis", "-q:a", "0"]),
+        ("alac.m4a", ["-ar", "8000", "-ac", "1", "-c:a", "alac"]),
+        ("tone.aiff", ["-ar", "8000", "-ac", "1", "-c:a", "pcm_s16be"]),
+        ("tone.caf", ["-ar", "8000", "-ac", "1", "-c:a", "pcm_s16le"]),
     ]
     for name, codec in jobs:
         out = os.path.join(directory, name)
