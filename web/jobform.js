@@ -1,11 +1,13 @@
 // The "New job" section: the plan's limits on the form, models and
-// workflows to choose from, uploads (picked, dropped or fetched from a
-// URL), the job's parameters and an optional callback URL.
+// workflows to choose from, uploads (picked, dropped, recorded with the
+// microphone (recorder.js) or fetched from a URL), the job's parameters and
+// an optional callback URL.
 
 import { getJSON, sendJSON, upload } from './api.js';
 import * as fmt from './format.js';
 import { upsertJob } from './jobs.js';
 import { addFile } from './files.js';
+import { cancelRecording, wireRecorder } from './recorder.js';
 import { emit, fileName, on, state } from './state.js';
 import {
   $, announce, busy, copySecret, h, setBar, showError, toast,
@@ -195,6 +197,7 @@ export function wireJobForm() {
     const file = e.dataTransfer?.files?.[0];
     if (file) uploadFile(file);
   });
+  wireRecorder(uploadFile);
   $('file-url-fetch').addEventListener('click', (e) => busy(e.currentTarget, fetchFromUrl));
   $('file-url').addEventListener('keydown', (e) => {
     // Enter fetches the URL instead of submitting the job form.
@@ -233,6 +236,7 @@ export function wireJobForm() {
 
 /** Forgets what the form showed for the session that ended. */
 export function resetJobForm() {
+  cancelRecording();
   $('callback-new').hidden = true;
   $('callback-secret').value = '';
   $('callback-url').value = '';

@@ -171,9 +171,17 @@ describe('dashboard', { timeout: 240_000 }, () => {
     server = await startMurmur({ env });
     browser = await chromium.launch({
       executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
-      args: CHROMIUM_ARGS,
+      // The microphone is Chromium's fake capture device playing the JFK
+      // recording (in a loop, from when capture starts).
+      args: [
+        ...CHROMIUM_ARGS,
+        '--use-fake-ui-for-media-stream',
+        '--use-fake-device-for-media-stream',
+        `--use-file-for-fake-audio-capture=${jfk}`,
+      ],
     });
     ctxA = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    await ctxA.grantPermissions(['microphone']);
     pageA = await ctxA.newPage();
     watchA = watch(pageA);
     await pageA.routeWebSocket(/\/v1\/ws/, (ws) => {
@@ -441,6 +449,38 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.deepEqual(await axeViolations(pageA), [], 'with the webhooks and the callback secret shown');
     // Later tests start jobs on the JFK upload, without a callback.
     await pageA.getByLabel('Callback URL (optional)').fill('');
+    const jfkOption = await pageA.locator('#file-select option', { hasText: 'jfk.wav' }).getAttribute('value');
+    await pageA.locator('#file-select').selectOption(jfkOption);
+  });
+
+  it('records the microphone in the browser and transcribes the recording', async () => {
+    const record = pageA.getByRole('button', { name: 'Record' });
+    await record.click();
+    await pageA.locator('#record[aria-pressed="true"]').waitFor();
+    // The fake microphone plays the 11 s clip; record a little more.
+    await pageA.locator('#record-time', { hasText: /Recording 0:1[2-9]/ }).waitFor({ timeout: 30_000 });
+    await pageA.getByRole('button', { name: 'Stop recording' }).click();
+    const uploaded = pageA.locator('#upload-name', { hasText: /Uploaded recording-\d{8}-\d{6}\.(webm|ogg)/ });
+    await uploaded.waitFor({ timeout: 30_000 });
+    const name = (await uploaded.innerText()).replace('Uploaded ', '');
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const files = await (await fetch(`${server.base}/v1/files`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    const file = files.items.find((f) => f.name === name);
+    assert.ok(file, `the recording ${name} is stored`);
+    assert.match(file.content_type, /^audio\/(webm|ogg)/);
+    assert.ok(file.duration_s > 11 && file.duration_s < 20, `recorded ${file.duration_s} s`);
+    assert.equal(await pageA.locator('#file-select').inputValue(), file.id);
+
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 90_000 });
+    const view = pageA.locator('#job-view');
+    await view.locator('#transcript li').first().waitFor({ timeout: 15_000 });
+    const text = (await view.locator('#transcript').innerText()).replace(/\s+/g, ' ').toLowerCase();
+    assert.ok(text.includes(PHRASE), `transcript of the recording lacks the phrase: ${text}`);
     const jfkOption = await pageA.locator('#file-select option', { hasText: 'jfk.wav' }).getAttribute('value');
     await pageA.locator('#file-select').selectOption(jfkOption);
   });
