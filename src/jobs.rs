@@ -103,6 +103,7 @@ impl JobStore for StoreJobs {
         Ok(TenantLimits {
             concurrent_jobs: tier.concurrent_jobs,
             priority: tier.rank,
+            queue_weight: tier.queue_weight(),
             tier: tier.name.clone(),
             max_audio_seconds: Some(tier.max_audio_seconds),
             translation_max_seconds: (tier.translation == Translation::Limited)

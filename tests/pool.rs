@@ -2,7 +2,9 @@
 //! this process (store on disk, actor tree, HTTP on loopback) with test
 //! engines in place of the models: a worker that panics is replaced and its
 //! job retried; a worker stuck past its deadline is abandoned and replaced;
-//! waiting work runs highest tier first.
+//! waiting work is shared by tier weight, so an enterprise job waiting
+//! beside a basic tenant's second job runs first (the fair queue's
+//! proportions themselves are unit-tested in `actors/src/pool.rs`).
 
 mod common;
 

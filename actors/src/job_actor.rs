@@ -251,6 +251,9 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             sealing: audio.sealing,
         }),
         priority: limits.priority,
+        weight: limits.queue_weight,
+        // The work a job asks of the pool, for fair sharing: its audio.
+        cost_s: audio.duration_s.unwrap_or(600.0).max(1.0),
         deadline,
         reply: me.clone(),
     })?;

@@ -4,7 +4,7 @@
 //! Orchestrator (root)     recovers unfinished jobs at start, routes jobs
 //!  |- TenantSupervisor(t) a tenant's FIFO queue and concurrency limit;
 //!  |   '- JobActor(j)     runs one job, checkpoints, emits events
-//!  |- InferencePool       workers that run the models, priority by tier
+//!  |- InferencePool       workers that run the models, fair shares by tier
 //!  '- EventBus            durable per-job event log + live subscribers
 //! ```
 //!

@@ -1,6 +1,8 @@
 //! InferencePool: a fixed set of inference workers (one or more per device)
-//! and a priority queue of waiting requests, highest tier first, FIFO
-//! within a tier.
+//! and a fair queue of waiting requests ([`FairQueue`]): tiers share the
+//! workers in proportion to their weights, counted in audio seconds, FIFO
+//! within a tier. A higher tier is served more, never alone: a steady
+//! stream of paid work cannot starve a lower tier.
 //!
 //! Each worker is an actor that runs one request at a time on a blocking
 //! thread, so model work never stalls the async runtime that serves HTTP.
@@ -8,8 +10,7 @@
 //! runs past its deadline is told to cancel, abandoned and replaced; either
 //! way the job hears a transient error and its supervisor retries it.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,12 @@ const WATCHDOG_EVERY: Duration = Duration::from_secs(2);
 pub(crate) enum PoolMsg {
     Submit {
         request: Box<WorkRequest>,
+        /// The tier's rank: its class in the fair queue.
         priority: u32,
+        /// The tier's share when classes compete (at least 1).
+        weight: u32,
+        /// The work asked for, in audio seconds.
+        cost_s: f64,
         /// Longest the work may take before its worker counts as stuck.
         deadline: Duration,
         reply: ActorRef<JobMsg>,
@@ -42,30 +48,95 @@ pub(crate) enum PoolMsg {
 }
 
 struct Waiting {
-    priority: u32,
-    order: u64,
     request: Box<WorkRequest>,
     deadline: Duration,
     reply: ActorRef<JobMsg>,
 }
 
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+/// One tier's waiting requests (with their costs) and its place in virtual
+/// time.
+struct Class<T> {
+    queue: VecDeque<(f64, T)>,
+    weight: f64,
+    /// Virtual start of the head request (meaningful while non-empty).
+    start: f64,
+    /// Virtual time at which the class's last served request "finished".
+    finish: f64,
+}
+
+/// Start-time fair queueing over tier classes (Goyal et al., 1996): each
+/// class's head request carries a virtual start tag; the smallest tag is
+/// served first (ties: the higher tier), and serving a request of `cost`
+/// audio seconds moves its class's next tag on by `cost / weight`. A class
+/// that was idle starts at the current virtual time, so it gets its share
+/// from now on but no burst for the time it did not ask. Within a class,
+/// requests keep their order.
+pub(crate) struct FairQueue<T> {
+    classes: BTreeMap<u32, Class<T>>,
+    /// The start tag of the request served last.
+    vtime: f64,
+    len: usize,
+}
+
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        FairQueue {
+            classes: BTreeMap::new(),
+            vtime: 0.0,
+            len: 0,
+        }
     }
 }
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+impl<T> FairQueue<T> {
+    /// Queues `item` of `cost` (audio seconds) in the class `priority`.
+    fn push(&mut self, priority: u32, weight: u32, cost: f64, item: T) {
+        let vtime = self.vtime;
+        let class = self.classes.entry(priority).or_insert(Class {
+            queue: VecDeque::new(),
+            weight: 1.0,
+            start: vtime,
+            finish: vtime,
+        });
+        // The latest weight of the tier applies (a changed tier table).
+        class.weight = f64::from(weight.max(1));
+        if class.queue.is_empty() {
+            class.start = vtime.max(class.finish);
+        }
+        class.queue.push_back((cost.max(0.0), item));
+        self.len += 1;
     }
-}
-impl Ord for Waiting {
-    /// Max-heap: higher priority first, then lower order (older) first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.order.cmp(&self.order))
+
+    fn pop(&mut self) -> Option<T> {
+        let (_, class) = self
+            .classes
+            .iter_mut()
+            .rev()
+            .filter(|(_, c)| !c.queue.is_empty())
+            // `rev` puts the higher tier first, so `min_by` keeps it on ties.
+            .min_by(|(_, a), (_, b)| a.start.total_cmp(&b.start))?;
+        let (cost, item) = class.queue.pop_front()?;
+        self.vtime = class.start;
+        class.finish = class.start + cost / class.weight;
+        class.start = class.finish;
+        self.len -= 1;
+        Some(item)
+    }
+
+    /// Takes out the requests `drop` says yes to, and answers them.
+    fn remove_if(&mut self, mut drop: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        for class in self.classes.values_mut() {
+            let (gone, kept): (Vec<_>, Vec<_>) = class.queue.drain(..).partition(|(_, w)| drop(w));
+            class.queue = kept.into();
+            removed.extend(gone.into_iter().map(|(_, w)| w));
+        }
+        self.len -= removed.len();
+        removed
+    }
+
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -87,8 +158,7 @@ pub(crate) struct InferencePool;
 
 pub(crate) struct PoolState {
     slots: Vec<Slot>,
-    queue: BinaryHeap<Waiting>,
-    next_order: u64,
+    queue: FairQueue<Waiting>,
 }
 
 pub(crate) struct PoolArgs {
@@ -138,8 +208,7 @@ impl Actor for InferencePool {
         me.send_interval(WATCHDOG_EVERY, || PoolMsg::Watchdog);
         Ok(PoolState {
             slots,
-            queue: BinaryHeap::new(),
-            next_order: 0,
+            queue: FairQueue::default(),
         })
     }
 
@@ -153,32 +222,31 @@ impl Actor for InferencePool {
             PoolMsg::Submit {
                 request,
                 priority,
+                weight,
+                cost_s,
                 deadline,
                 reply,
             } => {
-                state.next_order += 1;
-                state.queue.push(Waiting {
+                state.queue.push(
                     priority,
-                    order: state.next_order,
-                    request,
-                    deadline,
-                    reply,
-                });
+                    weight,
+                    cost_s,
+                    Waiting {
+                        request,
+                        deadline,
+                        reply,
+                    },
+                );
             }
             PoolMsg::Cancel { job_id } => {
-                let before = state.queue.len();
-                let mut dropped = Vec::new();
-                state.queue.retain(|w| {
-                    let keep = w.request.job_id != job_id;
-                    if !keep {
-                        dropped.push(w.reply.clone());
-                    }
-                    keep
-                });
-                for reply in dropped {
-                    let _ = reply.send_message(JobMsg::Finished(Err(WorkError::Cancelled)));
+                let dropped = state.queue.remove_if(|w| w.request.job_id == job_id);
+                let was_waiting = !dropped.is_empty();
+                for w in dropped {
+                    let _ = w
+                        .reply
+                        .send_message(JobMsg::Finished(Err(WorkError::Cancelled)));
                 }
-                if state.queue.len() == before {
+                if !was_waiting {
                     for slot in &state.slots {
                         if let Some(r) = slot.running.as_ref().filter(|r| r.job_id == job_id) {
                             r.cancel.store(true, AtomicOrdering::SeqCst);
@@ -383,5 +451,105 @@ impl Actor for Worker {
             worker: state.index,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FairQueue;
+
+    /// Serves `n` requests from a queue where every class always has work
+    /// waiting (each served request is replaced by another of the same
+    /// class), and counts what each class got.
+    fn served(classes: &[(u32, u32, f64)], n: usize) -> Vec<usize> {
+        let mut q = FairQueue::default();
+        for &(priority, weight, cost) in classes {
+            for _ in 0..3 {
+                q.push(priority, weight, cost, priority);
+            }
+        }
+        let mut got = vec![0; classes.len()];
+        for _ in 0..n {
+            let p = q.pop().unwrap();
+            let i = classes.iter().position(|c| c.0 == p).unwrap();
+            got[i] += 1;
+            q.push(p, classes[i].1, classes[i].2, p);
+        }
+        got
+    }
+
+    #[test]
+    fn tiers_share_in_proportion_to_their_weights_and_none_starves() {
+        // basic 1, premium 2, enterprise 4, equal job lengths.
+        let got = served(&[(0, 1, 60.0), (1, 2, 60.0), (2, 4, 60.0)], 700);
+        assert_eq!(got, vec![100, 200, 400]);
+        // A steady stream of enterprise work still lets basic through, one
+        // request in five with the default weights 1 and 4.
+        let got = served(&[(0, 1, 60.0), (2, 4, 60.0)], 500);
+        assert_eq!(got, vec![100, 400]);
+    }
+
+    #[test]
+    fn shares_are_counted_in_audio_seconds() {
+        // Basic sends 10-minute files, enterprise 1-minute ones: by audio,
+        // enterprise gets 4 times basic's, so 40 of its jobs per basic job.
+        let got = served(&[(0, 1, 600.0), (2, 4, 60.0)], 410);
+        assert_eq!(got, vec![10, 400]);
+    }
+
+    #[test]
+    fn order_is_kept_within_a_tier_and_ties_go_to_the_higher_tier() {
+        let mut q = FairQueue::default();
+        for i in 0..3 {
+            q.push(0, 1, 10.0, ("basic", i));
+        }
+        q.push(1, 1, 10.0, ("premium", 0));
+        // Both classes start at virtual time 0: the higher tier first.
+        assert_eq!(q.pop(), Some(("premium", 0)));
+        assert_eq!(q.pop(), Some(("basic", 0)));
+        assert_eq!(q.pop(), Some(("basic", 1)));
+        assert_eq!(q.pop(), Some(("basic", 2)));
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_tier_that_was_idle_gets_its_share_not_a_burst() {
+        let mut q = FairQueue::default();
+        // Basic alone for 100 requests.
+        for _ in 0..100 {
+            q.push(0, 1, 60.0, "basic");
+            assert_eq!(q.pop(), Some("basic"));
+        }
+        // Enterprise arrives with 40 requests while basic keeps 10 waiting:
+        // enterprise is served from now on at 4 to 1, without making up
+        // for the 100 it did not ask for (which would hold basic back for
+        // all 40 of its requests).
+        for _ in 0..40 {
+            q.push(2, 4, 60.0, "enterprise");
+        }
+        for _ in 0..10 {
+            q.push(0, 1, 60.0, "basic");
+        }
+        let order: Vec<_> = (0..25).map(|_| q.pop().unwrap()).collect();
+        let basic = order.iter().filter(|w| **w == "basic").count();
+        assert!((4..=6).contains(&basic), "{order:?}");
+        let first_basic = order.iter().position(|w| *w == "basic").unwrap();
+        assert!(first_basic <= 5, "{order:?}");
+    }
+
+    #[test]
+    fn cancelled_requests_leave_the_queue() {
+        let mut q = FairQueue::default();
+        for i in 0..4 {
+            q.push(i % 2, 1, 1.0, i);
+        }
+        let removed = q.remove_if(|i| *i == 1 || *i == 2);
+        assert_eq!(removed.len(), 2);
+        assert_eq!(q.len(), 2);
+        let mut rest = vec![q.pop().unwrap(), q.pop().unwrap()];
+        rest.sort();
+        assert_eq!(rest, vec![0, 3]);
+        assert_eq!(q.pop(), None);
     }
 }

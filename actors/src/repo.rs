@@ -18,8 +18,11 @@ pub struct RepoError(pub String);
 #[derive(Debug, Clone)]
 pub struct TenantLimits {
     pub concurrent_jobs: u32,
-    /// Higher runs first in the inference pool (enterprise > premium > basic).
+    /// The tier's rank: its class in the inference pool's fair queue.
     pub priority: u32,
+    /// The tier's share of the inference pool when tiers compete (see
+    /// `pool::FairQueue`); at least 1.
+    pub queue_weight: u32,
     /// The tier's name, for metrics labelled by tier (never by tenant).
     pub tier: String,
     /// Longest audio a job may process, in decoded seconds.
@@ -100,6 +103,7 @@ mod tests {
         let limits = TenantLimits {
             concurrent_jobs: 1,
             priority: 0,
+            queue_weight: 1,
             tier: "basic".into(),
             max_audio_seconds: Some(10_800),
             translation_max_seconds: Some(600),

@@ -101,6 +101,7 @@ impl JobStore for MemStore {
         Ok(TenantLimits {
             concurrent_jobs: 1,
             priority: 0,
+            queue_weight: 1,
             tier: "basic".into(),
             max_audio_seconds: None,
             translation_max_seconds: None,

@@ -37,8 +37,14 @@ pub enum Translation {
 pub struct Tier {
     #[serde(skip_deserializing)]
     pub name: String,
-    /// Orders tiers (higher pays more): inference priority follows it.
+    /// Orders tiers (higher pays more).
     pub rank: u32,
+    /// The tier's share of the inference pool when tiers compete for it:
+    /// waiting work is served in proportion to these weights, counted in
+    /// audio seconds, so a steady stream of paid work never starves a
+    /// lower tier. `None`: 2^rank (1, 2, 4 for ranks 0, 1, 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_weight: Option<u32>,
     pub max_file_bytes: u64,
     /// Longest audio accepted, in decoded seconds: checked at upload by
     /// decoding the whole file and again when a job decodes it. A tier
@@ -68,6 +74,13 @@ pub struct Tier {
     /// means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued_jobs: Option<u64>,
+}
+
+impl Tier {
+    /// [`Tier::queue_weight`], or its default from the rank (at least 1).
+    pub fn queue_weight(&self) -> u32 {
+        self.queue_weight.unwrap_or(1 << self.rank.min(16)).max(1)
+    }
 }
 
 fn default_max_audio_seconds() -> u64 {
