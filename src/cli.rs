@@ -61,8 +61,18 @@ pub struct SeparateArgs {
 pub enum ModelsCommand {
     /// Download, check and install models (all known ones when none named).
     Fetch { names: Vec<String> },
-    /// Show installed models.
+    /// Show installed models, and how to install the others.
     List,
+    /// Install a Whisper model from a directory you have: a faster-whisper
+    /// (CTranslate2) model directory or a Hugging Face transformers one.
+    Import {
+        /// The model directory.
+        dir: std::path::PathBuf,
+        /// The name to install it as (default: the size its dimensions say,
+        /// e.g. small or large-v3).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// Drives a progress bar on stderr from the engine's reports.
@@ -202,6 +212,31 @@ pub fn models(settings: &Settings, command: ModelsCommand) -> anyhow::Result<()>
                     sources.join(", ")
                 );
             }
+            let missing: Vec<&str> = murmur_actors::params::MODEL_NAMES
+                .iter()
+                .copied()
+                .chain(fetch::catalogue().iter().map(|e| e.name))
+                .filter(|n| fetch::installed(&models_dir, n).is_none())
+                .collect();
+            if !missing.is_empty() {
+                println!("\nnot installed:");
+                for name in missing {
+                    println!("{name:<16} {}", murmur_models::import::install_hint(name));
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Import { dir, name } => {
+            if let Some(n) = &name {
+                anyhow::ensure!(
+                    murmur_actors::params::MODEL_NAMES.contains(&n.as_str()),
+                    "jobs can only ask for {}; import as one of these",
+                    murmur_actors::params::MODEL_NAMES.join(", ")
+                );
+            }
+            let model = murmur_models::import::import(&dir, name.as_deref(), &models_dir)
+                .with_context(|| format!("importing {}", dir.display()))?;
+            println!("{:<16} {}", model.name, model.path.display());
             Ok(())
         }
         ModelsCommand::Fetch { names } => {

@@ -285,7 +285,7 @@ pub struct InstalledModel {
 }
 
 /// Bumped when an install's files change (2: Silero's ONNX checkpoint).
-const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 2;
 
 fn sources(entry: &CatalogEntry) -> Vec<SourceRecord> {
     entry
@@ -307,15 +307,22 @@ fn read_marker(dir: &Path) -> Option<InstalledModel> {
 }
 
 /// The install of `name` in `models_dir` if it is complete and matches the
-/// catalogue's pins.
+/// catalogue's pins, or is a Whisper model the operator imported
+/// ([`crate::import`]).
 pub fn installed(models_dir: &Path, name: &str) -> Option<InstalledModel> {
-    let entry = find(name)?;
     let model = read_marker(&model_dir(models_dir, name))?;
-    (model.name == entry.name
-        && model.kind == entry.kind
-        && model.format == FORMAT
-        && model.sources == sources(entry))
-    .then_some(model)
+    if model.name != name || model.format != FORMAT {
+        return None;
+    }
+    let imported = model
+        .sources
+        .first()
+        .is_some_and(|s| s.package.starts_with(crate::import::IMPORT_PREFIX));
+    if imported {
+        return (model.kind == ModelKind::Whisper).then_some(model);
+    }
+    let entry = find(name)?;
+    (model.kind == entry.kind && model.sources == sources(entry)).then_some(model)
 }
 
 /// Every complete install in `models_dir`, sorted by name (a missing

@@ -11,6 +11,7 @@ pub mod device;
 pub mod diarize;
 pub mod fetch;
 pub mod formats;
+pub mod import;
 pub mod mel;
 pub mod registry;
 pub mod separate;

@@ -75,6 +75,10 @@ fn model_object(state: &AppState, tier: &Tier, name: &str) -> Value {
     if let Some(of) = alias_of {
         object["alias_of"] = json!(of);
     }
+    if object["installed"] == false {
+        // What the operator runs to install it (fetch, or import weights).
+        object["install"] = json!(murmur_models::import::install_hint(target));
+    }
     object
 }
 
