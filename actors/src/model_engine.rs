@@ -310,6 +310,7 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         },
         language: p.language.clone(),
         initial_prompt: p.initial_prompt.clone(),
+        word_timestamps: p.word_timestamps,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.

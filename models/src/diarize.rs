@@ -771,6 +771,7 @@ pub fn assign_speakers(transcript: &mut Transcript, turns: &[SpeakerTurn]) {
                     end: *end,
                     text: format!("{lead}{}", words[taken..taken + take].join(" ")),
                     speaker: Some(speaker.clone()),
+                    words: None,
                 });
                 taken += take;
             }
@@ -924,6 +925,7 @@ mod tests {
             end,
             text: text.into(),
             speaker: None,
+            words: None,
         }
     }
 

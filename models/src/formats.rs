@@ -366,6 +366,7 @@ pub fn parse_srt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
+            words: None,
         });
     }
     Ok(segments)
@@ -448,6 +449,7 @@ pub fn parse_vtt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
+            words: None,
         });
     }
     Ok(segments)
@@ -516,6 +518,7 @@ mod tests {
             end,
             text: text.into(),
             speaker: speaker.map(Into::into),
+            words: None,
         }
     }
 

@@ -13,6 +13,22 @@ pub struct Segment {
     /// Set by diarization only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speaker: Option<String>,
+    /// The segment's words, when word timestamps were asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<Word>>,
+}
+
+/// One word of a segment, in seconds on the original timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    /// The word as Whisper spells it, with its leading space and any
+    /// punctuation attached: a segment's words joined and trimmed give its
+    /// text.
+    pub word: String,
+    pub start: f64,
+    pub end: f64,
+    /// Mean probability of the word's tokens (0 to 1).
+    pub probability: f64,
 }
 
 /// A whole file's transcript (docs/API.md, "Results").

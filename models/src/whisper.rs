@@ -11,6 +11,7 @@
 //! - `filters.rs`: OpenAI's logit filters (suppression, timestamp rules);
 //! - `guards.rs`: hallucination guards (compression ratio, repetition loops,
 //!   prompt copies);
+//! - `timing.rs`: word timestamps (alignment heads, DTW, word grouping);
 //! - `transcribe.rs`: the long-form loop (30 s windows, seeking, segments);
 //! - `regions.rs`: speech regions joined for decoding and times mapped back.
 //!
@@ -24,6 +25,7 @@ mod filters;
 mod guards;
 mod model;
 mod regions;
+mod timing;
 mod transcribe;
 
 use std::path::PathBuf;
@@ -106,6 +108,10 @@ pub struct DecodeOptions {
     pub suppress_repetition_loops: bool,
     /// Seed of the sampler used at temperatures above 0.
     pub seed: u64,
+    /// Time every word (cross-attention alignment, see `timing.rs`); the
+    /// segments then carry `words`, their edges follow the words, and a
+    /// window seeks to the end of its last word as openai-whisper does.
+    pub word_timestamps: bool,
 }
 
 impl Default for DecodeOptions {
@@ -122,6 +128,7 @@ impl Default for DecodeOptions {
             max_initial_timestamp: 1.0,
             suppress_repetition_loops: true,
             seed: 0x6d75_726d_7572,
+            word_timestamps: false,
         }
     }
 }

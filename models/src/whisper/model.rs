@@ -45,6 +45,9 @@ pub struct WhisperModel {
     pub(super) suppress: Vec<u32>,
     /// Suppressed at the first sampled position (blank, EOT).
     pub(super) suppress_begin: Vec<u32>,
+    /// Cross-attention heads that follow the audio in time (`(layer,
+    /// head)`), read for word timestamps.
+    pub(super) alignment_heads: Vec<(usize, usize)>,
     pub(super) filters: MelFilters,
     pub(super) device: Device,
 }
@@ -172,6 +175,12 @@ impl WhisperModel {
             suppress_begin.push(specials.eot);
         }
         let filters = MelFilters::slaney(config.num_mel_bins, mel::N_FFT, SAMPLE_RATE);
+        let alignment_heads = super::timing::alignment_heads(
+            &extra,
+            &name,
+            config.decoder_layers,
+            config.decoder_attention_heads,
+        );
         Ok(Self {
             name,
             config,
@@ -181,6 +190,7 @@ impl WhisperModel {
             specials,
             suppress,
             suppress_begin,
+            alignment_heads,
             filters,
             device: device.clone(),
         })

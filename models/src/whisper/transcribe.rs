@@ -8,11 +8,12 @@
 use super::decoding::SplitMix64;
 use super::guards::copies_prompt;
 use super::regions::{RegionMap, SampleSource};
+use super::timing::{add_word_timestamps, WindowSegment};
 use super::{
     DecodeOptions, Progress, Task, WhisperError, WhisperModel, INPUT_STRIDE, TIME_PRECISION,
 };
 use crate::mel::{self, LogMel, MelMax, MelWindows, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
-use crate::transcript::{Segment, SpeechRegion, Transcript};
+use crate::transcript::{Segment, SpeechRegion, Transcript, Word};
 
 impl WhisperModel {
     /// Transcribes (or translates) 16 kHz mono audio. `on_progress` returning
@@ -182,6 +183,8 @@ impl WhisperModel {
         let mut prompt_reset_since = 0;
         let mut segments: Vec<Segment> = Vec::new();
         let mut seek = 0usize;
+        // Where the last word ended, for the word duration heuristics.
+        let mut last_speech_timestamp = 0.0;
         while seek < content_frames {
             let time_offset = seek as f64 * frame_s;
             if !on_progress(Progress {
@@ -297,21 +300,74 @@ impl WhisperModel {
                 seek += segment_size;
             }
 
+            let mut window: Vec<WindowSegment> = pieces
+                .into_iter()
+                .map(|(start, end, piece)| WindowSegment {
+                    start: time_offset + start,
+                    end: (time_offset + end).min(time_offset + segment_duration),
+                    tokens: piece.to_vec(),
+                    words: None,
+                })
+                .collect();
+            if opts.word_timestamps {
+                let eot = self.specials.eot;
+                let text_tokens: Vec<u32> = window
+                    .iter()
+                    .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
+                    .collect();
+                let alignment = self.find_alignment(
+                    &mut state,
+                    &sot_sequence,
+                    &text_tokens,
+                    segment_size,
+                    &language,
+                )?;
+                last_speech_timestamp = add_word_timestamps(
+                    &mut window,
+                    alignment,
+                    time_offset,
+                    eot,
+                    last_speech_timestamp,
+                );
+                // Seek to the end of the last word rather than the last
+                // timestamp token (openai-whisper and faster-whisper do).
+                let last_word_end = window
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end))
+                    .or_else(|| window.last().map(|s| s.end));
+                if let Some(end) = last_word_end {
+                    if !single_timestamp_ending && end > time_offset {
+                        seek = (end / frame_s).round() as usize;
+                    }
+                    last_speech_timestamp = end;
+                }
+            }
+
             let mut window_tokens = Vec::new();
-            for (start, end, piece) in pieces {
-                let text = self.decode_text(piece)?;
-                let start = time_offset + start;
-                let end = (time_offset + end).min(time_offset + segment_duration);
-                if text.is_empty() || end <= start {
+            for piece in window {
+                let text = self.decode_text(&piece.tokens)?;
+                if text.is_empty() || piece.end <= piece.start {
                     continue;
                 }
-                window_tokens.extend_from_slice(piece);
+                window_tokens.extend_from_slice(&piece.tokens);
+                let words = piece.words.map(|words| {
+                    words
+                        .into_iter()
+                        .map(|w| Word {
+                            start: round_ms(to_original(w.start, false)),
+                            end: round_ms(to_original(w.end, true)),
+                            ..w
+                        })
+                        .collect()
+                });
                 let segment = Segment {
                     id: segments.len() as u32,
-                    start: round_ms(to_original(start, false)),
-                    end: round_ms(to_original(end, true)),
+                    start: round_ms(to_original(piece.start, false)),
+                    end: round_ms(to_original(piece.end, true)),
                     text,
                     speaker: None,
+                    words,
                 };
                 segments.push(segment.clone());
                 let processed = to_original(seek as f64 * frame_s, true).min(total_s);
