@@ -145,6 +145,10 @@ impl DecoderState {
     }
 }
 
+/// Which cross-attention heads to keep (`(layer, head)`) and where to put
+/// their scores, during an alignment pass.
+type CrossAttentionCapture<'a> = (&'a [(usize, usize)], &'a mut Vec<Tensor>);
+
 /// Whisper's text decoder (token + learned position embeddings, pre-norm
 /// blocks, output tied to the token embedding).
 #[derive(Debug, Clone)]
@@ -204,8 +208,9 @@ impl TextDecoder {
     }
 
     /// [`TextDecoder::forward`] that also returns, for each `(layer, head)`
-    /// of `heads`, that head's cross-attention scores before the softmax
-    /// (`[tokens.len(), frames]`): the alignment pass of word timestamps.
+    /// of `heads` (in layer order), that head's cross-attention scores
+    /// before the softmax (`[tokens.len(), frames]`): the alignment pass of
+    /// word timestamps.
     pub fn forward_with_cross_attention(
         &self,
         tokens: &[u32],
@@ -221,7 +226,7 @@ impl TextDecoder {
         &self,
         tokens: &[u32],
         state: &mut DecoderState,
-        mut capture: Option<(&[(usize, usize)], &mut Vec<Tensor>)>,
+        mut capture: Option<CrossAttentionCapture>,
     ) -> Result<Tensor> {
         let n = tokens.len();
         let offset = state.len;

@@ -81,7 +81,9 @@ fn result(job: &Job, stored: &Value) -> Value {
                             "start": s["start"], "end": s["end"], "tokens": null,
                             "temperature": null, "avg_logprob": null,
                             "compression_ratio": null, "no_speech_prob": null,
-                            "words": null,
+                            // faster-whisper's `Word`s (word, start, end,
+                            // probability) when words were timed.
+                            "words": s.get("words").cloned().unwrap_or(Value::Null),
                         });
                         if let Some(speaker) = s.get("speaker") {
                             seg["speaker"] = speaker.clone();
@@ -137,6 +139,7 @@ pub fn task_params(params: &murmur_actors::params::JobParams) -> Value {
                 "initial_prompt": params.initial_prompt,
                 "is_diarize": params.diarize.enabled,
                 "is_separate_bgm": params.separate_bgm.enabled,
+                "word_timestamps": params.word_timestamps,
             });
             if let (Some(view), Some(vad)) = (view.as_object_mut(), vad_view.as_object()) {
                 view.extend(vad.clone());
