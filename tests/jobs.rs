@@ -812,6 +812,17 @@ async fn openai_compatible_transcriptions() {
     assert!((verbose["duration"].as_f64().unwrap() - 11.0).abs() < 0.1);
     assert!(!verbose["segments"].as_array().unwrap().is_empty());
     assert!(verbose.get("words").is_none(), "words only when asked");
+    // The decoding figures of the segment's window, as openai-whisper's.
+    let first = &verbose["segments"][0];
+    assert_eq!(first["seek"], 0);
+    assert!(first["tokens"].as_array().unwrap().len() >= 3, "{first}");
+    assert_eq!(first["temperature"], 0.0);
+    assert!(first["avg_logprob"].as_f64().unwrap() < 0.0, "{first}");
+    assert!(
+        first["compression_ratio"].as_f64().unwrap() > 0.0,
+        "{first}"
+    );
+    assert!((0.0..=1.0).contains(&first["no_speech_prob"].as_f64().unwrap()));
     // Word timestamps: OpenAI's top-level `words` (trimmed, in order); the
     // array field may come twice.
     let timed = openai(

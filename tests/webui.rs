@@ -216,6 +216,13 @@ async fn transcription_and_vad_tasks_answer_in_that_backends_shapes() {
             assert!(seg.get(field).is_some(), "segment lacks {field}: {seg}");
         }
         assert!(seg["end"].as_f64().unwrap() > seg["start"].as_f64().unwrap());
+        // Whisper's own figures for the segment's window; words not asked.
+        assert!(seg["seek"].is_u64() && seg["tokens"].is_array(), "{seg}");
+        assert!(
+            seg["avg_logprob"].is_f64() && seg["temperature"].is_f64(),
+            "{seg}"
+        );
+        assert!(seg["words"].is_null());
     }
     let text: Vec<&str> = segments
         .iter()

@@ -771,7 +771,7 @@ pub fn assign_speakers(transcript: &mut Transcript, turns: &[SpeakerTurn]) {
                     end: *end,
                     text: format!("{lead}{}", words[taken..taken + take].join(" ")),
                     speaker: Some(speaker.clone()),
-                    words: None,
+                    ..Segment::default()
                 });
                 taken += take;
             }
@@ -924,14 +924,13 @@ mod tests {
             start,
             end,
             text: text.into(),
-            speaker: None,
-            words: None,
+            ..Segment::default()
         }
     }
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
-            language: "en".into(),
+            language: Some("en".into()),
             duration_s: 30.0,
             text: String::new(),
             segments,

@@ -366,7 +366,7 @@ pub fn parse_srt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
-            words: None,
+            ..Segment::default()
         });
     }
     Ok(segments)
@@ -449,7 +449,7 @@ pub fn parse_vtt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
-            words: None,
+            ..Segment::default()
         });
     }
     Ok(segments)
@@ -518,13 +518,13 @@ mod tests {
             end,
             text: text.into(),
             speaker: speaker.map(Into::into),
-            words: None,
+            ..Segment::default()
         }
     }
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
-            language: "en".into(),
+            language: Some("en".into()),
             duration_s: 11.0,
             text: segments
                 .iter()

@@ -140,7 +140,7 @@ impl WhisperModel {
         on_progress: &mut dyn FnMut(Progress) -> bool,
         to_original: &dyn Fn(f64, bool) -> f64,
         total_s: f64,
-    ) -> Result<(String, Vec<Segment>), WhisperError> {
+    ) -> Result<(Option<String>, Vec<Segment>), WhisperError> {
         let multilingual = self.is_multilingual();
         if !multilingual {
             if opts.task == Task::Translate {
@@ -168,7 +168,7 @@ impl WhisperModel {
             .unwrap_or_else(|| "en".to_string())
             .to_ascii_lowercase();
         if empty {
-            return Ok((language, Vec::new()));
+            return Ok((opts.language.as_ref().map(|_| language), Vec::new()));
         }
 
         let content_frames = mel.n_frames().saturating_sub(N_FRAMES);
@@ -368,6 +368,12 @@ impl WhisperModel {
                     text,
                     speaker: None,
                     words,
+                    seek: Some((to_original(time_offset, false) / frame_s).round() as u64),
+                    tokens: piece.tokens,
+                    temperature: Some(result.temperature),
+                    avg_logprob: Some(result.avg_logprob),
+                    compression_ratio: Some(result.compression_ratio),
+                    no_speech_prob: Some(result.no_speech_prob),
                 };
                 segments.push(segment.clone());
                 let processed = to_original(seek as f64 * frame_s, true).min(total_s);
@@ -393,6 +399,12 @@ impl WhisperModel {
             total_s,
             segment: None,
         });
+        // Nothing said: no language, unless the caller named one.
+        let language = if segments.is_empty() && opts.language.is_none() {
+            None
+        } else {
+            Some(language)
+        };
         Ok((language, segments))
     }
 }
@@ -445,7 +457,7 @@ impl<R: FnMut(&mut Vec<f32>) -> Result<bool, WhisperError>> MelSource for MelWin
     }
 }
 
-fn finish(language: String, duration_s: f64, segments: Vec<Segment>) -> Transcript {
+fn finish(language: Option<String>, duration_s: f64, segments: Vec<Segment>) -> Transcript {
     let text = segments
         .iter()
         .map(|s| s.text.as_str())

@@ -219,9 +219,14 @@ async fn speech(
                 "language": transcript.language,
                 "duration": transcript.duration_s,
                 "text": transcript.text,
+                // Results stored before the decoding figures were kept
+                // answer 0, [] and the job's temperature, as before.
                 "segments": transcript.segments.iter().map(|s| json!({
-                    "id": s.id, "seek": 0, "start": s.start, "end": s.end, "text": s.text,
-                    "tokens": [], "temperature": job.params.temperature,
+                    "id": s.id, "seek": s.seek.unwrap_or(0), "start": s.start, "end": s.end,
+                    "text": s.text, "tokens": s.tokens,
+                    "temperature": s.temperature.unwrap_or(job.params.temperature),
+                    "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
+                    "no_speech_prob": s.no_speech_prob,
                 })).collect::<Vec<_>>(),
             });
             if job.params.word_timestamps {
