@@ -310,7 +310,8 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         },
         language: p.language.clone(),
         initial_prompt: p.initial_prompt.clone(),
-        word_timestamps: p.word_timestamps,
+        // Diarization labels speakers word by word, so it times words too.
+        word_timestamps: p.word_timestamps || p.diarize.enabled,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.

@@ -75,8 +75,9 @@ pub struct JobParams {
     pub initial_prompt: Option<String>,
     pub temperature: f64,
     /// Time every word (`words` in each result segment). Off by default:
-    /// it costs a second decoder pass per 30 s window. Jobs stored before
-    /// the field existed read it as off.
+    /// it costs a second decoder pass per 30 s window; a diarized job times
+    /// words whatever this says (speakers are assigned per word). Jobs
+    /// stored before the field existed read it as off.
     #[serde(default)]
     pub word_timestamps: bool,
 }

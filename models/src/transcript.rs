@@ -52,6 +52,10 @@ pub struct Word {
     pub end: f64,
     /// Mean probability of the word's tokens (0 to 1).
     pub probability: f64,
+    /// The speaker diarization heard during the word, when it ran (and
+    /// found a turn within 1 s of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<String>,
 }
 
 /// A whole file's transcript (docs/API.md, "Results").

@@ -614,6 +614,7 @@ pub(super) fn add_word_timestamps(
                     start: round2(time_offset + timing.start),
                     end: round2(time_offset + timing.end),
                     probability: timing.probability,
+                    speaker: None,
                 });
             }
             saved_tokens += timing.tokens.len();
