@@ -37,6 +37,9 @@ pub struct TranscribeArgs {
     /// Label speakers (who spoke when).
     #[arg(long)]
     diarize: bool,
+    /// Time every word (`words` per segment in the JSON output).
+    #[arg(long)]
+    word_timestamps: bool,
     /// Remove background music before transcribing.
     #[arg(long)]
     separate_bgm: bool,
@@ -176,6 +179,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         "vad": {"enabled": !args.no_vad},
         "diarize": {"enabled": args.diarize},
         "separate_bgm": {"enabled": args.separate_bgm},
+        "word_timestamps": args.word_timestamps,
     });
     let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
     let output = run_engine(settings, &args.file, params, None).await?;

@@ -98,6 +98,15 @@ async fn a_diarized_job_names_two_speakers_and_serves_rttm() {
             .expect("every segment has a speaker");
         assert!(speakers.contains(&who), "{seg}");
         used.insert(who);
+        // Diarizing times words and labels each: a segment is cut where
+        // its words change speaker, so a word's speaker is its segment's.
+        let words = seg["words"].as_array().expect("a diarized job times words");
+        assert!(!words.is_empty(), "{seg}");
+        for w in words {
+            if let Some(speaker) = w["speaker"].as_str() {
+                assert_eq!(speaker, who, "{seg}");
+            }
+        }
     }
     assert_eq!(used.len(), 2, "both speakers talk in the transcript");
 

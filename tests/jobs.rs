@@ -811,6 +811,55 @@ async fn openai_compatible_transcriptions() {
     assert_eq!(verbose["language"], "en");
     assert!((verbose["duration"].as_f64().unwrap() - 11.0).abs() < 0.1);
     assert!(!verbose["segments"].as_array().unwrap().is_empty());
+    assert!(verbose.get("words").is_none(), "words only when asked");
+    // The decoding figures of the segment's window, as openai-whisper's.
+    let first = &verbose["segments"][0];
+    assert_eq!(first["seek"], 0);
+    assert!(first["tokens"].as_array().unwrap().len() >= 3, "{first}");
+    assert_eq!(first["temperature"], 0.0);
+    assert!(first["avg_logprob"].as_f64().unwrap() < 0.0, "{first}");
+    assert!(
+        first["compression_ratio"].as_f64().unwrap() > 0.0,
+        "{first}"
+    );
+    assert!((0.0..=1.0).contains(&first["no_speech_prob"].as_f64().unwrap()));
+    // Word timestamps: OpenAI's top-level `words` (trimmed, in order); the
+    // array field may come twice.
+    let timed = openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[
+            ("model", "tiny.en"),
+            ("response_format", "verbose_json"),
+            ("timestamp_granularities[]", "word"),
+            ("timestamp_granularities[]", "segment"),
+        ],
+    )
+    .await
+    .expect(200);
+    let timed_words = timed["words"].as_array().expect("words");
+    let spoken: Vec<&str> = timed_words
+        .iter()
+        .map(|w| w["word"].as_str().unwrap())
+        .collect();
+    assert_eq!(words(&spoken.join(" ")), expected);
+    assert!(spoken.iter().all(|w| *w == w.trim()));
+    let mut last_end = 0.0;
+    for w in timed_words {
+        let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+        assert!(start <= end && start >= last_end - 1e-9, "{w}");
+        last_end = end;
+    }
+    openai(
+        &a.client,
+        "/v1/audio/transcriptions",
+        &[
+            ("model", "tiny.en"),
+            ("timestamp_granularities[]", "letter"),
+        ],
+    )
+    .await
+    .problem(400, "invalid_request");
     let srt = openai(
         &a.client,
         "/v1/audio/transcriptions",
@@ -875,6 +924,7 @@ async fn openai_compatible_transcriptions() {
             .as_array()
             .unwrap()
             .len(),
-        4
+        5,
+        "json, verbose_json, words, srt and text"
     );
 }

@@ -216,6 +216,13 @@ async fn transcription_and_vad_tasks_answer_in_that_backends_shapes() {
             assert!(seg.get(field).is_some(), "segment lacks {field}: {seg}");
         }
         assert!(seg["end"].as_f64().unwrap() > seg["start"].as_f64().unwrap());
+        // Whisper's own figures for the segment's window; words not asked.
+        assert!(seg["seek"].is_u64() && seg["tokens"].is_array(), "{seg}");
+        assert!(
+            seg["avg_logprob"].is_f64() && seg["temperature"].is_f64(),
+            "{seg}"
+        );
+        assert!(seg["words"].is_null());
     }
     let text: Vec<&str> = segments
         .iter()
@@ -287,6 +294,39 @@ async fn transcription_and_vad_tasks_answer_in_that_backends_shapes() {
 }
 
 #[tokio::test]
+async fn word_timestamps_come_as_that_backends_words() {
+    install_models(&["tiny.en", "silero-vad"]);
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let mut params = pipeline_params("tiny.en");
+    params.retain(|(n, _)| *n != "word_timestamps");
+    params.push(("word_timestamps", "true".into()));
+    let queued = post_task(&a.client, "/transcription/", "jfk.wav", jfk(), &params)
+        .await
+        .expect(201);
+    assert_eq!(queued["message"], "Transcription task has queued");
+    let id = queued["identifier"].as_str().unwrap().to_string();
+    let done = wait_for_task_completion(&a.client, &id).await;
+    assert_eq!(done["task_params"]["word_timestamps"], true);
+    let segments = done["result"].as_array().expect("segments");
+    let mut last_end = 0.0;
+    for seg in segments {
+        let words = seg["words"].as_array().expect("words per segment");
+        assert!(!words.is_empty(), "{seg}");
+        let joined: String = words.iter().map(|w| w["word"].as_str().unwrap()).collect();
+        assert_eq!(joined.trim(), seg["text"].as_str().unwrap());
+        for w in words {
+            let (start, end) = (w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap());
+            assert!(start <= end && start >= last_end - 1e-9, "{w}");
+            assert!((0.0..=1.0).contains(&w["probability"].as_f64().unwrap()));
+            last_end = end;
+        }
+    }
+    // JFK's last word, "country", ends near the end of the 11 s clip.
+    assert!((10.0..=11.0).contains(&last_end), "{last_end}");
+}
+
+#[tokio::test]
 async fn what_murmur_cannot_do_is_refused_by_name() {
     install_models(&["tiny.en", "silero-vad"]);
     let server = Server::start();
@@ -302,15 +342,14 @@ async fn what_murmur_cannot_do_is_refused_by_name() {
         .await
         .problem(401, "unauthorized");
 
-    // Word timestamps are asked for: Murmur has none yet.
+    // Hotwords are asked for: Murmur's decoder cannot be steered with them.
     let mut params = pipeline_params("tiny.en");
-    params.retain(|(n, _)| *n != "word_timestamps");
-    params.push(("word_timestamps", "true".into()));
+    params.push(("hotwords", "Americans".into()));
     let refused = post_task(&a.client, "/transcription/", "jfk.wav", jfk(), &params).await;
     assert!(refused.body["detail"]
         .as_str()
         .unwrap()
-        .contains("word_timestamps"));
+        .contains("hotwords"));
     refused.problem(422, "unsupported_parameter");
 
     // A model Murmur does not run, a misspelt parameter, a bad value.

@@ -307,6 +307,8 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         },
         language: p.language.clone(),
         initial_prompt: p.initial_prompt.clone(),
+        // Diarization labels speakers word by word, so it times words too.
+        word_timestamps: p.word_timestamps || p.diarize.enabled,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.
@@ -933,7 +935,7 @@ impl ModelEngine {
         };
         let transcript = if todo.is_empty() {
             Transcript {
-                language: opts.language.clone().unwrap_or_else(|| "en".into()),
+                language: opts.language.clone(),
                 duration_s,
                 text: String::new(),
                 segments: Vec::new(),
@@ -966,8 +968,14 @@ impl ModelEngine {
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
+        // A resumed job whose last stretch held no speech keeps the
+        // language of what it had already decoded.
+        let language = match transcript.language {
+            None if !done.is_empty() => opts.language.clone(),
+            detected => detected,
+        };
         let mut result = Transcript {
-            language: transcript.language,
+            language,
             duration_s,
             text,
             segments: done,

@@ -74,6 +74,12 @@ pub struct JobParams {
     pub diarize: DiarizeParams,
     pub initial_prompt: Option<String>,
     pub temperature: f64,
+    /// Time every word (`words` in each result segment). Off by default:
+    /// it costs a second decoder pass per 30 s window; a diarized job times
+    /// words whatever this says (speakers are assigned per word). Jobs
+    /// stored before the field existed read it as off.
+    #[serde(default)]
+    pub word_timestamps: bool,
 }
 
 impl JobParams {
@@ -88,6 +94,7 @@ impl JobParams {
             diarize: DiarizeParams::default(),
             initial_prompt: None,
             temperature: 0.0,
+            word_timestamps: false,
         }
     }
 
@@ -199,6 +206,18 @@ mod tests {
         assert_eq!(p.vad.threshold, 0.3);
         assert_eq!(p.vad.min_silence_ms, 2000);
         assert_eq!(p.model, "tiny.en");
+        assert!(!p.word_timestamps);
+        let p = JobParams::merged(&base, &json!({"word_timestamps": true})).unwrap();
+        assert!(p.word_timestamps);
+    }
+
+    /// Params stored before `word_timestamps` existed still load.
+    #[test]
+    fn params_without_word_timestamps_still_load() {
+        let mut stored = serde_json::to_value(JobParams::defaults("base")).unwrap();
+        stored.as_object_mut().unwrap().remove("word_timestamps");
+        let p: JobParams = serde_json::from_value(stored).unwrap();
+        assert!(!p.word_timestamps);
     }
 
     #[test]

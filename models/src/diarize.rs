@@ -43,7 +43,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::formats::SpeakerTurn;
-use crate::transcript::{Segment, Transcript};
+use crate::transcript::{Segment, Transcript, Word};
 
 use campplus::CamPlus;
 use fbank::Fbank;
@@ -738,15 +738,24 @@ const NEAREST_TURN_S: f64 = 1.0;
 /// overlaps most, and sets `transcript.speakers` to the labels in order of
 /// first appearance in the segments.
 ///
-/// A segment spanning a speaker change is split at the change when each
-/// side lasts at least 1 s and has a word for it. Transcripts carry no word
-/// timings, so the words are split in proportion to the time each speaker
-/// holds (a word may land on the wrong side of the change). Segments are
-/// renumbered afterwards. A segment overlapping no turn takes the nearest
+/// A segment with timed words (word timestamps) is labelled word by word:
+/// each word takes the speaker it overlaps most, and the segment is split
+/// wherever the speaker changes between two words (a word no turn claims
+/// stays with the words before it).
+///
+/// Without word timings, a segment spanning a speaker change is split at
+/// the change when each side lasts at least 1 s and has a word for it; the
+/// words are split in proportion to the time each speaker holds (a word
+/// may land on the wrong side of the change). Segments are renumbered
+/// afterwards. A segment or word overlapping no turn takes the nearest
 /// turn's speaker if one is within 1 s, else none.
 pub fn assign_speakers(transcript: &mut Transcript, turns: &[SpeakerTurn]) {
     let mut out: Vec<Segment> = Vec::with_capacity(transcript.segments.len());
     for seg in transcript.segments.drain(..) {
+        if seg.words.as_ref().is_some_and(|w| !w.is_empty()) {
+            out.extend(split_at_word_speakers(seg, turns));
+            continue;
+        }
         let runs = speaker_runs(seg.start, seg.end, turns);
         let words: Vec<&str> = seg.text.split_whitespace().collect();
         if runs.len() >= 2 && words.len() >= runs.len() {
@@ -771,6 +780,7 @@ pub fn assign_speakers(transcript: &mut Transcript, turns: &[SpeakerTurn]) {
                     end: *end,
                     text: format!("{lead}{}", words[taken..taken + take].join(" ")),
                     speaker: Some(speaker.clone()),
+                    ..Segment::default()
                 });
                 taken += take;
             }
@@ -823,6 +833,63 @@ fn dominant_speaker(start: f64, end: f64, turns: &[SpeakerTurn]) -> Option<Strin
         .filter(|(gap, _)| *gap <= NEAREST_TURN_S)
         .min_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, s)| s.clone())
+}
+
+/// `seg` (with words) labelled word by word and cut where the speaker
+/// changes between two words. Pieces keep the window's decoding figures
+/// but not the tokens (they are the whole segment's).
+fn split_at_word_speakers(mut seg: Segment, turns: &[SpeakerTurn]) -> Vec<Segment> {
+    let mut words = seg.words.take().unwrap_or_default();
+    for w in &mut words {
+        w.speaker = dominant_speaker(w.start, w.end, turns);
+    }
+    // Runs of words with one speaker; a word without one joins the run
+    // before it (a leading one, the run after it).
+    let mut runs: Vec<(Option<String>, Vec<Word>)> = Vec::new();
+    for w in words {
+        match runs.last_mut() {
+            Some((speaker, run)) if w.speaker.is_none() || *speaker == w.speaker => run.push(w),
+            Some((speaker, run)) if speaker.is_none() => {
+                *speaker = w.speaker.clone();
+                run.push(w);
+            }
+            _ => runs.push((w.speaker.clone(), vec![w])),
+        }
+    }
+    if runs.len() <= 1 {
+        let (speaker, words) = runs.pop().unwrap_or_default();
+        seg.speaker = speaker.or_else(|| dominant_speaker(seg.start, seg.end, turns));
+        seg.words = Some(words);
+        return vec![seg];
+    }
+    let lead = if seg.text.starts_with(char::is_whitespace) {
+        " "
+    } else {
+        ""
+    };
+    let last = runs.len() - 1;
+    runs.into_iter()
+        .enumerate()
+        .map(|(i, (speaker, words))| {
+            let joined: String = words.iter().map(|w| w.word.as_str()).collect();
+            let first_start = words.first().map_or(seg.start, |w| w.start);
+            let last_end = words.last().map_or(seg.end, |w| w.end);
+            Segment {
+                id: 0,
+                start: if i == 0 { seg.start } else { first_start },
+                end: if i == last { seg.end } else { last_end },
+                text: format!("{lead}{}", joined.trim()),
+                speaker,
+                words: Some(words),
+                seek: seg.seek,
+                tokens: Vec::new(),
+                temperature: seg.temperature,
+                avg_logprob: seg.avg_logprob,
+                compression_ratio: seg.compression_ratio,
+                no_speech_prob: seg.no_speech_prob,
+            }
+        })
+        .collect()
 }
 
 /// The speakers holding [start, end] one after the other: pieces of at
@@ -923,13 +990,13 @@ mod tests {
             start,
             end,
             text: text.into(),
-            speaker: None,
+            ..Segment::default()
         }
     }
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
-            language: "en".into(),
+            language: Some("en".into()),
             duration_s: 30.0,
             text: String::new(),
             segments,
@@ -993,6 +1060,73 @@ mod tests {
         assign_speakers(&mut t, &turns);
         assert_eq!(t.segments.len(), 1);
         assert_eq!(t.segments[0].speaker.as_deref(), Some("SPEAKER_01"));
+    }
+
+    fn word(text: &str, start: f64, end: f64) -> Word {
+        Word {
+            word: text.into(),
+            start,
+            end,
+            probability: 0.9,
+            speaker: None,
+        }
+    }
+
+    #[test]
+    fn a_change_inside_a_segment_with_words_splits_at_the_right_word() {
+        // The change at 3.4 s falls inside "four" (3.2-3.6, mostly the
+        // second speaker's) rather than at a proportional share of time.
+        let turns = [turn(0.0, 3.4, "SPEAKER_00"), turn(3.4, 8.0, "SPEAKER_01")];
+        let mut s = seg(1.0, 7.0, "one two three four five six");
+        s.words = Some(vec![
+            word(" one", 1.0, 1.5),
+            word(" two", 1.5, 2.6),
+            word(" three", 2.6, 3.2),
+            word(" four", 3.2, 3.65),
+            word(" five", 3.65, 6.0),
+            word(" six,", 6.0, 7.0),
+        ]);
+        s.seek = Some(100);
+        s.tokens = vec![50_363, 1, 2, 50_400];
+        s.avg_logprob = Some(-0.2);
+        let mut t = transcript(vec![seg(0.0, 1.0, "Intro."), s]);
+        assign_speakers(&mut t, &turns);
+        let s = &t.segments;
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert_eq!(s[1].text, "one two three");
+        assert_eq!(s[2].text, "four five six,");
+        assert_eq!((s[1].start, s[1].end), (1.0, 3.2));
+        assert_eq!((s[2].start, s[2].end), (3.2, 7.0));
+        assert_eq!(s[1].speaker.as_deref(), Some("SPEAKER_00"));
+        assert_eq!(s[2].speaker.as_deref(), Some("SPEAKER_01"));
+        let speakers: Vec<_> = s[1..]
+            .iter()
+            .flat_map(|s| s.words.iter().flatten())
+            .map(|w| w.speaker.as_deref())
+            .collect();
+        assert_eq!(
+            speakers,
+            [Some("SPEAKER_00"); 3]
+                .into_iter()
+                .chain([Some("SPEAKER_01"); 3])
+                .collect::<Vec<_>>()
+        );
+        // The window's figures stay with both pieces; the tokens do not.
+        assert_eq!((s[1].seek, s[2].avg_logprob), (Some(100), Some(-0.2)));
+        assert!(s[1].tokens.is_empty() && s[2].tokens.is_empty());
+        assert_eq!(s.iter().map(|s| s.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+
+        // One speaker throughout: the segment stays whole, words labelled.
+        let mut one = seg(4.0, 6.0, "five six");
+        one.words = Some(vec![word(" five", 4.0, 5.0), word(" six", 5.0, 6.0)]);
+        let mut t = transcript(vec![one]);
+        assign_speakers(&mut t, &turns);
+        assert_eq!(t.segments.len(), 1);
+        assert_eq!(t.segments[0].speaker.as_deref(), Some("SPEAKER_01"));
+        let words = t.segments[0].words.as_ref().expect("words");
+        assert!(words
+            .iter()
+            .all(|w| w.speaker.as_deref() == Some("SPEAKER_01")));
     }
 
     #[test]

@@ -366,6 +366,7 @@ pub fn parse_srt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
+            ..Segment::default()
         });
     }
     Ok(segments)
@@ -448,6 +449,7 @@ pub fn parse_vtt(input: &str) -> Result<Vec<Segment>, FormatError> {
             end,
             text,
             speaker,
+            ..Segment::default()
         });
     }
     Ok(segments)
@@ -516,12 +518,13 @@ mod tests {
             end,
             text: text.into(),
             speaker: speaker.map(Into::into),
+            ..Segment::default()
         }
     }
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
-            language: "en".into(),
+            language: Some("en".into()),
             duration_s: 11.0,
             text: segments
                 .iter()

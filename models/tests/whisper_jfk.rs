@@ -144,9 +144,38 @@ fn tiny_en_transcribes_jfk() {
     let w = wer(testaudio::JFK_TEXT, &t.text);
     eprintln!("tiny.en WER {:.1}%", w * 100.0);
     assert!(w <= 0.05, "WER {w}: {}", t.text);
-    assert_eq!(t.language, "en");
+    assert_eq!(t.language.as_deref(), Some("en"));
     assert!((t.duration_s - 11.0).abs() < 0.1, "{}", t.duration_s);
     check_segments(&t, 0.0, 11.1);
+    check_decoding_figures(&t);
+}
+
+/// Each segment carries its window's decoding figures: the window's start
+/// frame, the segment's own tokens (timestamps around its text), the
+/// temperature actually used and the fallback measures within bounds.
+fn check_decoding_figures(t: &Transcript) {
+    let ts_begin = 50_363; // tiny.en: <|notimestamps|> + 1
+    let mut last_seek = 0;
+    for s in &t.segments {
+        let seek = s.seek.expect("seek");
+        assert!(
+            seek >= last_seek && seek as f64 / 100.0 <= s.start + 1e-9,
+            "{s:?}"
+        );
+        last_seek = seek;
+        assert!(s.tokens.len() >= 3, "{s:?}");
+        assert!(s.tokens[0] >= ts_begin && *s.tokens.last().unwrap() >= ts_begin);
+        assert!(s.tokens[1..s.tokens.len() - 1].iter().any(|&t| t < 50_256)); // text before EOT
+        assert_eq!(s.temperature, Some(0.0), "greedy passed: {s:?}");
+        let lp = s.avg_logprob.expect("avg_logprob");
+        assert!((-1.0..0.0).contains(&lp), "{s:?}");
+        let cr = s.compression_ratio.expect("compression_ratio");
+        assert!(cr > 0.5 && cr < 2.4, "{s:?}");
+        let ns = s.no_speech_prob.expect("no_speech_prob");
+        assert!((0.0..0.6).contains(&ns), "{s:?}");
+    }
+    // JFK's 11 s fit one window.
+    assert_eq!(t.segments[0].seek, Some(0));
 }
 
 #[test]
@@ -155,7 +184,7 @@ fn base_detects_english_and_transcribes_jfk() {
     let w = wer(testaudio::JFK_TEXT, &t.text);
     eprintln!("base WER {:.1}%", w * 100.0);
     assert!(w <= 0.05, "WER {w}: {}", t.text);
-    assert_eq!(t.language, "en", "language detection");
+    assert_eq!(t.language.as_deref(), Some("en"), "language detection");
     check_segments(&t, 0.0, 11.1);
 }
 
@@ -219,11 +248,21 @@ fn speech_regions_map_back_to_the_original_timeline() {
     assert!((t.duration_s - audio.len() as f64 / 16_000.0).abs() < 1e-6);
     check_segments(&t, 20.0, 20.0 + clip_s + 0.01);
 
-    // No speech at all: nothing to decode.
+    // No speech at all: nothing to decode, and no language to report
+    // unless one was asked for.
     let t = m
         .transcribe_regions(&audio, &[], &DecodeOptions::default(), &mut |_| true)
         .expect("transcribe");
     assert!(t.segments.is_empty() && t.text.is_empty());
+    assert_eq!(t.language, None);
+    let english = DecodeOptions {
+        language: Some("en".into()),
+        ..DecodeOptions::default()
+    };
+    let t = m
+        .transcribe_regions(&audio, &[], &english, &mut |_| true)
+        .expect("transcribe");
+    assert_eq!(t.language.as_deref(), Some("en"));
 }
 
 #[test]

@@ -298,8 +298,9 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Reads a multipart upload: its `file` part is streamed into the caller's
 /// storage (checked against the tier's file size and storage quota as bytes
 /// arrive, probed as audio, renamed into place, recorded); its other parts,
-/// which must be named in `text_fields`, each at most once, are answered as
-/// text. Any failure leaves no file and no row.
+/// which must be named in `text_fields`, each at most once (an array field,
+/// named `...[]`, may repeat: its values are joined with commas), are
+/// answered as text. Any failure leaves no file and no row.
 pub async fn receive_form(
     state: &AppState,
     caller: &Caller,
@@ -313,7 +314,7 @@ pub async fn receive_form(
         drain(form, DRAIN_BUDGET).await;
         return Err(too_large(tier.max_file_bytes, &tier.name));
     }
-    let mut fields = HashMap::new();
+    let mut fields: HashMap<String, String> = HashMap::new();
     let mut stored: Option<FileRecord> = None;
     let outcome: Result<(), ApiError> = async {
         let mut parts = 0;
@@ -337,6 +338,13 @@ pub async fn receive_form(
                 stored = Some(store_part(state, caller, content_length, part).await?);
             } else if !text_fields.contains(&name.as_str()) {
                 return Err(unknown_field(&name, text_fields));
+            } else if name.ends_with("[]") && fields.contains_key(&name) {
+                let text = read_text(part, &name, text_left.saturating_sub(1)).await?;
+                text_left = text_left.saturating_sub(text.len() + 1);
+                if let Some(values) = fields.get_mut(&name) {
+                    values.push(',');
+                    values.push_str(&text);
+                }
             } else {
                 let Entry::Vacant(slot) = fields.entry(name) else {
                     return Err(ApiError::invalid(format!(

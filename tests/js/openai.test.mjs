@@ -63,6 +63,28 @@ test('transcriptions.create returns the text, as json and verbose_json', async (
   }
 });
 
+test('timestamp_granularities ["word"] gives every word its time', async () => {
+  const verbose = await client.audio.transcriptions.create({
+    file: createReadStream(jfk),
+    model: 'tiny.en',
+    response_format: 'verbose_json',
+    timestamp_granularities: ['word'],
+  });
+  assert.match(verbose.text, ASK_NOT);
+  assert.ok(Array.isArray(verbose.words) && verbose.words.length > 0, JSON.stringify(verbose));
+  const letters = (s) => s.toLowerCase().replace(/[^a-z' ]/g, '').split(/\s+/).filter(Boolean);
+  assert.deepEqual(letters(verbose.words.map((w) => w.word).join(' ')), letters(verbose.text));
+  let lastEnd = 0;
+  for (const w of verbose.words) {
+    assert.ok(w.start <= w.end && w.start >= lastEnd - 1e-9, JSON.stringify(w));
+    lastEnd = w.end;
+  }
+  assert.ok(verbose.words[0].start < 1.0, JSON.stringify(verbose.words[0]));
+  const last = verbose.words[verbose.words.length - 1];
+  assert.deepEqual(letters(last.word), ['country']);
+  assert.ok(last.end > 10.0, JSON.stringify(last));
+});
+
 test('srt, vtt and text come back as strings', async () => {
   const srt = await client.audio.transcriptions.create({
     file: createReadStream(jfk),

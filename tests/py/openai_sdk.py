@@ -2,7 +2,8 @@
 """The official OpenAI Python SDK (`openai`, the version pinned in
 scripts/test) against Murmur's OpenAI-compatible endpoints, unchanged, on
 the real binary over loopback: listing and retrieving models,
-transcriptions as json, verbose_json and text, a streamed transcription,
+transcriptions as json, verbose_json and text, word timestamps
+(`timestamp_granularities=["word"]`), a streamed transcription,
 errors raised as the SDK's exception classes, and another tenant seeing
 none of it.
 
@@ -90,6 +91,36 @@ class OpenAiSdk(unittest.TestCase):
                 file=f, model="tiny.en", response_format="text"
             )
         self.assertRegex(text, ASK_NOT)
+
+    def test_word_timestamps_with_timestamp_granularities(self):
+        with open(self.jfk, "rb") as f:
+            verbose = self.client.audio.transcriptions.create(
+                file=f,
+                model="tiny.en",
+                response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )
+        self.assertRegex(verbose.text, ASK_NOT)
+        self.assertIsNotNone(verbose.words)
+        self.assertEqual(words(" ".join(w.word for w in verbose.words)), words(verbose.text))
+        last_end = 0.0
+        for w in verbose.words:
+            self.assertLessEqual(w.start, w.end, w)
+            self.assertGreaterEqual(w.start, last_end - 1e-9, w)
+            last_end = w.end
+        self.assertLess(verbose.words[0].start, 1.0)
+        self.assertEqual(words(verbose.words[-1].word), ["country"])
+        self.assertGreater(verbose.words[-1].end, 10.0)
+        # Both granularities (the field sent twice): words and segments.
+        with open(self.jfk, "rb") as f:
+            both = self.client.audio.transcriptions.create(
+                file=f,
+                model="tiny.en",
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+        self.assertEqual(len(both.words), len(verbose.words))
+        self.assertGreaterEqual(len(both.segments), 1)
 
     def test_a_streamed_transcription_joins_to_the_text(self):
         with open(self.jfk, "rb") as f:

@@ -130,6 +130,22 @@ class WebuiClient(unittest.TestCase):
         text = " ".join(seg["text"] for seg in result)
         self.assertEqual(words(text), words(TEST_ANSWER))
 
+    def test_word_timestamps(self):
+        response = self.post("/transcription", "jfk.wav", self.jfk, {**TEST_PIPELINE_PARAMS, "word_timestamps": True})
+        self.assertEqual(response.status_code, 201, response.text)
+        completed = self.wait_for_task_completion(response.json()["identifier"])
+        segments = completed.json()["result"]
+        last_end = 0.0
+        for segment in segments:
+            self.assertTrue(segment["words"], segment)
+            self.assertEqual("".join(w["word"] for w in segment["words"]).strip(), segment["text"].strip())
+            for w in segment["words"]:
+                self.assertLessEqual(w["start"], w["end"])
+                self.assertGreaterEqual(w["start"], last_end - 1e-9)
+                self.assertTrue(0.0 <= w["probability"] <= 1.0)
+                last_end = w["end"]
+        self.assertGreater(last_end, 10.0)
+
     def test_vad_endpoint(self):
         response = self.post("/vad", "jfk.wav", self.jfk, VAD)
         self.assertEqual(response.status_code, 201, response.text)
@@ -156,9 +172,9 @@ class WebuiClient(unittest.TestCase):
                     self.assertGreater(w.getnframes(), 44100)
 
     def test_refusals_and_another_tenant(self):
-        refused = self.post("/transcription", "jfk.wav", self.jfk, {**TEST_PIPELINE_PARAMS, "word_timestamps": True})
+        refused = self.post("/transcription", "jfk.wav", self.jfk, {**TEST_PIPELINE_PARAMS, "hotwords": "Americans"})
         self.assertEqual(refused.status_code, 422)
-        self.assertIn("word_timestamps", refused.json()["detail"])
+        self.assertIn("hotwords", refused.json()["detail"])
         missing = self.client.get("/task/j_never_was")
         self.assertEqual((missing.status_code, missing.json()["detail"]), (404, "Identifier not found"))
         mine = self.post("/vad", "jfk.wav", self.jfk, VAD).json()["identifier"]

@@ -64,6 +64,18 @@ impl Attention {
     /// Scaled dot-product attention of `x`'s queries over `k`/`v`
     /// (`[b, heads, t, head_dim]`); `mask` is `[n, t]` additive.
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.attend_with_scores(x, k, v, mask)?.0)
+    }
+
+    /// [`Attention::attend`], also returning the scaled scores before the
+    /// softmax (`[b, heads, n, t]`), which word alignment reads.
+    fn attend_with_scores(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let q = (self.heads(&self.q.forward(x)?)? * (self.head_dim as f64).powf(-0.5))?;
         let mut scores = q.matmul(&k.transpose(2, 3)?)?;
         if let Some(mask) = mask {
@@ -71,7 +83,7 @@ impl Attention {
         }
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = weights.matmul(v)?.transpose(1, 2)?.flatten_from(2)?;
-        self.out.forward(&ctx)
+        Ok((self.out.forward(&ctx)?, scores))
     }
 }
 
@@ -133,6 +145,10 @@ impl DecoderState {
     }
 }
 
+/// Which cross-attention heads to keep (`(layer, head)`) and where to put
+/// their scores, during an alignment pass.
+type CrossAttentionCapture<'a> = (&'a [(usize, usize)], &'a mut Vec<Tensor>);
+
 /// Whisper's text decoder (token + learned position embeddings, pre-norm
 /// blocks, output tied to the token embedding).
 #[derive(Debug, Clone)]
@@ -188,6 +204,30 @@ impl TextDecoder {
     /// Feeds `tokens` after those already in `state` and returns the final
     /// hidden states `[1, tokens.len(), d]`.
     pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        self.forward_inner(tokens, state, None)
+    }
+
+    /// [`TextDecoder::forward`] that also returns, for each `(layer, head)`
+    /// of `heads` (in layer order), that head's cross-attention scores
+    /// before the softmax (`[tokens.len(), frames]`): the alignment pass of
+    /// word timestamps.
+    pub fn forward_with_cross_attention(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        heads: &[(usize, usize)],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut scores = Vec::with_capacity(heads.len());
+        let hidden = self.forward_inner(tokens, state, Some((heads, &mut scores)))?;
+        Ok((hidden, scores))
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        state: &mut DecoderState,
+        mut capture: Option<CrossAttentionCapture>,
+    ) -> Result<Tensor> {
         let n = tokens.len();
         let offset = state.len;
         if offset + n > self.n_ctx {
@@ -209,18 +249,30 @@ impl TextDecoder {
         } else {
             None
         };
-        for ((layer, kv), (ck, cv)) in self
+        for (i, ((layer, kv), (ck, cv))) in self
             .layers
             .iter()
             .zip(state.self_kv.iter_mut())
             .zip(state.cross_kv.iter())
+            .enumerate()
         {
             let h = layer.self_attn_ln.forward(&x)?;
             let (k, v) = layer.self_attn.keys_values(&h)?;
             let (k, v) = kv.append(&k, &v)?;
             x = (x + layer.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
             let h = layer.cross_attn_ln.forward(&x)?;
-            x = (x + layer.cross_attn.attend(&h, ck, cv, None)?)?;
+            let cross = match capture.as_mut() {
+                Some((heads, out)) if heads.iter().any(|&(l, _)| l == i) => {
+                    let (cross, scores) = layer.cross_attn.attend_with_scores(&h, ck, cv, None)?;
+                    for &(_, head) in heads.iter().filter(|&&(l, _)| l == i) {
+                        // [1, heads, n, frames] -> [n, frames]
+                        out.push(scores.narrow(1, head, 1)?.squeeze(1)?.squeeze(0)?);
+                    }
+                    cross
+                }
+                _ => layer.cross_attn.attend(&h, ck, cv, None)?,
+            };
+            x = (x + cross)?;
             let h = layer.mlp_ln.forward(&x)?;
             // Whisper's MLP uses the exact (erf) GELU.
             x = (x + layer.fc2.forward(&layer.fc1.forward(&h)?.gelu_erf()?)?)?;

@@ -1,6 +1,6 @@
 //! OpenAI-compatible speech endpoints: `POST /v1/audio/transcriptions` and
 //! `/v1/audio/translations` (multipart `file`, `model`, `language`,
-//! `prompt`, `response_format`, `temperature`). Each uploads the file for
+//! `prompt`, `response_format`, `temperature`, `timestamp_granularities[]`). Each uploads the file for
 //! the caller's tenant, runs a job under the same gates as `/v1/jobs`, and
 //! answers when it ends, so OpenAI clients work against Murmur unchanged.
 //! As with OpenAI, the upload is not kept: the file is deleted once its job
@@ -33,9 +33,9 @@ use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppSt
 use crate::store::{JobStatus, Role};
 
 /// The text fields these endpoints take beside `file` (OpenAI's names);
-/// any other field is refused by name. `timestamp_granularities[]` is
-/// accepted once and has no effect (segments are always timed; words are
-/// not yet), so SDK calls that send `["segment"]` keep working.
+/// any other field is refused by name. `timestamp_granularities[]` may
+/// repeat (`segment`, `word`): `word` with `verbose_json` times every word
+/// (top-level `words`); segments are always timed.
 const OPENAI_FIELDS: &[&str] = &[
     "model",
     "language",
@@ -151,7 +151,7 @@ async fn speech(
     let submitted = async {
         let format = response_format(&fields)?;
         let streaming = streaming(&fields, task, format)?;
-        let params = job_params(&state, &fields, task)?;
+        let params = job_params(&state, &fields, task, format)?;
         let job = submit_job(&state, &caller, &file.id, None, &params, None).await?;
         Ok::<_, ApiError>((format, streaming, job))
     }
@@ -213,19 +213,35 @@ async fn speech(
         .map_err(ApiError::internal)?;
     let res = match format {
         "json" => json_reply(StatusCode::OK, &json!({"text": transcript.text})),
-        "verbose_json" => json_reply(
-            StatusCode::OK,
-            &json!({
+        "verbose_json" => {
+            let mut body = json!({
                 "task": task,
                 "language": transcript.language,
                 "duration": transcript.duration_s,
                 "text": transcript.text,
+                // Results stored before the decoding figures were kept
+                // answer 0, [] and the job's temperature, as before.
                 "segments": transcript.segments.iter().map(|s| json!({
-                    "id": s.id, "seek": 0, "start": s.start, "end": s.end, "text": s.text,
-                    "tokens": [], "temperature": job.params.temperature,
+                    "id": s.id, "seek": s.seek.unwrap_or(0), "start": s.start, "end": s.end,
+                    "text": s.text, "tokens": s.tokens,
+                    "temperature": s.temperature.unwrap_or(job.params.temperature),
+                    "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
+                    "no_speech_prob": s.no_speech_prob,
                 })).collect::<Vec<_>>(),
-            }),
-        ),
+            });
+            if job.params.word_timestamps {
+                // OpenAI's words: the whole transcript's, trimmed, no
+                // probability.
+                body["words"] = transcript
+                    .segments
+                    .iter()
+                    .flat_map(|s| s.words.iter().flatten())
+                    .map(|w| json!({"word": w.word.trim(), "start": w.start, "end": w.end}))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            json_reply(StatusCode::OK, &body)
+        }
         other => {
             let (body, ct) = match other {
                 "srt" => (
@@ -282,11 +298,13 @@ fn streaming(fields: &HashMap<String, String>, task: &str, format: &str) -> Resu
     Ok(asked)
 }
 
-/// Job parameters from the OpenAI fields.
+/// Job parameters from the OpenAI fields (`format`: the response format,
+/// as words are timed for `verbose_json` only, the one that shows them).
 fn job_params(
     state: &AppState,
     fields: &HashMap<String, String>,
     task: &str,
+    format: &str,
 ) -> Result<serde_json::Value, ApiError> {
     // OpenAI's model names (whisper-1, ...) mean "the server's default".
     let model = fields
@@ -306,6 +324,23 @@ fn job_params(
             .parse()
             .map_err(|_| ApiError::invalid("temperature must be a number"))?;
         params["temperature"] = json!(t);
+    }
+    let mut words = false;
+    if let Some(granularities) = fields.get("timestamp_granularities[]") {
+        for g in granularities.split(',').map(str::trim) {
+            match g {
+                "word" => words = true,
+                "segment" | "" => {}
+                _ => {
+                    return Err(ApiError::invalid(
+                        "timestamp_granularities[] must be word or segment",
+                    ))
+                }
+            }
+        }
+    }
+    if words && format == "verbose_json" {
+        params["word_timestamps"] = json!(true);
     }
     Ok(params)
 }

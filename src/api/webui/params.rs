@@ -13,8 +13,8 @@
 //! - deployment knobs (device, compute type, offloading, tokens): ignored at
 //!   any value, since they choose how the other server ran, not what it
 //!   produced;
-//! - asked-for results Murmur cannot give (`word_timestamps=true`, a
-//!   `prefix`, `hotwords`): refused with 422 `unsupported_parameter`.
+//! - asked-for results Murmur cannot give (a `prefix`, `hotwords`):
+//!   refused with 422 `unsupported_parameter`.
 //!
 //! Any other name is refused (400), so a typo never silently runs the
 //! default.
@@ -86,7 +86,7 @@ const DEPLOYMENT: &[&str] = &[
 ];
 
 /// Results Murmur cannot produce: refused unless off or empty.
-const UNSUPPORTED: &[&str] = &["word_timestamps", "prefix", "hotwords"];
+const UNSUPPORTED: &[&str] = &["prefix", "hotwords"];
 
 /// `VadParams`' names, mapped on every route that takes them.
 const VAD: &[&str] = &[
@@ -107,6 +107,7 @@ const TRANSCRIPTION: &[&str] = &[
     "initial_prompt",
     "is_diarize",
     "is_separate_bgm",
+    "word_timestamps",
 ];
 
 /// The model `large`, `large-v1` and `large-v2` (that backend's default)
@@ -212,10 +213,7 @@ fn is_known(name: &str) -> bool {
 }
 
 fn unsupported(name: &str, value: &str) -> ApiError {
-    let why = match name {
-        "word_timestamps" => "Murmur does not time words yet; segments are timed",
-        _ => "Murmur's decoder cannot be steered with it",
-    };
+    let why = "Murmur's decoder cannot be steered with it";
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unsupported_parameter",
@@ -270,6 +268,7 @@ fn map_transcription(
         "initial_prompt" if !blank(value) => params["initial_prompt"] = json!(value),
         "is_diarize" => params["diarize"] = json!({"enabled": boolean(name, value)?}),
         "is_separate_bgm" => params["separate_bgm"] = json!({"enabled": boolean(name, value)?}),
+        "word_timestamps" => params["word_timestamps"] = json!(boolean(name, value)?),
         _ => {}
     }
     Ok(())
@@ -353,6 +352,11 @@ mod tests {
         assert_eq!(m.params["model"], "tiny.en");
         assert_eq!(m.params["vad"]["enabled"], true);
         assert!(m.params["vad"].get("max_speech_s").is_none());
+        assert_eq!(m.params["word_timestamps"], false);
+
+        let m = map(Route::Transcription, &pairs(&[("word_timestamps", "true")])).unwrap();
+        assert_eq!(m.params["word_timestamps"], true);
+        assert!(m.notes.is_empty());
 
         let m = map(Route::Transcription, &pairs(&[("beam_size", "1")])).unwrap();
         assert_eq!(m.notes.len(), 1);
@@ -372,7 +376,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_done_is_refused() {
-        for (name, value) in [("word_timestamps", "true"), ("prefix", "So")] {
+        for (name, value) in [("hotwords", "Murmur"), ("prefix", "So")] {
             let e = map(Route::Transcription, &pairs(&[(name, value)])).unwrap_err();
             assert_eq!(e.code, "unsupported_parameter");
         }

@@ -76,12 +76,17 @@ fn result(job: &Job, stored: &Value) -> Value {
                 segments
                     .iter()
                     .map(|s| {
+                        let field = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
                         let mut seg = json!({
-                            "id": s["id"], "seek": null, "text": s["text"],
-                            "start": s["start"], "end": s["end"], "tokens": null,
-                            "temperature": null, "avg_logprob": null,
-                            "compression_ratio": null, "no_speech_prob": null,
-                            "words": null,
+                            "id": s["id"], "seek": field("seek"), "text": s["text"],
+                            "start": s["start"], "end": s["end"], "tokens": field("tokens"),
+                            "temperature": field("temperature"),
+                            "avg_logprob": field("avg_logprob"),
+                            "compression_ratio": field("compression_ratio"),
+                            "no_speech_prob": field("no_speech_prob"),
+                            // faster-whisper's `Word`s (word, start, end,
+                            // probability) when words were timed.
+                            "words": s.get("words").cloned().unwrap_or(Value::Null),
                         });
                         if let Some(speaker) = s.get("speaker") {
                             seg["speaker"] = speaker.clone();
@@ -137,6 +142,7 @@ pub fn task_params(params: &murmur_actors::params::JobParams) -> Value {
                 "initial_prompt": params.initial_prompt,
                 "is_diarize": params.diarize.enabled,
                 "is_separate_bgm": params.separate_bgm.enabled,
+                "word_timestamps": params.word_timestamps,
             });
             if let (Some(view), Some(vad)) = (view.as_object_mut(), vad_view.as_object()) {
                 view.extend(vad.clone());

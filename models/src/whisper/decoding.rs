@@ -1,0 +1,243 @@
+//! Decoding one 30 s window: language detection, the token-by-token loop
+//! (greedy at temperature 0, sampling above), the no-speech probability and
+//! average log-probability, and the temperature fallback that retries a
+//! window whose result fails the thresholds.
+
+use candle_core::IndexOp;
+
+use super::decoder::{self, DecoderState};
+use super::guards::{compression_ratio, repetition_loop};
+use super::{DecodeOptions, WhisperError, WhisperModel, TIME_PRECISION};
+
+/// The outcome of decoding one window at one temperature.
+#[derive(Debug, Clone)]
+pub(super) struct WindowResult {
+    /// Sampled tokens (text and timestamps), without the prompt or EOT.
+    pub(super) tokens: Vec<u32>,
+    pub(super) avg_logprob: f64,
+    pub(super) no_speech_prob: f64,
+    pub(super) temperature: f64,
+    pub(super) compression_ratio: f64,
+    /// Decoding stopped on a repetition loop.
+    pub(super) looped: bool,
+}
+
+impl WhisperModel {
+    pub(super) fn detect_language(&self, state: &mut DecoderState) -> Result<u32, WhisperError> {
+        state.reset_tokens();
+        let hidden = self.decoder.forward(&[self.specials.sot], state)?;
+        let logits = self
+            .decoder
+            .logits(&decoder::last_row(&hidden)?)?
+            .i(0)?
+            .to_vec1::<f32>()?;
+        state.reset_tokens();
+        let best = self
+            .specials
+            .languages
+            .iter()
+            .copied()
+            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
+            .unwrap_or(self.specials.sot + 1);
+        Ok(best)
+    }
+
+    pub(super) fn decode_with_fallback(
+        &self,
+        state: &mut DecoderState,
+        prompt: &[u32],
+        sot_sequence: &[u32],
+        opts: &DecodeOptions,
+        rng: &mut SplitMix64,
+        check: &mut dyn FnMut() -> bool,
+    ) -> Result<WindowResult, WhisperError> {
+        let temperatures: &[f64] = if opts.temperatures.is_empty() {
+            &[0.0]
+        } else {
+            &opts.temperatures
+        };
+        let mut best: Option<WindowResult> = None;
+        for &t in temperatures {
+            let result = self.decode_window(state, prompt, sot_sequence, t, opts, rng, check)?;
+            let mut needs_fallback = result.looped;
+            if let Some(cr) = opts.compression_ratio_threshold {
+                if result.compression_ratio > cr {
+                    needs_fallback = true;
+                }
+            }
+            if let Some(lp) = opts.logprob_threshold {
+                if result.avg_logprob < lp {
+                    needs_fallback = true;
+                }
+            }
+            if let Some(ns) = opts.no_speech_threshold {
+                if result.no_speech_prob > ns {
+                    needs_fallback = false;
+                }
+            }
+            if !needs_fallback {
+                return Ok(result);
+            }
+            // Keep the least bad attempt in case every temperature fails:
+            // prefer one that did not loop, then the higher log-probability.
+            let better = match &best {
+                None => true,
+                Some(b) => {
+                    (b.looped && !result.looped)
+                        || (b.looped == result.looped && result.avg_logprob > b.avg_logprob)
+                }
+            };
+            if better {
+                best = Some(result);
+            }
+        }
+        best.ok_or(WhisperError::Cancelled)
+    }
+
+    /// Decodes one window at one temperature.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_window(
+        &self,
+        state: &mut DecoderState,
+        prompt: &[u32],
+        sot_sequence: &[u32],
+        temperature: f64,
+        opts: &DecodeOptions,
+        rng: &mut SplitMix64,
+        check: &mut dyn FnMut() -> bool,
+    ) -> Result<WindowResult, WhisperError> {
+        state.reset_tokens();
+        let n_ctx = self.decoder.n_ctx();
+        let sample_len = n_ctx / 2;
+        let mut initial: Vec<u32> = Vec::new();
+        if !prompt.is_empty() {
+            initial.push(self.specials.sot_prev);
+            let keep = (n_ctx / 2).saturating_sub(1);
+            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
+        }
+        let sot_index = initial.len();
+        initial.extend_from_slice(sot_sequence);
+
+        let hidden = self.decoder.forward(&initial, state)?;
+        let no_speech_prob = {
+            let logits = self.decoder.logits(&decoder::row(&hidden, sot_index)?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+            probs
+                .i((0, self.specials.no_speech as usize))?
+                .to_scalar::<f32>()? as f64
+        };
+        let mut logits = self
+            .decoder
+            .logits(&decoder::last_row(&hidden)?)?
+            .i(0)?
+            .to_vec1::<f32>()?;
+
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut sum_logprob = 0f64;
+        let mut looped = false;
+        let max_initial = (opts.max_initial_timestamp / TIME_PRECISION).round() as u32;
+        loop {
+            self.apply_filters(&mut logits, &tokens, max_initial);
+            let logprobs = log_softmax(&logits);
+            let next = if temperature <= 0.0 {
+                argmax(&logits)
+            } else {
+                sample(&logits, temperature, rng)
+            };
+            if next == self.specials.eot || tokens.len() >= sample_len {
+                if next == self.specials.eot {
+                    sum_logprob += logprobs[next as usize] as f64;
+                }
+                break;
+            }
+            sum_logprob += logprobs[next as usize] as f64;
+            tokens.push(next);
+            if opts.suppress_repetition_loops {
+                if let Some(cut) = repetition_loop(&tokens, self.specials.timestamp_begin) {
+                    tokens.truncate(cut);
+                    looped = true;
+                    break;
+                }
+            }
+            if state.len() + 1 > n_ctx {
+                break;
+            }
+            if tokens.len().is_multiple_of(16) && !check() {
+                return Err(WhisperError::Cancelled);
+            }
+            let hidden = self.decoder.forward(&[next], state)?;
+            logits = self
+                .decoder
+                .logits(&decoder::last_row(&hidden)?)?
+                .i(0)?
+                .to_vec1::<f32>()?;
+        }
+        let text = self.decode_text(&tokens)?;
+        Ok(WindowResult {
+            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
+            no_speech_prob,
+            temperature,
+            compression_ratio: compression_ratio(&text),
+            tokens,
+            looped,
+        })
+    }
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub(super) fn log_sum_exp(v: &[f32]) -> f32 {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + v.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+pub(super) fn log_softmax(v: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(v);
+    v.iter().map(|&x| x - lse).collect()
+}
+
+fn sample(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> u32 {
+    let t = temperature as f32;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| (((l - max) / t) as f64).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut r = rng.next_f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        r -= w;
+        if r <= 0.0 && *w > 0.0 {
+            return i as u32;
+        }
+    }
+    argmax(logits)
+}
+
+/// Small deterministic PRNG for temperature sampling.
+pub(super) struct SplitMix64(pub(super) u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

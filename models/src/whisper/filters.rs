@@ -1,0 +1,72 @@
+//! OpenAI's logit filters, applied to each step's logits before sampling.
+
+use super::decoding::{log_softmax, log_sum_exp};
+use super::WhisperModel;
+
+impl WhisperModel {
+    /// OpenAI's logit filters: blank/EOT suppression at the start, the
+    /// suppressed-token list, and the timestamp rules (timestamps come in
+    /// pairs, never go backwards, the first token is a timestamp no later
+    /// than `max_initial`, and a timestamp wins when the timestamps together
+    /// are likelier than any text token).
+    pub(super) fn apply_filters(&self, logits: &mut [f32], tokens: &[u32], max_initial: u32) {
+        let neg = f32::NEG_INFINITY;
+        let ts_begin = self.specials.timestamp_begin as usize;
+        let eot = self.specials.eot as usize;
+        let vocab = logits.len();
+        if tokens.is_empty() {
+            for &t in &self.suppress_begin {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = neg;
+                }
+            }
+        }
+        for &t in &self.suppress {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = neg;
+            }
+        }
+        if let Some(l) = logits.get_mut(self.specials.no_timestamps as usize) {
+            *l = neg;
+        }
+        if ts_begin >= vocab {
+            return;
+        }
+        let is_ts = |t: u32| t as usize >= ts_begin;
+        let last_was_ts = tokens.last().is_some_and(|&t| is_ts(t));
+        let penultimate_was_ts = tokens.len() < 2 || is_ts(tokens[tokens.len() - 2]);
+        if last_was_ts {
+            if penultimate_was_ts {
+                logits[ts_begin..].fill(neg);
+            } else {
+                logits[..eot].fill(neg);
+            }
+        }
+        if let Some(&last_ts) = tokens.iter().rev().find(|&&t| is_ts(t)) {
+            // Timestamps never decrease; after a closed pair the next one
+            // must also move forward (no zero-length segments).
+            let floor = if last_was_ts && !penultimate_was_ts {
+                last_ts as usize
+            } else {
+                last_ts as usize + 1
+            };
+            logits[ts_begin..floor.min(vocab)].fill(neg);
+        }
+        if tokens.is_empty() {
+            logits[..ts_begin].fill(neg);
+            let last_allowed = ts_begin + max_initial as usize;
+            if last_allowed + 1 < vocab {
+                logits[last_allowed + 1..].fill(neg);
+            }
+        }
+        let logprobs = log_softmax(logits);
+        let ts_logprob = log_sum_exp(&logprobs[ts_begin..]);
+        let max_text = logprobs[..ts_begin]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if ts_logprob > max_text {
+            logits[..ts_begin].fill(neg);
+        }
+    }
+}

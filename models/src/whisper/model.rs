@@ -1,0 +1,270 @@
+//! The loaded model: weights, tokenizer and the special tokens and
+//! suppression lists read from `config.json`, plus the small services the
+//! rest of the engine asks of it (encoding a window, text <-> tokens,
+//! language tokens). Loading is here; decoding is in `decoding.rs`, the
+//! long-form loop in `transcribe.rs`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::model::{AudioEncoder, Whisper};
+use tokenizers::Tokenizer;
+
+use super::decoder::TextDecoder;
+use super::{Config, WhisperError};
+use crate::mel::{self, MelFilters, N_FRAMES, SAMPLE_RATE};
+
+/// Token ids the decoding loop needs.
+#[derive(Debug, Clone)]
+pub(super) struct Specials {
+    pub(super) eot: u32,
+    pub(super) sot: u32,
+    pub(super) translate: u32,
+    pub(super) transcribe: u32,
+    pub(super) sot_prev: u32,
+    pub(super) no_speech: u32,
+    pub(super) no_timestamps: u32,
+    pub(super) timestamp_begin: u32,
+    /// Language tokens of multilingual models (empty for `.en`).
+    pub(super) languages: Vec<u32>,
+}
+
+/// A loaded Whisper model, ready to transcribe. Holds its weights (hundreds
+/// of MB for larger sizes); not `Clone`, share it behind a lock or keep one
+/// per worker. `transcribe` takes `&mut self` because candle's encoder
+/// keeps scratch state.
+pub struct WhisperModel {
+    pub(super) name: String,
+    pub(super) config: Config,
+    pub(super) encoder: AudioEncoder,
+    pub(super) decoder: TextDecoder,
+    pub(super) tokenizer: Tokenizer,
+    pub(super) specials: Specials,
+    /// Always suppressed while sampling.
+    pub(super) suppress: Vec<u32>,
+    /// Suppressed at the first sampled position (blank, EOT).
+    pub(super) suppress_begin: Vec<u32>,
+    /// Cross-attention heads that follow the audio in time (`(layer,
+    /// head)`), read for word timestamps.
+    pub(super) alignment_heads: Vec<(usize, usize)>,
+    pub(super) filters: MelFilters,
+    pub(super) device: Device,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperModel")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(dir: &Path, file: &str, name: &str) -> Result<PathBuf, WhisperError> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(WhisperError::MissingFile {
+            path,
+            name: name.to_string(),
+        })
+    }
+}
+
+impl WhisperModel {
+    /// Loads a model directory (see the module docs) onto `device`. Weights
+    /// are stored in float16 and computed in float32 on the CPU; on CUDA
+    /// they stay float32 as well for now.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, WhisperError> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let cfg_path = read_file(dir, "config.json", &name)?;
+        let weights_path = read_file(dir, "model.safetensors", &name)?;
+        let tok_path = read_file(dir, "tokenizer.json", &name)?;
+        let bad = |path: &Path, detail: String| WhisperError::BadModelFile {
+            path: path.to_path_buf(),
+            detail,
+        };
+
+        let cfg_text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e.to_string()))?;
+        let config: Config =
+            serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
+        let extra: serde_json::Value =
+            serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))?;
+
+        // Load every tensor once as f32 and share it between candle's
+        // encoder and our decoder (tensors are reference counted).
+        let tensors = candle_core::safetensors::load(&weights_path, device)
+            .map_err(|e| bad(&weights_path, e.to_string()))?;
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+            .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        let encoder = Whisper::load(&vb, config.clone())
+            .map_err(|e| bad(&weights_path, e.to_string()))?
+            .encoder;
+        let decoder = TextDecoder::load(&config, vb.pp("model.decoder"))
+            .map_err(|e| bad(&weights_path, e.to_string()))?;
+
+        let token = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or_else(|| WhisperError::MissingToken(t.to_string()))
+        };
+        let no_timestamps = token("<|notimestamps|>")?;
+        let sot = token("<|startoftranscript|>")?;
+        let translate = token("<|translate|>")?;
+        let multilingual = config.vocab_size >= 51865;
+        let specials = Specials {
+            eot: token("<|endoftext|>")?,
+            sot,
+            translate,
+            transcribe: token("<|transcribe|>")?,
+            sot_prev: token("<|startofprev|>")?,
+            no_speech: token("<|nospeech|>").or_else(|_| token("<|nocaptions|>"))?,
+            no_timestamps,
+            timestamp_begin: no_timestamps + 1,
+            languages: if multilingual {
+                (sot + 1..translate).collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let ids = |key: &str| -> Vec<u32> {
+            extra
+                .get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut suppress = config.suppress_tokens.clone();
+        // The special tokens OpenAI's "-1" adds, in case the config lacks them.
+        suppress.extend([
+            specials.transcribe,
+            specials.translate,
+            specials.sot,
+            specials.sot_prev,
+            specials.no_speech,
+        ]);
+        if let Some(lm) = tokenizer.token_to_id("<|startoflm|>") {
+            suppress.push(lm);
+        }
+        suppress.sort_unstable();
+        suppress.dedup();
+        suppress.retain(|&t| (t as usize) < config.vocab_size);
+        let mut suppress_begin = ids("begin_suppress_tokens");
+        if suppress_begin.is_empty() {
+            suppress_begin = tokenizer
+                .encode(" ", false)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default();
+            suppress_begin.push(specials.eot);
+        }
+        let filters = MelFilters::slaney(config.num_mel_bins, mel::N_FFT, SAMPLE_RATE);
+        let alignment_heads = super::timing::alignment_heads(
+            &extra,
+            &name,
+            config.decoder_layers,
+            config.decoder_attention_heads,
+        );
+        Ok(Self {
+            name,
+            config,
+            encoder,
+            decoder,
+            tokenizer,
+            specials,
+            suppress,
+            suppress_begin,
+            alignment_heads,
+            filters,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether the model knows languages other than English.
+    pub fn is_multilingual(&self) -> bool {
+        !self.specials.languages.is_empty()
+    }
+
+    pub(super) fn language_code(&self, token: u32) -> String {
+        self.tokenizer
+            .id_to_token(token)
+            .map(|t| {
+                t.trim_start_matches("<|")
+                    .trim_end_matches("|>")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "en".into())
+    }
+
+    pub(super) fn language_token(&self, code: &str) -> Result<u32, WhisperError> {
+        let token = self
+            .tokenizer
+            .token_to_id(&format!("<|{}|>", code.to_ascii_lowercase()))
+            .filter(|t| self.specials.languages.contains(t));
+        token.ok_or_else(|| WhisperError::UnknownLanguage(code.to_string()))
+    }
+
+    /// Encoder output `[1, 1500, d]` for a `[n_mels, N_FRAMES]` window.
+    pub(super) fn encode(
+        &mut self,
+        window: Vec<f32>,
+        n_mels: usize,
+    ) -> Result<Tensor, WhisperError> {
+        let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), &self.device)?;
+        Ok(self.encoder.forward(&input, true)?)
+    }
+
+    pub(super) fn encode_text(&self, text: &str) -> Result<Vec<u32>, WhisperError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| WhisperError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of the non-special tokens, trimmed.
+    pub(super) fn decode_text(&self, tokens: &[u32]) -> Result<String, WhisperError> {
+        let text: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|&t| t < self.specials.eot)
+            .collect();
+        let s = self
+            .tokenizer
+            .decode(&text, true)
+            .map_err(|e| WhisperError::Tokenizer(e.to_string()))?;
+        Ok(s.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Workers move loaded models between threads.
+    #[test]
+    fn model_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<WhisperModel>();
+    }
+}

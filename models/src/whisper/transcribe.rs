@@ -1,0 +1,477 @@
+//! The long-form transcription loop of OpenAI's `transcribe()`: 30 s windows
+//! of the spectrogram that seek to the last timestamp the model emitted,
+//! timestamp tokens turned into segments, language detection on the first
+//! window, conditioning on previous text, and the hallucination guards
+//! applied per window. Input is a whole signal, speech regions joined
+//! (`regions.rs`), or a recording streamed twice ([`ChunkSource`]).
+
+use super::decoding::SplitMix64;
+use super::guards::copies_prompt;
+use super::regions::{RegionMap, SampleSource};
+use super::timing::{add_word_timestamps, WindowSegment};
+use super::{
+    DecodeOptions, Progress, Task, WhisperError, WhisperModel, INPUT_STRIDE, TIME_PRECISION,
+};
+use crate::mel::{self, LogMel, MelMax, MelWindows, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
+use crate::transcript::{Segment, SpeechRegion, Transcript, Word};
+
+impl WhisperModel {
+    /// Transcribes (or translates) 16 kHz mono audio. `on_progress` returning
+    /// `false` cancels with [`WhisperError::Cancelled`].
+    pub fn transcribe(
+        &mut self,
+        samples: &[f32],
+        opts: &DecodeOptions,
+        on_progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Transcript, WhisperError> {
+        let total_s = samples.len() as f64 / SAMPLE_RATE as f64;
+        let mut mel = mel::log_mel_spectrogram(samples, &self.filters, N_SAMPLES);
+        let (language, segments) = self.run(
+            &mut mel,
+            samples.is_empty(),
+            opts,
+            &mut |p| on_progress(p),
+            &|t, _| t,
+            total_s,
+        )?;
+        Ok(finish(language, total_s, segments))
+    }
+
+    /// Transcribes only the `regions` of `samples` (VAD output, seconds on
+    /// the timeline of `samples`): the regions are cut out, joined and
+    /// decoded together, and every timestamp is mapped back to the original
+    /// timeline. No regions gives an empty transcript.
+    pub fn transcribe_regions<S: SampleSource + ?Sized>(
+        &mut self,
+        samples: &S,
+        regions: &[SpeechRegion],
+        opts: &DecodeOptions,
+        on_progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Transcript, WhisperError> {
+        let total_s = samples.sample_count() as f64 / SAMPLE_RATE as f64;
+        let map = RegionMap::new(regions, samples.sample_count());
+        let joined = map.gather(samples);
+        let mut mel = mel::log_mel_spectrogram(&joined, &self.filters, N_SAMPLES);
+        drop(joined);
+        let (language, segments) = self.run(
+            &mut mel,
+            map.joined_len() == 0,
+            opts,
+            &mut |p| on_progress(p),
+            &|t, is_end| map.to_original(t, is_end),
+            total_s,
+        )?;
+        Ok(finish(language, total_s, segments))
+    }
+
+    /// [`WhisperModel::transcribe_regions`] over a recording of `n_samples`
+    /// samples that is read, front to back and twice, from `source` rather
+    /// than held: the first read finds the spectrogram's maximum (Whisper
+    /// floors every value at `max - 8` over the whole signal), the second
+    /// feeds the 30 s windows as the long-form loop asks for them. Memory is
+    /// a window of samples and of spectrogram, whatever the length; the
+    /// transcript is the one `transcribe_regions` gives on the same samples.
+    pub fn transcribe_regions_streamed<C: ChunkSource + ?Sized>(
+        &mut self,
+        source: &C,
+        n_samples: usize,
+        regions: &[SpeechRegion],
+        opts: &DecodeOptions,
+        on_progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Transcript, WhisperError> {
+        let total_s = n_samples as f64 / SAMPLE_RATE as f64;
+        let map = RegionMap::new(regions, n_samples);
+        let joined_len = map.joined_len();
+        // The windows borrow the filters while the loop borrows the model.
+        let filters = self.filters.clone();
+        let mut max = MelMax::new(&filters);
+        let mut joiner = map.joiner();
+        for (i, piece) in source.open().enumerate() {
+            let piece = piece.map_err(WhisperError::Input)?;
+            joiner.feed(&piece, &mut |p| max.push(p));
+            // A stop is honoured during the first read too (asked now and
+            // then: a read is many small pieces).
+            if i % 32 == 0
+                && !on_progress(Progress {
+                    processed_s: 0.0,
+                    total_s,
+                    segment: None,
+                })
+            {
+                return Err(WhisperError::Cancelled);
+            }
+        }
+        let max = max.finish(N_SAMPLES);
+        let mut pieces = source.open();
+        let mut joiner = map.joiner();
+        let read = |out: &mut Vec<f32>| -> Result<bool, WhisperError> {
+            match pieces.next() {
+                Some(piece) => {
+                    let piece = piece.map_err(WhisperError::Input)?;
+                    joiner.feed(&piece, &mut |p| out.extend_from_slice(p));
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        };
+        let mut mel = MelWindows::new(&filters, joined_len, N_SAMPLES, max, read);
+        let (language, segments) = self.run(
+            &mut mel,
+            joined_len == 0,
+            opts,
+            &mut |p| on_progress(p),
+            &|t, is_end| map.to_original(t, is_end),
+            total_s,
+        )?;
+        Ok(finish(language, total_s, segments))
+    }
+
+    /// The long-form loop over the spectrogram `mel` (`empty`: of no
+    /// samples). `to_original(t, is_end)` maps seconds of the spectrogram
+    /// to the caller's timeline (`is_end`: the time closes a segment, so a
+    /// time on a seam between joined regions belongs to the region before
+    /// it).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        mel: &mut dyn MelSource,
+        empty: bool,
+        opts: &DecodeOptions,
+        on_progress: &mut dyn FnMut(Progress) -> bool,
+        to_original: &dyn Fn(f64, bool) -> f64,
+        total_s: f64,
+    ) -> Result<(Option<String>, Vec<Segment>), WhisperError> {
+        let multilingual = self.is_multilingual();
+        if !multilingual {
+            if opts.task == Task::Translate {
+                return Err(WhisperError::EnglishOnly {
+                    model: self.name.clone(),
+                    what: "it cannot translate",
+                });
+            }
+            if let Some(lang) = &opts.language {
+                if !lang.eq_ignore_ascii_case("en") {
+                    return Err(WhisperError::EnglishOnly {
+                        model: self.name.clone(),
+                        what: "it cannot transcribe other languages",
+                    });
+                }
+            }
+        }
+        let mut language_token = match (&opts.language, multilingual) {
+            (Some(code), true) => Some(self.language_token(code)?),
+            _ => None,
+        };
+        let mut language = opts
+            .language
+            .clone()
+            .unwrap_or_else(|| "en".to_string())
+            .to_ascii_lowercase();
+        if empty {
+            return Ok((opts.language.as_ref().map(|_| language), Vec::new()));
+        }
+
+        let content_frames = mel.n_frames().saturating_sub(N_FRAMES);
+        let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
+        let mut rng = SplitMix64(opts.seed);
+        let mut all_tokens: Vec<u32> = Vec::new();
+        if let Some(prompt) = opts.initial_prompt.as_deref().map(str::trim) {
+            if !prompt.is_empty() {
+                all_tokens.extend(self.encode_text(&format!(" {prompt}"))?);
+            }
+        }
+        let mut prompt_reset_since = 0;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut seek = 0usize;
+        // Where the last word ended, for the word duration heuristics.
+        let mut last_speech_timestamp = 0.0;
+        while seek < content_frames {
+            let time_offset = seek as f64 * frame_s;
+            if !on_progress(Progress {
+                processed_s: to_original(time_offset, false),
+                total_s,
+                segment: None,
+            }) {
+                return Err(WhisperError::Cancelled);
+            }
+            let segment_size = N_FRAMES.min(content_frames - seek);
+            let segment_duration = segment_size as f64 * frame_s;
+            let audio = self.encode(mel.window(seek, segment_size)?, mel.n_mels())?;
+            let mut state = self.decoder.start(&audio)?;
+
+            if multilingual && language_token.is_none() {
+                let token = self.detect_language(&mut state)?;
+                language = self.language_code(token);
+                language_token = Some(token);
+            }
+            let mut sot_sequence = vec![self.specials.sot];
+            if let Some(lang) = language_token {
+                sot_sequence.push(lang);
+                sot_sequence.push(match opts.task {
+                    Task::Transcribe => self.specials.transcribe,
+                    Task::Translate => self.specials.translate,
+                });
+            }
+            let prompt = &all_tokens[prompt_reset_since..];
+            let mut check = || {
+                on_progress(Progress {
+                    processed_s: to_original(time_offset, false),
+                    total_s,
+                    segment: None,
+                })
+            };
+            let mut result = self.decode_with_fallback(
+                &mut state,
+                prompt,
+                &sot_sequence,
+                opts,
+                &mut rng,
+                &mut check,
+            )?;
+            // A window that re-reads a long stretch of its prompt is the
+            // model copying earlier text instead of listening: decode it
+            // again without the prompt.
+            if opts.suppress_repetition_loops
+                && copies_prompt(&result.tokens, prompt, self.specials.eot)
+            {
+                result = self.decode_with_fallback(
+                    &mut state,
+                    &[],
+                    &sot_sequence,
+                    opts,
+                    &mut rng,
+                    &mut check,
+                )?;
+            }
+
+            if let Some(threshold) = opts.no_speech_threshold {
+                let mut silent = result.no_speech_prob > threshold;
+                if let Some(lp) = opts.logprob_threshold {
+                    if result.avg_logprob > lp {
+                        silent = false;
+                    }
+                }
+                if silent {
+                    seek += segment_size;
+                    continue;
+                }
+            }
+
+            let tokens = &result.tokens;
+            let ts_begin = self.specials.timestamp_begin;
+            let is_ts = |t: u32| t >= ts_begin;
+            let single_timestamp_ending = tokens.len() >= 2
+                && !is_ts(tokens[tokens.len() - 2])
+                && is_ts(tokens[tokens.len() - 1]);
+            let consecutive: Vec<usize> = (1..tokens.len())
+                .filter(|&i| is_ts(tokens[i]) && is_ts(tokens[i - 1]))
+                .collect();
+            // (start, end, tokens) in seconds of this window.
+            let mut pieces: Vec<(f64, f64, &[u32])> = Vec::new();
+            if !consecutive.is_empty() {
+                let mut slices = consecutive.clone();
+                if single_timestamp_ending {
+                    slices.push(tokens.len());
+                }
+                let mut last = 0;
+                for &cut in &slices {
+                    let piece = &tokens[last..cut];
+                    if let (Some(&a), Some(&b)) = (piece.first(), piece.last()) {
+                        let start = (a.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
+                        let end = (b.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
+                        pieces.push((start, end, piece));
+                    }
+                    last = cut;
+                }
+                if single_timestamp_ending {
+                    seek += segment_size;
+                } else {
+                    let last_ts = tokens[last - 1].saturating_sub(ts_begin) as usize;
+                    seek += last_ts * INPUT_STRIDE;
+                }
+            } else {
+                let mut duration = segment_duration;
+                if let Some(&last) = tokens.iter().rev().find(|&&t| is_ts(t)) {
+                    if last != ts_begin {
+                        duration = (last - ts_begin) as f64 * TIME_PRECISION;
+                    }
+                }
+                pieces.push((0.0, duration, tokens));
+                seek += segment_size;
+            }
+
+            let mut window: Vec<WindowSegment> = pieces
+                .into_iter()
+                .map(|(start, end, piece)| WindowSegment {
+                    start: time_offset + start,
+                    end: (time_offset + end).min(time_offset + segment_duration),
+                    tokens: piece.to_vec(),
+                    words: None,
+                })
+                .collect();
+            if opts.word_timestamps {
+                let eot = self.specials.eot;
+                let text_tokens: Vec<u32> = window
+                    .iter()
+                    .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
+                    .collect();
+                let alignment = self.find_alignment(
+                    &mut state,
+                    &sot_sequence,
+                    &text_tokens,
+                    segment_size,
+                    &language,
+                )?;
+                last_speech_timestamp = add_word_timestamps(
+                    &mut window,
+                    alignment,
+                    time_offset,
+                    eot,
+                    last_speech_timestamp,
+                );
+                // Seek to the end of the last word rather than the last
+                // timestamp token (openai-whisper and faster-whisper do).
+                let last_word_end = window
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end))
+                    .or_else(|| window.last().map(|s| s.end));
+                if let Some(end) = last_word_end {
+                    if !single_timestamp_ending && end > time_offset {
+                        seek = (end / frame_s).round() as usize;
+                    }
+                    last_speech_timestamp = end;
+                }
+            }
+
+            let mut window_tokens = Vec::new();
+            for piece in window {
+                let text = self.decode_text(&piece.tokens)?;
+                if text.is_empty() || piece.end <= piece.start {
+                    continue;
+                }
+                window_tokens.extend_from_slice(&piece.tokens);
+                let words = piece.words.map(|words| {
+                    words
+                        .into_iter()
+                        .map(|w| Word {
+                            start: round_ms(to_original(w.start, false)),
+                            end: round_ms(to_original(w.end, true)),
+                            ..w
+                        })
+                        .collect()
+                });
+                let segment = Segment {
+                    id: segments.len() as u32,
+                    start: round_ms(to_original(piece.start, false)),
+                    end: round_ms(to_original(piece.end, true)),
+                    text,
+                    speaker: None,
+                    words,
+                    seek: Some((to_original(time_offset, false) / frame_s).round() as u64),
+                    tokens: piece.tokens,
+                    temperature: Some(result.temperature),
+                    avg_logprob: Some(result.avg_logprob),
+                    compression_ratio: Some(result.compression_ratio),
+                    no_speech_prob: Some(result.no_speech_prob),
+                };
+                segments.push(segment.clone());
+                let processed = to_original(seek as f64 * frame_s, true).min(total_s);
+                if !on_progress(Progress {
+                    processed_s: processed,
+                    total_s,
+                    segment: Some(segment),
+                }) {
+                    return Err(WhisperError::Cancelled);
+                }
+            }
+            // Never stall: a window that produced nothing seekable moves on.
+            if seek as f64 * frame_s <= time_offset {
+                seek = (time_offset / frame_s) as usize + segment_size;
+            }
+            all_tokens.extend(window_tokens);
+            if !opts.condition_on_previous_text || result.temperature > 0.5 {
+                prompt_reset_since = all_tokens.len();
+            }
+        }
+        on_progress(Progress {
+            processed_s: total_s,
+            total_s,
+            segment: None,
+        });
+        // Nothing said: no language, unless the caller named one.
+        let language = if segments.is_empty() && opts.language.is_none() {
+            None
+        } else {
+            Some(language)
+        };
+        Ok((language, segments))
+    }
+}
+
+/// A recording [`WhisperModel::transcribe_regions_streamed`] reads front to
+/// back, as many times as it needs, in pieces of any size (16 kHz mono).
+pub trait ChunkSource {
+    type Reader: Iterator<Item = Result<Vec<f32>, String>>;
+    /// Starts a read from the first sample.
+    fn open(&self) -> Self::Reader;
+}
+
+/// A spectrogram the long-form loop takes its 30 s windows from: whole in
+/// memory, or computed window by window from a recording read as it goes.
+trait MelSource {
+    fn n_mels(&self) -> usize;
+    fn n_frames(&self) -> usize;
+    /// Frames `start..start + len` as `[n_mels, N_FRAMES]`, zero padded;
+    /// asked for front to back.
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError>;
+}
+
+impl MelSource for LogMel {
+    fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    fn n_frames(&self) -> usize {
+        self.n_frames
+    }
+
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError> {
+        Ok(LogMel::window(self, start, len))
+    }
+}
+
+impl<R: FnMut(&mut Vec<f32>) -> Result<bool, WhisperError>> MelSource for MelWindows<'_, R> {
+    fn n_mels(&self) -> usize {
+        MelWindows::n_mels(self)
+    }
+
+    fn n_frames(&self) -> usize {
+        MelWindows::n_frames(self)
+    }
+
+    fn window(&mut self, start: usize, len: usize) -> Result<Vec<f32>, WhisperError> {
+        MelWindows::window(self, start, len)?.ok_or_else(|| {
+            WhisperError::Input("the audio ended before the length it had the first time".into())
+        })
+    }
+}
+
+fn finish(language: Option<String>, duration_s: f64, segments: Vec<Segment>) -> Transcript {
+    let text = segments
+        .iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Transcript {
+        language,
+        duration_s,
+        text,
+        segments,
+        speakers: None,
+    }
+}
+
+fn round_ms(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
