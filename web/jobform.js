@@ -111,6 +111,8 @@ function jobParams() {
     const lang = $('language').value.trim().toLowerCase();
     params.language = lang || null;
     params.vad = { enabled: $('vad').checked };
+    // Diarized jobs time words anyway (speakers are given per word).
+    if ($('words').checked) params.word_timestamps = true;
     params.diarize = { enabled: $('diarize').checked };
     params.separate_bgm = { enabled: $('bgm').checked };
   }

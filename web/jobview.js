@@ -58,7 +58,8 @@ function renderJobView() {
   if (job.job_type === 'transcription') {
     facts.push(['Model', p.model], ['Task', p.task], ['Language', p.language || 'auto']);
     const extras = [
-      p.vad?.enabled && 'skip silence', p.diarize?.enabled && 'speakers',
+      p.vad?.enabled && 'skip silence', p.word_timestamps && 'word timings',
+      p.diarize?.enabled && 'speakers',
       p.separate_bgm?.enabled && 'music removed',
     ].filter(Boolean);
     if (extras.length) facts.push(['Options', extras.join(', ')]);
@@ -129,12 +130,21 @@ async function showResult(job) {
       onclick: () => seek(seg.start),
     }, h('span', { class: 'sr-only' }, 'Play '), `${fmt.stamp(seg.start)} – ${fmt.stamp(seg.end)}`),
     seg.speaker ? h('span', { class: 'speaker' }, seg.speaker) : null,
-    h('span', { class: 'text' }, seg.text.trim()))));
+    segmentText(seg))));
   $('transcript-box').hidden = segments.length === 0;
   $('transcript-title').textContent = job.job_type === 'vad' ? 'Speech regions' : 'Transcript';
   const speakers = result.speakers || [...new Set(segments.map((s) => s.speaker).filter(Boolean))];
   $('speaker-list').replaceChildren(...speakers.map((s) => h('li', {}, typeof s === 'string' ? s : (s.id || s.name || JSON.stringify(s)))));
   $('speakers').hidden = speakers.length === 0;
+}
+
+/** A segment's text; with word timings, one span per word (highlighted as it plays). */
+function segmentText(seg) {
+  if (!seg.words?.length) return h('span', { class: 'text' }, seg.text.trim());
+  return h('span', { class: 'text' }, ...seg.words.flatMap((w, i) => [
+    i ? ' ' : null,
+    h('span', { class: 'word', 'data-start': w.start, 'data-end': w.end }, w.word.trim()),
+  ]));
 }
 
 function seek(seconds) {
@@ -152,6 +162,10 @@ function wirePlayer() {
       const on = t >= Number(li.dataset.start) && t < Number(li.dataset.end);
       if (on) li.setAttribute('aria-current', 'true');
       else li.removeAttribute('aria-current');
+      // The word being said, for eyes only (the segment is what is announced).
+      for (const w of li.querySelectorAll('.word')) {
+        w.classList.toggle('now', on && t >= Number(w.dataset.start) && t < Number(w.dataset.end));
+      }
     }
   });
 }

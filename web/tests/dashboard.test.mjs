@@ -524,6 +524,38 @@ describe('dashboard', { timeout: 240_000 }, () => {
     assert.equal(await pageA.evaluate(() => window.notReloaded), true);
   });
 
+  it('times each word when asked and highlights the word being played', async () => {
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    await pageA.getByLabel('Time each word').check();
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 90_000 });
+    const view = pageA.locator('#job-view');
+    await view.locator('#transcript .word').first().waitFor({ timeout: 15_000 });
+    assert.match(await view.locator('#job-facts').innerText(), /word timings/);
+    const words = await view.locator('#transcript .word').evaluateAll((spans) => spans.map((s) => ({
+      text: s.textContent, start: Number(s.dataset.start), end: Number(s.dataset.end),
+    })));
+    assert.ok(words.length >= 20, `${words.length} words`);
+    for (let i = 0; i < words.length; i += 1) {
+      assert.ok(words[i].start <= words[i].end, JSON.stringify(words[i]));
+      if (i) assert.ok(words[i].start >= words[i - 1].start, 'words in order');
+    }
+    // The sentence's last word ends near the clip's end (11 s).
+    const country = words.filter((w) => /country/i.test(w.text)).at(-1);
+    assert.ok(country && country.end > 9.5 && country.end <= 11.05, JSON.stringify(country));
+    // Playing from a word's time highlights that word.
+    await pageA.waitForFunction(() => document.getElementById('player').readyState >= 1);
+    await pageA.evaluate((t) => {
+      const player = document.getElementById('player');
+      player.muted = true;
+      player.currentTime = t;
+      player.dispatchEvent(new Event('timeupdate'));
+    }, (country.start + country.end) / 2);
+    assert.match(await view.locator('#transcript .word.now').first().innerText(), /country/i);
+    await pageA.getByLabel('Time each word').uncheck();
+  });
+
   it('starts a job from a saved workflow', async () => {
     const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
     const res = await fetch(`${server.base}/v1/workflows`, {

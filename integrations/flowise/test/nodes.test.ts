@@ -216,6 +216,22 @@ describe('Murmur Transcribe', () => {
         })
     })
 
+    test('Word Timestamps gives every segment its timed words in the JSON output', async () => {
+        const Node = nodeClass('MurmurTranscribe')
+        const node = new Node()
+        const out = JSON.parse(
+            await node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', wordTimestamps: true, outputFormat: 'json' }), '', options())
+        )
+        const words = out.segments.flatMap((s: any) => s.words)
+        assert.ok(words.length >= 20, `${words.length} words`)
+        for (const w of words) assert.ok(w.start <= w.end && typeof w.probability === 'number', JSON.stringify(w))
+        const country = words.filter((w: any) => /country/i.test(w.word)).at(-1)
+        assert.ok(country.end > 9.5 && country.end <= 11.05, JSON.stringify(country))
+        // Off by default: no words.
+        const plain = JSON.parse(await node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', outputFormat: 'json' }), '', options()))
+        assert.ok(plain.segments.every((s: any) => !s.words), 'no words unless asked')
+    })
+
     test('as a chatflow ending node it transcribes once, in run', async () => {
         const Node = nodeClass('MurmurTranscribe')
         const node = new Node()

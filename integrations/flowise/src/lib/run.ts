@@ -11,7 +11,7 @@ export type OutputFormat = 'text' | 'json' | 'srt' | 'vtt' | 'tsv'
 
 export const OUTPUT_FORMATS: INodeOptionsValue[] = [
     { label: 'Text', name: 'text', description: 'The transcript as plain text' },
-    { label: 'JSON', name: 'json', description: 'Language, duration and timed segments (and speakers when diarized)' },
+    { label: 'JSON', name: 'json', description: 'Language, duration and timed segments (words with Word Timestamps, speakers when diarized)' },
     { label: 'SRT subtitles', name: 'srt' },
     { label: 'WebVTT subtitles', name: 'vtt' },
     { label: 'TSV (start, end, text)', name: 'tsv' }
@@ -145,6 +145,7 @@ export function paramsFromInputs(inputs: Record<string, any>): { params: Record<
     const diarize = truthy(inputs.diarize, false)
     const separateBgm = truthy(inputs.separateBgm, false)
     params.vad = { enabled: truthy(inputs.vad, true) }
+    if (truthy(inputs.wordTimestamps, false)) params.word_timestamps = true
     params.diarize = { enabled: diarize }
     params.separate_bgm = { enabled: separateBgm }
     return { params, ctx: { model: model || undefined, diarize, separateBgm, translate: task === 'translate' } }

@@ -79,6 +79,14 @@ class MurmurTranscribe_Murmur implements INode {
                 description: 'Skip silence and non-speech before transcribing'
             },
             {
+                label: 'Word Timestamps',
+                name: 'wordTimestamps',
+                type: 'boolean',
+                default: false,
+                optional: true,
+                description: 'Time every word (start, end, probability) in the JSON output; on by itself with diarization'
+            },
+            {
                 label: 'Speaker Diarization',
                 name: 'diarize',
                 type: 'boolean',

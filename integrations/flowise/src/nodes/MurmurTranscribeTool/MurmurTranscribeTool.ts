@@ -153,6 +153,7 @@ class MurmurTranscribeTool_Tools implements INode {
             },
             { label: 'Language', name: 'language', type: 'string', optional: true, placeholder: 'en' },
             { label: 'Voice Activity Detection', name: 'vad', type: 'boolean', default: true, optional: true },
+            { label: 'Word Timestamps', name: 'wordTimestamps', type: 'boolean', default: false, optional: true },
             { label: 'Speaker Diarization', name: 'diarize', type: 'boolean', default: false, optional: true },
             { label: 'Background Music Separation', name: 'separateBgm', type: 'boolean', default: false, optional: true },
             { label: 'Output Format', name: 'outputFormat', type: 'options', options: OUTPUT_FORMATS, default: 'text', optional: true },
