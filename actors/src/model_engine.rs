@@ -935,6 +935,8 @@ impl ModelEngine {
         };
         let transcript = if todo.is_empty() {
             Transcript {
+                language_probability: None,
+                language_candidates: None,
                 language: opts.language.clone(),
                 duration_s,
                 text: String::new(),
@@ -975,6 +977,10 @@ impl ModelEngine {
             detected => detected,
         };
         let mut result = Transcript {
+            // Detection ran on this run's first window (after a resume,
+            // on the part left to decode).
+            language_probability: transcript.language_probability,
+            language_candidates: transcript.language_candidates,
             language,
             duration_s,
             text,

@@ -996,6 +996,8 @@ mod tests {
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
+            language_probability: None,
+            language_candidates: None,
             language: Some("en".into()),
             duration_s: 30.0,
             text: String::new(),

@@ -524,6 +524,8 @@ mod tests {
 
     fn transcript(segments: Vec<Segment>) -> Transcript {
         Transcript {
+            language_probability: None,
+            language_candidates: None,
             language: Some("en".into()),
             duration_s: 11.0,
             text: segments
@@ -707,6 +709,8 @@ mod tests {
             "start\tend\ttext\n0\t2346\tHello there friend\n2346\t4000\t[B]: Bye.\n"
         );
         let empty = Transcript {
+            language_probability: None,
+            language_candidates: None,
             segments: vec![],
             text: " just text ".into(),
             ..t.clone()

@@ -64,12 +64,27 @@ pub struct Transcript {
     /// ISO 639-1 code detected or forced, e.g. "en"; `None` when nothing
     /// was said and no language was asked for.
     pub language: Option<String>,
+    /// When the language was detected rather than asked for: how likely
+    /// Whisper found it (0 to 1), from its first window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_probability: Option<f64>,
+    /// With detection: the most likely languages, best first (at most 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_candidates: Option<Vec<LanguageCandidate>>,
     pub duration_s: f64,
     pub text: String,
     pub segments: Vec<Segment>,
     /// Speaker labels in order of first appearance; set by diarization only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speakers: Option<Vec<String>>,
+}
+
+/// One language Whisper's detection weighed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageCandidate {
+    /// ISO 639-1 code, e.g. "en".
+    pub language: String,
+    pub probability: f64,
 }
 
 /// A region of speech found by voice-activity detection, in seconds.

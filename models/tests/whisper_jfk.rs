@@ -357,3 +357,34 @@ fn two_regions_with_a_long_gap_keep_their_own_times() {
         );
     }
 }
+
+#[test]
+fn detected_language_comes_with_its_probability_and_the_runners_up() {
+    let t = transcribe_jfk("base", &DecodeOptions::default());
+    assert_eq!(t.language.as_deref(), Some("en"));
+    let p = t.language_probability.expect("detected, so a probability");
+    let candidates = t.language_candidates.expect("candidates");
+    println!("base on JFK: en {p:.3}, candidates {candidates:?}");
+    assert!(p > 0.5 && p <= 1.0, "{p}");
+    assert_eq!(candidates.len(), 5);
+    assert_eq!(candidates[0].language, "en");
+    assert_eq!(candidates[0].probability, p);
+    assert!(candidates
+        .windows(2)
+        .all(|w| w[0].probability >= w[1].probability));
+    assert!(candidates.iter().map(|c| c.probability).sum::<f64>() <= 1.0 + 1e-9);
+    assert!(candidates
+        .iter()
+        .all(|c| c.language.len() >= 2 && c.language.len() <= 3));
+    // Asked for, or an English-only model: nothing was detected.
+    let forced = transcribe_jfk(
+        "base",
+        &DecodeOptions {
+            language: Some("en".into()),
+            ..DecodeOptions::default()
+        },
+    );
+    assert!(forced.language_probability.is_none() && forced.language_candidates.is_none());
+    let english = transcribe_jfk("tiny.en", &DecodeOptions::default());
+    assert!(english.language_probability.is_none());
+}

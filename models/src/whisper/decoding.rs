@@ -23,7 +23,13 @@ pub(super) struct WindowResult {
 }
 
 impl WhisperModel {
-    pub(super) fn detect_language(&self, state: &mut DecoderState) -> Result<u32, WhisperError> {
+    /// The language tokens with their probabilities after `<|startoftranscript|>`,
+    /// most likely first: a softmax over the language tokens only, as
+    /// openai-whisper's `detect_language` does.
+    pub(super) fn detect_language(
+        &self,
+        state: &mut DecoderState,
+    ) -> Result<Vec<(u32, f64)>, WhisperError> {
         state.reset_tokens();
         let hidden = self.decoder.forward(&[self.specials.sot], state)?;
         let logits = self
@@ -32,14 +38,25 @@ impl WhisperModel {
             .i(0)?
             .to_vec1::<f32>()?;
         state.reset_tokens();
-        let best = self
+        let mut ranked: Vec<(u32, f64)> = self
             .specials
             .languages
             .iter()
-            .copied()
-            .max_by(|&a, &b| logits[a as usize].total_cmp(&logits[b as usize]))
-            .unwrap_or(self.specials.sot + 1);
-        Ok(best)
+            .filter_map(|&t| logits.get(t as usize).map(|&l| (t, f64::from(l))))
+            .collect();
+        let max = ranked
+            .iter()
+            .map(|(_, l)| *l)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = ranked.iter().map(|(_, l)| (l - max).exp()).sum();
+        for (_, l) in &mut ranked {
+            *l = (*l - max).exp() / sum;
+        }
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if ranked.is_empty() {
+            ranked.push((self.specials.sot + 1, 1.0));
+        }
+        Ok(ranked)
     }
 
     pub(super) fn decode_with_fallback(

@@ -13,7 +13,7 @@ use super::{
     DecodeOptions, Progress, Task, WhisperError, WhisperModel, INPUT_STRIDE, TIME_PRECISION,
 };
 use crate::mel::{self, LogMel, MelMax, MelWindows, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
-use crate::transcript::{Segment, SpeechRegion, Transcript, Word};
+use crate::transcript::{LanguageCandidate, Segment, SpeechRegion, Transcript, Word};
 
 impl WhisperModel {
     /// Transcribes (or translates) 16 kHz mono audio. `on_progress` returning
@@ -26,7 +26,7 @@ impl WhisperModel {
     ) -> Result<Transcript, WhisperError> {
         let total_s = samples.len() as f64 / SAMPLE_RATE as f64;
         let mut mel = mel::log_mel_spectrogram(samples, &self.filters, N_SAMPLES);
-        let (language, segments) = self.run(
+        let (language, detected, segments) = self.run(
             &mut mel,
             samples.is_empty(),
             opts,
@@ -34,7 +34,7 @@ impl WhisperModel {
             &|t, _| t,
             total_s,
         )?;
-        Ok(finish(language, total_s, segments))
+        Ok(finish(language, detected, total_s, segments))
     }
 
     /// Transcribes only the `regions` of `samples` (VAD output, seconds on
@@ -53,7 +53,7 @@ impl WhisperModel {
         let joined = map.gather(samples);
         let mut mel = mel::log_mel_spectrogram(&joined, &self.filters, N_SAMPLES);
         drop(joined);
-        let (language, segments) = self.run(
+        let (language, detected, segments) = self.run(
             &mut mel,
             map.joined_len() == 0,
             opts,
@@ -61,7 +61,7 @@ impl WhisperModel {
             &|t, is_end| map.to_original(t, is_end),
             total_s,
         )?;
-        Ok(finish(language, total_s, segments))
+        Ok(finish(language, detected, total_s, segments))
     }
 
     /// [`WhisperModel::transcribe_regions`] over a recording of `n_samples`
@@ -115,7 +115,7 @@ impl WhisperModel {
             }
         };
         let mut mel = MelWindows::new(&filters, joined_len, N_SAMPLES, max, read);
-        let (language, segments) = self.run(
+        let (language, detected, segments) = self.run(
             &mut mel,
             joined_len == 0,
             opts,
@@ -123,7 +123,7 @@ impl WhisperModel {
             &|t, is_end| map.to_original(t, is_end),
             total_s,
         )?;
-        Ok(finish(language, total_s, segments))
+        Ok(finish(language, detected, total_s, segments))
     }
 
     /// The long-form loop over the spectrogram `mel` (`empty`: of no
@@ -140,7 +140,7 @@ impl WhisperModel {
         on_progress: &mut dyn FnMut(Progress) -> bool,
         to_original: &dyn Fn(f64, bool) -> f64,
         total_s: f64,
-    ) -> Result<(Option<String>, Vec<Segment>), WhisperError> {
+    ) -> Result<(Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>), WhisperError> {
         let multilingual = self.is_multilingual();
         if !multilingual {
             if opts.task == Task::Translate {
@@ -162,13 +162,14 @@ impl WhisperModel {
             (Some(code), true) => Some(self.language_token(code)?),
             _ => None,
         };
+        let mut detected: Option<Vec<LanguageCandidate>> = None;
         let mut language = opts
             .language
             .clone()
             .unwrap_or_else(|| "en".to_string())
             .to_ascii_lowercase();
         if empty {
-            return Ok((opts.language.as_ref().map(|_| language), Vec::new()));
+            return Ok((opts.language.as_ref().map(|_| language), None, Vec::new()));
         }
 
         let content_frames = mel.n_frames().saturating_sub(N_FRAMES);
@@ -200,9 +201,20 @@ impl WhisperModel {
             let mut state = self.decoder.start(&audio)?;
 
             if multilingual && language_token.is_none() {
-                let token = self.detect_language(&mut state)?;
+                let ranked = self.detect_language(&mut state)?;
+                let token = ranked[0].0;
                 language = self.language_code(token);
                 language_token = Some(token);
+                detected = Some(
+                    ranked
+                        .iter()
+                        .take(LANGUAGE_CANDIDATES)
+                        .map(|&(t, p)| LanguageCandidate {
+                            language: self.language_code(t),
+                            probability: p,
+                        })
+                        .collect(),
+                );
             }
             let mut sot_sequence = vec![self.specials.sot];
             if let Some(lang) = language_token {
@@ -400,12 +412,12 @@ impl WhisperModel {
             segment: None,
         });
         // Nothing said: no language, unless the caller named one.
-        let language = if segments.is_empty() && opts.language.is_none() {
-            None
+        let (language, detected) = if segments.is_empty() && opts.language.is_none() {
+            (None, None)
         } else {
-            Some(language)
+            (Some(language), detected)
         };
-        Ok((language, segments))
+        Ok((language, detected, segments))
     }
 }
 
@@ -457,13 +469,26 @@ impl<R: FnMut(&mut Vec<f32>) -> Result<bool, WhisperError>> MelSource for MelWin
     }
 }
 
-fn finish(language: Option<String>, duration_s: f64, segments: Vec<Segment>) -> Transcript {
+/// Languages reported beside the detected one.
+const LANGUAGE_CANDIDATES: usize = 5;
+
+fn finish(
+    language: Option<String>,
+    detected: Option<Vec<LanguageCandidate>>,
+    duration_s: f64,
+    segments: Vec<Segment>,
+) -> Transcript {
     let text = segments
         .iter()
         .map(|s| s.text.as_str())
         .collect::<Vec<_>>()
         .join(" ");
     Transcript {
+        language_probability: detected
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.probability),
+        language_candidates: detected,
         language,
         duration_s,
         text,
