@@ -140,7 +140,7 @@ impl WhisperModel {
         on_progress: &mut dyn FnMut(Progress) -> bool,
         to_original: &dyn Fn(f64, bool) -> f64,
         total_s: f64,
-    ) -> Result<(Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>), WhisperError> {
+    ) -> Result<Decoded, WhisperError> {
         let multilingual = self.is_multilingual();
         if !multilingual {
             if opts.task == Task::Translate {
@@ -468,6 +468,10 @@ impl<R: FnMut(&mut Vec<f32>) -> Result<bool, WhisperError>> MelSource for MelWin
         })
     }
 }
+
+/// What the long-form loop found: the language (asked for or detected), the
+/// detection's ranked candidates when it ran, and the segments.
+type Decoded = (Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>);
 
 /// Languages reported beside the detected one.
 const LANGUAGE_CANDIDATES: usize = 5;
