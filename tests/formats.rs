@@ -130,11 +130,23 @@ async fn uploads_in_codecs_murmur_cannot_decode_are_refused_by_name() {
             "64k",
         ],
     );
-    let speex = transcoded(dir.path(), "old.spx", &["-c:a", "libspeex"]);
-    for (name, bytes, needle) in [
-        ("surround.opus", surround, "surround Opus"),
-        ("old.spx", speex, "Speex"),
-    ] {
+    let mut cases = vec![("surround.opus", surround, "surround Opus")];
+    // Speex needs ffmpeg built with libspeex (Debian's is).
+    let has_speex = Command::new("ffmpeg")
+        .args(["-hide_banner", "-encoders"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("libspeex"))
+        .unwrap_or(false);
+    if has_speex {
+        cases.push((
+            "old.spx",
+            transcoded(dir.path(), "old.spx", &["-c:a", "libspeex"]),
+            "Speex",
+        ));
+    } else {
+        println!("this ffmpeg has no libspeex; the Speex refusal is not checked");
+    }
+    for (name, bytes, needle) in cases {
         let answer = c.upload(name, bytes).await;
         let status = answer.status;
         let body = answer.body.clone();
