@@ -63,6 +63,9 @@ pub(super) struct Opened {
     pub(super) params: CodecParameters,
 }
 
+/// The EBML magic that opens Matroska and WebM files.
+const EBML: [u8; 4] = [0x1A, 0x45, 0xDF, 0xA3];
+
 /// Container magic numbers, to tell "a WAV cut short inside its header" from
 /// "not audio at all" when probing fails.
 fn looks_like_audio(head: &[u8]) -> bool {
@@ -71,8 +74,7 @@ fn looks_like_audio(head: &[u8]) -> bool {
         || head.starts_with(b"OggS")
         || head.starts_with(b"ID3")
         || head.get(4..8) == Some(b"ftyp")
-        // EBML: Matroska and WebM.
-        || head.starts_with(&[0x1A, 0x45, 0xDF, 0xA3])
+        || head.starts_with(&EBML)
 }
 
 /// A codec's name for messages: the decoder's own when Murmur has one, the
@@ -111,7 +113,11 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
         path: path.to_path_buf(),
         source,
     };
-    let (_, len) = input.open().map_err(io_err)?;
+    // The first bytes tell containers apart (Matroska's length below, and
+    // what a probe failure means): read once, here.
+    let (file, len) = input.open().map_err(io_err)?;
+    let mut head = Vec::with_capacity(12);
+    io::Read::read_to_end(&mut io::Read::take(file, 12), &mut head).map_err(io_err)?;
     if len == 0 {
         return Err(AudioError::Empty {
             path: path.to_path_buf(),
@@ -141,17 +147,11 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
     let probed = symphonia::default::get_probe()
         .format(&hint, mss, &format_options, &MetadataOptions::default())
         .map_err(|e| {
-            let mut head = [0u8; 12];
-            let n = input
-                .open()
-                .and_then(|(mut f, _)| io::Read::read(&mut f, &mut head))
-                .unwrap_or(0);
             match e {
                 // symphonia's Ogg reader reads to the end when no stream has
                 // a codec it maps: say which codec that is.
                 SymphoniaError::IoError(ref io)
-                    if io.kind() == io::ErrorKind::UnexpectedEof
-                        && head[..n].starts_with(b"OggS") =>
+                    if io.kind() == io::ErrorKind::UnexpectedEof && head.starts_with(b"OggS") =>
                 {
                     match ogg_codec(input) {
                         Some(codec) => AudioError::Unsupported {
@@ -168,8 +168,7 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
                     }
                 }
                 SymphoniaError::IoError(ref io)
-                    if io.kind() == io::ErrorKind::UnexpectedEof
-                        && looks_like_audio(&head[..n]) =>
+                    if io.kind() == io::ErrorKind::UnexpectedEof && looks_like_audio(&head) =>
                 {
                     AudioError::Truncated {
                         path: path.to_path_buf(),
@@ -228,7 +227,7 @@ pub(super) fn open(input: Input<'_>) -> Result<Opened, AudioError> {
         }
     }
     let mut params = track.codec_params.clone();
-    if is_matroska(input) {
+    if head.starts_with(&EBML) {
         frames_from_time_base(&mut params);
     }
     Ok(Opened {
@@ -261,15 +260,6 @@ fn ogg_codec(input: Input<'_>) -> Option<&'static str> {
         .iter()
         .find(|(sig, _)| packet.starts_with(sig))
         .map(|(_, name)| *name)
-}
-
-fn is_matroska(input: Input<'_>) -> bool {
-    let mut head = [0u8; 4];
-    input
-        .open()
-        .and_then(|(mut f, _)| io::Read::read_exact(&mut f, &mut head))
-        .is_ok()
-        && head == [0x1A, 0x45, 0xDF, 0xA3]
 }
 
 /// symphonia's Matroska reader states a track's length (`n_frames`) in the
