@@ -75,7 +75,6 @@ pub(crate) struct FairQueue<T> {
     classes: BTreeMap<u32, Class<T>>,
     /// The start tag of the request served last.
     vtime: f64,
-    len: usize,
 }
 
 impl<T> Default for FairQueue<T> {
@@ -83,7 +82,6 @@ impl<T> Default for FairQueue<T> {
         FairQueue {
             classes: BTreeMap::new(),
             vtime: 0.0,
-            len: 0,
         }
     }
 }
@@ -104,7 +102,6 @@ impl<T> FairQueue<T> {
             class.start = vtime.max(class.finish);
         }
         class.queue.push_back((cost.max(0.0), item));
-        self.len += 1;
     }
 
     fn pop(&mut self) -> Option<T> {
@@ -119,7 +116,6 @@ impl<T> FairQueue<T> {
         self.vtime = class.start;
         class.finish = class.start + cost / class.weight;
         class.start = class.finish;
-        self.len -= 1;
         Some(item)
     }
 
@@ -131,12 +127,11 @@ impl<T> FairQueue<T> {
             class.queue = kept.into();
             removed.extend(gone.into_iter().map(|(_, w)| w));
         }
-        self.len -= removed.len();
         removed
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.classes.values().map(|c| c.queue.len()).sum()
     }
 }
 
