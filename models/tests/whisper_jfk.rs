@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use murmur_models::fetch;
-use murmur_models::registry;
 use murmur_models::testaudio;
 use murmur_models::transcript::{SpeechRegion, Transcript};
 use murmur_models::whisper::{DecodeOptions, Progress, Task, WhisperError, WhisperModel};
@@ -16,10 +15,7 @@ use murmur_models::whisper::{DecodeOptions, Progress, Task, WhisperError, Whispe
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn model(name: &str) -> PathBuf {
-    let cache = registry::cache_dir();
-    let installed =
-        fetch::install(name, &cache.join("models"), &cache, &mut |_| {}).expect("install model");
-    installed.path
+    fetch::install_cached(name).expect("install model").path
 }
 
 /// 16-bit PCM mono WAV -> f32 samples (the fixture's format).

@@ -7,16 +7,12 @@ use std::time::Instant;
 
 use murmur_models::audio;
 use murmur_models::fetch;
-use murmur_models::registry;
 use murmur_models::testaudio;
 use murmur_models::transcript::SpeechRegion;
 use murmur_models::whisper::{ChunkSource, DecodeOptions, WhisperModel};
 
 fn model(name: &str) -> PathBuf {
-    let cache = registry::cache_dir();
-    fetch::install(name, &cache.join("models"), &cache, &mut |_| {})
-        .expect("install model")
-        .path
+    fetch::install_cached(name).expect("install model").path
 }
 
 fn words(s: &str) -> Vec<String> {

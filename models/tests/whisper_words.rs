@@ -9,7 +9,6 @@ use std::sync::Mutex;
 
 use murmur_models::audio;
 use murmur_models::fetch;
-use murmur_models::registry;
 use murmur_models::testaudio;
 use murmur_models::transcript::{SpeechRegion, Transcript, Word};
 use murmur_models::whisper::{DecodeOptions, WhisperModel};
@@ -18,10 +17,7 @@ use murmur_models::whisper::{DecodeOptions, WhisperModel};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn model(name: &str) -> PathBuf {
-    let cache = registry::cache_dir();
-    fetch::install(name, &cache.join("models"), &cache, &mut |_| {})
-        .expect("install model")
-        .path
+    fetch::install_cached(name).expect("install model").path
 }
 
 fn samples(path: &std::path::Path) -> Vec<f32> {
