@@ -6,7 +6,7 @@
 //     flow's uploads were moved into Flowise's storage; read with
 //     `getFileFromStorage(name, orgId, chatflowid)`.
 
-import { ICommonObject } from './Interface'
+import { ICommonObject, INodeParams } from './Interface'
 import { resolveGetFileFromStorage } from './flowise'
 
 export interface AudioFile {
@@ -28,7 +28,27 @@ const MIME_BY_EXT: Record<string, string> = {
     webm: 'audio/webm'
 }
 
-export const AUDIO_FILE_TYPES = '.wav, .mp3, .m4a, .mp4, .aac, .ogg, .oga, .opus, .flac, .webm'
+const AUDIO_FILE_TYPES = '.wav, .mp3, .m4a, .mp4, .aac, .ogg, .oga, .opus, .flac, .webm'
+
+/** The audio inputs of the nodes that run jobs: a file and/or a URL (see `run.transcribeInputs`). */
+export const AUDIO_INPUTS: INodeParams[] = [
+    {
+        label: 'Audio File',
+        name: 'audioFile',
+        type: 'file',
+        fileType: AUDIO_FILE_TYPES,
+        optional: true
+    },
+    {
+        label: 'Audio URL',
+        name: 'audioUrl',
+        type: 'string',
+        placeholder: 'https://example.com/talk.mp3',
+        optional: true,
+        acceptVariable: true,
+        description: 'Instead of (or after) the file: the http(s) address of an audio or video file, which the Murmur server fetches'
+    }
+]
 
 function mimeFor(name: string): string {
     const ext = name.split('.').pop()?.toLowerCase() ?? ''

@@ -1,4 +1,4 @@
-import { AUDIO_FILE_TYPES } from '../../lib/audio'
+import { AUDIO_INPUTS } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listWorkflowOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
 import { OUTPUT_FORMATS, outputFormat, timeoutMs, transcribeInputs } from '../../lib/run'
@@ -35,22 +35,7 @@ class MurmurRunWorkflow_Murmur implements INode {
                 loadMethod: 'listWorkflows',
                 description: 'A workflow stored in Murmur (dashboard or POST /v1/workflows)'
             },
-            {
-                label: 'Audio File',
-                name: 'audioFile',
-                type: 'file',
-                fileType: AUDIO_FILE_TYPES,
-                optional: true
-            },
-            {
-                label: 'Audio URL',
-                name: 'audioUrl',
-                type: 'string',
-                placeholder: 'https://example.com/talk.mp3',
-                optional: true,
-                acceptVariable: true,
-                description: 'Instead of (or after) the file: the http(s) address of an audio or video file, which the Murmur server fetches'
-            },
+            ...AUDIO_INPUTS,
             {
                 label: 'Output Format',
                 name: 'outputFormat',

@@ -1,4 +1,4 @@
-import { AUDIO_FILE_TYPES } from '../../lib/audio'
+import { AUDIO_INPUTS } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
 import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeInputs } from '../../lib/run'
@@ -28,22 +28,7 @@ class MurmurTranscribe_Murmur implements INode {
         this.credential = CREDENTIAL
         this.outputs = outputs(this.type, 'Transcript')
         this.inputs = [
-            {
-                label: 'Audio File',
-                name: 'audioFile',
-                type: 'file',
-                fileType: AUDIO_FILE_TYPES,
-                optional: true
-            },
-            {
-                label: 'Audio URL',
-                name: 'audioUrl',
-                type: 'string',
-                placeholder: 'https://example.com/talk.mp3',
-                optional: true,
-                acceptVariable: true,
-                description: 'Instead of (or after) the file: the http(s) address of an audio or video file, which the Murmur server fetches'
-            },
+            ...AUDIO_INPUTS,
             {
                 label: 'Model',
                 name: 'model',
