@@ -5,7 +5,7 @@ import { getJSON, request, sendJSON } from './api.js';
 import * as fmt from './format.js';
 import { emit, on, state } from './state.js';
 import {
-  $, announce, busy, copySecret, h,
+  $, announce, busy, copySecret, h, showSecret,
 } from './ui.js';
 
 function meterRow(label, used, limit, show) {
@@ -102,11 +102,8 @@ export function wireAccount() {
       const exp = $('key-expires').value;
       if (exp) body.expires_at = new Date(`${exp}T23:59:59`).toISOString();
       const key = await sendJSON('POST', '/v1/api-keys', body);
-      $('new-key-token').value = key.token;
-      $('new-key').hidden = false;
       $('key-form').reset();
-      $('new-key-token').focus();
-      $('new-key-token').select();
+      showSecret('new-key', 'new-key-token', key.token);
       announce(`Key ${key.name} created. Copy it now; it is not shown again.`);
       await loadKeys();
     });

@@ -10,7 +10,7 @@ import { addFile } from './files.js';
 import { cancelRecording, wireRecorder } from './recorder.js';
 import { emit, fileName, on, state } from './state.js';
 import {
-  $, announce, busy, copySecret, h, setBar, showError, toast,
+  $, announce, busy, copySecret, h, setBar, showError, showSecret, toast,
 } from './ui.js';
 
 export function applyLimits(limits) {
@@ -176,8 +176,8 @@ function showCallbackSecret(job) {
     $('callback-new').hidden = true;
     return;
   }
-  $('callback-secret').value = job.callback_secret;
-  $('callback-new').hidden = false;
+  // Focus stays with the job that starts; the box says to copy it.
+  showSecret('callback-new', 'callback-secret', job.callback_secret, { focus: false });
   announce('Copy the callback signing secret now; it is not shown again.');
 }
 

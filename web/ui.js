@@ -73,6 +73,19 @@ export function setBar(bar, pct, text) {
   bar.firstElementChild.style.width = `${pct}%`;
 }
 
+/**
+ * Shows a secret the server gives only once in its box; with `focus`, it is
+ * selected, ready to copy.
+ */
+export function showSecret(boxId, inputId, value, { focus = true } = {}) {
+  $(inputId).value = value;
+  $(boxId).hidden = false;
+  if (focus) {
+    $(inputId).focus();
+    $(inputId).select();
+  }
+}
+
 /** Copies a secret shown once; when the browser refuses, selects it. */
 export async function copySecret(input, what) {
   try {

@@ -6,7 +6,7 @@ import { getJSON, request, sendJSON } from './api.js';
 import * as fmt from './format.js';
 import { state } from './state.js';
 import {
-  $, announce, busy, copySecret, h,
+  $, announce, busy, copySecret, h, showSecret,
 } from './ui.js';
 
 export const EVENTS = ['job.queued', 'job.started', 'job.completed', 'job.failed', 'job.cancelled'];
@@ -104,11 +104,8 @@ export function wireWebhooks() {
       const description = $('webhook-description').value.trim();
       if (description) body.description = description;
       const w = await sendJSON('POST', '/v1/webhooks', body);
-      $('new-webhook-secret').value = w.secret;
-      $('new-webhook').hidden = false;
       $('webhook-form').reset();
-      $('new-webhook-secret').focus();
-      $('new-webhook-secret').select();
+      showSecret('new-webhook', 'new-webhook-secret', w.secret);
       announce(`Endpoint ${w.url} added. Copy its signing secret now; it is not shown again.`);
       await loadWebhooks();
     });
