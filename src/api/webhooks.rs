@@ -17,7 +17,7 @@ use warp::{Filter, Reply};
 
 use super::{
     auth_header, json_body, json_reply, op, parse_json, respond, tag_tenant, with_state, ApiError,
-    AppState,
+    AppState, Caller,
 };
 use crate::ids::new_id;
 use crate::outbound::OutboundError;
@@ -241,16 +241,10 @@ async fn deliveries(
     let caller = state
         .authenticate(auth.as_deref(), op("webhooks:read", Role::Admin))
         .await?;
-    let tenant = caller.tenant_id();
-    if state.store.webhook(tenant, &id)?.is_none() {
+    if state.store.webhook(caller.tenant_id(), &id)?.is_none() {
         return Err(ApiError::not_found("webhook"));
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, MAX_ATTEMPTS_LISTED);
-    let items = state.store.delivery_attempts(tenant, &id, limit)?;
-    Ok(tag_tenant(
-        json_reply(StatusCode::OK, &json!({"items": items})),
-        &caller,
-    ))
+    attempts_reply(&state, &caller, &id, &q)
 }
 
 /// Recent attempts to a job's own `callback_url` (empty when it has none):
@@ -264,14 +258,26 @@ async fn callback_deliveries(
     let caller = state
         .authenticate(auth.as_deref(), op("jobs:read", Role::Viewer))
         .await?;
-    let tenant = caller.tenant_id();
-    if state.store.job(tenant, &id)?.is_none() {
+    if state.store.job(caller.tenant_id(), &id)?.is_none() {
         return Err(ApiError::not_found("job"));
     }
+    attempts_reply(&state, &caller, &id, &q)
+}
+
+/// The recent delivery attempts logged under `owner` (a webhook or a job
+/// the caller was checked to own).
+fn attempts_reply(
+    state: &AppState,
+    caller: &Caller,
+    owner: &str,
+    q: &AttemptsQuery,
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_ATTEMPTS_LISTED);
-    let items = state.store.delivery_attempts(tenant, &id, limit)?;
+    let items = state
+        .store
+        .delivery_attempts(caller.tenant_id(), owner, limit)?;
     Ok(tag_tenant(
         json_reply(StatusCode::OK, &json!({"items": items})),
-        &caller,
+        caller,
     ))
 }
