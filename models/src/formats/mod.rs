@@ -148,8 +148,6 @@ pub(crate) fn speaker_prefix(segment: &Segment) -> String {
     }
 }
 
-/// SubRip. SRT has no escapes; a literal `-->` in text (which some players
-
 /// Plain text, one segment per line (Whisper's `txt`); the transcript's
 /// `text` when it has no segments.
 pub fn to_txt(transcript: &Transcript) -> String {

@@ -14,6 +14,7 @@ fn cue_lines(text: &str) -> String {
         .join("\n")
 }
 
+/// SubRip. SRT has no escapes; a literal `-->` in text (which some players
 /// take for a timing line) is written as `->`.
 pub fn to_srt(segments: &[Segment]) -> String {
     let mut out = String::new();
