@@ -14,6 +14,8 @@
 
 mod parse;
 mod rttm;
+#[cfg(test)]
+mod subtitle_tests;
 mod subtitles;
 #[cfg(test)]
 mod tests;
@@ -25,7 +27,7 @@ use crate::transcript::{Segment, Transcript};
 
 pub use parse::{parse_srt, parse_vtt};
 pub use rttm::{parse_rttm, to_rttm, SpeakerTurn};
-pub use subtitles::{to_srt, to_vtt};
+pub use subtitles::{to_srt, to_srt_with, to_vtt, to_vtt_with, SubtitleOptions};
 
 /// A result format of `GET /v1/jobs/{id}/result?format=...`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +45,10 @@ pub enum FormatError {
     UnknownFormat(String),
     #[error("line {line}: {message}")]
     Parse { line: usize, message: String },
+    /// Subtitle options that are out of range, need word timestamps the
+    /// transcript lacks, or were given for a format that is not subtitles.
+    #[error("{0}")]
+    Options(String),
 }
 
 impl Format {
@@ -111,6 +117,23 @@ pub fn render(transcript: &Transcript, format: Format) -> String {
         Format::Vtt => to_vtt(&transcript.segments),
         Format::Txt => to_txt(transcript),
         Format::Tsv => to_tsv(&transcript.segments),
+    }
+}
+
+/// Renders `transcript` in `format`, subtitle cues laid out by `opts`
+/// (which only SRT and WebVTT take).
+pub fn render_with(
+    transcript: &Transcript,
+    format: Format,
+    opts: &SubtitleOptions,
+) -> Result<String, FormatError> {
+    match format {
+        Format::Srt => to_srt_with(&transcript.segments, opts),
+        Format::Vtt => to_vtt_with(&transcript.segments, opts),
+        _ if opts.is_set() => Err(FormatError::Options(format!(
+            "subtitle options apply to srt and vtt, not {format}"
+        ))),
+        _ => Ok(render(transcript, format)),
     }
 }
 
