@@ -253,13 +253,20 @@ fn first_on_line(mut piece: Piece) -> Piece {
     piece
 }
 
-/// The cues of `segments` under `opts`, each as (start, end, speaker, text
-/// with `escape` applied).
+/// A cue ready to write: its text has been through the format's escaping.
+struct Written {
+    start: f64,
+    end: f64,
+    speaker: Option<String>,
+    text: String,
+}
+
+/// The cues of `segments` under `opts`, their text through `escape`.
 fn layout(
     segments: &[Segment],
     opts: &SubtitleOptions,
     escape: &dyn Fn(&str) -> String,
-) -> Result<Vec<(f64, f64, Option<String>, String)>, FormatError> {
+) -> Result<Vec<Written>, FormatError> {
     opts.validate()?;
     let has_words = segments
         .iter()
@@ -283,22 +290,23 @@ fn layout(
     for cue in &cues {
         // A segment cue's pieces all carry the segment's times.
         let (start, end) = (cue.start(), cue.end());
+        let written = |start, end, text| Written {
+            start,
+            end,
+            speaker: cue.speaker.clone(),
+            text,
+        };
         if !opts.highlight_words {
-            out.push((start, end, cue.speaker.clone(), cue.text(escape, None)));
+            out.push(written(start, end, cue.text(escape, None)));
             continue;
         }
         let plain = cue.text(escape, None);
         let mut last = start;
         for (i, piece) in cue.pieces().enumerate() {
             if piece.start > last {
-                out.push((last, piece.start, cue.speaker.clone(), plain.clone()));
+                out.push(written(last, piece.start, plain.clone()));
             }
-            out.push((
-                piece.start,
-                piece.end,
-                cue.speaker.clone(),
-                cue.text(escape, Some(i)),
-            ));
+            out.push(written(piece.start, piece.end, cue.text(escape, Some(i))));
             last = piece.end;
         }
     }
@@ -328,19 +336,18 @@ pub fn to_srt(segments: &[Segment]) -> String {
 /// SubRip laid out by `opts`; speakers as a `[NAME]: ` prefix.
 pub fn to_srt_with(segments: &[Segment], opts: &SubtitleOptions) -> Result<String, FormatError> {
     let mut out = String::new();
-    for (index, (start, end, speaker, text)) in
-        layout(segments, opts, &srt_text)?.into_iter().enumerate()
-    {
-        let prefix = match speaker {
+    for (index, cue) in layout(segments, opts, &srt_text)?.into_iter().enumerate() {
+        let prefix = match cue.speaker {
             Some(name) if !name.is_empty() => format!("[{}]: ", one_line(&name)),
             _ => String::new(),
         };
         let _ = write!(
             out,
-            "{}\n{} --> {}\n{prefix}{text}\n\n",
+            "{}\n{} --> {}\n{prefix}{}\n\n",
             index + 1,
-            format_timestamp(start, ','),
-            format_timestamp(end, ','),
+            format_timestamp(cue.start, ','),
+            format_timestamp(cue.end, ','),
+            cue.text
         );
     }
     Ok(out)
@@ -361,16 +368,17 @@ pub fn to_vtt(segments: &[Segment]) -> String {
 /// WebVTT laid out by `opts`; speakers as voice spans (`<v NAME>text`).
 pub fn to_vtt_with(segments: &[Segment], opts: &SubtitleOptions) -> Result<String, FormatError> {
     let mut out = String::from("WEBVTT\n\n");
-    for (start, end, speaker, text) in layout(segments, opts, &vtt_escape)? {
-        let voice = match speaker {
+    for cue in layout(segments, opts, &vtt_escape)? {
+        let voice = match cue.speaker {
             Some(name) if !name.is_empty() => format!("<v {}>", vtt_escape(&one_line(&name))),
             _ => String::new(),
         };
         let _ = write!(
             out,
-            "{} --> {}\n{voice}{text}\n\n",
-            format_timestamp(start, '.'),
-            format_timestamp(end, '.'),
+            "{} --> {}\n{voice}{}\n\n",
+            format_timestamp(cue.start, '.'),
+            format_timestamp(cue.end, '.'),
+            cue.text
         );
     }
     Ok(out)
