@@ -15,7 +15,7 @@ use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::params::JobParams;
 use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use murmur_models::fetch::{self, InstallEvent};
-use murmur_models::formats::{self, Format};
+use murmur_models::formats::{self, Format, SubtitleOptions};
 use murmur_models::transcript::Transcript;
 
 #[derive(Args)]
@@ -46,6 +46,20 @@ pub struct TranscribeArgs {
     /// Output format: json, srt, vtt, txt, tsv.
     #[arg(long, default_value = "txt")]
     format: String,
+    /// srt/vtt: at most this many characters on a subtitle line.
+    #[arg(long)]
+    max_line_width: Option<usize>,
+    /// srt/vtt: at most this many lines in a cue; cues then run across
+    /// segments (times each word).
+    #[arg(long)]
+    max_line_count: Option<usize>,
+    /// srt/vtt: at most this many words on a line; alone, one line per cue
+    /// (times each word).
+    #[arg(long)]
+    max_words_per_line: Option<usize>,
+    /// srt/vtt: one cue per word, that word underlined (times each word).
+    #[arg(long)]
+    highlight_words: bool,
     /// Write the result here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -171,6 +185,16 @@ pub async fn separate(settings: &Settings, args: SeparateArgs) -> anyhow::Result
 
 pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Result<()> {
     let format: Format = args.format.parse()?;
+    let subtitles = SubtitleOptions {
+        max_line_width: args.max_line_width,
+        max_line_count: args.max_line_count,
+        max_words_per_line: args.max_words_per_line,
+        highlight_words: args.highlight_words,
+    };
+    // Checked before the model runs, not after; a layout from words has
+    // the words timed.
+    formats::check_options(format, &subtitles)?;
+    let needs_words = subtitles.needs_words();
     let defaults = JobParams::defaults(&settings.models.default_model);
     let overrides = serde_json::json!({
         "model": args.model.unwrap_or(defaults.model.clone()),
@@ -179,12 +203,12 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         "vad": {"enabled": !args.no_vad},
         "diarize": {"enabled": args.diarize},
         "separate_bgm": {"enabled": args.separate_bgm},
-        "word_timestamps": args.word_timestamps,
+        "word_timestamps": args.word_timestamps || needs_words,
     });
     let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
     let output = run_engine(settings, &args.file, params, None).await?;
     let transcript: Transcript = serde_json::from_value(output.result)?;
-    let text = formats::render(&transcript, format);
+    let text = formats::render_with(&transcript, format, &subtitles)?;
     match args.out {
         Some(path) => {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?

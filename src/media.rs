@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use murmur_models::audio::{self, AudioError};
-use murmur_models::formats::{self, Format, FormatError};
+use murmur_models::formats::{self, Format, FormatError, SubtitleOptions};
 use murmur_models::transcript::Transcript;
 use tokio::sync::Semaphore;
 use warp::http::header::{self, HeaderValue};
@@ -83,14 +83,18 @@ pub async fn measure(stored: StoredFile, name: &str, max_s: u64) -> Result<f64, 
     }
 }
 
-/// A stored job result in the asked format, with its content type and a
-/// download file name.
+/// A stored job result in the asked format (subtitles laid out by
+/// `subtitles`), with its content type and a download file name.
 pub fn render_result(
     result: &serde_json::Value,
     format: &str,
+    subtitles: &SubtitleOptions,
     job_id: &str,
 ) -> Result<Response, String> {
     if format.eq_ignore_ascii_case("rttm") {
+        if subtitles.is_set() {
+            return Err("subtitle options apply to srt and vtt, not rttm".into());
+        }
         return Ok(download(
             rttm(result, job_id)?,
             "text/plain; charset=utf-8",
@@ -101,13 +105,15 @@ pub fn render_result(
     let format: Format = format
         .parse()
         .map_err(|e: FormatError| format!("{e}, or rttm"))?;
-    let (body, content_type) = if format == Format::Json {
+    let (body, content_type) = if format == Format::Json && !subtitles.is_set() {
         (result.to_string(), format.content_type())
     } else {
         let transcript: Transcript = serde_json::from_value(result.clone()).map_err(|_| {
             "this job's result is not a transcript; ask for format=json".to_string()
         })?;
-        (formats::render(&transcript, format), format.content_type())
+        let body =
+            formats::render_with(&transcript, format, subtitles).map_err(|e| e.to_string())?;
+        (body, format.content_type())
     };
     Ok(download(body, content_type, job_id, format.extension()))
 }

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::admission::JobRequest;
 use crate::store::{EventType, Job, JobCallback, JobStatus, PageRequest, Role, StoreError};
+use murmur_models::formats::SubtitleOptions;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let create = warp::path!("v1" / "jobs")
@@ -342,9 +343,41 @@ async fn events(
     ))
 }
 
+/// `?format=` and the subtitle layout options, read as text so a bad
+/// value is answered by name.
 #[derive(Deserialize)]
 struct ResultQuery {
     format: Option<String>,
+    max_line_width: Option<String>,
+    max_line_count: Option<String>,
+    max_words_per_line: Option<String>,
+    highlight_words: Option<String>,
+}
+
+impl ResultQuery {
+    fn subtitle_options(&self) -> Result<SubtitleOptions, ApiError> {
+        let count = |name: &str, value: &Option<String>| -> Result<Option<usize>, ApiError> {
+            value
+                .as_deref()
+                .map(|v| {
+                    v.trim().parse().map_err(|_| {
+                        ApiError::invalid(format!("{name} must be a whole number of at least 1"))
+                    })
+                })
+                .transpose()
+        };
+        let highlight_words = match self.highlight_words.as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(ApiError::invalid("highlight_words must be true or false")),
+        };
+        Ok(SubtitleOptions {
+            max_line_width: count("max_line_width", &self.max_line_width)?,
+            max_line_count: count("max_line_count", &self.max_line_count)?,
+            max_words_per_line: count("max_words_per_line", &self.max_words_per_line)?,
+            highlight_words,
+        })
+    }
 }
 
 async fn result(
@@ -359,7 +392,9 @@ async fn result(
         .as_ref()
         .ok_or_else(|| ApiError::internal(format!("completed job {} has no result", job.id)))?;
     let format = q.format.as_deref().unwrap_or("json");
-    let res = crate::media::render_result(result, format, &job.id).map_err(ApiError::invalid)?;
+    let subtitles = q.subtitle_options()?;
+    let res = crate::media::render_result(result, format, &subtitles, &job.id)
+        .map_err(ApiError::invalid)?;
     Ok(tag_tenant(res, &caller))
 }
 

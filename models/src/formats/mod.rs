@@ -127,14 +127,24 @@ pub fn render_with(
     format: Format,
     opts: &SubtitleOptions,
 ) -> Result<String, FormatError> {
+    check_options(format, opts)?;
     match format {
         Format::Srt => to_srt_with(&transcript.segments, opts),
         Format::Vtt => to_vtt_with(&transcript.segments, opts),
-        _ if opts.is_set() => Err(FormatError::Options(format!(
-            "subtitle options apply to srt and vtt, not {format}"
-        ))),
         _ => Ok(render(transcript, format)),
     }
+}
+
+/// Refuses subtitle options out of range, or given for a format other than
+/// SRT and WebVTT.
+pub fn check_options(format: Format, opts: &SubtitleOptions) -> Result<(), FormatError> {
+    opts.validate()?;
+    if opts.is_set() && !matches!(format, Format::Srt | Format::Vtt) {
+        return Err(FormatError::Options(format!(
+            "subtitle options apply to srt and vtt, not {format}"
+        )));
+    }
+    Ok(())
 }
 
 /// docs/API.md's result JSON (pretty-printed, newline-terminated).

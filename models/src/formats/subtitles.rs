@@ -48,7 +48,7 @@ impl SubtitleOptions {
     }
 
     /// Whether the layout needs each word's time.
-    fn needs_words(&self) -> bool {
+    pub fn needs_words(&self) -> bool {
         self.max_line_count.is_some() || self.max_words_per_line.is_some() || self.highlight_words
     }
 
