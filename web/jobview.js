@@ -170,19 +170,48 @@ function wirePlayer() {
   });
 }
 
+const SUBTITLES = ['srt', 'vtt'];
+
+/** The subtitle layout options as query parameters (empty when unset). */
+function subtitleQuery() {
+  const params = new URLSearchParams();
+  for (const [id, name] of [['sub-width', 'max_line_width'], ['sub-lines', 'max_line_count'], ['sub-words', 'max_words_per_line']]) {
+    const input = $(id);
+    if (!input.disabled && input.value.trim()) params.set(name, input.value.trim());
+  }
+  if (!$('sub-highlight').disabled && $('sub-highlight').checked) params.set('highlight_words', 'true');
+  const query = params.toString();
+  return query ? `&${query}` : '';
+}
+
+/** Offers the layout options that need word timings only when the job has them. */
+function renderSubtitleLayout(job, result) {
+  const box = $('subtitle-layout');
+  box.hidden = job.job_type !== 'transcription';
+  const timed = (result.segments || []).some((s) => (s.words || []).length > 0);
+  for (const input of box.querySelectorAll('[data-needs-words]')) input.disabled = !timed;
+  $('sub-hint').textContent = timed
+    ? 'Leave a box empty for no limit. One word per line gives one cue per word.'
+    : 'Lines per cue, words per line and highlighting need word timings: run the job with “Time each word”.';
+}
+
 function renderDownloads(job, result) {
   const base = fmt.baseName(fileName(job));
   const id = encodeURIComponent(job.id);
   const buttons = [];
-  const formats = job.job_type === 'transcription' ? ['json', 'srt', 'vtt', 'txt', 'tsv'] : ['json'];
+  const formats = job.job_type === 'transcription' ? ['json', ...SUBTITLES, 'txt', 'tsv'] : ['json'];
   for (const f of formats) {
     buttons.push(h('button', {
       type: 'button',
       class: 'secondary',
       'data-format': f,
-      onclick: (e) => busy(e.currentTarget, () => download(`/v1/jobs/${id}/result?format=${f}`, `${base}.${f}`)),
+      onclick: (e) => busy(e.currentTarget, () => {
+        const layout = SUBTITLES.includes(f) ? subtitleQuery() : '';
+        return download(`/v1/jobs/${id}/result?format=${f}${layout}`, `${base}.${f}`);
+      }),
     }, f.toUpperCase()));
   }
+  renderSubtitleLayout(job, result);
   if (job.job_type === 'bgm_separation') {
     const stems = (result.stems || []).map((s) => (typeof s === 'string' ? s : s.name)).filter(Boolean);
     for (const stem of stems.length ? stems : ['vocals', 'accompaniment']) {

@@ -312,6 +312,21 @@ describe('dashboard', { timeout: 240_000 }, () => {
       assert.ok(lines.length >= 3, `cue text in ${block}`);
     }
     assert.match(srt.toLowerCase(), /country/);
+    // Without word timings only the line width applies.
+    await pageA.locator('#subtitle-layout summary').click();
+    assert.equal(await pageA.getByLabel('Lines per cue').isDisabled(), true);
+    assert.match(await pageA.locator('#sub-hint').innerText(), /Time each word/);
+    await pageA.getByLabel('Characters per line').fill('12');
+    const [wrapped] = await Promise.all([
+      pageA.waitForEvent('download'),
+      pageA.locator('#download-buttons button[data-format="srt"]').click(),
+    ]);
+    const wrappedLines = readFileSync(await wrapped.path(), 'utf8').split(/\r?\n/)
+      .filter((l) => l && !/^\d+$/.test(l) && !l.includes(' --> '));
+    assert.ok(wrappedLines.length > blocks.length, 'lines were wrapped');
+    for (const line of wrappedLines) assert.ok(line.length <= 12 || !line.includes(' '), line);
+    await pageA.getByLabel('Characters per line').fill('');
+    await pageA.locator('#subtitle-layout summary').click();
     // Every other format is offered too.
     for (const f of ['json', 'vtt', 'txt', 'tsv']) {
       assert.equal(await pageA.locator(`#download-buttons button[data-format="${f}"]`).count(), 1, f);
@@ -553,6 +568,27 @@ describe('dashboard', { timeout: 240_000 }, () => {
       player.dispatchEvent(new Event('timeupdate'));
     }, (country.start + country.end) / 2);
     assert.match(await view.locator('#transcript .word.now').first().innerText(), /country/i);
+
+    // Subtitle layout from the words: one cue per word, then highlighted words.
+    await view.locator('#subtitle-layout summary').click();
+    assert.equal(await pageA.getByLabel('Lines per cue').isDisabled(), false);
+    await pageA.getByLabel('Words per line').fill('1');
+    const [perWord] = await Promise.all([
+      pageA.waitForEvent('download'),
+      view.locator('#download-buttons button[data-format="srt"]').click(),
+    ]);
+    const cues = readFileSync(await perWord.path(), 'utf8').trim().split(/\r?\n\r?\n/);
+    assert.equal(cues.length, words.length, 'one cue per word');
+    cues.forEach((cue, i) => assert.equal(cue.split(/\r?\n/)[2], words[i].text.trim(), cue));
+    await pageA.getByLabel('Words per line').fill('');
+    await pageA.getByLabel('Highlight each word').check();
+    const [highlighted] = await Promise.all([
+      pageA.waitForEvent('download'),
+      view.locator('#download-buttons button[data-format="vtt"]').click(),
+    ]);
+    const vtt = readFileSync(await highlighted.path(), 'utf8');
+    assert.equal((vtt.match(/<u>/g) || []).length, words.length, 'each word underlined once');
+    await pageA.getByLabel('Highlight each word').uncheck();
     await pageA.getByLabel('Time each word').uncheck();
   });
 
