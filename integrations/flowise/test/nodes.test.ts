@@ -278,6 +278,35 @@ describe('Murmur Transcribe', () => {
         assert.match(blocks.map((b) => b.split(/\r?\n/).slice(2).join(' ')).join(' '), /country/i)
     })
 
+    test('subtitle layout inputs give one cue per word, timed without asking', async () => {
+        const Node = nodeClass('MurmurTranscribe')
+        const node = new Node()
+        assert.ok(node.inputs.some((i: any) => i.name === 'maxWordsPerLine' && i.additionalParams))
+        // Word Timestamps is off: the layout turns it on by itself.
+        const srt: string = await node.init(
+            nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', outputFormat: 'srt', maxWordsPerLine: 1 }),
+            '',
+            options()
+        )
+        const cues = srt.trim().split(/\r?\n\r?\n/).map((b) => b.split(/\r?\n/).slice(2).join(' '))
+        assert.ok(cues.length >= 20, `${cues.length} cues`)
+        assert.ok(cues.every((c) => c.trim().split(/\s+/).length === 1), srt)
+        assert.ok(cues.some((c) => /country/i.test(c)), srt)
+        const vtt: string = await node.init(
+            nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', outputFormat: 'vtt', maxLineWidth: '14', highlightWords: true }),
+            '',
+            options()
+        )
+        assert.equal((vtt.match(/<u>/g) || []).length, cues.length, 'each word underlined once')
+        for (const line of vtt.split(/\r?\n/).filter((l) => l && l !== 'WEBVTT' && !l.includes(' --> '))) {
+            assert.ok(line.replace(/<\/?u>/g, '').length <= 14 || !line.includes(' '), line)
+        }
+        await assert.rejects(
+            node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', outputFormat: 'srt', maxLineCount: 0 }), '', options()),
+            /Max Lines per Cue must be a whole number from 1 to 1000/
+        )
+    })
+
     test('JSON output carries language and segments', async () => {
         const Node = nodeClass('MurmurTranscribe')
         const node = new Node()

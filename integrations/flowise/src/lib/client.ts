@@ -199,8 +199,11 @@ export class MurmurClient {
         return body.items
     }
 
-    async result(id: string, format: ResultFormat): Promise<string> {
-        const res = await this.request('GET', `/v1/jobs/${encodeURIComponent(id)}/result?format=${format}`, {
+    /** A result; `layout` holds subtitle layout query parameters (SRT and WebVTT only). */
+    async result(id: string, format: ResultFormat, layout: { [name: string]: number | boolean | undefined } = {}): Promise<string> {
+        const query = new URLSearchParams({ format })
+        for (const [k, v] of Object.entries(layout)) if (v !== undefined) query.set(k, String(v))
+        const res = await this.request('GET', `/v1/jobs/${encodeURIComponent(id)}/result?${query}`, {
             ctx: { action: 'read the job result', jobId: id }
         })
         return res.text()

@@ -23,6 +23,75 @@ export function outputFormat(value: unknown): OutputFormat {
     throw new Error(`Murmur: unknown output format "${v}"; use text, json, srt, vtt or tsv`)
 }
 
+/** Subtitle layout options (`GET /v1/jobs/{id}/result`), for SRT and WebVTT outputs. */
+export type SubtitleLayout = {
+    max_line_width?: number
+    max_line_count?: number
+    max_words_per_line?: number
+    highlight_words?: boolean
+}
+
+/** The Transcribe node's subtitle layout inputs (under "Additional Parameters"). */
+export const SUBTITLE_INPUTS = [
+    {
+        label: 'Max Line Width',
+        name: 'maxLineWidth',
+        type: 'number',
+        optional: true,
+        additionalParams: true,
+        description: 'SRT/WebVTT: at most this many characters on a subtitle line'
+    },
+    {
+        label: 'Max Lines per Cue',
+        name: 'maxLineCount',
+        type: 'number',
+        optional: true,
+        additionalParams: true,
+        description: 'SRT/WebVTT: at most this many lines in a cue; cues then run across segments (times each word)'
+    },
+    {
+        label: 'Max Words per Line',
+        name: 'maxWordsPerLine',
+        type: 'number',
+        optional: true,
+        additionalParams: true,
+        description: 'SRT/WebVTT: at most this many words on a line; alone, one line per cue, so 1 gives one cue per word (times each word)'
+    },
+    {
+        label: 'Highlight Words',
+        name: 'highlightWords',
+        type: 'boolean',
+        default: false,
+        optional: true,
+        additionalParams: true,
+        description: 'SRT/WebVTT: one cue per word, that word underlined (times each word)'
+    }
+]
+
+/** The subtitle layout from the node's inputs; errors name the input. */
+export function subtitleLayout(inputs: Record<string, any>): SubtitleLayout {
+    const layout: SubtitleLayout = {}
+    const count = (label: string, value: unknown): number | undefined => {
+        if (value === undefined || value === null || String(value).trim() === '') return undefined
+        const n = Number(value)
+        if (!Number.isInteger(n) || n < 1 || n > 1000) throw new Error(`Murmur: ${label} must be a whole number from 1 to 1000 (got "${value}")`)
+        return n
+    }
+    const width = count('Max Line Width', inputs.maxLineWidth)
+    const lines = count('Max Lines per Cue', inputs.maxLineCount)
+    const words = count('Max Words per Line', inputs.maxWordsPerLine)
+    if (width !== undefined) layout.max_line_width = width
+    if (lines !== undefined) layout.max_line_count = lines
+    if (words !== undefined) layout.max_words_per_line = words
+    if (truthy(inputs.highlightWords, false)) layout.highlight_words = true
+    return layout
+}
+
+/** Whether a layout is laid out from words (and so needs them timed). */
+export function layoutNeedsWords(layout: SubtitleLayout): boolean {
+    return layout.max_line_count !== undefined || layout.max_words_per_line !== undefined || layout.highlight_words === true
+}
+
 export function truthy(value: unknown, fallback: boolean): boolean {
     if (value === undefined || value === null || value === '') return fallback
     if (typeof value === 'boolean') return value
@@ -34,8 +103,8 @@ export function timeoutMs(value: unknown): number {
     return Number.isFinite(s) && s > 0 ? s * 1000 : 15 * 60_000
 }
 
-/** Renders a completed job's result in a node output format. */
-export async function formatResult(client: MurmurClient, job: MurmurJob, format: OutputFormat): Promise<string> {
+/** Renders a completed job's result in a node output format (subtitles laid out by `layout`). */
+export async function formatResult(client: MurmurClient, job: MurmurJob, format: OutputFormat, layout: SubtitleLayout = {}): Promise<string> {
     if (format === 'text') {
         const body = JSON.parse(await client.result(job.id, 'json'))
         if (typeof body.text === 'string') return body.text.trim()
@@ -43,7 +112,18 @@ export async function formatResult(client: MurmurClient, job: MurmurJob, format:
         return JSON.stringify(body, null, 2)
     }
     if (format === 'json') return JSON.stringify(JSON.parse(await client.result(job.id, 'json')), null, 2)
+    if (format === 'srt' || format === 'vtt') return client.result(job.id, format, layout)
     return client.result(job.id, format as ResultFormat)
+}
+
+/** What a node asks for: the job's parameters (or workflow) and how its result comes back. */
+export interface JobRequest {
+    params: Record<string, any>
+    workflowId?: string
+    format: OutputFormat
+    subtitles?: SubtitleLayout
+    timeoutMs?: number
+    pollOnly?: boolean
 }
 
 export interface RunOutcome {
@@ -57,7 +137,7 @@ export interface RunOutcome {
 export async function transcribeFile(
     client: MurmurClient,
     file: AudioFile,
-    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    request: JobRequest,
     ctx: ErrorContext = {}
 ): Promise<RunOutcome> {
     const uploaded = await client.uploadFile(file)
@@ -68,7 +148,7 @@ export async function transcribeFile(
 export async function transcribeUrl(
     client: MurmurClient,
     url: string,
-    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    request: JobRequest,
     ctx: ErrorContext = {}
 ): Promise<RunOutcome> {
     const fetched = await client.fetchUrl(url)
@@ -100,7 +180,7 @@ export async function transcribeInputs(
     client: MurmurClient,
     inputs: Record<string, any>,
     options: Record<string, any> | undefined,
-    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number },
+    request: JobRequest,
     ctx: ErrorContext = {}
 ): Promise<string> {
     const url = audioUrl(inputs.audioUrl)
@@ -119,7 +199,7 @@ export async function transcribeInputs(
 export async function runOnFile(
     client: MurmurClient,
     fileId: string,
-    request: { params: Record<string, any>; workflowId?: string; format: OutputFormat; timeoutMs?: number; pollOnly?: boolean },
+    request: JobRequest,
     ctx: ErrorContext = {}
 ): Promise<RunOutcome> {
     const submitted = await client.submitJob(fileId, request.params, request.workflowId, ctx)
@@ -127,7 +207,7 @@ export async function runOnFile(
     if (job.status !== 'completed') {
         throw new MurmurError(describeJobEnd(job.status, job.error, job.id), `job_${job.status}`, 0, job.error ?? '')
     }
-    return { fileId, job, output: await formatResult(client, job, request.format), via }
+    return { fileId, job, output: await formatResult(client, job, request.format, request.subtitles), via }
 }
 
 /** Job parameters from the Transcribe node's inputs; unset ones keep the server's defaults. */

@@ -1,7 +1,7 @@
 import { AUDIO_INPUTS } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
-import { OUTPUT_FORMATS, outputFormat, paramsFromInputs, timeoutMs, transcribeInputs } from '../../lib/run'
+import { layoutNeedsWords, OUTPUT_FORMATS, outputFormat, paramsFromInputs, SUBTITLE_INPUTS, subtitleLayout, timeoutMs, transcribeInputs } from '../../lib/run'
 
 class MurmurTranscribe_Murmur implements INode {
     label: string
@@ -19,7 +19,7 @@ class MurmurTranscribe_Murmur implements INode {
     constructor() {
         this.label = 'Murmur Transcribe'
         this.name = 'murmurTranscribe'
-        this.version = 1.1
+        this.version = 1.2
         this.type = 'MurmurTranscribe'
         this.icon = ICON
         this.category = CATEGORY
@@ -94,6 +94,7 @@ class MurmurTranscribe_Murmur implements INode {
                 options: OUTPUT_FORMATS,
                 default: 'text'
             },
+            ...SUBTITLE_INPUTS,
             {
                 label: 'Timeout (seconds)',
                 name: 'timeoutSeconds',
@@ -116,8 +117,11 @@ class MurmurTranscribe_Murmur implements INode {
         const inputs = nodeData.inputs ?? {}
         const format = outputFormat(inputs.outputFormat)
         const { params, ctx } = paramsFromInputs(inputs)
+        // The layout applies to subtitles; one laid out from words has them timed.
+        const subtitles = format === 'srt' || format === 'vtt' ? subtitleLayout(inputs) : {}
+        if (layoutNeedsWords(subtitles)) params.word_timestamps = true
         const client = await clientFor(nodeData, options)
-        return transcribeInputs(client, inputs, options, { params, format, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
+        return transcribeInputs(client, inputs, options, { params, format, subtitles, timeoutMs: timeoutMs(inputs.timeoutSeconds) }, ctx)
     }
 
     /** Flowise runs an ending node with `run`. */
