@@ -7,6 +7,7 @@
 //! flushed to disk before the call returns: sled buffers writes otherwise.
 
 mod accounts;
+mod commit;
 mod keyring;
 mod lifecycle;
 mod records;
@@ -157,6 +158,8 @@ pub struct Store {
     delivery_log: sled::Tree,
     /// Rung when deliveries are written, so the worker sends them at once.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// Shares flushes among concurrent writers (see `commit`).
+    commit: commit::GroupCommit,
 }
 
 /// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
@@ -434,6 +437,7 @@ impl Store {
             outbox_due: db.open_tree("webhook_outbox_due")?,
             delivery_log: db.open_tree("webhook_delivery_log")?,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            commit: commit::GroupCommit::new(db.clone()),
             db,
         };
         store.sweep_partial_uploads()?;
@@ -446,17 +450,14 @@ impl Store {
     /// Makes every write so far durable. Called before a write is
     /// acknowledged to a client.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // Concurrent callers share one flush (group commit, see `commit`).
         // Not sled's `flush_async`: it runs the flush on sled's own small
         // thread pool, which also performs the log writes the flush waits
         // for, and under a few dozen concurrent flushes every pool thread
         // waits and nothing writes (a deadlock the orchestrator benchmark
-        // hit at ~1000 jobs). A blocking flush on tokio's blocking pool
-        // leaves sled's threads free.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        Ok(())
+        // hit at ~1000 jobs). The group's flush runs on tokio's blocking
+        // pool and leaves sled's threads free.
+        self.commit.flush().await
     }
 
     pub fn data_dir(&self) -> &Path {
