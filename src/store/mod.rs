@@ -945,7 +945,60 @@ impl Store {
             .await
     }
 
+    /// [`Store::transition_job`] of an existing job without waiting for
+    /// the flush: answers once the change is committed (readers see it; a
+    /// crash may still lose it) and calls `then` with its event once a
+    /// flush has made it durable, after the callbacks registered before it
+    /// (see `commit`). The job actors announce events this way.
+    pub fn transition_job_then(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        kind: EventType,
+        change: impl FnMut(&mut Job) -> bool,
+        then: Box<dyn FnOnce(Result<Event, StoreError>) + Send>,
+    ) -> Result<Option<Job>, StoreError> {
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, id, None, kind, (None, None, None), change)?;
+        let Some((job, event)) = outcome else {
+            return Ok(None);
+        };
+        let signal = (enqueued > 0).then(|| self.outbox_signal.clone());
+        self.commit.then(Box::new(move |durable| match durable {
+            Ok(()) => {
+                if let Some(signal) = signal {
+                    signal.notify_one();
+                }
+                then(Ok(event));
+            }
+            Err(why) => then(Err(StoreError::Io(std::io::Error::other(why.to_string())))),
+        }));
+        Ok(Some(job))
+    }
+
     async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        insert: Option<Job>,
+        kind: EventType,
+        rules: (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
+        change: impl FnMut(&mut Job) -> bool,
+    ) -> Result<Option<(Job, Event)>, StoreError> {
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, id, insert, kind, rules, change)?;
+        if outcome.is_some() {
+            self.flush().await?;
+        }
+        if outcome.is_some() && enqueued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// The transaction of [`Store::transition`], not flushed; answers its
+    /// outcome and how many webhook deliveries it wrote.
+    fn commit_transition(
         &self,
         tenant: &TenantId,
         id: &str,
@@ -953,7 +1006,7 @@ impl Store {
         kind: EventType,
         (limit, max_open, callback): (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
         change: impl FnMut(&mut Job) -> bool,
-    ) -> Result<Option<(Job, Event)>, StoreError> {
+    ) -> Result<(Option<(Job, Event)>, usize), StoreError> {
         let key = scoped_key(tenant, id);
         let seal = self.jobs.seal(tenant)?;
         // Deliveries the event owes go in its transaction (see `webhooks`).
@@ -1022,13 +1075,7 @@ impl Store {
                 Ok(Some((job, event)))
             })
             .map_err(tx_error)?;
-        if outcome.is_some() {
-            self.flush().await?;
-        }
-        if outcome.is_some() && enqueued.get() > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(outcome)
+        Ok((outcome, enqueued.get()))
     }
 
     /// Events of a job with `seq > after`, oldest first, at most `limit`.
