@@ -90,8 +90,10 @@ impl Service {
         let signup: Value = self
             .http
             .post(format!("{}/v1/auth/signup", self.base))
-            .json(&json!({"tenant": name, "email": format!("{name}@events.example"),
-                "password": "events password"}))
+            .json(
+                &json!({"tenant": name, "email": format!("{name}@events.example"),
+                "password": "events password"}),
+            )
             .send()
             .await
             .unwrap()
@@ -152,7 +154,10 @@ impl Service {
     }
 
     async fn ws(&self, token: &str, topics: &[String]) -> Ws {
-        let url = format!("{}/v1/ws?token={token}", self.base.replace("http://", "ws://"));
+        let url = format!(
+            "{}/v1/ws?token={token}",
+            self.base.replace("http://", "ws://")
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         for topic in topics {
             send(&mut ws, json!({"op": "subscribe", "topic": topic})).await;
@@ -166,7 +171,10 @@ async fn send(ws: &mut Ws, v: Value) {
 }
 
 /// The next text message as JSON, or `None` after `within` of silence.
-async fn next(ws: &mut Ws, within: Duration) -> Option<Value> {
+async fn next<S>(ws: &mut S, within: Duration) -> Option<Value>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         match tokio::time::timeout(within, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
@@ -207,9 +215,15 @@ async fn a_tenant_b_subscriber_receives_none_of_tenant_a_events_under_load() {
     // A's first job, so B can try to watch it by id as well.
     let a_first = svc.submit(&a, 1).await.remove(0);
     let mut watcher_a = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(next(&mut watcher_a, Duration::from_secs(10)).await.unwrap()["type"], "subscribed");
+    assert_eq!(
+        next(&mut watcher_a, Duration::from_secs(10)).await.unwrap()["type"],
+        "subscribed"
+    );
     let mut watcher_b = svc.ws(&b.token, &["tenant".into()]).await;
-    assert_eq!(next(&mut watcher_b, Duration::from_secs(10)).await.unwrap()["type"], "subscribed");
+    assert_eq!(
+        next(&mut watcher_b, Duration::from_secs(10)).await.unwrap()["type"],
+        "subscribed"
+    );
     send(
         &mut watcher_b,
         json!({"op": "subscribe", "topic": format!("job:{a_first}"), "after": 0}),
@@ -235,7 +249,10 @@ async fn a_tenant_b_subscriber_receives_none_of_tenant_a_events_under_load() {
     for m in &all_b {
         if let Some(job) = m["job_id"].as_str() {
             assert!(b_jobs.contains(job), "tenant B received {m}");
-            assert!(!a_jobs.contains(job) && job != a_first, "tenant B received {m}");
+            assert!(
+                !a_jobs.contains(job) && job != a_first,
+                "tenant B received {m}"
+            );
         } else {
             assert_ne!(m["type"], "lagged", "{m}");
         }
@@ -250,10 +267,30 @@ async fn a_subscriber_that_stops_reading_holds_up_neither_jobs_nor_others() {
     let svc = service().await;
     let a = svc.tenant("Watched").await;
     let mut fast = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(next(&mut fast, Duration::from_secs(10)).await.unwrap()["type"], "subscribed");
-    // Reads its acknowledgement, then nothing while the jobs run.
-    let mut slow = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(next(&mut slow, Duration::from_secs(10)).await.unwrap()["type"], "subscribed");
+    assert_eq!(
+        next(&mut fast, Duration::from_secs(10)).await.unwrap()["type"],
+        "subscribed"
+    );
+    // Reads its acknowledgement, then nothing while the jobs run; its
+    // socket's receive buffer is small, so the server's writes to it stop
+    // soon and its session falls behind the bus.
+    let addr: std::net::SocketAddr = svc.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/v1/ws?token={}", a.token);
+    let (mut slow, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    slow.send(Message::Text(
+        json!({"op": "subscribe", "topic": "tenant"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut slow, Duration::from_secs(10)).await.unwrap()["type"],
+        "subscribed"
+    );
 
     let started = Instant::now();
     let jobs: HashSet<String> = svc.submit(&a, 600).await.into_iter().collect();
@@ -267,7 +304,10 @@ async fn a_subscriber_that_stops_reading_holds_up_neither_jobs_nor_others() {
         assert_eq!(seq, prev.unwrap_or(0) + 1, "{m}");
     }
     assert_eq!(last.len(), jobs.len());
-    assert!(last.values().all(|&seq| seq == 5), "every job's log ends at 5 events");
+    assert!(
+        last.values().all(|&seq| seq == 5),
+        "every job's log ends at 5 events"
+    );
 
     // The slow one now reads what it has. Whatever it was sent is in
     // order per job; a gap is always announced by a `lagged` notice first
