@@ -54,11 +54,10 @@ impl Ctx {
             // next start resumes the job from what is durable.
             Err(e) => tracing::error!(job = %job_id, error = %e, "a job's change is not durable"),
         });
-        Ok(self
-            .store
+        self.store
             .transition_announced(&job.tenant_id, &job.id, kind, change, announce)
             .await
-            .map_err(|e| format!("{e}"))?)
+            .map_err(|e| ActorProcessingErr::from(e.to_string()))
     }
 }
 

@@ -168,7 +168,7 @@ mod tests {
             w.await.unwrap();
         }
         let rounds = commit.rounds.lock().unwrap().started;
-        assert!(rounds >= 1 && rounds <= 200, "{rounds} rounds");
+        assert!((1..=200).contains(&rounds), "{rounds} rounds");
         assert!(!commit.rounds.lock().unwrap().running);
         drop(commit);
         drop(db);
