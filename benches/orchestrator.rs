@@ -3,10 +3,17 @@
 //! trivial engine in place of the models, so the figures are the overhead
 //! of accepting, persisting, scheduling, running and announcing jobs.
 //!
+//! The server runs in a child process (this executable with `--serve`), the
+//! clients in this one, so neither's work is counted in the other's time
+//! (they still share the machine's cores).
+//!
 //! 1. Throughput: N jobs submitted over HTTP (32 in flight), timed until
-//!    every `completed` event has arrived over WebSocket.
+//!    the tenant's usage counts every job completed.
 //! 2. Event latency: 500 WebSocket subscribers on the tenant topic while
 //!    jobs run; latency is receipt time minus the event's `at` stamp.
+//!    With `--other-tenants N`, N more tenants each submit as many jobs at
+//!    the same time (their own traffic, which the measured subscribers
+//!    must not see or wait behind).
 //! 3. With `--webhooks N`: N endpoints (all events) on a loopback receiver
 //!    during both runs, so throughput includes the outbox writes; then the
 //!    delivery latency (receipt minus the event's `timestamp`) and count.
@@ -20,6 +27,7 @@ use murmur::config::Settings;
 use murmur_actors::job::JobStage;
 use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../tests/common/mod.rs"]
@@ -53,6 +61,14 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// What a latency client reads of a WebSocket message.
+#[derive(serde::Deserialize)]
+struct Received<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    at: Option<&'a str>,
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -60,10 +76,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn ws(
-    base: &str,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(base: &str, token: &str) -> Ws {
     let url = format!("{}/v1/ws?token={token}", base.replace("http://", "ws://"));
     let (mut s, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
     s.send(Message::Text(
@@ -104,12 +120,59 @@ async fn submit_all(http: &reqwest::Client, base: &str, token: &str, file_id: &s
         .await;
 }
 
-#[tokio::main]
-async fn main() {
-    let jobs = arg("--jobs", 1000);
-    let subscribers = arg("--subscribers", 500);
-    let latency_jobs = arg("--latency-jobs", 200);
-    let webhooks = arg("--webhooks", 0);
+/// Completed jobs of the tenant, as its usage counts them.
+async fn completed(http: &reqwest::Client, base: &str, token: &str) -> u64 {
+    let usage: Value = http
+        .get(format!("{base}/v1/usage"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    usage["jobs"].as_u64().unwrap_or(0)
+}
+
+/// A tenant of the server: its token and an uploaded one-second file.
+#[derive(Clone)]
+struct Tenant {
+    id: String,
+    token: String,
+    file_id: String,
+}
+
+async fn tenant(http: &reqwest::Client, base: &str, name: &str) -> Tenant {
+    let signup: Value = http
+        .post(format!("{base}/v1/auth/signup"))
+        .json(&json!({"tenant": name, "email": format!("{name}@bench.example"), "password": "bench password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signup["token"].as_str().unwrap().to_string();
+    let id = signup["tenant"]["id"].as_str().unwrap().to_string();
+    let part = reqwest::multipart::Part::bytes(common::tone_wav(1.0, 16000)).file_name("one.wav");
+    let file: Value = http
+        .post(format!("{base}/v1/files"))
+        .bearer_auth(&token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file_id = file["id"].as_str().unwrap().to_string();
+    Tenant { id, token, file_id }
+}
+
+/// The child process: the service with the trivial engine. Prints its base
+/// URL, then serves until its standard input closes (the parent ended) or
+/// it reads `tier <tenant id>`, which moves that tenant to enterprise.
+async fn serve() {
     let tmp = tempfile::tempdir().unwrap();
     let mut settings = Settings::load(None).unwrap();
     settings.store.data_dir = tmp.path().join("data");
@@ -117,6 +180,17 @@ async fn main() {
     settings.auth.argon2_iterations = 1;
     settings.models.fetch_missing = true; // the trivial engine needs no model
     settings.outbound.allowed_hosts = vec!["127.0.0.1".into()];
+    // The product's tiers, but enterprise may queue every job the bench
+    // sends: the clients submit faster than jobs finish, and the figure
+    // wanted is the orchestration's, not the admission cap's.
+    let tiers = include_str!("../config/tiers.toml");
+    let mut table: toml::Table = tiers.parse().unwrap();
+    table["tiers"]["enterprise"]
+        .as_table_mut()
+        .unwrap()
+        .insert("max_queued_jobs".into(), toml::Value::Integer(1_000_000));
+    settings.billing.tiers_file = tmp.path().join("tiers.toml").display().to_string();
+    std::fs::write(&settings.billing.tiers_file, table.to_string()).unwrap();
     // Two workers sharing one engine, as `serve` shares one per device.
     let engine: Arc<dyn Engine> = Arc::new(TrivialEngine);
     let engines = vec![engine; 2];
@@ -136,33 +210,82 @@ async fn main() {
             .incoming(listener)
             .run(),
     );
-    let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
+    println!("http://{addr}");
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(id) = line.strip_prefix("tier ") {
+            let tenant = murmur::store::TenantId::for_operator(id.trim());
+            store.set_tier(&tenant, "enterprise").await.unwrap();
+            println!("ok");
+        }
+    }
+}
 
-    let signup: Value = http
-        .post(format!("{base}/v1/auth/signup"))
-        .json(&json!({"tenant": "Bench", "email": "bench@bench.example", "password": "bench password"}))
-        .send()
+/// Starts the server process; answers it, its base URL and its commands.
+async fn spawn_server() -> (
+    tokio::process::Child,
+    String,
+    tokio::process::ChildStdin,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--serve")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the server process");
+    let stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
+        .expect("the server process did not start")
         .unwrap()
-        .json()
+        .expect("the server process ended");
+    (child, base, stdin, lines)
+}
+
+/// Moves `tenant` to enterprise through the server process.
+async fn make_enterprise(
+    tenant: &Tenant,
+    stdin: &mut tokio::process::ChildStdin,
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    stdin
+        .write_all(format!("tier {}\n", tenant.id).as_bytes())
         .await
         .unwrap();
-    let token = signup["token"].as_str().unwrap().to_string();
-    let tenant = murmur::store::TenantId::for_operator(signup["tenant"]["id"].as_str().unwrap());
-    store.set_tier(&tenant, "enterprise").await.unwrap();
-    let part = reqwest::multipart::Part::bytes(common::tone_wav(1.0, 16000)).file_name("one.wav");
-    let file: Value = http
-        .post(format!("{base}/v1/files"))
-        .bearer_auth(&token)
-        .multipart(reqwest::multipart::Form::new().part("file", part))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let file_id = file["id"].as_str().unwrap().to_string();
+    stdin.flush().await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ok"));
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve") {
+        tokio::runtime::Runtime::new().unwrap().block_on(serve());
+    } else {
+        tokio::runtime::Runtime::new().unwrap().block_on(clients());
+    }
+}
+
+async fn clients() {
+    let jobs = arg("--jobs", 1000);
+    let subscribers = arg("--subscribers", 500);
+    let latency_jobs = arg("--latency-jobs", 200);
+    let webhooks = arg("--webhooks", 0);
+    let others = arg("--other-tenants", 0);
+    let (_child, base, mut stdin, mut lines) = spawn_server().await;
+    let http = reqwest::Client::new();
+    let bench = tenant(&http, &base, "Bench").await;
+    make_enterprise(&bench, &mut stdin, &mut lines).await;
+    let mut other_tenants = Vec::new();
+    for i in 0..others {
+        let t = tenant(&http, &base, &format!("Other{i}")).await;
+        make_enterprise(&t, &mut stdin, &mut lines).await;
+        other_tenants.push(t);
+    }
+    let (token, file_id) = (bench.token.clone(), bench.file_id.clone());
+
     let deliveries = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     if webhooks > 0 {
         use warp::Filter;
@@ -205,21 +328,13 @@ async fn main() {
     submit_all(&http, &base, &token, &file_id, jobs).await;
     let accepted = started.elapsed();
     loop {
-        let usage: Value = http
-            .get(format!("{base}/v1/usage"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if usage["jobs"].as_u64().unwrap_or(0) >= jobs as u64 {
+        let done = completed(&http, &base, &token).await;
+        if done >= jobs as u64 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
-            "jobs did not finish: {usage}"
+            "jobs did not finish: {done} of {jobs}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -233,7 +348,8 @@ async fn main() {
         jobs as f64 / elapsed.as_secs_f64()
     );
 
-    // 2. Event latency with many subscribers.
+    // 2. Event latency with many subscribers (and, with --other-tenants,
+    // other tenants' traffic at the same time).
     let mut clients = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
         clients.push(ws(&base, &token).await);
@@ -245,6 +361,7 @@ async fn main() {
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut completed = 0;
+                let mut lagged = 0;
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while completed < expected_completed && Instant::now() < deadline {
                     let Ok(Some(Ok(Message::Text(t)))) =
@@ -252,30 +369,61 @@ async fn main() {
                     else {
                         break;
                     };
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    let Some(at) = v["at"].as_str() else { continue };
+                    let now = chrono::Utc::now();
+                    // Only the two fields wanted, borrowed: 500 clients
+                    // parse every event, on the server's cores.
+                    let v: Received = serde_json::from_str(&t).unwrap();
+                    if v.kind == "lagged" {
+                        lagged += 1;
+                    }
+                    let Some(at) = v.at else { continue };
                     let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
-                    let ms =
-                        (chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    let ms = (now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
                     latencies.push(ms);
-                    if v["type"] == "completed" {
+                    if v.kind == "completed" {
                         completed += 1;
                     }
                 }
-                latencies
+                (latencies, completed, lagged)
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let noise: Vec<_> = other_tenants
+        .iter()
+        .map(|t| {
+            let (http, base, t) = (http.clone(), base.clone(), t.clone());
+            tokio::spawn(async move {
+                submit_all(&http, &base, &t.token, &t.file_id, latency_jobs).await
+            })
+        })
+        .collect();
+    let latency_started = Instant::now();
     submit_all(&http, &base, &token, &file_id, latency_jobs).await;
     let mut all = Vec::new();
+    let (mut short, mut lagged) = (0, 0);
     for r in readers {
-        all.extend(r.await.unwrap());
+        let (latencies, completed, lags) = r.await.unwrap();
+        all.extend(latencies);
+        short += usize::from(completed < expected_completed);
+        lagged += lags;
+    }
+    let latency_elapsed = latency_started.elapsed();
+    for n in noise {
+        n.await.unwrap();
     }
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
-        "event latency with {subscribers} subscribers: {} events received, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "event latency with {subscribers} subscribers{}: {} events received in {:.2} s, \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {short} subscriber(s) missed a completion, \
+         {lagged} lag notice(s)",
+        if others > 0 {
+            format!(" ({others} other tenant(s) submitting {latency_jobs} jobs each)")
+        } else {
+            String::new()
+        },
         all.len(),
+        latency_elapsed.as_secs_f64(),
         percentile(&all, 0.50),
         percentile(&all, 0.99),
         all.last().copied().unwrap_or(f64::NAN)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use murmur_actors::job::{Event, EventType, Job};
-use murmur_actors::repo::{AudioFile, JobChange, JobStore, RepoError, TenantLimits};
+use murmur_actors::repo::{Announce, AudioFile, JobChange, JobStore, RepoError, TenantLimits};
 use murmur_actors::sealed::{upload_context, Sealing};
 
 use crate::billing::{revenuecat, TierTable, Translation};
@@ -85,6 +85,40 @@ impl JobStore for StoreJobs {
                 .map_err(repo)?
                 .map(|job| (job, None))),
         }
+    }
+
+    async fn transition_announced(
+        &self,
+        t: &str,
+        id: &str,
+        kind: Option<EventType>,
+        mut change: JobChange,
+        announce: Announce,
+    ) -> Result<Option<Job>, RepoError> {
+        let Some(kind) = kind else {
+            // A checkpoint: no event, so nothing to announce; written
+            // durably as before.
+            let changed = self.transition(t, id, None, change).await?;
+            return Ok(changed.map(|(job, _)| job));
+        };
+        let tid = tenant(t);
+        let changed = self
+            .store
+            .transition_job_then(
+                &tid,
+                id,
+                kind,
+                |j| change(j),
+                Box::new(move |durable| announce(durable.map(Some).map_err(repo))),
+            )
+            .map_err(repo)?;
+        if let Some(job) = changed
+            .as_ref()
+            .filter(|j| kind == EventType::Completed && j.status == JobStatus::Completed)
+        {
+            self.count_completion(&tid, job);
+        }
+        Ok(changed)
     }
 
     async fn unfinished_jobs(&self) -> Result<Vec<Job>, RepoError> {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::bus::BusMsg;
+use crate::bus::EventBus;
 use crate::engine::{WorkError, WorkOutput, WorkRequest};
 use crate::job::{EventType, Job, JobStage, JobStatus};
 use crate::pool::PoolMsg;
-use crate::repo::{JobChange, JobStore};
+use crate::repo::{Announce, JobChange, JobStore};
 use crate::system::SystemConfig;
 
 pub(crate) enum JobMsg {
@@ -30,30 +30,34 @@ pub(crate) enum JobMsg {
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub store: Arc<dyn JobStore>,
-    pub bus: ActorRef<BusMsg>,
+    pub bus: EventBus,
     pub pool: ActorRef<PoolMsg>,
     pub config: Arc<SystemConfig>,
 }
 
 impl Ctx {
-    /// Applies a change durably, then announces its event.
+    /// Applies a change and answers the job as changed; its event is
+    /// announced once the change is durable (the caller need not wait for
+    /// that: see `JobStore::transition_announced`).
     pub async fn transition(
         &self,
         job: &Job,
         kind: Option<EventType>,
         change: JobChange,
     ) -> Result<Option<Job>, ActorProcessingErr> {
-        let outcome = self
-            .store
-            .transition(&job.tenant_id, &job.id, kind, change)
+        let bus = self.bus.clone();
+        let job_id = job.id.clone();
+        let announce: Announce = Box::new(move |durable| match durable {
+            Ok(Some(event)) => bus.publish(event),
+            Ok(None) => {}
+            // The store could not flush: nothing is announced, and the
+            // next start resumes the job from what is durable.
+            Err(e) => tracing::error!(job = %job_id, error = %e, "a job's change is not durable"),
+        });
+        self.store
+            .transition_announced(&job.tenant_id, &job.id, kind, change, announce)
             .await
-            .map_err(|e| format!("{e}"))?;
-        Ok(outcome.map(|(job, event)| {
-            if let Some(event) = event {
-                let _ = self.bus.send_message(BusMsg::Publish(event));
-            }
-            job
-        }))
+            .map_err(|e| ActorProcessingErr::from(e.to_string()))
     }
 }
 

@@ -4,9 +4,11 @@
 //! Orchestrator (root)     recovers unfinished jobs at start, routes jobs
 //!  |- TenantSupervisor(t) a tenant's FIFO queue and concurrency limit;
 //!  |   '- JobActor(j)     runs one job, checkpoints, emits events
-//!  |- InferencePool       workers that run the models, fair shares by tier
-//!  '- EventBus            durable per-job event log + live subscribers
+//!  '- InferencePool       workers that run the models, fair shares by tier
 //! ```
+//!
+//! Beside the tree, the [`EventBus`] (shared state, not an actor) hands each
+//! durable event to its tenant's and its job's live subscribers.
 //!
 //! The crate knows nothing of HTTP; it reaches durable state only through
 //! the [`JobStore`] trait, and the models only through the [`Engine`] trait,

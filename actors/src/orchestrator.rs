@@ -1,4 +1,4 @@
-//! Orchestrator: the root. It starts the inference pool and the event bus,
+//! Orchestrator: the root. It starts the inference pool, makes the event bus,
 //! puts every unfinished job back in its tenant's queue at start (a job that
 //! was running resumes from its checkpoint), and routes jobs and cancels to
 //! TenantSupervisors, which it spawns on demand and retires when idle.
@@ -54,7 +54,7 @@ impl Actor for Orchestrator {
         me: ActorRef<OrchMsg>,
         args: OrchArgs,
     ) -> Result<OrchState, ActorProcessingErr> {
-        let (bus, _) = Actor::spawn_linked(None, EventBus, (), me.get_cell()).await?;
+        let bus = EventBus::new();
         let (pool, _) = Actor::spawn_linked(
             None,
             InferencePool,
@@ -156,7 +156,7 @@ impl Actor for Orchestrator {
                     }
                 }
                 None => {
-                    // The pool or the bus: without them no job can run. Stop
+                    // The pool: without it no job can run. Stop
                     // the tree; the service sees it end and exits, its process
                     // supervisor restarts it, and recovery resumes every job.
                     return Err(format!("a core actor failed: {err}").into());

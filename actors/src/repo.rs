@@ -67,8 +67,13 @@ pub struct AudioFile {
 /// than once (transactions retry).
 pub type JobChange = Box<dyn FnMut(&mut Job) -> bool + Send>;
 
+/// Called once a committed change is durable, with its event if it had
+/// one, or with why it could not be made durable (see
+/// [`JobStore::transition_announced`]).
+pub type Announce = Box<dyn FnOnce(Result<Option<Event>, RepoError>) + Send>;
+
 /// Durable state as the actors see it. Every write is durable when the
-/// future completes.
+/// future completes, except [`JobStore::transition_announced`]'s.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     async fn job(&self, tenant: &str, id: &str) -> Result<Option<Job>, RepoError>;
@@ -82,6 +87,28 @@ pub trait JobStore: Send + Sync + 'static {
         kind: Option<EventType>,
         change: JobChange,
     ) -> Result<Option<(Job, Option<Event>)>, RepoError>;
+
+    /// [`JobStore::transition`] that may answer as soon as the change is
+    /// committed (readers see it, a crash may still lose it) and hands its
+    /// event to `announce` once it is durable, in commit order with every
+    /// other announcement; not called when the job does not exist or
+    /// `change` declined. A job actor goes on with its next report
+    /// meanwhile, and its events still reach subscribers only once durable
+    /// and in order. This default waits for durability, then announces.
+    async fn transition_announced(
+        &self,
+        tenant: &str,
+        id: &str,
+        kind: Option<EventType>,
+        change: JobChange,
+        announce: Announce,
+    ) -> Result<Option<Job>, RepoError> {
+        let changed = self.transition(tenant, id, kind, change).await?;
+        Ok(changed.map(|(job, event)| {
+            announce(Ok(event));
+            job
+        }))
+    }
     /// Every job that is `queued` or `running`, oldest first.
     async fn unfinished_jobs(&self) -> Result<Vec<Job>, RepoError>;
     /// The tenant's limits now.

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use ractor::{call, Actor, ActorRef};
 use serde::Deserialize;
-use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::bus::BusMsg;
+use crate::bus::{EventBus, Subscription, Topic};
 use crate::engine::Engine;
 use crate::job::Event;
 use crate::job_actor::Ctx;
@@ -62,7 +61,7 @@ pub struct StartError(String);
 #[derive(Clone)]
 pub struct System {
     orchestrator: ActorRef<OrchMsg>,
-    bus: ActorRef<BusMsg>,
+    bus: EventBus,
 }
 
 impl System {
@@ -108,7 +107,7 @@ impl System {
 
     /// Announces an event the service wrote itself (a queued job cancelled).
     pub fn publish(&self, event: Event) {
-        let _ = self.bus.send_message(BusMsg::Publish(event));
+        self.bus.publish(event);
     }
 
     /// Asks a running job to stop; the store already says it should.
@@ -119,9 +118,15 @@ impl System {
         });
     }
 
-    /// A live feed of every announced event; filter by tenant before use.
-    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Event>>> {
-        call!(self.bus, BusMsg::Subscribe).ok()
+    /// A live feed of one of `tenant`'s topics: that tenant's events only
+    /// (see [`EventBus`]). Dropping it unsubscribes.
+    pub fn subscribe(&self, tenant: &str, topic: Topic) -> Subscription {
+        self.bus.subscribe(tenant, topic)
+    }
+
+    /// The bus itself, for tests and metrics.
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
     }
 
     /// Stops the tree. Running jobs keep their `running` state and last

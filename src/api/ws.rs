@@ -2,19 +2,24 @@
 //!
 //! The token is checked before the upgrade (header, or `?token=` for
 //! browsers). A connection subscribes to `tenant` (every job of its tenant)
-//! or `job:<id>` (one of its tenant's jobs, else an error message); with
+//! or `job:<id>` (one of its tenant's jobs, else an error message); each is
+//! a topic of the event bus taken under the connection's tenant, so no
+//! other tenant's event ever reaches it and nothing is filtered here. With
 //! `after` it first replays the job's durable log past that seq, then
 //! continues live, never sending a seq twice. A client that falls more than
-//! the bus buffer behind is told `lagged` and resubscribes with `after`.
+//! the bus buffer behind on a topic is told `lagged` and resubscribes with
+//! `after`. Events ready together go out in one write: each is serialized
+//! once by the bus, whoever receives it.
 //!
 //! The credential is checked again every [`RECHECK`] while the socket is
 //! open: once the token expires, its key is revoked, its user removed or
 //! their sessions ended, the socket gets an `error` message with the reason
 //! and is closed (code 1008), so no event reaches a caller who lost access.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use futures_util::{SinkExt, StreamExt};
+use murmur_actors::bus::{Feeds, Published, Topic};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -75,12 +80,6 @@ enum ClientMsg {
     Unsubscribe { topic: String },
 }
 
-#[derive(Hash, PartialEq, Eq, Clone)]
-enum Topic {
-    Tenant,
-    Job(String),
-}
-
 fn parse_topic(s: &str) -> Option<Topic> {
     match s {
         "tenant" => Some(Topic::Tenant),
@@ -93,30 +92,56 @@ fn parse_topic(s: &str) -> Option<Topic> {
 
 /// One connection's subscriptions and what it has been sent.
 struct Session {
-    topics: HashSet<Topic>,
+    /// The bus topics, all of the connection's tenant.
+    feeds: Feeds,
     /// Highest seq sent per job: replay and live never repeat an event.
     sent: HashMap<String, u64>,
 }
 
-impl Session {
-    fn wants(&self, event: &Event) -> bool {
-        self.topics.contains(&Topic::Tenant)
-            || self.topics.contains(&Topic::Job(event.job_id.clone()))
-    }
+/// Most events written before a flush, so one busy connection still lets
+/// the others (and its own client messages) take turns.
+const BATCH: usize = 64;
 
+impl Session {
     /// Marks `event` sent; `false` if it was sent already.
     fn first_time(&mut self, event: &Event) -> bool {
-        let last = self.sent.entry(event.job_id.clone()).or_insert(0);
-        if event.seq <= *last {
-            return false;
+        // Looked up before inserting: no key copy per event.
+        match self.sent.get_mut(&event.job_id) {
+            Some(last) if event.seq <= *last => false,
+            Some(last) => {
+                *last = event.seq;
+                true
+            }
+            None => {
+                self.sent.insert(event.job_id.clone(), event.seq);
+                true
+            }
         }
-        *last = event.seq;
-        true
+    }
+
+    /// Forgets a job that ended, once its last event came live, so a
+    /// connection watching a busy tenant for days does not keep a mark per
+    /// job. Kept when two topics carry the job (the second copy of the
+    /// last event must still be known as sent); a later subscribe with
+    /// `after` sets the mark again.
+    fn forget_ended(&mut self, event: &Event) {
+        if event.status.is_finished()
+            && !(self.feeds.contains(&Topic::Tenant) && self.feeds.holds_job(&event.job_id))
+        {
+            self.sent.remove(&event.job_id);
+        }
     }
 }
 
 fn event_message(event: &Event) -> Message {
     Message::text(serde_json::to_string(event).unwrap_or_default())
+}
+
+fn topic_name(topic: &Topic) -> String {
+    match topic {
+        Topic::Tenant => "tenant".into(),
+        Topic::Job(id) => format!("job:{id}"),
+    }
 }
 
 fn control(value: Value) -> Message {
@@ -142,14 +167,21 @@ impl Drop for Subscribed {
 async fn session(socket: WebSocket, state: AppState, tenant: TenantId, header: String) {
     let _gauge = Subscribed::new();
     let (mut tx, mut rx) = socket.split();
-    let Some(mut feed) = state.jobs.subscribe().await else {
-        let _ = tx
-            .send(control(json!({"type": "error", "code": "unavailable", "detail": "the event bus is not running"})))
-            .await;
-        return;
-    };
+    // Client messages are read by a task of their own: polling the socket's
+    // read half in the loop below, after every batch of events, made
+    // tungstenite zero its 128 KiB read buffer each time (most of the CPU
+    // of 500 subscribers). The task is woken only when the client sends.
+    let (client_tx, mut incoming) = tokio::sync::mpsc::channel::<Message>(8);
+    let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            let close = msg.is_close();
+            if client_tx.send(msg).await.is_err() || close {
+                break;
+            }
+        }
+    }));
     let mut s = Session {
-        topics: HashSet::new(),
+        feeds: Feeds::new(),
         sent: HashMap::new(),
     };
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
@@ -168,38 +200,67 @@ async fn session(socket: WebSocket, state: AppState, tenant: TenantId, header: S
                     Ok(_) => {}
                 }
             }
-            incoming = rx.next() => {
-                let Some(Ok(msg)) = incoming else { break };
+            msg = incoming.recv() => {
+                let Some(msg) = msg else { break };
                 if msg.is_close() {
                     break;
                 }
                 let Ok(text) = msg.to_str() else { continue };
                 let replies = handle_client(&state, &tenant, &mut s, text);
                 for reply in replies {
-                    if tx.send(reply).await.is_err() {
+                    if tx.feed(reply).await.is_err() {
                         return;
                     }
                 }
-            }
-            event = feed.recv() => {
-                match event {
-                    Ok(event) => {
-                        if event.tenant_id == tenant.as_str() && s.wants(&event) && s.first_time(&event)
-                            && tx.send(event_message(&event)).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        let note = json!({"type": "lagged", "missed": missed,
-                            "detail": "you fell behind; subscribe again with after set to the last seq you have"});
-                        if tx.send(control(note)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => break,
+                if tx.flush().await.is_err() {
+                    return;
                 }
             }
+            got = s.feeds.recv() => {
+                // This event and those ready behind it, in one write.
+                let mut next = Some(got);
+                let mut batch = 0;
+                while let Some((topic, got)) = next.take() {
+                    if let Some(message) = live_message(&tenant, &mut s, &topic, got) {
+                        if tx.feed(message).await.is_err() {
+                            return;
+                        }
+                    }
+                    batch += 1;
+                    if batch < BATCH {
+                        next = s.feeds.try_recv();
+                    }
+                }
+                if tx.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What one live event (or a lag) on `topic` sends the client, if anything.
+fn live_message(
+    tenant: &TenantId,
+    s: &mut Session,
+    topic: &Topic,
+    got: Result<std::sync::Arc<Published>, RecvError>,
+) -> Option<Message> {
+    match got {
+        Ok(published) => {
+            // Structural: the connection holds only its tenant's topics.
+            debug_assert_eq!(published.event.tenant_id, tenant.as_str());
+            let fresh = s.first_time(&published.event);
+            s.forget_ended(&published.event);
+            fresh.then(|| Message::text(&*published.json))
+        }
+        Err(RecvError::Lagged(missed)) => Some(control(json!({"type": "lagged",
+            "topic": topic_name(topic), "missed": missed,
+            "detail": "you fell behind; subscribe again with after set to the last seq you have"}))),
+        // Not while the bus lives (a topic goes with its last subscriber).
+        Err(RecvError::Closed) => {
+            s.feeds.remove(topic);
+            None
         }
     }
 }
@@ -216,7 +277,7 @@ fn handle_client(state: &AppState, tenant: &TenantId, s: &mut Session, text: &st
     match msg {
         ClientMsg::Unsubscribe { topic } => {
             if let Some(t) = parse_topic(&topic) {
-                s.topics.remove(&t);
+                s.feeds.remove(&t);
             }
             vec![control(json!({"type": "unsubscribed", "topic": topic}))]
         }
@@ -226,10 +287,20 @@ fn handle_client(state: &AppState, tenant: &TenantId, s: &mut Session, text: &st
                     "detail": "topic must be \"tenant\" or \"job:<id>\""}))];
             };
             let mut out = Vec::new();
+            // Live first, then the replay: an event committed after the
+            // replay's read is on the live feed, and `first_time` drops
+            // what both carry. A topic already held keeps its feed (a
+            // fresh one would skip what the old one still buffers).
+            let subscribe = |s: &mut Session| {
+                if !s.feeds.contains(&parsed) {
+                    s.feeds
+                        .insert(state.jobs.subscribe(tenant.as_str(), parsed.clone()));
+                }
+            };
             if let Topic::Job(job_id) = &parsed {
                 // Another tenant's job is answered exactly like a missing one.
                 match state.store.job(tenant, job_id) {
-                    Ok(Some(_)) => {}
+                    Ok(Some(_)) => subscribe(s),
                     Ok(None) => {
                         return vec![control(json!({"type": "error", "code": "not_found",
                             "topic": topic, "detail": "job not found"}))]
@@ -266,7 +337,7 @@ fn handle_client(state: &AppState, tenant: &TenantId, s: &mut Session, text: &st
                     }
                 }
             }
-            s.topics.insert(parsed);
+            subscribe(s);
             out.insert(0, control(json!({"type": "subscribed", "topic": topic})));
             out
         }

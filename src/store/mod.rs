@@ -7,6 +7,7 @@
 //! flushed to disk before the call returns: sled buffers writes otherwise.
 
 mod accounts;
+mod commit;
 mod keyring;
 mod lifecycle;
 mod records;
@@ -157,6 +158,8 @@ pub struct Store {
     delivery_log: sled::Tree,
     /// Rung when deliveries are written, so the worker sends them at once.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// Shares flushes among concurrent writers (see `commit`).
+    commit: commit::GroupCommit,
 }
 
 /// The calendar month (UTC) usage of `at` is counted in: `YYYY-MM`.
@@ -434,6 +437,7 @@ impl Store {
             outbox_due: db.open_tree("webhook_outbox_due")?,
             delivery_log: db.open_tree("webhook_delivery_log")?,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            commit: commit::GroupCommit::new(db.clone()),
             db,
         };
         store.sweep_partial_uploads()?;
@@ -446,17 +450,14 @@ impl Store {
     /// Makes every write so far durable. Called before a write is
     /// acknowledged to a client.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // Concurrent callers share one flush (group commit, see `commit`).
         // Not sled's `flush_async`: it runs the flush on sled's own small
         // thread pool, which also performs the log writes the flush waits
         // for, and under a few dozen concurrent flushes every pool thread
         // waits and nothing writes (a deadlock the orchestrator benchmark
-        // hit at ~1000 jobs). A blocking flush on tokio's blocking pool
-        // leaves sled's threads free.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        Ok(())
+        // hit at ~1000 jobs). The group's flush runs on tokio's blocking
+        // pool and leaves sled's threads free.
+        self.commit.flush().await
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -944,7 +945,60 @@ impl Store {
             .await
     }
 
+    /// [`Store::transition_job`] of an existing job without waiting for
+    /// the flush: answers once the change is committed (readers see it; a
+    /// crash may still lose it) and calls `then` with its event once a
+    /// flush has made it durable, after the callbacks registered before it
+    /// (see `commit`). The job actors announce events this way.
+    pub fn transition_job_then(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        kind: EventType,
+        change: impl FnMut(&mut Job) -> bool,
+        then: Box<dyn FnOnce(Result<Event, StoreError>) + Send>,
+    ) -> Result<Option<Job>, StoreError> {
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, id, None, kind, (None, None, None), change)?;
+        let Some((job, event)) = outcome else {
+            return Ok(None);
+        };
+        let signal = (enqueued > 0).then(|| self.outbox_signal.clone());
+        self.commit.then(Box::new(move |durable| match durable {
+            Ok(()) => {
+                if let Some(signal) = signal {
+                    signal.notify_one();
+                }
+                then(Ok(event));
+            }
+            Err(why) => then(Err(StoreError::Io(std::io::Error::other(why.to_string())))),
+        }));
+        Ok(Some(job))
+    }
+
     async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        insert: Option<Job>,
+        kind: EventType,
+        rules: (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
+        change: impl FnMut(&mut Job) -> bool,
+    ) -> Result<Option<(Job, Event)>, StoreError> {
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, id, insert, kind, rules, change)?;
+        if outcome.is_some() {
+            self.flush().await?;
+        }
+        if outcome.is_some() && enqueued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    /// The transaction of [`Store::transition`], not flushed; answers its
+    /// outcome and how many webhook deliveries it wrote.
+    fn commit_transition(
         &self,
         tenant: &TenantId,
         id: &str,
@@ -952,7 +1006,7 @@ impl Store {
         kind: EventType,
         (limit, max_open, callback): (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
         change: impl FnMut(&mut Job) -> bool,
-    ) -> Result<Option<(Job, Event)>, StoreError> {
+    ) -> Result<(Option<(Job, Event)>, usize), StoreError> {
         let key = scoped_key(tenant, id);
         let seal = self.jobs.seal(tenant)?;
         // Deliveries the event owes go in its transaction (see `webhooks`).
@@ -1021,13 +1075,7 @@ impl Store {
                 Ok(Some((job, event)))
             })
             .map_err(tx_error)?;
-        if outcome.is_some() {
-            self.flush().await?;
-        }
-        if outcome.is_some() && enqueued.get() > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(outcome)
+        Ok((outcome, enqueued.get()))
     }
 
     /// Events of a job with `seq > after`, oldest first, at most `limit`.
