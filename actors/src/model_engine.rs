@@ -2,7 +2,9 @@
 //! detection, Whisper and speaker diarization through `murmur-models`, with
 //! checkpoints so an interrupted job resumes where it stopped. Loaded models
 //! are kept (Silero, Spleeter and the diarizer once each; Whisper in a small
-//! LRU, one lock per model) so a model is loaded once and shared by jobs.
+//! LRU) so a model is loaded once and shared by jobs. A loaded model is
+//! immutable and used through `&self`; each job keeps its own decoder state,
+//! so every worker of the pool decodes at once, on the same model or not.
 //!
 //! Memory does not grow with the audio's length, except for diarization:
 //! separation decodes in chunks through Spleeter straight into the stems on
@@ -148,7 +150,9 @@ pub struct ModelEngineConfig {
     pub fetch_missing: bool,
 }
 
-type SharedWhisper = Arc<Mutex<WhisperModel>>;
+/// A loaded Whisper model, shared by every job that uses it at the same
+/// time (no lock: jobs keep their own decoder state).
+type SharedWhisper = Arc<WhisperModel>;
 
 pub struct ModelEngine {
     config: ModelEngineConfig,
@@ -160,6 +164,9 @@ pub struct ModelEngine {
     whisper: Mutex<VecDeque<(String, SharedWhisper)>>,
     /// Held while installing, so two workers never fetch the same files.
     installing: Mutex<()>,
+    /// Held while loading a Whisper model, so two workers that ask for the
+    /// same model at once load it once (the second finds it cached).
+    loading_whisper: Mutex<()>,
 }
 
 impl ModelEngine {
@@ -172,6 +179,7 @@ impl ModelEngine {
             diarizer: Mutex::new(None),
             whisper: Mutex::new(VecDeque::new()),
             installing: Mutex::new(()),
+            loading_whisper: Mutex::new(()),
         }
     }
 
@@ -235,25 +243,37 @@ impl ModelEngine {
     }
 
     fn whisper(&self, name: &str) -> Result<SharedWhisper, WorkError> {
-        {
-            let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pos) = cache.iter().position(|(n, _)| n == name) {
-                let entry = cache.remove(pos).expect("position is in range");
-                let model = entry.1.clone();
-                cache.push_back(entry);
-                return Ok(model);
-            }
+        if let Some(model) = self.cached_whisper(name) {
+            return Ok(model);
+        }
+        let _loading = self
+            .loading_whisper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Another worker may have loaded it while this one waited.
+        if let Some(model) = self.cached_whisper(name) {
+            return Ok(model);
         }
         let dir = self.model_dir(name)?;
         let model = WhisperModel::load(&dir, &self.device)
             .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
-        let model = Arc::new(Mutex::new(model));
+        let model = Arc::new(model);
         let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
         while cache.len() >= self.config.max_loaded_models.max(1) {
             cache.pop_front();
         }
         cache.push_back((name.to_string(), model.clone()));
         Ok(model)
+    }
+
+    /// The loaded model `name`, marked most recently used.
+    fn cached_whisper(&self, name: &str) -> Option<SharedWhisper> {
+        let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = cache.iter().position(|(n, _)| n == name)?;
+        let entry = cache.remove(pos)?;
+        let model = entry.1.clone();
+        cache.push_back(entry);
+        Some(model)
     }
 }
 
@@ -902,7 +922,6 @@ impl ModelEngine {
 
         sink.stage(JobStage::Transcribe);
         let model = self.whisper(&params.model)?;
-        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
         let mut opts = decode_options(params);
         if opts.language.is_none() {
             opts.language = checkpoint.language.clone();
@@ -1310,7 +1329,7 @@ mod tests {
             .unwrap();
         // The same model over the whole recording in memory.
         let samples = audio::decode_file(&upload).unwrap();
-        let mut model = WhisperModel::load(&models.join("tiny.en"), &Device::Cpu).unwrap();
+        let model = WhisperModel::load(&models.join("tiny.en"), &Device::Cpu).unwrap();
         let whole = model
             .transcribe_regions(
                 &samples.samples,
