@@ -255,6 +255,10 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         initial_prompt: p.initial_prompt.clone(),
         // Diarization labels speakers word by word, so it times words too.
         word_timestamps: p.word_timestamps || p.diarize.enabled,
+        beam_size: p.beam_size as usize,
+        best_of: p.best_of as usize,
+        patience: p.patience,
+        length_penalty: p.length_penalty,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.
