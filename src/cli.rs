@@ -47,6 +47,10 @@ pub struct TranscribeArgs {
     /// Default 5, as faster-whisper and Whisper-WebUI.
     #[arg(long)]
     beam_size: Option<u32>,
+    /// Samples drawn at each fallback temperature above 0, the likeliest
+    /// kept (1 to 10). Default 5.
+    #[arg(long)]
+    best_of: Option<u32>,
     /// The first temperature tried (0 to 1); windows whose result fails
     /// the quality checks are decoded again at higher ones. Default 0.
     #[arg(long)]
@@ -191,6 +195,9 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     });
     if let Some(beams) = args.beam_size {
         overrides["beam_size"] = beams.into();
+    }
+    if let Some(n) = args.best_of {
+        overrides["best_of"] = n.into();
     }
     if let Some(t) = args.temperature {
         overrides["temperature"] = t.into();

@@ -510,8 +510,11 @@ async fn two_workers_decode_two_jobs_on_one_model_at_once() {
             .await
             .expect(200);
         let text = result["text"].as_str().unwrap().to_string();
+        // Beam 5 (the default) misreads one seam of the repeated clip
+        // (8% measured; greedy 0-5%): the bound catches a broken state,
+        // the equality below a state shared between the jobs.
         let wer = murmur_models::wer::wer(&expected, &text);
-        assert!(wer <= 0.05, "WER {wer}: {text}");
+        assert!(wer <= 0.1, "WER {wer}: {text}");
         texts.push(text);
     }
     assert_eq!(texts[0], texts[1]);
