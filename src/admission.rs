@@ -60,6 +60,16 @@ pub enum Refusal {
         duration: f64,
         max_s: u64,
     },
+    #[error(
+        "the {tier} tier searches at most {max} beams (and draws at most {max} samples per \
+         temperature); {field} {asked} asks for more (ask for less, or upgrade)"
+    )]
+    BeamTooWide {
+        tier: String,
+        field: &'static str,
+        asked: u32,
+        max: u32,
+    },
     #[error("model {0} is not installed on this server; GET /v1/models lists what is")]
     ModelNotInstalled(String),
     #[error(
@@ -119,9 +129,10 @@ impl Rules<'_> {
         base: &JobParams,
         params: &Value,
     ) -> Result<JobParams, Refusal> {
-        let params = JobParams::merged(base, params).map_err(Refusal::Params)?;
-        self.check_gates(caller, &params)?;
-        Ok(params)
+        let mut resolved = JobParams::merged(base, params).map_err(Refusal::Params)?;
+        self.check_gates(caller, &resolved)?;
+        bound_search(&caller.tier, &mut resolved, params)?;
+        Ok(resolved)
     }
 
     /// Checks what `params` need from the tier (model family, diarization,
@@ -267,6 +278,39 @@ impl Rules<'_> {
         }
         Ok(())
     }
+}
+
+/// The tier's bound on the search (`max_beam_size`): a `beam_size` or
+/// `best_of` the request names above it is refused; one it does not name
+/// (the default, or a workflow saved on a higher tier) is lowered to it, so
+/// a job that asks for nothing runs on every tier.
+fn bound_search(
+    tier: &crate::billing::Tier,
+    params: &mut JobParams,
+    asked: &Value,
+) -> Result<(), Refusal> {
+    if !params.runs_whisper() {
+        return Ok(());
+    }
+    let max = tier.beam_limit();
+    for (field, value) in [
+        ("beam_size", &mut params.beam_size),
+        ("best_of", &mut params.best_of),
+    ] {
+        if *value <= max {
+            continue;
+        }
+        if asked.get(field).is_some() {
+            return Err(Refusal::BeamTooWide {
+                tier: tier.name.clone(),
+                field,
+                asked: *value,
+                max,
+            });
+        }
+        *value = max;
+    }
+    Ok(())
 }
 
 /// Whether jobs can run `model` here: installed, or installable on demand.

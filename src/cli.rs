@@ -43,6 +43,18 @@ pub struct TranscribeArgs {
     /// Remove background music before transcribing.
     #[arg(long)]
     separate_bgm: bool,
+    /// Beams searched at temperature 0 (1 to 10; 1 is greedy decoding).
+    /// Default 5, as faster-whisper and Whisper-WebUI.
+    #[arg(long)]
+    beam_size: Option<u32>,
+    /// Samples drawn at each fallback temperature above 0, the likeliest
+    /// kept (1 to 10). Default 5.
+    #[arg(long)]
+    best_of: Option<u32>,
+    /// The first temperature tried (0 to 1); windows whose result fails
+    /// the quality checks are decoded again at higher ones. Default 0.
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Output format: json, srt, vtt, txt, tsv.
     #[arg(long, default_value = "txt")]
     format: String,
@@ -196,7 +208,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     formats::check_options(format, &subtitles)?;
     let needs_words = subtitles.needs_words();
     let defaults = JobParams::defaults(&settings.models.default_model);
-    let overrides = serde_json::json!({
+    let mut overrides = serde_json::json!({
         "model": args.model.unwrap_or(defaults.model.clone()),
         "task": args.task,
         "language": args.language,
@@ -205,6 +217,15 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         "separate_bgm": {"enabled": args.separate_bgm},
         "word_timestamps": args.word_timestamps || needs_words,
     });
+    if let Some(beams) = args.beam_size {
+        overrides["beam_size"] = beams.into();
+    }
+    if let Some(n) = args.best_of {
+        overrides["best_of"] = n.into();
+    }
+    if let Some(t) = args.temperature {
+        overrides["temperature"] = t.into();
+    }
     let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
     let output = run_engine(settings, &args.file, params, None).await?;
     let transcript: Transcript = serde_json::from_value(output.result)?;

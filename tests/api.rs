@@ -1079,3 +1079,69 @@ async fn cors_is_off_by_default_and_follows_the_allow_list() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// The decoding search's parameters: validated (400 naming the field), and
+/// bounded by the tier's `max_beam_size` (403 `beam_size_not_in_tier`; 5
+/// on basic in the test table). A job that names none runs beam 5.
+#[tokio::test]
+async fn search_params_are_validated_and_bounded_by_the_tier() {
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let file = a
+        .client
+        .upload("a.wav", tone_wav(1.0, 16000))
+        .await
+        .expect(201);
+    let fid = file["id"].as_str().unwrap();
+    let submit = |params: serde_json::Value| {
+        a.client
+            .post("/v1/jobs", json!({"file_id": fid, "params": params}))
+    };
+    for (params, field) in [
+        (json!({"beam_size": 0}), "beam_size"),
+        (json!({"beam_size": 11}), "beam_size"),
+        (json!({"best_of": 0}), "best_of"),
+        (json!({"patience": 0}), "patience"),
+        (json!({"patience": -1.5}), "patience"),
+        (json!({"length_penalty": 2}), "length_penalty"),
+    ] {
+        let answer = submit(params.clone()).await;
+        let detail = answer.body["detail"].as_str().unwrap_or("").to_string();
+        answer.problem(400, "invalid_request");
+        assert!(detail.contains(field), "{params}: {detail}");
+    }
+    for params in [json!({"beam_size": 6}), json!({"best_of": 8})] {
+        let answer = submit(params.clone()).await;
+        let detail = answer.body["detail"].as_str().unwrap_or("").to_string();
+        answer.problem(403, "beam_size_not_in_tier");
+        assert!(detail.contains("basic") && detail.contains('5'), "{detail}");
+    }
+    a.client
+        .post(
+            "/v1/workflows",
+            json!({"name": "wide", "params": {"beam_size": 6}}),
+        )
+        .await
+        .problem(403, "beam_size_not_in_tier");
+    let job = submit(json!({})).await.expect(202);
+    let p = &job["params"];
+    assert_eq!((&p["beam_size"], &p["best_of"]), (&json!(5), &json!(5)));
+    assert_eq!(
+        (&p["patience"], &p["length_penalty"]),
+        (&json!(1.0), &serde_json::Value::Null)
+    );
+    let job = submit(json!({"beam_size": 1, "length_penalty": 0.5}))
+        .await
+        .expect(202);
+    assert_eq!(job["params"]["beam_size"], 1);
+    assert_eq!(job["params"]["length_penalty"], 0.5);
+    // Premium has no bound in the test table: up to the global 10.
+    server.set_tier(&a.id, "premium");
+    let job = submit(json!({"beam_size": 10, "best_of": 10, "patience": 2}))
+        .await
+        .expect(202);
+    assert_eq!(job["params"]["beam_size"], 10);
+    submit(json!({"beam_size": 11}))
+        .await
+        .problem(400, "invalid_request");
+}

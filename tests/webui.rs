@@ -375,20 +375,43 @@ async fn what_murmur_cannot_do_is_refused_by_name() {
         assert!(answer.text.contains(name), "{name}: {}", answer.text);
         answer.problem(status, code);
     }
-    // beam_size parses as a number but is ignored: named in the message.
+    // The search is the job's: beam_size=1 runs greedy, quietly; a knob
+    // Murmur lacks (repetition_penalty) is named in the message.
     let queued = post_task(
         &a.client,
         "/transcription/",
         "jfk.wav",
         jfk(),
-        &[("model_size", "tiny.en".into()), ("beam_size", "1".into())],
+        &[
+            ("model_size", "tiny.en".into()),
+            ("beam_size", "1".into()),
+            ("repetition_penalty", "1.2".into()),
+        ],
     )
     .await
     .expect(201);
-    assert!(
-        queued["message"].as_str().unwrap().contains("beam_size=1"),
-        "{queued}"
-    );
+    let message = queued["message"].as_str().unwrap();
+    assert!(message.contains("repetition_penalty=1.2"), "{queued}");
+    assert!(!message.contains("beam_size"), "{queued}");
+    let job = a
+        .client
+        .get(&format!(
+            "/v1/jobs/{}",
+            queued["identifier"].as_str().unwrap()
+        ))
+        .await
+        .expect(200);
+    assert_eq!(job["params"]["beam_size"], 1, "{job}");
+    // Wider than the basic tier's max_beam_size (5 in the test table).
+    post_task(
+        &a.client,
+        "/transcription/",
+        "jfk.wav",
+        jfk(),
+        &[("model_size", "tiny.en".into()), ("beam_size", "8".into())],
+    )
+    .await
+    .problem(403, "beam_size_not_in_tier");
 
     // No file part.
     a.client

@@ -73,7 +73,26 @@ pub struct JobParams {
     pub separate_bgm: SeparateParams,
     pub diarize: DiarizeParams,
     pub initial_prompt: Option<String>,
+    /// The first temperature tried; the fallback goes up from it (0, 0.2,
+    /// ... 1.0) when a window's result fails the quality thresholds.
     pub temperature: f64,
+    /// Beams searched at temperature 0 (1: greedy), as faster-whisper's
+    /// `beam_size`. Jobs stored before the field existed read the default.
+    #[serde(default = "default_beam_size")]
+    pub beam_size: u32,
+    /// Samples drawn at each fallback temperature above 0, the likeliest
+    /// kept (faster-whisper's `best_of`).
+    #[serde(default = "default_best_of")]
+    pub best_of: u32,
+    /// A beam search stops once `patience * beam_size` candidates have
+    /// finished (faster-whisper's and openai-whisper's `patience`).
+    #[serde(default = "default_patience")]
+    pub patience: f64,
+    /// How candidates are ranked: none divides their log-probability by
+    /// their length; `alpha` divides it by `((5 + length) / 6)^alpha`
+    /// (openai-whisper's `length_penalty`, 0 to 1).
+    #[serde(default)]
+    pub length_penalty: Option<f64>,
     /// Time every word (`words` in each result segment). Off by default:
     /// it costs a second decoder pass per 30 s window; a diarized job times
     /// words whatever this says (speakers are assigned per word). Jobs
@@ -94,6 +113,10 @@ impl JobParams {
             diarize: DiarizeParams::default(),
             initial_prompt: None,
             temperature: 0.0,
+            beam_size: default_beam_size(),
+            best_of: default_best_of(),
+            patience: default_patience(),
+            length_penalty: None,
             word_timestamps: false,
         }
     }
@@ -165,6 +188,28 @@ impl JobParams {
         if !(0.0..=1.0).contains(&self.temperature) {
             return Err("temperature must be between 0 and 1".into());
         }
+        for (name, value) in [("beam_size", self.beam_size), ("best_of", self.best_of)] {
+            if !(1..=MAX_BEAM_SIZE).contains(&value) {
+                return Err(format!(
+                    "{name} must be between 1 and {MAX_BEAM_SIZE} (1: greedy), not {value}"
+                ));
+            }
+        }
+        if !(self.patience > 0.0 && self.patience <= MAX_PATIENCE) {
+            return Err(format!(
+                "patience must be above 0 and at most {MAX_PATIENCE} (1: stop at beam_size \
+                 finished candidates), not {}",
+                self.patience
+            ));
+        }
+        if let Some(alpha) = self.length_penalty {
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(format!(
+                    "length_penalty must be between 0 and 1 (or null: divide by the length), \
+                     not {alpha}"
+                ));
+            }
+        }
         if let (Some(lo), Some(hi)) = (self.diarize.min_speakers, self.diarize.max_speakers) {
             if lo > hi {
                 return Err("diarize.min_speakers is larger than diarize.max_speakers".into());
@@ -172,6 +217,27 @@ impl JobParams {
         }
         Ok(())
     }
+}
+
+/// Widest beam search (and most samples per temperature) a job may ask
+/// for; tiers may allow less (`max_beam_size`).
+pub const MAX_BEAM_SIZE: u32 = 10;
+
+/// Largest `patience`: the search already stops at the window's token
+/// limit, so more only costs time.
+pub const MAX_PATIENCE: f64 = 10.0;
+
+/// Whisper-WebUI's and faster-whisper's default: beam search over 5 beams.
+fn default_beam_size() -> u32 {
+    5
+}
+
+fn default_best_of() -> u32 {
+    5
+}
+
+fn default_patience() -> f64 {
+    1.0
 }
 
 fn merge_json(base: &mut Value, over: &Value) {
@@ -231,6 +297,36 @@ mod tests {
         );
         assert!(JobParams::merged(&base, &json!({"language": "English"})).is_err());
         assert!(JobParams::merged(&base, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn decoding_defaults_to_beam_5_and_bounds_the_search() {
+        let base = JobParams::defaults("base");
+        assert_eq!((base.beam_size, base.best_of, base.patience), (5, 5, 1.0));
+        assert_eq!(base.length_penalty, None);
+        let ok = |v: Value| JobParams::merged(&base, &v);
+        let greedy = ok(json!({"beam_size": 1, "length_penalty": 0.6})).unwrap();
+        assert_eq!((greedy.beam_size, greedy.length_penalty), (1, Some(0.6)));
+        for bad in [
+            json!({"beam_size": 0}),
+            json!({"beam_size": 11}),
+            json!({"best_of": 0}),
+            json!({"patience": 0.0}),
+            json!({"patience": -1.0}),
+            json!({"length_penalty": 1.5}),
+        ] {
+            let err = ok(bad.clone()).expect_err("refused");
+            let field = bad.as_object().unwrap().keys().next().unwrap().clone();
+            assert!(err.contains(&field), "{bad}: {err}");
+        }
+        assert!(ok(json!({"beam_size": -1})).is_err());
+        // Params stored before the fields existed read the defaults.
+        let mut stored = serde_json::to_value(JobParams::defaults("base")).unwrap();
+        for key in ["beam_size", "best_of", "patience", "length_penalty"] {
+            stored.as_object_mut().unwrap().remove(key);
+        }
+        let p: JobParams = serde_json::from_value(stored).unwrap();
+        assert_eq!((p.beam_size, p.best_of, p.patience), (5, 5, 1.0));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!
 //! - `model.rs`: loading a model directory, tokenizer and special tokens;
 //! - [`decoder`]: the text decoder layers and their key/value cache;
-//! - `decoding.rs`: one window at one temperature (greedy or sampled),
-//!   language detection, and the temperature fallback;
+//! - `decoding.rs`: one window at one temperature, language detection, and
+//!   the temperature fallback;
+//! - `search.rs`: the token search of a window (greedy, best-of-n
+//!   sampling, beam search) and the ranking of its candidates;
 //! - `filters.rs`: OpenAI's logit filters (suppression, timestamp rules);
 //! - `guards.rs`: hallucination guards (compression ratio, repetition loops,
 //!   prompt copies);
@@ -25,6 +27,7 @@ mod filters;
 mod guards;
 mod model;
 mod regions;
+mod search;
 mod timing;
 mod transcribe;
 
@@ -82,6 +85,7 @@ pub enum Task {
 
 /// Decoding settings; the defaults are OpenAI's `transcribe()` defaults
 /// (greedy at temperature 0, one sample at each fallback temperature).
+/// faster-whisper's and Whisper-WebUI's are `beam_size: 5, best_of: 5`.
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
     pub task: Task,
@@ -90,6 +94,20 @@ pub struct DecodeOptions {
     pub language: Option<String>,
     /// Tried in order until a result passes the thresholds below.
     pub temperatures: Vec<f64>,
+    /// Beams searched at temperature 0 (1: greedy). Fallback temperatures
+    /// sample instead (`best_of`).
+    pub beam_size: usize,
+    /// A beam search ends once `round(beam_size * patience)` candidates
+    /// have finished (openai's and faster-whisper's `patience`; 1 stops at
+    /// `beam_size`, more searches longer).
+    pub patience: f64,
+    /// Samples drawn at each temperature above 0; the best (ranked as
+    /// below) is kept.
+    pub best_of: usize,
+    /// How finished candidates are ranked: `None` divides their summed
+    /// log-probability by their length, `Some(alpha)` by
+    /// `((5 + length) / 6)^alpha` (openai-whisper's, from Google's NMT).
+    pub length_penalty: Option<f64>,
     /// Retry when the text's gzip compression ratio is above this (repetitive).
     pub compression_ratio_threshold: Option<f64>,
     /// Retry when the average token log-probability is below this.
@@ -120,6 +138,10 @@ impl Default for DecodeOptions {
             task: Task::Transcribe,
             language: None,
             temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            beam_size: 1,
+            patience: 1.0,
+            best_of: 1,
+            length_penalty: None,
             compression_ratio_threshold: Some(2.4),
             logprob_threshold: Some(-1.0),
             no_speech_threshold: Some(0.6),

@@ -67,7 +67,7 @@ fn jfk() -> Vec<f32> {
 }
 
 fn transcript(dir: &Path) -> String {
-    let mut m = WhisperModel::load(dir, &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(dir, &candle_core::Device::Cpu).expect("load");
     m.transcribe(&jfk(), &DecodeOptions::default(), &mut |_| true)
         .expect("transcribe")
         .text

@@ -119,7 +119,7 @@ fn separate(audio: &DecodedAudio) -> Stems {
     stems
 }
 
-fn transcribe(whisper: &mut WhisperModel, samples: &[f32]) -> String {
+fn transcribe(whisper: &WhisperModel, samples: &[f32]) -> String {
     whisper
         .transcribe(samples, &whisper::DecodeOptions::default(), &mut |_| true)
         .expect("transcribe")
@@ -165,11 +165,11 @@ fn separation_cleans_jfk_from_music_and_helps_whisper() {
 
     assert!(gain >= 8.0, "SI-SDR improvement {gain:.2} dB < 8 dB");
 
-    let mut whisper =
+    let whisper =
         WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load whisper");
-    let clean_text = transcribe(&mut whisper, &reference);
-    let mix_text = transcribe(&mut whisper, &mixture);
-    let vocals_text = transcribe(&mut whisper, &vocals);
+    let clean_text = transcribe(&whisper, &reference);
+    let mix_text = transcribe(&whisper, &mixture);
+    let vocals_text = transcribe(&whisper, &vocals);
     let clean_wer = wer::wer(testaudio::JFK_TEXT, &clean_text);
     let mix_wer = wer::wer(testaudio::JFK_TEXT, &mix_text);
     let vocals_wer = wer::wer(testaudio::JFK_TEXT, &vocals_text);

@@ -105,7 +105,7 @@ fn transcribe_jfk(name: &str, opts: &DecodeOptions) -> Transcript {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let audio = jfk();
     let t0 = Instant::now();
-    let mut m = WhisperModel::load(&model(name), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model(name), &candle_core::Device::Cpu).expect("load");
     let loaded = t0.elapsed();
     let mut reports = 0;
     let mut segments_reported = 0;
@@ -201,7 +201,7 @@ fn base_translate_task_runs() {
 #[test]
 fn english_only_model_refuses_translation_and_other_languages() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let audio = vec![0f32; 16_000];
     for opts in [
         DecodeOptions {
@@ -235,7 +235,7 @@ fn speech_regions_map_back_to_the_original_timeline() {
         start: 20.0,
         end: 20.0 + clip_s,
     };
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let t = m
         .transcribe_regions(&audio, &[region], &DecodeOptions::default(), &mut |_| true)
         .expect("transcribe");
@@ -264,7 +264,7 @@ fn speech_regions_map_back_to_the_original_timeline() {
 #[test]
 fn cancellation_is_prompt_and_typed() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let audio = jfk();
     let mut calls = 0;
     let t0 = Instant::now();
@@ -292,7 +292,7 @@ fn initial_prompt_is_accepted() {
 #[test]
 fn unknown_language_is_rejected_with_a_hint() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
     assert!(m.is_multilingual());
     let opts = DecodeOptions {
         language: Some("klingon".into()),
@@ -333,7 +333,7 @@ fn two_regions_with_a_long_gap_keep_their_own_times() {
         start: 20.7,
         end: 20.7 + (speech.len() - cut) as f64 / 16_000.0,
     };
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let t = m
         .transcribe_regions(
             &audio,
@@ -383,4 +383,52 @@ fn detected_language_comes_with_its_probability_and_the_runners_up() {
     assert!(forced.language_probability.is_none() && forced.language_candidates.is_none());
     let english = transcribe_jfk("tiny.en", &DecodeOptions::default());
     assert!(english.language_probability.is_none());
+}
+
+/// One loaded model, two threads transcribing through it at the same time
+/// (no lock around the model): each keeps its own decoder state, so each
+/// gets exactly the transcript a lone run gets.
+#[test]
+fn two_threads_share_one_model_and_each_gets_its_own_transcript() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = std::sync::Arc::new(
+        WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load"),
+    );
+    let audio = jfk();
+    // The clip and its second half: two different inputs, so a state that
+    // leaked from one job into the other would show in the text.
+    let half = audio[audio.len() / 2..].to_vec();
+    let alone: Vec<String> = [&audio, &half]
+        .iter()
+        .map(|a| {
+            m.transcribe(a, &DecodeOptions::default(), &mut |_| true)
+                .expect("transcribe")
+                .text
+        })
+        .collect();
+    // Both threads wait at the barrier, so they decode at the same time.
+    let barrier = std::sync::Barrier::new(2);
+    let together: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = [&audio, &half]
+            .into_iter()
+            .map(|a| {
+                let (m, barrier) = (&m, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    m.transcribe(a, &DecodeOptions::default(), &mut |_| true)
+                        .expect("transcribe")
+                        .text
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(together, alone);
+    assert!(
+        wer(testaudio::JFK_TEXT, &together[0]) <= 0.05,
+        "{together:?}"
+    );
+    assert_ne!(together[0], together[1]);
 }

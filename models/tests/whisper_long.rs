@@ -74,7 +74,7 @@ fn base_on_two_speaker_telephone_sample() {
     let decoded = audio::decode_file(&sample.wav).expect("decode");
     assert_eq!((decoded.sample_rate, decoded.channels), (16_000, 1));
     let reference = stm_text(&sample.stm);
-    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
     let t0 = Instant::now();
     let t = m
         .transcribe(&decoded.samples, &DecodeOptions::default(), &mut |_| true)
@@ -105,7 +105,7 @@ fn base_on_two_speaker_telephone_sample() {
 fn base_on_music_without_speech() {
     let mp3 = testaudio::music_mp3().expect("fetch music");
     let decoded = audio::decode_file(&mp3).expect("decode");
-    let mut m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
     let t = m
         .transcribe(
             &decoded.samples,
@@ -151,7 +151,7 @@ fn streamed_transcription_equals_the_in_memory_one() {
         .copied()
         .collect();
     let n = samples.len();
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let opts = DecodeOptions::default();
     let source = Pieces {
         samples: samples.clone(),

@@ -35,7 +35,7 @@ fn with_words() -> DecodeOptions {
 
 fn transcribe(name: &str, audio: &[f32], opts: &DecodeOptions) -> Transcript {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut m = WhisperModel::load(&model(name), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model(name), &candle_core::Device::Cpu).expect("load");
     let t = m
         .transcribe(audio, opts, &mut |_| true)
         .expect("transcribe");
@@ -175,7 +175,7 @@ fn words_of_speech_regions_are_on_the_original_timeline() {
         end: offset + jfk.len() as f64 / 16_000.0,
     }];
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
+    let m = WhisperModel::load(&model("tiny.en"), &candle_core::Device::Cpu).expect("load");
     let t = m
         .transcribe_regions(&audio, &regions, &with_words(), &mut |_| true)
         .expect("transcribe");

@@ -144,6 +144,9 @@ impl From<Refusal> for ApiError {
             Refusal::AudioTooLong { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "audio_too_long", detail)
             }
+            Refusal::BeamTooWide { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "beam_size_not_in_tier", detail)
+            }
             Refusal::ModelNotInstalled(_) | Refusal::FeatureNotInstalled { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
             }

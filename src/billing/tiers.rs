@@ -74,9 +74,22 @@ pub struct Tier {
     /// means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued_jobs: Option<u64>,
+    /// Widest beam search, and most samples per fallback temperature, a
+    /// job may ask for (`beam_size`, `best_of`; each costs about that many
+    /// times the decoding work). `None`: the most any job may ask for
+    /// (`params::MAX_BEAM_SIZE`, 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_beam_size: Option<u32>,
 }
 
 impl Tier {
+    /// [`Tier::max_beam_size`], or the most any job may ask for.
+    pub fn beam_limit(&self) -> u32 {
+        self.max_beam_size
+            .unwrap_or(murmur_actors::params::MAX_BEAM_SIZE)
+            .min(murmur_actors::params::MAX_BEAM_SIZE)
+    }
+
     /// [`Tier::queue_weight`], or its default from the rank (at least 1).
     pub fn queue_weight(&self) -> u32 {
         self.queue_weight.unwrap_or(1 << self.rank.min(16)).max(1)

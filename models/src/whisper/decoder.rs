@@ -1,15 +1,22 @@
-//! Whisper's text decoder with a key/value cache.
+//! Whisper's text decoder with a key/value cache, over a batch of sequences.
 //!
 //! candle-transformers' `TextDecoder` caches only the cross-attention keys and
 //! values and re-runs self-attention over every previous token at each step,
 //! so a 224-token window costs O(n^2) projections. This decoder loads the same
 //! weight names (`model.decoder.*`) and keeps, per layer, the self-attention
-//! keys/values of the tokens already seen (a preallocated [`KvCache`]) plus
-//! the cross-attention keys/values of the current 30 s window, so each step
-//! only processes the new token.
+//! keys/values of the tokens already seen plus the cross-attention
+//! keys/values of the current 30 s window, so each step only processes the
+//! new token.
+//!
+//! The weights are read-only; everything a decoding writes lives in its own
+//! [`DecoderState`]. A state holds `b` sequences decoded side by side (the
+//! beams of a beam search, the samples of best-of-n): each step feeds one
+//! token per sequence as one batch, and [`DecoderState::select`] reorders,
+//! duplicates or drops sequences between steps. The audio is the same for
+//! every sequence, so its cross-attention keys/values are stored once and the
+//! batch is folded into the query rows when attending to it.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::kv_cache::KvCache;
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::Config;
@@ -67,6 +74,31 @@ impl Attention {
         Ok(self.attend_with_scores(x, k, v, mask)?.0)
     }
 
+    /// Attention of `b` sequences' queries (`x`: `[b, n, d]`) over keys and
+    /// values they share (`[1, heads, t, head_dim]`, the audio): the
+    /// sequences become query rows of one product instead of `b` copies
+    /// of the audio's keys and values.
+    fn attend_shared(&self, x: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        if b == 1 {
+            return self.attend(x, k, v, None);
+        }
+        let q = self.heads(&self.q.forward(x)?)?; // [b, heads, n, hd]
+        let q = (q
+            .transpose(0, 1)?
+            .reshape((1, self.n_head, b * n, self.head_dim))?
+            * (self.head_dim as f64).powf(-0.5))?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = weights
+            .matmul(v)? // [1, heads, b * n, hd]
+            .reshape((self.n_head, b, n, self.head_dim))?
+            .transpose(0, 1)? // [b, heads, n, hd]
+            .transpose(1, 2)?
+            .reshape((b, n, d))?;
+        self.out.forward(&ctx)
+    }
+
     /// [`Attention::attend`], also returning the scaled scores before the
     /// softmax (`[b, heads, n, t]`), which word alignment reads.
     fn attend_with_scores(
@@ -114,15 +146,19 @@ impl Layer {
     }
 }
 
-/// Per-sequence decoding state: what the decoder has seen so far in this
-/// window. Created by [`TextDecoder::start`] for each window (and each
-/// temperature retry, which reuses the cross-attention tensors).
+/// One decoding's state: what the decoder has seen so far in this window,
+/// for each of the `b` sequences decoded side by side. Created by
+/// [`TextDecoder::start`] for each window (and reused by each temperature
+/// retry, which keeps the cross-attention tensors). Owned by one
+/// transcription; the model itself holds none.
 pub struct DecoderState {
-    /// Self-attention keys/values of the tokens fed so far, per layer.
-    self_kv: Vec<KvCache>,
-    /// Cross-attention keys/values of the window's audio, per layer.
+    /// Self-attention keys/values of the tokens fed so far, per layer
+    /// (`[b, heads, len, head_dim]` each), `None` before the first token.
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Cross-attention keys/values of the window's audio, per layer
+    /// (`[1, heads, frames, head_dim]`, shared by the `b` sequences).
     cross_kv: Vec<(Tensor, Tensor)>,
-    /// Tokens fed so far (the position of the next one).
+    /// Tokens fed so far per sequence (the position of the next one).
     len: usize,
 }
 
@@ -135,13 +171,33 @@ impl DecoderState {
         self.len == 0
     }
 
-    /// Forgets the tokens but keeps the audio (for a retry at another
-    /// temperature).
+    /// Forgets the tokens (and the sequences) but keeps the audio (for a
+    /// retry at another temperature, or the alignment pass).
     pub fn reset_tokens(&mut self) {
         for kv in &mut self.self_kv {
-            kv.reset();
+            *kv = None;
         }
         self.len = 0;
+    }
+
+    /// Keeps the sequences `rows` in that order: sequence `i` of the state
+    /// becomes what sequence `rows[i]` was. A row may repeat (a beam that
+    /// spawns two) or be left out (a finished sample).
+    pub fn select(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(Some((k, _))) = self.self_kv.first() else {
+            return Ok(());
+        };
+        if k.dim(0)? == rows.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
+            return Ok(());
+        }
+        let device = k.device().clone();
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::from_vec(ids, rows.len(), &device)?;
+        for (k, v) in self.self_kv.iter_mut().flatten() {
+            *k = k.index_select(&ids, 0)?;
+            *v = v.index_select(&ids, 0)?;
+        }
+        Ok(())
     }
 }
 
@@ -189,11 +245,7 @@ impl TextDecoder {
             .iter()
             .map(|l| l.cross_attn.keys_values(audio))
             .collect::<Result<Vec<_>>>()?;
-        let self_kv = self
-            .layers
-            .iter()
-            .map(|_| KvCache::new(2, self.n_ctx))
-            .collect();
+        let self_kv = self.layers.iter().map(|_| None).collect();
         Ok(DecoderState {
             self_kv,
             cross_kv,
@@ -201,10 +253,19 @@ impl TextDecoder {
         })
     }
 
-    /// Feeds `tokens` after those already in `state` and returns the final
-    /// hidden states `[1, tokens.len(), d]`.
+    /// Feeds `tokens` after those already in `state` (of one sequence) and
+    /// returns the final hidden states `[1, tokens.len(), d]`.
     pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
-        self.forward_inner(tokens, state, None)
+        self.forward_inner(tokens, 1, state, None)
+    }
+
+    /// Feeds one token to each of the state's sequences (`tokens[i]` to
+    /// sequence `i`; [`DecoderState::select`] first makes as many sequences
+    /// as there are tokens) and returns the final hidden states
+    /// `[tokens.len(), d]`.
+    pub fn forward_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        self.forward_inner(tokens, tokens.len(), state, None)?
+            .squeeze(1)
     }
 
     /// [`TextDecoder::forward`] that also returns, for each `(layer, head)`
@@ -218,17 +279,20 @@ impl TextDecoder {
         heads: &[(usize, usize)],
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut scores = Vec::with_capacity(heads.len());
-        let hidden = self.forward_inner(tokens, state, Some((heads, &mut scores)))?;
+        let hidden = self.forward_inner(tokens, 1, state, Some((heads, &mut scores)))?;
         Ok((hidden, scores))
     }
 
+    /// Feeds `tokens` (`batch` sequences of `tokens.len() / batch`, row
+    /// after row) and returns the hidden states `[batch, n, d]`.
     fn forward_inner(
         &self,
         tokens: &[u32],
+        batch: usize,
         state: &mut DecoderState,
         mut capture: Option<CrossAttentionCapture>,
     ) -> Result<Tensor> {
-        let n = tokens.len();
+        let n = tokens.len() / batch.max(1);
         let offset = state.len;
         if offset + n > self.n_ctx {
             candle_core::bail!(
@@ -238,11 +302,11 @@ impl TextDecoder {
             );
         }
         let device = self.embed_tokens.device();
-        let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        let ids = Tensor::new(tokens, device)?;
         let mut x = self
             .embed_tokens
-            .embedding(&ids.flatten_all()?)?
-            .unsqueeze(0)?
+            .embedding(&ids)?
+            .reshape((batch, n, ()))?
             .broadcast_add(&self.embed_positions.narrow(0, offset, n)?)?;
         let mask = if n > 1 {
             Some(causal_mask(n, offset, device)?)
@@ -258,7 +322,11 @@ impl TextDecoder {
         {
             let h = layer.self_attn_ln.forward(&x)?;
             let (k, v) = layer.self_attn.keys_values(&h)?;
-            let (k, v) = kv.append(&k, &v)?;
+            let (k, v) = match kv.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            *kv = Some((k.clone(), v.clone()));
             x = (x + layer.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
             let h = layer.cross_attn_ln.forward(&x)?;
             let cross = match capture.as_mut() {
@@ -270,7 +338,7 @@ impl TextDecoder {
                     }
                     cross
                 }
-                _ => layer.cross_attn.attend(&h, ck, cv, None)?,
+                _ => layer.cross_attn.attend_shared(&h, ck, cv)?,
             };
             x = (x + cross)?;
             let h = layer.mlp_ln.forward(&x)?;

@@ -1,12 +1,14 @@
-//! Decoding one 30 s window: language detection, the token-by-token loop
-//! (greedy at temperature 0, sampling above), the no-speech probability and
+//! Decoding one 30 s window: language detection, the prompt and the
+//! no-speech probability, the search for the window's tokens (`search.rs`:
+//! beam search or greedy at temperature 0, `best_of` samples above), its
 //! average log-probability, and the temperature fallback that retries a
 //! window whose result fails the thresholds.
 
 use candle_core::IndexOp;
 
 use super::decoder::{self, DecoderState};
-use super::guards::{compression_ratio, repetition_loop};
+use super::guards::compression_ratio;
+use super::search::{best_candidate, Candidate, Limits};
 use super::{DecodeOptions, WhisperError, WhisperModel, TIME_PRECISION};
 
 /// The outcome of decoding one window at one temperature.
@@ -111,7 +113,9 @@ impl WhisperModel {
         best.ok_or(WhisperError::Cancelled)
     }
 
-    /// Decodes one window at one temperature.
+    /// Decodes one window at one temperature: beam search at temperature 0
+    /// when `opts.beam_size` is above 1 (greedy otherwise), `opts.best_of`
+    /// samples above 0; the best candidate by `opts.length_penalty` wins.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn decode_window(
         &self,
@@ -125,7 +129,6 @@ impl WhisperModel {
     ) -> Result<WindowResult, WhisperError> {
         state.reset_tokens();
         let n_ctx = self.decoder.n_ctx();
-        let sample_len = n_ctx / 2;
         let mut initial: Vec<u32> = Vec::new();
         if !prompt.is_empty() {
             initial.push(self.specials.sot_prev);
@@ -143,65 +146,43 @@ impl WhisperModel {
                 .i((0, self.specials.no_speech as usize))?
                 .to_scalar::<f32>()? as f64
         };
-        let mut logits = self
+        let first = self
             .decoder
             .logits(&decoder::last_row(&hidden)?)?
             .i(0)?
             .to_vec1::<f32>()?;
-
-        let mut tokens: Vec<u32> = Vec::new();
-        let mut sum_logprob = 0f64;
-        let mut looped = false;
-        let max_initial = (opts.max_initial_timestamp / TIME_PRECISION).round() as u32;
-        loop {
-            self.apply_filters(&mut logits, &tokens, max_initial);
-            let logprobs = log_softmax(&logits);
-            let next = if temperature <= 0.0 {
-                argmax(&logits)
-            } else {
-                sample(&logits, temperature, rng)
-            };
-            if next == self.specials.eot || tokens.len() >= sample_len {
-                if next == self.specials.eot {
-                    sum_logprob += logprobs[next as usize] as f64;
-                }
-                break;
-            }
-            sum_logprob += logprobs[next as usize] as f64;
-            tokens.push(next);
-            if opts.suppress_repetition_loops {
-                if let Some(cut) = repetition_loop(&tokens, self.specials.timestamp_begin) {
-                    tokens.truncate(cut);
-                    looped = true;
-                    break;
-                }
-            }
-            if state.len() + 1 > n_ctx {
-                break;
-            }
-            if tokens.len().is_multiple_of(16) && !check() {
-                return Err(WhisperError::Cancelled);
-            }
-            let hidden = self.decoder.forward(&[next], state)?;
-            logits = self
-                .decoder
-                .logits(&decoder::last_row(&hidden)?)?
-                .i(0)?
-                .to_vec1::<f32>()?;
-        }
-        let text = self.decode_text(&tokens)?;
+        let limits = Limits {
+            sample_len: n_ctx / 2,
+            max_initial: (opts.max_initial_timestamp / TIME_PRECISION).round() as u32,
+            loop_guard: opts.suppress_repetition_loops,
+        };
+        let mut candidates = if temperature <= 0.0 && opts.beam_size > 1 {
+            self.beam_search(state, first, opts.beam_size, opts.patience, &limits, check)?
+        } else {
+            let n = if temperature > 0.0 { opts.best_of } else { 1 };
+            self.sample_sequences(state, first, n, temperature, &limits, rng, check)?
+        };
+        let chosen = match best_candidate(&candidates, opts.length_penalty) {
+            Some(i) => candidates.swap_remove(i),
+            None => Candidate {
+                tokens: Vec::new(),
+                sum_logprob: 0.0,
+                looped: false,
+            },
+        };
+        let text = self.decode_text(&chosen.tokens)?;
         Ok(WindowResult {
-            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
+            avg_logprob: chosen.sum_logprob / (chosen.tokens.len() + 1) as f64,
             no_speech_prob,
             temperature,
             compression_ratio: compression_ratio(&text),
-            tokens,
-            looped,
+            tokens: chosen.tokens,
+            looped: chosen.looped,
         })
     }
 }
 
-fn argmax(v: &[f32]) -> u32 {
+pub(super) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {
@@ -224,7 +205,7 @@ pub(super) fn log_softmax(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| x - lse).collect()
 }
 
-fn sample(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> u32 {
+pub(super) fn sample(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> u32 {
     let t = temperature as f32;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let weights: Vec<f64> = logits

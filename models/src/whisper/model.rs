@@ -31,9 +31,10 @@ pub(super) struct Specials {
 }
 
 /// A loaded Whisper model, ready to transcribe. Holds its weights (hundreds
-/// of MB for larger sizes); not `Clone`, share it behind a lock or keep one
-/// per worker. `transcribe` takes `&mut self` because candle's encoder
-/// keeps scratch state.
+/// of MB for larger sizes) and nothing else: every transcription keeps its
+/// own decoder state (key/value caches, see [`super::decoder::DecoderState`])
+/// on its own stack, so one model behind an `Arc` serves any number of
+/// threads at once through `&self`, with no lock. Not `Clone`: share it.
 pub struct WhisperModel {
     pub(super) name: String,
     pub(super) config: Config,
@@ -225,13 +226,14 @@ impl WhisperModel {
     }
 
     /// Encoder output `[1, 1500, d]` for a `[n_mels, N_FRAMES]` window.
-    pub(super) fn encode(
-        &mut self,
-        window: Vec<f32>,
-        n_mels: usize,
-    ) -> Result<Tensor, WhisperError> {
+    pub(super) fn encode(&self, window: Vec<f32>, n_mels: usize) -> Result<Tensor, WhisperError> {
         let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), &self.device)?;
-        Ok(self.encoder.forward(&input, true)?)
+        // candle's `AudioEncoder::forward` takes `&mut self` for a key/value
+        // cache that only its decoder blocks use; the encoder's stays empty.
+        // A clone copies tensor handles (reference counted), not weights, so
+        // each call gets its own and the shared model stays immutable.
+        let mut encoder = self.encoder.clone();
+        Ok(encoder.forward(&input, true)?)
     }
 
     pub(super) fn encode_text(&self, text: &str) -> Result<Vec<u32>, WhisperError> {

@@ -19,7 +19,7 @@ impl WhisperModel {
     /// Transcribes (or translates) 16 kHz mono audio. `on_progress` returning
     /// `false` cancels with [`WhisperError::Cancelled`].
     pub fn transcribe(
-        &mut self,
+        &self,
         samples: &[f32],
         opts: &DecodeOptions,
         on_progress: &mut dyn FnMut(Progress) -> bool,
@@ -42,7 +42,7 @@ impl WhisperModel {
     /// decoded together, and every timestamp is mapped back to the original
     /// timeline. No regions gives an empty transcript.
     pub fn transcribe_regions<S: SampleSource + ?Sized>(
-        &mut self,
+        &self,
         samples: &S,
         regions: &[SpeechRegion],
         opts: &DecodeOptions,
@@ -72,7 +72,7 @@ impl WhisperModel {
     /// a window of samples and of spectrogram, whatever the length; the
     /// transcript is the one `transcribe_regions` gives on the same samples.
     pub fn transcribe_regions_streamed<C: ChunkSource + ?Sized>(
-        &mut self,
+        &self,
         source: &C,
         n_samples: usize,
         regions: &[SpeechRegion],
@@ -82,9 +82,8 @@ impl WhisperModel {
         let total_s = n_samples as f64 / SAMPLE_RATE as f64;
         let map = RegionMap::new(regions, n_samples);
         let joined_len = map.joined_len();
-        // The windows borrow the filters while the loop borrows the model.
-        let filters = self.filters.clone();
-        let mut max = MelMax::new(&filters);
+        let filters = &self.filters;
+        let mut max = MelMax::new(filters);
         let mut joiner = map.joiner();
         for (i, piece) in source.open().enumerate() {
             let piece = piece.map_err(WhisperError::Input)?;
@@ -114,7 +113,7 @@ impl WhisperModel {
                 None => Ok(false),
             }
         };
-        let mut mel = MelWindows::new(&filters, joined_len, N_SAMPLES, max, read);
+        let mut mel = MelWindows::new(filters, joined_len, N_SAMPLES, max, read);
         let (language, detected, segments) = self.run(
             &mut mel,
             joined_len == 0,
@@ -133,7 +132,7 @@ impl WhisperModel {
     /// it).
     #[allow(clippy::too_many_arguments)]
     fn run(
-        &mut self,
+        &self,
         mel: &mut dyn MelSource,
         empty: bool,
         opts: &DecodeOptions,

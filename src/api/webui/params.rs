@@ -44,13 +44,9 @@ enum Default {
     Unset,
 }
 
-/// Decoding knobs Murmur does not have (it decodes greedily, with its own
-/// fallback thresholds), with that backend's defaults.
+/// Decoding knobs Murmur does not have (it has its own fallback
+/// thresholds), with that backend's defaults.
 const DECODING: &[(&str, Default)] = &[
-    ("beam_size", Default::Num(5.0)),
-    ("best_of", Default::Num(5.0)),
-    ("patience", Default::Num(1.0)),
-    ("length_penalty", Default::Num(1.0)),
     ("repetition_penalty", Default::Num(1.0)),
     ("no_repeat_ngram_size", Default::Num(0.0)),
     ("log_prob_threshold", Default::Num(-1.0)),
@@ -104,6 +100,10 @@ const TRANSCRIPTION: &[&str] = &[
     "lang",
     "is_translate",
     "temperature",
+    "beam_size",
+    "best_of",
+    "patience",
+    "length_penalty",
     "initial_prompt",
     "is_diarize",
     "is_separate_bgm",
@@ -265,6 +265,27 @@ fn map_transcription(
             params["task"] = json!(task);
         }
         "temperature" => params["temperature"] = json!(number(name, value)?),
+        // Out-of-range values are refused by the job's own validation (400
+        // naming the field); tiers may bound them (403).
+        "beam_size" | "best_of" => params[name] = json!(count(name, value)?),
+        "patience" => params["patience"] = json!(number(name, value)?),
+        // faster-whisper (CTranslate2) divides a beam's log-probability by
+        // length^alpha; its default 1 is Murmur's default (divide by the
+        // length). Another alpha runs openai-whisper's penalty
+        // ((5 + length) / 6)^alpha instead: close, not the same.
+        "length_penalty" if !blank(value) => {
+            let alpha = number(name, value)?;
+            if (alpha - 1.0).abs() < 1e-9 {
+                params["length_penalty"] = Value::Null;
+            } else {
+                params["length_penalty"] = json!(alpha);
+                notes.push(format!(
+                    "length_penalty={} (ranked by ((5 + length) / 6)^alpha as openai-whisper \
+                     does, not length^alpha)",
+                    clip(value)
+                ));
+            }
+        }
         "initial_prompt" if !blank(value) => params["initial_prompt"] = json!(value),
         "is_diarize" => params["diarize"] = json!({"enabled": boolean(name, value)?}),
         "is_separate_bgm" => params["separate_bgm"] = json!({"enabled": boolean(name, value)?}),
@@ -272,6 +293,13 @@ fn map_transcription(
         _ => {}
     }
     Ok(())
+}
+
+/// A whole, non-negative count (`beam_size`, `best_of`).
+fn count(name: &str, value: &str) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .map_err(|_| ApiError::invalid(format!("{name} must be a whole number such as 5")))
 }
 
 fn map_vad(route: Route, name: &str, value: &str, params: &mut Value) -> Result<(), ApiError> {
@@ -358,9 +386,35 @@ mod tests {
         assert_eq!(m.params["word_timestamps"], true);
         assert!(m.notes.is_empty());
 
-        let m = map(Route::Transcription, &pairs(&[("beam_size", "1")])).unwrap();
+        // The search is mapped: that backend's defaults are Murmur's.
+        let search = [
+            ("beam_size", "1"),
+            ("best_of", "3"),
+            ("patience", "2"),
+            ("length_penalty", "1"),
+        ];
+        let m = map(Route::Transcription, &pairs(&search)).unwrap();
+        assert!(m.notes.is_empty(), "{:?}", m.notes);
+        assert_eq!(m.params["beam_size"], 1);
+        assert_eq!(m.params["best_of"], 3);
+        assert_eq!(m.params["patience"], 2.0);
+        assert!(m.params["length_penalty"].is_null());
+        let m = map(Route::Transcription, &pairs(&[("length_penalty", "0.5")])).unwrap();
+        assert_eq!(m.params["length_penalty"], 0.5);
+        assert!(
+            m.notes[0].starts_with("length_penalty=0.5"),
+            "{:?}",
+            m.notes
+        );
+        let e = map(Route::Transcription, &pairs(&[("beam_size", "2.5")])).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        let m = map(
+            Route::Transcription,
+            &pairs(&[("repetition_penalty", "1.2")]),
+        )
+        .unwrap();
         assert_eq!(m.notes.len(), 1);
-        assert!(m.notes[0].starts_with("beam_size=1"));
+        assert!(m.notes[0].starts_with("repetition_penalty=1.2"));
 
         // A list arrives as repeated values: named once.
         let tokens = [("suppress_tokens", "1"), ("suppress_tokens", "2")];

@@ -2,7 +2,9 @@
 //! detection, Whisper and speaker diarization through `murmur-models`, with
 //! checkpoints so an interrupted job resumes where it stopped. Loaded models
 //! are kept (Silero, Spleeter and the diarizer once each; Whisper in a small
-//! LRU, one lock per model) so a model is loaded once and shared by jobs.
+//! LRU) so a model is loaded once and shared by jobs. A loaded model is
+//! immutable and used through `&self`; each job keeps its own decoder state,
+//! so every worker of the pool decodes at once, on the same model or not.
 //!
 //! Memory does not grow with the audio's length, except for diarization:
 //! separation decodes in chunks through Spleeter straight into the stems on
@@ -10,20 +12,22 @@
 //! Whisper reads it again window by window. A diarized transcription still
 //! decodes its audio whole at 16 kHz (about 230 MB per hour of audio) for
 //! the diarizer, which reads it at once; Whisper streams even then.
+//!
+//! This file holds the engine, its loaded models and the transcription
+//! pipeline; `stems.rs` the background-music separation and its stems on
+//! disk; `tests.rs` the tests.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
 use murmur_models::audio::{self, AudioError, DecodedAudio};
 use murmur_models::diarize::{self, DiarizeError, DiarizeOptions, Diarizer};
 use murmur_models::fetch;
-use murmur_models::separate::{SeparateError, SeparationStream, Separator, STEMS};
+use murmur_models::separate::Separator;
 use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
 use murmur_models::vad::{SileroVad, VadStream};
 use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
@@ -33,90 +37,14 @@ use serde_json::json;
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use crate::job::JobStage;
 use crate::params::{JobParams, JobType, Task};
-use crate::sealed::{artifact_context, StoredFile};
-use murmur_seal::SealWriter;
+use crate::sealed::StoredFile;
 
 use murmur_models::fetch::{DIARIZATION_MODEL, SEPARATION_MODEL, VAD_MODEL};
 
-/// Where a separation keeps the stem `name` (one of
-/// `murmur_models::separate::STEMS`) in a job's artifacts folder.
-pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
-    artifacts.join(format!("{name}.wav"))
-}
+mod stems;
 
-/// Where the stem `name` is written until it is whole.
-fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
-    folder.join(format!(".{name}.part"))
-}
-
-/// The stem `name` of the job as stored: sealed with the tenant's key
-/// when the job has one (encryption at rest).
-fn stem_file(request: &WorkRequest, folder: &Path, name: &str) -> StoredFile {
-    StoredFile::new(
-        &stem_path(folder, name),
-        request.sealing.as_ref().map(|s| s.key.clone()),
-        artifact_context(&request.job_id, name),
-    )
-}
-
-/// Where a stem's bytes go: sealed with the tenant's key, or plain (the
-/// CLI, which has none).
-enum StemOut {
-    Plain(BufWriter<File>),
-    Sealed(SealWriter<BufWriter<File>>),
-}
-
-impl Write for StemOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            StemOut::Plain(w) => w.write(buf),
-            StemOut::Sealed(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            StemOut::Plain(w) => w.flush(),
-            StemOut::Sealed(w) => w.flush(),
-        }
-    }
-}
-
-/// Opens the output the stem `name` is written to, front to back and never
-/// sought (a 16-bit WAV whose header, with the length, comes first): a
-/// `.part` file in `folder` that [`commit_stem`] renames once whole, so a
-/// crash never leaves half a stem. The one place a stem's bytes meet the
-/// disk; sealed with the tenant's key when the job has one.
-fn create_stem(request: &WorkRequest, folder: &Path, name: &str) -> io::Result<StemOut> {
-    let file = BufWriter::with_capacity(1 << 20, File::create(stem_part_path(folder, name))?);
-    Ok(match &request.sealing {
-        Some(s) => StemOut::Sealed(SealWriter::new(
-            file,
-            &s.key,
-            artifact_context(&request.job_id, name).as_bytes(),
-        )),
-        None => StemOut::Plain(file),
-    })
-}
-
-/// Finishes the stem `name` that [`create_stem`] opened: seals its last
-/// chunk, flushes and closes its output, then renames it to [`stem_path`].
-fn commit_stem(folder: &Path, name: &str, out: StemOut) -> io::Result<()> {
-    let file = match out {
-        StemOut::Plain(w) => w,
-        StemOut::Sealed(w) => w.finish()?,
-    };
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(stem_part_path(folder, name), stem_path(folder, name))
-}
-
-/// Removes the `.part` files an unfinished separation left (best effort: a
-/// later attempt overwrites them anyway).
-fn discard_stems(folder: &Path) {
-    for name in STEMS {
-        let _ = std::fs::remove_file(stem_part_path(folder, name));
-    }
-}
+pub use stems::stem_path;
+use stems::stems_result;
 
 /// What a transcription job has finished, saved after VAD and after every
 /// decoded segment.
@@ -148,7 +76,9 @@ pub struct ModelEngineConfig {
     pub fetch_missing: bool,
 }
 
-type SharedWhisper = Arc<Mutex<WhisperModel>>;
+/// A loaded Whisper model, shared by every job that uses it at the same
+/// time (no lock: jobs keep their own decoder state).
+type SharedWhisper = Arc<WhisperModel>;
 
 pub struct ModelEngine {
     config: ModelEngineConfig,
@@ -160,6 +90,9 @@ pub struct ModelEngine {
     whisper: Mutex<VecDeque<(String, SharedWhisper)>>,
     /// Held while installing, so two workers never fetch the same files.
     installing: Mutex<()>,
+    /// Held while loading a Whisper model, so two workers that ask for the
+    /// same model at once load it once (the second finds it cached).
+    loading_whisper: Mutex<()>,
 }
 
 impl ModelEngine {
@@ -172,6 +105,7 @@ impl ModelEngine {
             diarizer: Mutex::new(None),
             whisper: Mutex::new(VecDeque::new()),
             installing: Mutex::new(()),
+            loading_whisper: Mutex::new(()),
         }
     }
 
@@ -235,25 +169,37 @@ impl ModelEngine {
     }
 
     fn whisper(&self, name: &str) -> Result<SharedWhisper, WorkError> {
-        {
-            let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pos) = cache.iter().position(|(n, _)| n == name) {
-                let entry = cache.remove(pos).expect("position is in range");
-                let model = entry.1.clone();
-                cache.push_back(entry);
-                return Ok(model);
-            }
+        if let Some(model) = self.cached_whisper(name) {
+            return Ok(model);
+        }
+        let _loading = self
+            .loading_whisper
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Another worker may have loaded it while this one waited.
+        if let Some(model) = self.cached_whisper(name) {
+            return Ok(model);
         }
         let dir = self.model_dir(name)?;
         let model = WhisperModel::load(&dir, &self.device)
             .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
-        let model = Arc::new(Mutex::new(model));
+        let model = Arc::new(model);
         let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
         while cache.len() >= self.config.max_loaded_models.max(1) {
             cache.pop_front();
         }
         cache.push_back((name.to_string(), model.clone()));
         Ok(model)
+    }
+
+    /// The loaded model `name`, marked most recently used.
+    fn cached_whisper(&self, name: &str) -> Option<SharedWhisper> {
+        let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = cache.iter().position(|(n, _)| n == name)?;
+        let entry = cache.remove(pos)?;
+        let model = entry.1.clone();
+        cache.push_back(entry);
+        Some(model)
     }
 }
 
@@ -309,6 +255,10 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         initial_prompt: p.initial_prompt.clone(),
         // Diarization labels speakers word by word, so it times words too.
         word_timestamps: p.word_timestamps || p.diarize.enabled,
+        beam_size: p.beam_size as usize,
+        best_of: p.best_of as usize,
+        patience: p.patience,
+        length_penalty: p.length_penalty,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.
@@ -373,221 +323,6 @@ impl ProgressPlan {
 
     fn diarizing(&self, f: f64) -> f64 {
         self.transcribed + (self.diarized - self.transcribed) * f.clamp(0.0, 1.0)
-    }
-}
-
-/// A separation job's result: its stems and where to download them.
-fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
-    let stems: Vec<_> = STEMS
-        .iter()
-        .map(|name| {
-            json!({
-                "name": name,
-                "url": format!("/v1/jobs/{job_id}/stems/{name}"),
-                "format": "wav",
-                "sample_rate": murmur_models::separate::SAMPLE_RATE,
-                "channels": 2,
-            })
-        })
-        .collect();
-    json!({"duration_s": duration_s, "stems": stems})
-}
-
-fn separate_error(e: SeparateError) -> WorkError {
-    match e {
-        SeparateError::Cancelled => WorkError::Cancelled,
-        SeparateError::InvalidAudio(m) => WorkError::InvalidInput(m),
-        other => WorkError::Transient(other.to_string()),
-    }
-}
-
-/// A folder for the stems of a job that has no artifacts folder (the CLI's
-/// `transcribe --separate-bgm`): the vocals go to disk all the same, so they
-/// are read back in bounded memory. Removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> io::Result<ScratchDir> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "murmur-stems-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(ScratchDir(path))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A finished separation: where its stems are, and the source's length.
-struct Separated {
-    folder: PathBuf,
-    /// The source's decoded length in seconds (what usage is metered from).
-    duration_s: f64,
-    /// Keeps a scratch folder alive while the vocals are read.
-    _scratch: Option<ScratchDir>,
-}
-
-impl Separated {
-    fn vocals(&self, request: &WorkRequest) -> StoredFile {
-        stem_file(request, &self.folder, "vocals")
-    }
-}
-
-impl ModelEngine {
-    /// Splits the job's audio into vocals and accompaniment and writes both
-    /// to the artifacts folder (or a scratch folder when the job has none),
-    /// in memory that does not grow with the audio's length: a first pass
-    /// counts the frames at 44.1 kHz, the second decodes in chunks into a
-    /// [`SeparationStream`] whose stems are written as they become final.
-    /// A resumed job whose stems were written finds them instead.
-    ///
-    /// Why a first pass rather than the upload's measured length: the stem
-    /// headers need the exact frame count up front (the output cannot seek
-    /// back), and only the same decode and resampler give it exactly; the
-    /// pass also enforces the length limit and finds a damaged or truncated
-    /// file before minutes of Spleeter, for a few percent of their cost.
-    fn separate(
-        &self,
-        request: &WorkRequest,
-        checkpoint: &mut Checkpoint,
-        sink: &mut dyn WorkSink,
-        cancel: &AtomicBool,
-        plan: &ProgressPlan,
-    ) -> Result<Separated, WorkError> {
-        let stop = || cancel.load(Ordering::Relaxed);
-        let (folder, scratch) = match &request.artifacts {
-            Some(folder) => (folder.clone(), None),
-            None if request.params.job_type == JobType::BgmSeparation => {
-                return Err(WorkError::InvalidInput(
-                    "a separation job needs a folder to write its stems to".into(),
-                ))
-            }
-            None => {
-                let scratch = ScratchDir::new().map_err(|e| {
-                    WorkError::Transient(format!("creating a folder for the stems: {e}"))
-                })?;
-                (scratch.0.clone(), Some(scratch))
-            }
-        };
-        if checkpoint.separated {
-            // Measuring decodes the whole stem, so a damaged one is found
-            // here and separated again.
-            let vocals = stem_file(request, &folder, "vocals");
-            if let Ok(m) = audio::measure_duration(vocals.input(), None, &stop) {
-                sink.stage(JobStage::Separate);
-                sink.progress(plan.separating(1.0));
-                return Ok(Separated {
-                    folder,
-                    duration_s: m.duration_s,
-                    _scratch: scratch,
-                });
-            }
-        }
-        let options = limited(
-            request,
-            audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
-        );
-        let upload = request.stored_audio();
-        let counted =
-            audio::decode_chunks::<AudioError>(upload.input(), &options, &stop, |_, _| Ok(()))
-                .map_err(|e| audio_error(e, request, upload.path()))?;
-        sink.progress(plan.decoded);
-        sink.stage(JobStage::Separate);
-        let separator = self.separator()?;
-        std::fs::create_dir_all(&folder)
-            .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
-        let written = self.write_stems(
-            request,
-            &folder,
-            &options,
-            counted.frames,
-            sink,
-            cancel,
-            plan,
-            &separator,
-        );
-        if let Err(e) = written {
-            discard_stems(&folder);
-            return Err(e);
-        }
-        checkpoint.separated = request.artifacts.is_some();
-        if checkpoint.separated {
-            sink.checkpoint(json!(checkpoint));
-        }
-        Ok(Separated {
-            folder,
-            duration_s: counted.duration_s,
-            _scratch: scratch,
-        })
-    }
-
-    /// The second pass of [`ModelEngine::separate`]: decodes `frames`
-    /// frames in chunks through Spleeter into both stems' outputs, and
-    /// commits them once whole.
-    #[allow(clippy::too_many_arguments)]
-    fn write_stems(
-        &self,
-        request: &WorkRequest,
-        folder: &Path,
-        options: &audio::DecodeOptions,
-        frames: u64,
-        sink: &mut dyn WorkSink,
-        cancel: &AtomicBool,
-        plan: &ProgressPlan,
-        separator: &Separator,
-    ) -> Result<(), WorkError> {
-        let stop = || cancel.load(Ordering::Relaxed);
-        let write_error = |name: &str, e: io::Error| {
-            WorkError::Transient(format!("writing the {name} stem: {e}"))
-        };
-        let open = |name: &str| {
-            create_stem(request, folder, name)
-                .and_then(|out| {
-                    audio::WavWriter::new(out, murmur_models::separate::SAMPLE_RATE, 2, frames)
-                })
-                .map_err(|e| write_error(name, e))
-        };
-        let mut outputs = [open(STEMS[0])?, open(STEMS[1])?];
-        let len = usize::try_from(frames)
-            .map_err(|_| WorkError::InvalidInput("the audio is too long to separate".into()))?;
-        let mut stream = SeparationStream::new(separator, len);
-        let upload = request.stored_audio();
-        let mut reported = 0.0;
-        audio::decode_chunks::<SeparateError>(upload.input(), options, &stop, |chunk, _| {
-            let [vocals, accompaniment] = &mut outputs;
-            stream.push(chunk, &mut |v, a| {
-                vocals.write(v)?;
-                accompaniment.write(a)
-            })?;
-            if stream.fraction_done() > reported {
-                reported = stream.fraction_done();
-                sink.progress(plan.separating(reported));
-            }
-            Ok(())
-        })
-        .and_then(|_| stream.finish())
-        .map_err(|e| match e {
-            SeparateError::Audio(e) => audio_error(e, request, upload.path()),
-            SeparateError::Write(e) => WorkError::Transient(format!("writing the stems: {e}")),
-            SeparateError::InvalidAudio(m) => WorkError::Transient(format!(
-                "the audio decoded differently the second time ({m}); try again"
-            )),
-            other => separate_error(other),
-        })?;
-        for (name, output) in STEMS.iter().zip(outputs) {
-            output
-                .finish()
-                .and_then(|out| commit_stem(folder, name, out))
-                .map_err(|e| write_error(name, e))?;
-        }
-        Ok(())
     }
 }
 
@@ -902,7 +637,6 @@ impl ModelEngine {
 
         sink.stage(JobStage::Transcribe);
         let model = self.whisper(&params.model)?;
-        let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
         let mut opts = decode_options(params);
         if opts.language.is_none() {
             opts.language = checkpoint.language.clone();
@@ -1038,318 +772,4 @@ impl ModelEngine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_after_cuts_at_the_resume_point() {
-        let r = [
-            SpeechRegion {
-                start: 0.0,
-                end: 2.0,
-            },
-            SpeechRegion {
-                start: 3.0,
-                end: 5.0,
-            },
-        ];
-        let left = regions_after(&r, 3.5);
-        assert_eq!(
-            left,
-            vec![SpeechRegion {
-                start: 3.5,
-                end: 5.0
-            }]
-        );
-        assert_eq!(regions_after(&r, 0.0), r.to_vec());
-        assert!(regions_after(&r, 6.0).is_empty());
-    }
-
-    struct NullSink;
-    impl WorkSink for NullSink {
-        fn stage(&mut self, _: JobStage) {}
-        fn progress(&mut self, _: f64) {}
-        fn checkpoint(&mut self, _: serde_json::Value) {}
-    }
-
-    /// A VAD job on a 3 s tone, with `limit`; decoding comes before any
-    /// model is loaded, so these run without weights.
-    fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
-        let audio = dir.join("tone.wav");
-        let tone: Vec<f32> = (0..48_000).map(|i| 0.3 * (i as f32 * 0.17).sin()).collect();
-        audio::write_wav_16bit(&audio, &tone, 16_000, 1).unwrap();
-        let params =
-            JobParams::merged(&JobParams::defaults("base"), &json!({"job_type": "vad"})).unwrap();
-        WorkRequest {
-            job_id: "j1".into(),
-            tenant_id: "t1".into(),
-            audio,
-            params,
-            checkpoint: None,
-            artifacts: None,
-            audio_limit: limit.map(|max_s| crate::engine::AudioLimit {
-                max_s,
-                rule: format!("the basic tier's maximum audio length of {max_s} s"),
-            }),
-            sealing: None,
-        }
-    }
-
-    fn engine(dir: &Path) -> ModelEngine {
-        ModelEngine::new(
-            ModelEngineConfig {
-                models_dir: dir.join("models"),
-                cache_dir: dir.join("cache"),
-                max_loaded_models: 1,
-                fetch_missing: false,
-            },
-            Device::Cpu,
-        )
-    }
-
-    #[test]
-    fn audio_longer_than_the_job_limit_fails_naming_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let request = vad_request(dir.path(), Some(1.0));
-        let err = engine(dir.path())
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap_err();
-        match err {
-            WorkError::InvalidInput(msg) => {
-                assert!(msg.contains("maximum audio length of 1 s"), "{msg}")
-            }
-            other => panic!("expected InvalidInput, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_cancelled_job_stops_while_decoding() {
-        let dir = tempfile::tempdir().unwrap();
-        let request = vad_request(dir.path(), None);
-        let err = engine(dir.path())
-            .run(&request, &mut NullSink, &AtomicBool::new(true))
-            .unwrap_err();
-        assert!(matches!(err, WorkError::Cancelled), "{err:?}");
-    }
-
-    /// The shared model cache (`~/.cache/murmur/models`), installing the
-    /// named models first.
-    fn cached_models(names: &[&str]) -> PathBuf {
-        let cache = murmur_models::registry::cache_dir();
-        for name in names {
-            fetch::install(name, &cache.join("models"), &cache, &mut |_| {}).expect("install");
-        }
-        cache.join("models")
-    }
-
-    fn job(audio: PathBuf, params: serde_json::Value, artifacts: Option<PathBuf>) -> WorkRequest {
-        WorkRequest {
-            job_id: "j1".into(),
-            tenant_id: "t1".into(),
-            audio,
-            params: JobParams::merged(&JobParams::defaults("tiny.en"), &params).unwrap(),
-            checkpoint: None,
-            artifacts,
-            audio_limit: None,
-            sealing: None,
-        }
-    }
-
-    #[test]
-    fn written_stems_are_byte_for_byte_the_whole_file_separation() {
-        let models = cached_models(&["spleeter-2stems"]);
-        // 30 s of a real conversation at 16 kHz mono: two of Spleeter's
-        // chunks, resampled and duplicated to 44.1 kHz stereo on the way.
-        let upload = murmur_models::testaudio::pyannote_sample().unwrap().wav;
-        let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("artifacts");
-        let request = job(
-            upload.clone(),
-            json!({"job_type": "bgm_separation"}),
-            Some(folder.clone()),
-        );
-        let engine = ModelEngine::new(
-            ModelEngineConfig {
-                models_dir: models.clone(),
-                ..engine(dir.path()).config
-            },
-            Device::Cpu,
-        );
-        let out = engine
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap();
-        assert!(
-            (out.audio_seconds - 30.0).abs() < 0.01,
-            "{}",
-            out.audio_seconds
-        );
-
-        // The reference: the whole file decoded, separated in memory, and
-        // written with the buffer writer.
-        let input = audio::decode_file_with(
-            &upload,
-            &audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
-        )
-        .unwrap();
-        let separator = Separator::load(&models.join("spleeter-2stems"), &Device::Cpu).unwrap();
-        let stems = separator
-            .separate(&input, &mut |_| ControlFlow::Continue(()))
-            .unwrap();
-        for (name, stem) in STEMS.iter().zip([&stems.vocals, &stems.accompaniment]) {
-            let reference = dir.path().join(format!("{name}-reference.wav"));
-            audio::write_wav_16bit(&reference, &stem.samples, stem.sample_rate, 2).unwrap();
-            let written = std::fs::read(stem_path(&folder, name)).unwrap();
-            assert_eq!(
-                written.len() as u64,
-                audio::WAV_HEADER_BYTES + 4 * input.frames() as u64
-            );
-            assert!(
-                written == std::fs::read(&reference).unwrap(),
-                "the streamed {name} stem differs from the whole-file one"
-            );
-            assert!(!stem_part_path(&folder, name).exists());
-        }
-    }
-
-    #[test]
-    fn a_resumed_separation_reads_its_stems_instead_of_separating_again() {
-        // No models installed: separating again would fail.
-        let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("artifacts");
-        std::fs::create_dir_all(&folder).unwrap();
-        let tone: Vec<f32> = (0..2 * 88_200)
-            .map(|i| 0.2 * (i as f32 * 0.03).sin())
-            .collect();
-        for name in STEMS {
-            audio::write_wav_16bit(&stem_path(&folder, name), &tone, 44_100, 2).unwrap();
-        }
-        let mut request = job(
-            dir.path().join("gone.wav"),
-            json!({"job_type": "bgm_separation"}),
-            Some(folder.clone()),
-        );
-        request.checkpoint = Some(json!(Checkpoint {
-            separated: true,
-            ..Checkpoint::default()
-        }));
-        let out = engine(dir.path())
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap();
-        assert!(
-            (out.audio_seconds - 2.0).abs() < 1e-6,
-            "{}",
-            out.audio_seconds
-        );
-        assert_eq!(out.result["stems"][0]["name"], "vocals");
-        // A damaged stem is separated again: here that reads the upload,
-        // which is gone.
-        std::fs::write(stem_path(&folder, "vocals"), b"RIFF....WAVE").unwrap();
-        let err = engine(dir.path())
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap_err();
-        assert!(
-            matches!(&err, WorkError::Transient(m) if m.contains("cannot read the audio")),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn a_transcription_without_a_folder_separates_through_a_scratch_folder() {
-        let models = cached_models(&["spleeter-2stems", "silero-vad", "tiny.en"]);
-        let dir = tempfile::tempdir().unwrap();
-        let request = job(
-            murmur_models::testaudio::jfk().unwrap(),
-            json!({"model": "tiny.en", "separate_bgm": {"enabled": true}}),
-            None,
-        );
-        let engine = ModelEngine::new(
-            ModelEngineConfig {
-                models_dir: models,
-                ..engine(dir.path()).config
-            },
-            Device::Cpu,
-        );
-        let scratch_before = scratch_folders();
-        let out = engine
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap();
-        assert!(
-            (out.audio_seconds - 11.0).abs() < 0.01,
-            "{}",
-            out.audio_seconds
-        );
-        let text = out.result["text"].as_str().unwrap();
-        let wer = murmur_models::wer::wer(murmur_models::testaudio::JFK_TEXT, text);
-        assert!(wer <= 0.2, "WER {wer}: {text}");
-        assert_eq!(
-            scratch_folders(),
-            scratch_before,
-            "the scratch folder stays"
-        );
-    }
-
-    #[test]
-    fn a_transcription_without_vad_reads_the_file_window_by_window_to_the_same_words() {
-        let models = cached_models(&["tiny.en"]);
-        let dir = tempfile::tempdir().unwrap();
-        let upload = murmur_models::testaudio::jfk().unwrap();
-        let request = job(
-            upload.clone(),
-            json!({"model": "tiny.en", "vad": {"enabled": false}}),
-            None,
-        );
-        let engine = ModelEngine::new(
-            ModelEngineConfig {
-                models_dir: models.clone(),
-                ..engine(dir.path()).config
-            },
-            Device::Cpu,
-        );
-        let out = engine
-            .run(&request, &mut NullSink, &AtomicBool::new(false))
-            .unwrap();
-        // The same model over the whole recording in memory.
-        let samples = audio::decode_file(&upload).unwrap();
-        let mut model = WhisperModel::load(&models.join("tiny.en"), &Device::Cpu).unwrap();
-        let whole = model
-            .transcribe_regions(
-                &samples.samples,
-                &[SpeechRegion {
-                    start: 0.0,
-                    end: samples.duration_s,
-                }],
-                &decode_options(&request.params),
-                &mut |_| true,
-            )
-            .unwrap();
-        let result: Transcript = serde_json::from_value(out.result).unwrap();
-        assert!(!whole.segments.is_empty());
-        assert_eq!(result.segments, whole.segments);
-    }
-
-    /// This process's scratch stem folders.
-    fn scratch_folders() -> Vec<PathBuf> {
-        let prefix = format!("murmur-stems-{}-", std::process::id());
-        let mut found: Vec<PathBuf> = std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| e.path())
-            .collect();
-        found.sort();
-        found
-    }
-
-    #[test]
-    fn decode_options_start_at_the_asked_temperature() {
-        let mut p = JobParams::defaults("base");
-        p.temperature = 0.4;
-        let o = decode_options(&p);
-        assert_eq!(o.temperatures, vec![0.4, 0.6, 0.8, 1.0]);
-        p.temperature = 0.3;
-        assert_eq!(
-            decode_options(&p).temperatures,
-            vec![0.3, 0.4, 0.6, 0.8, 1.0]
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,316 @@
+//! Background-music separation for the engine: Spleeter over the job's
+//! audio in chunks, straight into the two stems on disk (sealed with the
+//! tenant's key when the job has one), written as `.part` files and
+//! renamed once whole so a crash never leaves half a stem; a resumed job
+//! finds its stems instead of separating again.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use murmur_models::audio::{self, AudioError};
+use murmur_models::separate::{SeparateError, SeparationStream, Separator, STEMS};
+use murmur_seal::SealWriter;
+use serde_json::json;
+
+use super::{audio_error, limited, Checkpoint, ModelEngine, ProgressPlan};
+use crate::engine::{WorkError, WorkRequest, WorkSink};
+use crate::job::JobStage;
+use crate::params::JobType;
+use crate::sealed::{artifact_context, StoredFile};
+
+/// Where a separation keeps the stem `name` (one of
+/// `murmur_models::separate::STEMS`) in a job's artifacts folder.
+pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
+    artifacts.join(format!("{name}.wav"))
+}
+
+/// Where the stem `name` is written until it is whole.
+pub(super) fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
+    folder.join(format!(".{name}.part"))
+}
+
+/// The stem `name` of the job as stored: sealed with the tenant's key
+/// when the job has one (encryption at rest).
+fn stem_file(request: &WorkRequest, folder: &Path, name: &str) -> StoredFile {
+    StoredFile::new(
+        &stem_path(folder, name),
+        request.sealing.as_ref().map(|s| s.key.clone()),
+        artifact_context(&request.job_id, name),
+    )
+}
+
+/// Where a stem's bytes go: sealed with the tenant's key, or plain (the
+/// CLI, which has none).
+enum StemOut {
+    Plain(BufWriter<File>),
+    Sealed(SealWriter<BufWriter<File>>),
+}
+
+impl Write for StemOut {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StemOut::Plain(w) => w.write(buf),
+            StemOut::Sealed(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            StemOut::Plain(w) => w.flush(),
+            StemOut::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// Opens the output the stem `name` is written to, front to back and never
+/// sought (a 16-bit WAV whose header, with the length, comes first): a
+/// `.part` file in `folder` that [`commit_stem`] renames once whole, so a
+/// crash never leaves half a stem. The one place a stem's bytes meet the
+/// disk; sealed with the tenant's key when the job has one.
+fn create_stem(request: &WorkRequest, folder: &Path, name: &str) -> io::Result<StemOut> {
+    let file = BufWriter::with_capacity(1 << 20, File::create(stem_part_path(folder, name))?);
+    Ok(match &request.sealing {
+        Some(s) => StemOut::Sealed(SealWriter::new(
+            file,
+            &s.key,
+            artifact_context(&request.job_id, name).as_bytes(),
+        )),
+        None => StemOut::Plain(file),
+    })
+}
+
+/// Finishes the stem `name` that [`create_stem`] opened: seals its last
+/// chunk, flushes and closes its output, then renames it to [`stem_path`].
+fn commit_stem(folder: &Path, name: &str, out: StemOut) -> io::Result<()> {
+    let file = match out {
+        StemOut::Plain(w) => w,
+        StemOut::Sealed(w) => w.finish()?,
+    };
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(stem_part_path(folder, name), stem_path(folder, name))
+}
+
+/// Removes the `.part` files an unfinished separation left (best effort: a
+/// later attempt overwrites them anyway).
+fn discard_stems(folder: &Path) {
+    for name in STEMS {
+        let _ = std::fs::remove_file(stem_part_path(folder, name));
+    }
+}
+
+/// A separation job's result: its stems and where to download them.
+pub(super) fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
+    let stems: Vec<_> = STEMS
+        .iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "url": format!("/v1/jobs/{job_id}/stems/{name}"),
+                "format": "wav",
+                "sample_rate": murmur_models::separate::SAMPLE_RATE,
+                "channels": 2,
+            })
+        })
+        .collect();
+    json!({"duration_s": duration_s, "stems": stems})
+}
+
+pub(super) fn separate_error(e: SeparateError) -> WorkError {
+    match e {
+        SeparateError::Cancelled => WorkError::Cancelled,
+        SeparateError::InvalidAudio(m) => WorkError::InvalidInput(m),
+        other => WorkError::Transient(other.to_string()),
+    }
+}
+
+/// A folder for the stems of a job that has no artifacts folder (the CLI's
+/// `transcribe --separate-bgm`): the vocals go to disk all the same, so they
+/// are read back in bounded memory. Removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> io::Result<ScratchDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "murmur-stems-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A finished separation: where its stems are, and the source's length.
+pub(super) struct Separated {
+    pub(super) folder: PathBuf,
+    /// The source's decoded length in seconds (what usage is metered from).
+    pub(super) duration_s: f64,
+    /// Keeps a scratch folder alive while the vocals are read.
+    _scratch: Option<ScratchDir>,
+}
+
+impl Separated {
+    pub(super) fn vocals(&self, request: &WorkRequest) -> StoredFile {
+        stem_file(request, &self.folder, "vocals")
+    }
+}
+
+impl ModelEngine {
+    /// Splits the job's audio into vocals and accompaniment and writes both
+    /// to the artifacts folder (or a scratch folder when the job has none),
+    /// in memory that does not grow with the audio's length: a first pass
+    /// counts the frames at 44.1 kHz, the second decodes in chunks into a
+    /// [`SeparationStream`] whose stems are written as they become final.
+    /// A resumed job whose stems were written finds them instead.
+    ///
+    /// Why a first pass rather than the upload's measured length: the stem
+    /// headers need the exact frame count up front (the output cannot seek
+    /// back), and only the same decode and resampler give it exactly; the
+    /// pass also enforces the length limit and finds a damaged or truncated
+    /// file before minutes of Spleeter, for a few percent of their cost.
+    pub(super) fn separate(
+        &self,
+        request: &WorkRequest,
+        checkpoint: &mut Checkpoint,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+    ) -> Result<Separated, WorkError> {
+        let stop = || cancel.load(Ordering::Relaxed);
+        let (folder, scratch) = match &request.artifacts {
+            Some(folder) => (folder.clone(), None),
+            None if request.params.job_type == JobType::BgmSeparation => {
+                return Err(WorkError::InvalidInput(
+                    "a separation job needs a folder to write its stems to".into(),
+                ))
+            }
+            None => {
+                let scratch = ScratchDir::new().map_err(|e| {
+                    WorkError::Transient(format!("creating a folder for the stems: {e}"))
+                })?;
+                (scratch.0.clone(), Some(scratch))
+            }
+        };
+        if checkpoint.separated {
+            // Measuring decodes the whole stem, so a damaged one is found
+            // here and separated again.
+            let vocals = stem_file(request, &folder, "vocals");
+            if let Ok(m) = audio::measure_duration(vocals.input(), None, &stop) {
+                sink.stage(JobStage::Separate);
+                sink.progress(plan.separating(1.0));
+                return Ok(Separated {
+                    folder,
+                    duration_s: m.duration_s,
+                    _scratch: scratch,
+                });
+            }
+        }
+        let options = limited(
+            request,
+            audio::DecodeOptions::stereo(murmur_models::separate::SAMPLE_RATE),
+        );
+        let upload = request.stored_audio();
+        let counted =
+            audio::decode_chunks::<AudioError>(upload.input(), &options, &stop, |_, _| Ok(()))
+                .map_err(|e| audio_error(e, request, upload.path()))?;
+        sink.progress(plan.decoded);
+        sink.stage(JobStage::Separate);
+        let separator = self.separator()?;
+        std::fs::create_dir_all(&folder)
+            .map_err(|e| WorkError::Transient(format!("creating the stems folder: {e}")))?;
+        let written = self.write_stems(
+            request,
+            &folder,
+            &options,
+            counted.frames,
+            sink,
+            cancel,
+            plan,
+            &separator,
+        );
+        if let Err(e) = written {
+            discard_stems(&folder);
+            return Err(e);
+        }
+        checkpoint.separated = request.artifacts.is_some();
+        if checkpoint.separated {
+            sink.checkpoint(json!(checkpoint));
+        }
+        Ok(Separated {
+            folder,
+            duration_s: counted.duration_s,
+            _scratch: scratch,
+        })
+    }
+
+    /// The second pass of [`ModelEngine::separate`]: decodes `frames`
+    /// frames in chunks through Spleeter into both stems' outputs, and
+    /// commits them once whole.
+    #[allow(clippy::too_many_arguments)]
+    fn write_stems(
+        &self,
+        request: &WorkRequest,
+        folder: &Path,
+        options: &audio::DecodeOptions,
+        frames: u64,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+        separator: &Separator,
+    ) -> Result<(), WorkError> {
+        let stop = || cancel.load(Ordering::Relaxed);
+        let write_error = |name: &str, e: io::Error| {
+            WorkError::Transient(format!("writing the {name} stem: {e}"))
+        };
+        let open = |name: &str| {
+            create_stem(request, folder, name)
+                .and_then(|out| {
+                    audio::WavWriter::new(out, murmur_models::separate::SAMPLE_RATE, 2, frames)
+                })
+                .map_err(|e| write_error(name, e))
+        };
+        let mut outputs = [open(STEMS[0])?, open(STEMS[1])?];
+        let len = usize::try_from(frames)
+            .map_err(|_| WorkError::InvalidInput("the audio is too long to separate".into()))?;
+        let mut stream = SeparationStream::new(separator, len);
+        let upload = request.stored_audio();
+        let mut reported = 0.0;
+        audio::decode_chunks::<SeparateError>(upload.input(), options, &stop, |chunk, _| {
+            let [vocals, accompaniment] = &mut outputs;
+            stream.push(chunk, &mut |v, a| {
+                vocals.write(v)?;
+                accompaniment.write(a)
+            })?;
+            if stream.fraction_done() > reported {
+                reported = stream.fraction_done();
+                sink.progress(plan.separating(reported));
+            }
+            Ok(())
+        })
+        .and_then(|_| stream.finish())
+        .map_err(|e| match e {
+            SeparateError::Audio(e) => audio_error(e, request, upload.path()),
+            SeparateError::Write(e) => WorkError::Transient(format!("writing the stems: {e}")),
+            SeparateError::InvalidAudio(m) => WorkError::Transient(format!(
+                "the audio decoded differently the second time ({m}); try again"
+            )),
+            other => separate_error(other),
+        })?;
+        for (name, output) in STEMS.iter().zip(outputs) {
+            output
+                .finish()
+                .and_then(|out| commit_stem(folder, name, out))
+                .map_err(|e| write_error(name, e))?;
+        }
+        Ok(())
+    }
+}
