@@ -1082,7 +1082,7 @@ async fn cors_is_off_by_default_and_follows_the_allow_list() {
 
 /// The decoding search's parameters: validated (400 naming the field), and
 /// bounded by the tier's `max_beam_size` (403 `beam_size_not_in_tier`; 5
-/// on basic in the test table). A job that names none runs beam 5.
+/// on basic in the test table). A job that names none decodes greedily.
 #[tokio::test]
 async fn search_params_are_validated_and_bounded_by_the_tier() {
     let server = Server::start();
@@ -1125,7 +1125,7 @@ async fn search_params_are_validated_and_bounded_by_the_tier() {
         .problem(403, "beam_size_not_in_tier");
     let job = submit(json!({})).await.expect(202);
     let p = &job["params"];
-    assert_eq!((&p["beam_size"], &p["best_of"]), (&json!(5), &json!(5)));
+    assert_eq!((&p["beam_size"], &p["best_of"]), (&json!(1), &json!(1)));
     assert_eq!(
         (&p["patience"], &p["length_penalty"]),
         (&json!(1.0), &serde_json::Value::Null)
