@@ -3,7 +3,7 @@
 
 What is measured (driven by scripts/bench-asr, one process per run):
   * wall time and peak RSS of each whole process (`/usr/bin/time -v`), for
-    Murmur (`murmur transcribe --no-vad --beam-size 1 --best-of 1 --format json`) and for faster-whisper
+    Murmur (`murmur transcribe --no-vad --beam-size 1 --best-of 1 --no-repetition-guard --format json`) and for faster-whisper
     on the very same CTranslate2 model files (greedy, 2 CPU threads,
     compute_type int8 and float32);
   * for faster-whisper also, from inside the process, the model-load time and

@@ -44,11 +44,15 @@ pub struct TranscribeArgs {
     #[arg(long)]
     separate_bgm: bool,
     /// Beams searched at temperature 0 (1 to 10; 1 is greedy decoding).
-    /// Default 5, as faster-whisper and Whisper-WebUI.
+    /// Default 1; faster-whisper and Whisper-WebUI search 5.
     #[arg(long)]
     beam_size: Option<u32>,
+    /// Decode by faster-whisper's rules alone, without Murmur's repetition
+    /// guard (for comparing the two).
+    #[arg(long)]
+    no_repetition_guard: bool,
     /// Samples drawn at each fallback temperature above 0, the likeliest
-    /// kept (1 to 10). Default 5.
+    /// kept (1 to 10). Default 1.
     #[arg(long)]
     best_of: Option<u32>,
     /// The first temperature tried (0 to 1); windows whose result fails
@@ -216,6 +220,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
         "diarize": {"enabled": args.diarize},
         "separate_bgm": {"enabled": args.separate_bgm},
         "word_timestamps": args.word_timestamps || needs_words,
+        "repetition_guard": !args.no_repetition_guard,
     });
     if let Some(beams) = args.beam_size {
         overrides["beam_size"] = beams.into();

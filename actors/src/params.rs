@@ -93,6 +93,13 @@ pub struct JobParams {
     /// (openai-whisper's `length_penalty`, 0 to 1).
     #[serde(default)]
     pub length_penalty: Option<f64>,
+    /// Murmur's repetition guard, which faster-whisper does not have: a
+    /// window whose text loops is stopped and decoded again at the next
+    /// temperature, and one that copies its prompt is decoded again without
+    /// it. `false` decodes by faster-whisper's rules alone (for comparing
+    /// with it). Jobs stored before the field existed read it as on.
+    #[serde(default = "default_repetition_guard")]
+    pub repetition_guard: bool,
     /// Time every word (`words` in each result segment). Off by default:
     /// it costs a second decoder pass per 30 s window; a diarized job times
     /// words whatever this says (speakers are assigned per word). Jobs
@@ -117,6 +124,7 @@ impl JobParams {
             best_of: default_best_of(),
             patience: default_patience(),
             length_penalty: None,
+            repetition_guard: true,
             word_timestamps: false,
         }
     }
@@ -154,11 +162,24 @@ impl JobParams {
         if !overrides.is_object() {
             return Err("params must be a JSON object".into());
         }
-        let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
-        merge_json(&mut value, overrides);
-        let params: JobParams = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let params = Self::laid_over(base, overrides).map_err(|e| {
+            // serde names the wrong type but not where: find the field.
+            let field = overrides.as_object().into_iter().flatten().find(|(k, v)| {
+                Self::laid_over(base, &serde_json::json!({ k.as_str(): v })).is_err()
+            });
+            match field {
+                Some((name, _)) => format!("{name}: {e}"),
+                None => e,
+            }
+        })?;
         params.validate()?;
         Ok(params)
+    }
+
+    fn laid_over(base: &JobParams, overrides: &Value) -> Result<JobParams, String> {
+        let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
+        merge_json(&mut value, overrides);
+        serde_json::from_value(value).map_err(|e| e.to_string())
     }
 
     /// Checks the values that serde's types do not.
@@ -238,6 +259,10 @@ fn default_beam_size() -> u32 {
 /// One sample per fallback temperature, as before `best_of` existed.
 fn default_best_of() -> u32 {
     1
+}
+
+fn default_repetition_guard() -> bool {
+    true
 }
 
 fn default_patience() -> f64 {
@@ -326,11 +351,28 @@ mod tests {
         assert!(ok(json!({"beam_size": -1})).is_err());
         // Params stored before the fields existed read the defaults.
         let mut stored = serde_json::to_value(JobParams::defaults("base")).unwrap();
-        for key in ["beam_size", "best_of", "patience", "length_penalty"] {
+        for key in [
+            "beam_size",
+            "best_of",
+            "patience",
+            "length_penalty",
+            "repetition_guard",
+        ] {
             stored.as_object_mut().unwrap().remove(key);
         }
         let p: JobParams = serde_json::from_value(stored).unwrap();
         assert_eq!((p.beam_size, p.best_of, p.patience), (1, 1, 1.0));
+        assert!(p.repetition_guard);
+    }
+
+    #[test]
+    fn the_repetition_guard_is_on_unless_turned_off() {
+        let base = JobParams::defaults("base");
+        assert!(base.repetition_guard);
+        let off = JobParams::merged(&base, &json!({"repetition_guard": false})).unwrap();
+        assert!(!off.repetition_guard);
+        let err = JobParams::merged(&base, &json!({"repetition_guard": "no"})).unwrap_err();
+        assert!(err.contains("repetition_guard"), "{err}");
     }
 
     #[test]

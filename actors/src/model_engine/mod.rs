@@ -259,6 +259,7 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
         best_of: p.best_of as usize,
         patience: p.patience,
         length_penalty: p.length_penalty,
+        suppress_repetition_loops: p.repetition_guard,
         ..DecodeOptions::default()
     };
     // Fallback starts at the asked temperature.

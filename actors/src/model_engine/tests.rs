@@ -312,4 +312,7 @@ fn decode_options_start_at_the_asked_temperature() {
         decode_options(&p).temperatures,
         vec![0.3, 0.4, 0.6, 0.8, 1.0]
     );
+    assert!(o.suppress_repetition_loops);
+    p.repetition_guard = false;
+    assert!(!decode_options(&p).suppress_repetition_loops);
 }
