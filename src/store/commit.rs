@@ -108,7 +108,7 @@ impl GroupCommit {
     }
 
     /// Runs rounds from `first` on while callers want more.
-    fn run(&self, first: u64) {
+    fn run(self, first: u64) {
         let mut number = first;
         loop {
             // A panic in sled must not leave callers waiting forever.
@@ -133,17 +133,44 @@ impl GroupCommit {
                 // One callback's panic must not stop the others or the rounds.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(outcome)));
             }
-            self.done.send_replace(Round { number, error });
-            let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
-            if rounds.wanted > number {
-                number += 1;
-                rounds.started = number;
-            } else {
-                rounds.running = false;
-                return;
+            let finished = Round { number, error };
+            let more = {
+                let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+                if rounds.wanted > number {
+                    number += 1;
+                    rounds.started = number;
+                    true
+                } else {
+                    rounds.running = false;
+                    false
+                }
+            };
+            if more {
+                publish(&self.done, finished);
+                continue;
             }
+            // The last round: let go of the database before waking its
+            // waiters, so a caller that closes and reopens the store right
+            // after never finds it still held by this thread.
+            let done = self.done.clone();
+            drop(self);
+            publish(&done, finished);
+            return;
         }
     }
+}
+
+/// Announces a finished round, never going back to an earlier one (once
+/// `running` is cleared, a new thread's round may finish first).
+fn publish(done: &tokio::sync::watch::Sender<Round>, finished: Round) {
+    done.send_if_modified(|latest| {
+        if finished.number > latest.number {
+            *latest = finished;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 #[cfg(test)]
@@ -173,7 +200,7 @@ mod tests {
         drop(commit);
         drop(db);
         // Reopened, every acknowledged write is there.
-        let db = sled::open(dir.path()).unwrap();
+        let db = super::super::open_sled(dir.path()).unwrap();
         assert_eq!(db.len(), 200);
     }
 

@@ -366,10 +366,7 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        let db = sled::Config::new()
-            .path(data_dir.join("db"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(&data_dir.join("db"))?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
@@ -1170,6 +1167,30 @@ impl Store {
     ) -> Result<(), StoreError> {
         tree.put(tenant, id, value)?;
         self.flush().await
+    }
+}
+
+/// Opens the sled database at `path`. sled lets one process hold it, and
+/// lets go a moment after the last handle is dropped (its I/O threads
+/// finish first), so a store reopened at once (a restart within one
+/// process, a process taking over from one that is exiting) waits up to
+/// 3 s for the lock instead of failing.
+pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
