@@ -57,9 +57,14 @@ fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
 }
 
 fn engine(dir: &Path) -> ModelEngine {
+    engine_over(dir, &dir.join("models"))
+}
+
+/// An engine caching under `dir` whose models are installed in `models`.
+fn engine_over(dir: &Path, models: &Path) -> ModelEngine {
     ModelEngine::new(
         ModelEngineConfig {
-            models_dir: dir.join("models"),
+            models_dir: models.to_path_buf(),
             cache_dir: dir.join("cache"),
             max_loaded_models: 1,
             fetch_missing: false,
@@ -129,13 +134,7 @@ fn written_stems_are_byte_for_byte_the_whole_file_separation() {
         json!({"job_type": "bgm_separation"}),
         Some(folder.clone()),
     );
-    let engine = ModelEngine::new(
-        ModelEngineConfig {
-            models_dir: models.clone(),
-            ..engine(dir.path()).config
-        },
-        Device::Cpu,
-    );
+    let engine = engine_over(dir.path(), &models);
     let out = engine
         .run(&request, &mut NullSink, &AtomicBool::new(false))
         .unwrap();
@@ -259,13 +258,7 @@ fn a_transcription_without_vad_reads_the_file_window_by_window_to_the_same_words
         json!({"model": "tiny.en", "vad": {"enabled": false}}),
         None,
     );
-    let engine = ModelEngine::new(
-        ModelEngineConfig {
-            models_dir: models.clone(),
-            ..engine(dir.path()).config
-        },
-        Device::Cpu,
-    );
+    let engine = engine_over(dir.path(), &models);
     let out = engine
         .run(&request, &mut NullSink, &AtomicBool::new(false))
         .unwrap();
