@@ -26,6 +26,31 @@ const artifacts = join(repo, 'artifacts', 'dashboard');
 const PHRASE = 'ask not what your country can do for you';
 const PHONE = { width: 390, height: 844 };
 
+/**
+ * Whether some run of words in `text` is within `maxEdits` word edits
+ * (substitutions, insertions, deletions) of `phrase`. A recording from the
+ * browser's microphone passes through WebRTC's audio processing and Opus,
+ * so tiny.en may hear one word differently ("asked not"); more than that
+ * is a real failure.
+ */
+function nearlyContains(text, phrase, maxEdits) {
+  const words = text.toLowerCase().match(/[a-z']+/g) ?? [];
+  const want = phrase.toLowerCase().match(/[a-z']+/g) ?? [];
+  // Edit distance of `want` against any substring of `words`: the first row
+  // is all zeros, so a match may start anywhere; the answer is the row's
+  // minimum at the end, so it may end anywhere.
+  let prev = new Array(words.length + 1).fill(0);
+  for (let i = 1; i <= want.length; i += 1) {
+    const row = [i];
+    for (let j = 1; j <= words.length; j += 1) {
+      const same = want[i - 1] === words[j - 1] ? 0 : 1;
+      row[j] = Math.min(prev[j - 1] + same, prev[j] + 1, row[j - 1] + 1);
+    }
+    prev = row;
+  }
+  return Math.min(...prev) <= maxEdits;
+}
+
 // As the machine notes prescribe. Playwright's launch() itself starts
 // Chromium with a new, empty --user-data-dir of its own (and refuses one
 // in args), so every run gets a fresh profile.
@@ -469,6 +494,16 @@ describe('dashboard', { timeout: 240_000 }, () => {
   });
 
   it('records the microphone in the browser and transcribes the recording', async () => {
+    const jfkOption = await pageA.locator('#file-select option', { hasText: 'jfk.wav' }).getAttribute('value');
+    try {
+      await recordAndTranscribe();
+    } finally {
+      // Later tests start jobs on the JFK upload, whatever happened here.
+      await pageA.locator('#file-select').selectOption(jfkOption);
+    }
+  });
+
+  async function recordAndTranscribe() {
     const record = pageA.getByRole('button', { name: 'Record' });
     await record.click();
     await pageA.locator('#record[aria-pressed="true"]').waitFor();
@@ -495,10 +530,8 @@ describe('dashboard', { timeout: 240_000 }, () => {
     const view = pageA.locator('#job-view');
     await view.locator('#transcript li').first().waitFor({ timeout: 15_000 });
     const text = (await view.locator('#transcript').innerText()).replace(/\s+/g, ' ').toLowerCase();
-    assert.ok(text.includes(PHRASE), `transcript of the recording lacks the phrase: ${text}`);
-    const jfkOption = await pageA.locator('#file-select option', { hasText: 'jfk.wav' }).getAttribute('value');
-    await pageA.locator('#file-select').selectOption(jfkOption);
-  });
+    assert.ok(nearlyContains(text, PHRASE, 1), `transcript of the recording is more than a word off the phrase: ${text}`);
+  }
 
   it('reconnects after the socket drops and catches up on what it missed', async () => {
     const loadsBefore = watchA.loads;
