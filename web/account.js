@@ -51,6 +51,7 @@ export async function loadPlan() {
     ['Speaker diarization', l.diarization ? 'included' : 'not included'],
     ['Music separation', l.bgm_separation ? 'included' : 'not included'],
     ['Translation', translation],
+    ['Widest beam search', String(fmt.beamLimit(l))],
   ];
   if (s.expires_at) facts.push([s.will_renew ? 'Renews' : 'Ends', fmt.day(s.expires_at)]);
   body.replaceChildren(

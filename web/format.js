@@ -76,3 +76,12 @@ export function baseName(name) {
   const dot = n.lastIndexOf('.');
   return dot > 0 ? n.slice(0, dot) : n;
 }
+
+/** The widest beam search any job may ask for (the server's MAX_BEAM_SIZE). */
+export const MAX_BEAM = 10;
+
+/** The plan's widest beam search: its `max_beam_size`, absent meaning MAX_BEAM. */
+export function beamLimit(limits) {
+  const bound = limits?.max_beam_size;
+  return Number.isInteger(bound) ? Math.min(Math.max(bound, 1), MAX_BEAM) : MAX_BEAM;
+}

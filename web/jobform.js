@@ -30,6 +30,12 @@ export function applyLimits(limits) {
   sep.disabled = !limits.bgm_separation;
   sep.textContent = limits.bgm_separation
     ? 'Separate voice and music' : 'Separate voice and music (not in your plan)';
+  const beam = $('beam');
+  const widest = fmt.beamLimit(limits);
+  beam.max = String(widest);
+  if (Number(beam.value) > widest) beam.value = String(widest);
+  $('beam-hint').textContent = '1 decodes greedily, the fastest; 5 searches as Whisper-WebUI does, '
+    + `at about 1.5 times the time. Your plan allows up to ${widest}.`;
   const translate = document.querySelector('input[name="task"][value="translate"]');
   translate.dataset.planAllows = String(limits.translation !== 'none');
   updateForm();
@@ -110,6 +116,7 @@ function jobParams() {
     params.task = document.querySelector('input[name="task"]:checked').value;
     const lang = $('language').value.trim().toLowerCase();
     params.language = lang || null;
+    params.beam_size = Number($('beam').value) || 1;
     params.vad = { enabled: $('vad').checked };
     // Diarized jobs time words anyway (speakers are given per word).
     if ($('words').checked) params.word_timestamps = true;

@@ -58,6 +58,7 @@ function renderJobView() {
   if (job.job_type === 'transcription') {
     facts.push(['Model', p.model], ['Task', p.task], ['Language', p.language || 'auto']);
     const extras = [
+      p.beam_size > 1 && `beam ${p.beam_size}`,
       p.vad?.enabled && 'skip silence', p.word_timestamps && 'word timings',
       p.diarize?.enabled && 'speakers',
       p.separate_bgm?.enabled && 'music removed',

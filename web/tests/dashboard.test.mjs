@@ -625,6 +625,32 @@ describe('dashboard', { timeout: 240_000 }, () => {
     await pageA.getByLabel('Time each word').uncheck();
   });
 
+  it('searches a wider beam when asked, as far as the plan allows', async () => {
+    const beam = pageA.getByLabel('Beam size');
+    // Basic in the test tiers: max_beam_size 5, said on the form and the plan.
+    assert.equal(await beam.getAttribute('max'), '5');
+    assert.match(await pageA.locator('#beam-hint').innerText(), /up to 5\b/);
+    assert.match(await pageA.locator('#plan-body').innerText(), /Widest beam search\s+5\b/);
+    await beam.fill('6');
+    assert.equal(await beam.evaluate((el) => el.validity.rangeOverflow), true, 'over the plan is invalid');
+    await pageA.getByLabel('Model').selectOption('tiny.en');
+    await beam.fill('3');
+    const id = await startJob(pageA);
+    const item = pageA.locator(`li[data-job-id="${id}"]`);
+    await item.locator('.status').filter({ hasText: 'completed' }).waitFor({ timeout: 90_000 });
+    const view = pageA.locator('#job-view');
+    assert.match(await view.locator('#job-facts').innerText(), /beam 3/);
+    await view.locator('#transcript li').first().waitFor({ timeout: 15_000 });
+    const text = (await view.locator('#transcript').innerText()).replace(/\s+/g, ' ').toLowerCase();
+    assert.ok(text.includes(PHRASE), `beam 3 transcript lacks the phrase: ${text}`);
+    const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
+    const job = await (await fetch(`${server.base}/v1/jobs/${id}`, {
+      headers: { authorization: `Bearer ${token}` },
+    })).json();
+    assert.equal(job.params.beam_size, 3);
+    await beam.fill('1');
+  });
+
   it('starts a job from a saved workflow', async () => {
     const token = await pageA.evaluate(() => sessionStorage.getItem('murmur.token'));
     const res = await fetch(`${server.base}/v1/workflows`, {

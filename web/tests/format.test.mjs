@@ -45,3 +45,10 @@ test('only queued and running jobs are active', () => {
   assert.equal(fmt.isActive('running'), true);
   for (const s of ['completed', 'failed', 'cancelled']) assert.equal(fmt.isActive(s), false);
 });
+
+test('the plan bounds the beam, absent meaning the widest any job may ask for', () => {
+  assert.equal(fmt.beamLimit({ max_beam_size: 5 }), 5);
+  assert.equal(fmt.beamLimit({}), fmt.MAX_BEAM);
+  assert.equal(fmt.beamLimit({ max_beam_size: 50 }), fmt.MAX_BEAM);
+  assert.equal(fmt.beamLimit(null), fmt.MAX_BEAM);
+});

@@ -232,6 +232,23 @@ describe('Murmur Transcribe', () => {
         assert.ok(plain.segments.every((s: any) => !s.words), 'no words unless asked')
     })
 
+    test('Beam Size searches that many beams, within the plan, and says so when it is not', async () => {
+        const Node = nodeClass('MurmurTranscribe')
+        const node = new Node()
+        assert.ok(node.inputs.some((i: any) => i.name === 'beamSize' && i.additionalParams))
+        const text = await node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', beamSize: '3' }), '', options())
+        assert.match(text, PHRASE)
+        const [latest] = (await api(credentials.credA.apiKey, 'GET', '/v1/jobs?limit=1')).items
+        assert.equal(latest.params.beam_size, 3)
+        // Basic allows 5 beams in the test tiers: the server's 403, in words.
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioFile: audioUri, model: 'tiny.en', beamSize: 6 }), '', options()), (e: any) => {
+            assert.match(e.message, /wider than your Murmur plan \(basic\) allows \(at most 5\)\. Lower Beam Size/)
+            return true
+        })
+        // Not a whole number: refused before any upload, naming the input.
+        await assert.rejects(node.init(nodeData(node, 'credA', { audioFile: audioUri, beamSize: '2.5' }), '', options()), /Beam Size must be a whole number/)
+    })
+
     test('as a chatflow ending node it transcribes once, in run', async () => {
         const Node = nodeClass('MurmurTranscribe')
         const node = new Node()

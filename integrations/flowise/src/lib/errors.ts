@@ -84,6 +84,10 @@ export function describeProblem(status: number, problem: Problem, ctx: ErrorCont
                 ` Pick another model or upgrade your plan.${said}`
             )
         }
+        case 'beam_size_not_in_tier': {
+            const max = detail.match(/at most (\d+) beams/)?.[1]
+            return `That beam size is wider than ${plan(detail)} allows${max ? ` (at most ${max})` : ''}. Lower Beam Size or upgrade your plan.${said}`
+        }
         case 'payload_too_large':
             return `The audio file${ctx.fileName ? ` "${ctx.fileName}"` : ''} is too large for ${plan(detail)}. Use a shorter or more compressed recording, or upgrade your plan.${said}`
         case 'quota_exceeded':

@@ -23,6 +23,17 @@ export function outputFormat(value: unknown): OutputFormat {
     throw new Error(`Murmur: unknown output format "${v}"; use text, json, srt, vtt or tsv`)
 }
 
+/** The Beam Size input (Transcribe and its tool): job parameter `beam_size`. */
+export const BEAM_INPUT = {
+    label: 'Beam Size',
+    name: 'beamSize',
+    type: 'number',
+    optional: true,
+    additionalParams: true,
+    placeholder: '1',
+    description: 'Beams searched while decoding: 1 (the default) is greedy and fastest; 5 searches as Whisper-WebUI does, at about 1.5 times the time. Plans bound it (basic: 5)'
+}
+
 /** Subtitle layout options (`GET /v1/jobs/{id}/result`), for SRT and WebVTT outputs. */
 export type SubtitleLayout = {
     max_line_width?: number
@@ -226,6 +237,12 @@ export function paramsFromInputs(inputs: Record<string, any>): { params: Record<
     const separateBgm = truthy(inputs.separateBgm, false)
     params.vad = { enabled: truthy(inputs.vad, true) }
     if (truthy(inputs.wordTimestamps, false)) params.word_timestamps = true
+    const beam = inputs.beamSize
+    if (beam !== undefined && beam !== null && String(beam).trim() !== '') {
+        const n = Number(beam)
+        if (!Number.isInteger(n) || n < 1 || n > 10) throw new Error(`Murmur: Beam Size must be a whole number from 1 to 10 (got "${beam}")`)
+        params.beam_size = n
+    }
     params.diarize = { enabled: diarize }
     params.separate_bgm = { enabled: separateBgm }
     return { params, ctx: { model: model || undefined, diarize, separateBgm, translate: task === 'translate' } }

@@ -1,7 +1,7 @@
 import { AUDIO_INPUTS } from '../../lib/audio'
 import { CATEGORY, clientFor, CREDENTIAL, ICON, outputs, skipInit, listModelOptions } from '../../lib/common'
 import { ICommonObject, INode, INodeData, INodeOutputsValue, INodeOptionsValue, INodeParams } from '../../lib/Interface'
-import { layoutNeedsWords, OUTPUT_FORMATS, outputFormat, paramsFromInputs, SUBTITLE_INPUTS, subtitleLayout, timeoutMs, transcribeInputs } from '../../lib/run'
+import { BEAM_INPUT, layoutNeedsWords, OUTPUT_FORMATS, outputFormat, paramsFromInputs, SUBTITLE_INPUTS, subtitleLayout, timeoutMs, transcribeInputs } from '../../lib/run'
 
 class MurmurTranscribe_Murmur implements INode {
     label: string
@@ -19,7 +19,7 @@ class MurmurTranscribe_Murmur implements INode {
     constructor() {
         this.label = 'Murmur Transcribe'
         this.name = 'murmurTranscribe'
-        this.version = 1.2
+        this.version = 1.3
         this.type = 'MurmurTranscribe'
         this.icon = ICON
         this.category = CATEGORY
@@ -94,6 +94,7 @@ class MurmurTranscribe_Murmur implements INode {
                 options: OUTPUT_FORMATS,
                 default: 'text'
             },
+            BEAM_INPUT,
             ...SUBTITLE_INPUTS,
             {
                 label: 'Timeout (seconds)',

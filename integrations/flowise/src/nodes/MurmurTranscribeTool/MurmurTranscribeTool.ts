@@ -14,6 +14,7 @@ import { MurmurError } from '../../lib/errors'
 import { ICommonObject, INode, INodeData, INodeOptionsValue, INodeParams } from '../../lib/Interface'
 import {
     audioUrl,
+    BEAM_INPUT,
     OUTPUT_FORMATS,
     OutputFormat,
     outputFormat,
@@ -125,7 +126,7 @@ class MurmurTranscribeTool_Tools implements INode {
     constructor() {
         this.label = 'Murmur Transcribe Tool'
         this.name = 'murmurTranscribeTool'
-        this.version = 1.1
+        this.version = 1.2
         this.type = 'MurmurTranscribeTool'
         this.icon = ICON
         this.category = 'Tools'
@@ -157,6 +158,7 @@ class MurmurTranscribeTool_Tools implements INode {
             { label: 'Speaker Diarization', name: 'diarize', type: 'boolean', default: false, optional: true },
             { label: 'Background Music Separation', name: 'separateBgm', type: 'boolean', default: false, optional: true },
             { label: 'Output Format', name: 'outputFormat', type: 'options', options: OUTPUT_FORMATS, default: 'text', optional: true },
+            BEAM_INPUT,
             {
                 label: 'Tool Name',
                 name: 'toolName',
