@@ -70,6 +70,11 @@ pub enum Refusal {
         asked: u32,
         max: u32,
     },
+    #[error(
+        "the {tier} tier decodes at most {max} chunks together; batch_size {asked} asks for \
+         more (ask for less, or upgrade)"
+    )]
+    BatchTooLarge { tier: String, asked: u32, max: u32 },
     #[error("model {0} is not installed on this server; GET /v1/models lists what is")]
     ModelNotInstalled(String),
     #[error(
@@ -280,10 +285,11 @@ impl Rules<'_> {
     }
 }
 
-/// The tier's bound on the search (`max_beam_size`): a `beam_size` or
-/// `best_of` the request names above it is refused; one it does not name
-/// (the default, or a workflow saved on a higher tier) is lowered to it, so
-/// a job that asks for nothing runs on every tier.
+/// The tier's bounds on the search (`max_beam_size`) and the batch
+/// (`max_batch_size`): a `beam_size`, `best_of` or `batch_size` the request
+/// names above them is refused; one it does not name (the default, or a
+/// workflow saved on a higher tier) is lowered to the bound, so a job that
+/// asks for nothing runs on every tier.
 fn bound_search(
     tier: &crate::billing::Tier,
     params: &mut JobParams,
@@ -309,6 +315,17 @@ fn bound_search(
             });
         }
         *value = max;
+    }
+    let max = tier.batch_limit();
+    if params.batch_size > max {
+        if asked.get("batch_size").is_some() {
+            return Err(Refusal::BatchTooLarge {
+                tier: tier.name.clone(),
+                asked: params.batch_size,
+                max,
+            });
+        }
+        params.batch_size = max;
     }
     Ok(())
 }

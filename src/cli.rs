@@ -47,6 +47,11 @@ pub struct TranscribeArgs {
     /// Default 1; faster-whisper and Whisper-WebUI search 5.
     #[arg(long)]
     beam_size: Option<u32>,
+    /// Decode this many 30 s chunks of speech together (1 to 16), as
+    /// faster-whisper's batched pipeline does; default 1, Whisper's
+    /// sequential loop.
+    #[arg(long)]
+    batch_size: Option<u32>,
     /// Decode by faster-whisper's rules alone, without Murmur's repetition
     /// guard (for comparing the two).
     #[arg(long)]
@@ -227,6 +232,9 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     }
     if let Some(n) = args.best_of {
         overrides["best_of"] = n.into();
+    }
+    if let Some(n) = args.batch_size {
+        overrides["batch_size"] = n.into();
     }
     if let Some(t) = args.temperature {
         overrides["temperature"] = t.into();

@@ -1080,9 +1080,11 @@ async fn cors_is_off_by_default_and_follows_the_allow_list() {
     assert_eq!(res.status(), 401);
 }
 
-/// The decoding search's parameters: validated (400 naming the field), and
-/// bounded by the tier's `max_beam_size` (403 `beam_size_not_in_tier`; 5
-/// on basic in the test table). A job that names none decodes greedily.
+/// The decoding search's parameters and the batch: validated (400 naming
+/// the field), and bounded by the tier's `max_beam_size` (403
+/// `beam_size_not_in_tier`; 5 on basic in the test table) and
+/// `max_batch_size` (403 `batch_size_not_in_tier`; 4 on basic). A job that
+/// names none decodes greedily, sequentially.
 #[tokio::test]
 async fn search_params_are_validated_and_bounded_by_the_tier() {
     let server = Server::start();
@@ -1104,6 +1106,8 @@ async fn search_params_are_validated_and_bounded_by_the_tier() {
         (json!({"patience": 0}), "patience"),
         (json!({"patience": -1.5}), "patience"),
         (json!({"length_penalty": 2}), "length_penalty"),
+        (json!({"batch_size": 0}), "batch_size"),
+        (json!({"batch_size": 17}), "batch_size"),
     ] {
         let answer = submit(params.clone()).await;
         let detail = answer.body["detail"].as_str().unwrap_or("").to_string();
@@ -1123,9 +1127,14 @@ async fn search_params_are_validated_and_bounded_by_the_tier() {
         )
         .await
         .problem(403, "beam_size_not_in_tier");
+    let answer = submit(json!({"batch_size": 5})).await;
+    let detail = answer.body["detail"].as_str().unwrap_or("").to_string();
+    answer.problem(403, "batch_size_not_in_tier");
+    assert!(detail.contains("basic") && detail.contains('4'), "{detail}");
     let job = submit(json!({})).await.expect(202);
     let p = &job["params"];
     assert_eq!((&p["beam_size"], &p["best_of"]), (&json!(1), &json!(1)));
+    assert_eq!(p["batch_size"], 1);
     assert_eq!(
         (&p["patience"], &p["length_penalty"]),
         (&json!(1.0), &serde_json::Value::Null)
@@ -1141,6 +1150,8 @@ async fn search_params_are_validated_and_bounded_by_the_tier() {
         .await
         .expect(202);
     assert_eq!(job["params"]["beam_size"], 10);
+    let job = submit(json!({"batch_size": 16})).await.expect(202);
+    assert_eq!(job["params"]["batch_size"], 16);
     submit(json!({"beam_size": 11}))
         .await
         .problem(400, "invalid_request");

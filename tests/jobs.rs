@@ -433,6 +433,95 @@ async fn tenant_limit_caps_running_jobs_and_other_tenants_are_not_held_up() {
 /// order the WebSocket delivered them, overlap; behind one lock per model
 /// the second span would start after the first ended. Both transcripts
 /// are the text a lone job gets.
+/// A batched job (`batch_size` 4) over HTTP: JFK's clip, the two-speaker
+/// call and JFK again, 2 s of silence between (75 s), cut by VAD into
+/// chunks decoded together. Both of JFK's sentences are transcribed, with
+/// words, in order and on the recording's timeline, and about as many words
+/// as the sequential job of the same file (the tier's bound on the batch is
+/// tested in api.rs).
+#[tokio::test]
+async fn batched_jobs_decode_chunks_together_and_lose_nothing() {
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    server.set_tier(&a.id, "premium");
+    let decode = |p: &std::path::Path| murmur_models::audio::decode_file(p).unwrap().samples;
+    let jfk = decode(&murmur_models::testaudio::jfk().unwrap());
+    let call = decode(&murmur_models::testaudio::pyannote_sample().unwrap().wav);
+    let mut samples = Vec::new();
+    for part in [&jfk, &call, &jfk] {
+        samples.extend_from_slice(part);
+        samples.extend(std::iter::repeat_n(0.0, 32_000));
+    }
+    let total = samples.len() as f64 / 16_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jfk-call-jfk.wav");
+    murmur_models::audio::write_wav_16bit(&path, &samples, 16_000, 1).unwrap();
+    let fid = a
+        .client
+        .upload("jfk-call-jfk.wav", std::fs::read(&path).unwrap())
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let batched = submit(
+        &a.client,
+        &fid,
+        json!({"model": "tiny.en", "batch_size": 4, "word_timestamps": true}),
+    )
+    .await;
+    let sequential = submit(&a.client, &fid, json!({"model": "tiny.en"})).await;
+    let job = wait_job(&a.client, &batched, 300).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["params"]["batch_size"], 4);
+    assert_eq!(
+        wait_job(&a.client, &sequential, 300).await["status"],
+        "completed"
+    );
+    let result = |id: String| {
+        let c = &a.client;
+        async move { c.get(&format!("/v1/jobs/{id}/result")).await.expect(200) }
+    };
+    let (b, s) = (result(batched).await, result(sequential).await);
+    let text = b["text"].as_str().unwrap().to_lowercase();
+    assert_eq!(
+        text.matches("ask not what your country can do for you")
+            .count(),
+        2,
+        "both of JFK's: {text}"
+    );
+    assert!(text.contains("originally from chicago"), "the call: {text}");
+    let (wb, ws) = (words(&text).len(), words(s["text"].as_str().unwrap()).len());
+    assert!(wb.abs_diff(ws) <= 6, "batched {wb} words, sequential {ws}");
+    let mut last = 0.0;
+    for seg in b["segments"].as_array().unwrap() {
+        let (start, end) = (seg["start"].as_f64().unwrap(), seg["end"].as_f64().unwrap());
+        assert!(start >= last && start < end && end <= total + 1e-6, "{seg}");
+        assert!(!seg["words"].as_array().unwrap().is_empty(), "{seg}");
+        last = start;
+    }
+    // The second JFK's words are timed in its own stretch of audio.
+    let last_country = b["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["words"].as_array().unwrap().clone())
+        .rfind(|w| {
+            w["word"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("country")
+        })
+        .unwrap();
+    let end = last_country["end"].as_f64().unwrap();
+    assert!(
+        end > total - 4.5 && end < total - 1.5,
+        "{last_country} in {total} s"
+    );
+}
+
 #[tokio::test]
 async fn two_workers_decode_two_jobs_on_one_model_at_once() {
     setup();

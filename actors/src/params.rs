@@ -100,6 +100,15 @@ pub struct JobParams {
     /// with it). Jobs stored before the field existed read it as on.
     #[serde(default = "default_repetition_guard")]
     pub repetition_guard: bool,
+    /// Chunks decoded together (faster-whisper's `BatchedInferencePipeline`
+    /// and its `batch_size`): above 1, the speech is cut into chunks of at
+    /// most 30 s decoded independently, `batch_size` at a time, instead of
+    /// Whisper's sequential long-form loop (docs/models.md, "Batched
+    /// inference"). Each chunk in a batch holds its own audio state, so
+    /// memory grows with it; tiers bound it (`max_batch_size`). Jobs stored
+    /// before the field existed read 1.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
     /// Time every word (`words` in each result segment). Off by default:
     /// it costs a second decoder pass per 30 s window; a diarized job times
     /// words whatever this says (speakers are assigned per word). Jobs
@@ -125,6 +134,7 @@ impl JobParams {
             patience: default_patience(),
             length_penalty: None,
             repetition_guard: true,
+            batch_size: default_batch_size(),
             word_timestamps: false,
         }
     }
@@ -216,6 +226,13 @@ impl JobParams {
                 ));
             }
         }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "batch_size must be between 1 and {MAX_BATCH_SIZE} (1: Whisper's sequential \
+                 long-form loop), not {}",
+                self.batch_size
+            ));
+        }
         if !(self.patience > 0.0 && self.patience <= MAX_PATIENCE) {
             return Err(format!(
                 "patience must be above 0 and at most {MAX_PATIENCE} (1: stop at beam_size \
@@ -244,6 +261,10 @@ impl JobParams {
 /// for; tiers may allow less (`max_beam_size`).
 pub const MAX_BEAM_SIZE: u32 = 10;
 
+/// Most chunks a job may ask to decode together; tiers may allow fewer
+/// (`max_batch_size`).
+pub const MAX_BATCH_SIZE: u32 = 16;
+
 /// Largest `patience`: the search already stops at the window's token
 /// limit, so more only costs time.
 pub const MAX_PATIENCE: f64 = 10.0;
@@ -258,6 +279,12 @@ fn default_beam_size() -> u32 {
 
 /// One sample per fallback temperature, as before `best_of` existed.
 fn default_best_of() -> u32 {
+    1
+}
+
+/// Whisper's sequential long-form loop, which conditions each window on
+/// the text before it.
+fn default_batch_size() -> u32 {
     1
 }
 
@@ -343,6 +370,8 @@ mod tests {
             json!({"patience": 0.0}),
             json!({"patience": -1.0}),
             json!({"length_penalty": 1.5}),
+            json!({"batch_size": 0}),
+            json!({"batch_size": 17}),
         ] {
             let err = ok(bad.clone()).expect_err("refused");
             let field = bad.as_object().unwrap().keys().next().unwrap().clone();
@@ -357,12 +386,15 @@ mod tests {
             "patience",
             "length_penalty",
             "repetition_guard",
+            "batch_size",
         ] {
             stored.as_object_mut().unwrap().remove(key);
         }
         let p: JobParams = serde_json::from_value(stored).unwrap();
         assert_eq!((p.beam_size, p.best_of, p.patience), (1, 1, 1.0));
         assert!(p.repetition_guard);
+        assert_eq!(p.batch_size, 1);
+        assert_eq!(ok(json!({"batch_size": 8})).unwrap().batch_size, 8);
     }
 
     #[test]

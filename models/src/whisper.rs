@@ -21,6 +21,7 @@
 //! A model directory holds `model.safetensors` (HF names, see [`crate::ct2`]),
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
+mod batch;
 pub mod decoder;
 mod decoding;
 mod filters;
@@ -37,6 +38,7 @@ pub use candle_transformers::models::whisper::Config;
 
 use crate::mel::SAMPLE_RATE;
 use crate::transcript::Segment;
+pub use batch::{plan_chunks, MAX_BATCH_SIZE};
 pub use model::WhisperModel;
 pub use regions::SampleSource;
 pub use transcribe::ChunkSource;

@@ -147,6 +147,9 @@ impl From<Refusal> for ApiError {
             Refusal::BeamTooWide { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "beam_size_not_in_tier", detail)
             }
+            Refusal::BatchTooLarge { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "batch_size_not_in_tier", detail)
+            }
             Refusal::ModelNotInstalled(_) | Refusal::FeatureNotInstalled { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
             }

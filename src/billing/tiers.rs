@@ -80,6 +80,11 @@ pub struct Tier {
     /// (`params::MAX_BEAM_SIZE`, 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_beam_size: Option<u32>,
+    /// Most chunks a job may decode together (`batch_size`; each holds its
+    /// own audio state, so memory grows with it). `None`: the most any job
+    /// may ask for (`params::MAX_BATCH_SIZE`, 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<u32>,
 }
 
 impl Tier {
@@ -88,6 +93,13 @@ impl Tier {
         self.max_beam_size
             .unwrap_or(murmur_actors::params::MAX_BEAM_SIZE)
             .min(murmur_actors::params::MAX_BEAM_SIZE)
+    }
+
+    /// [`Tier::max_batch_size`], or the most any job may ask for.
+    pub fn batch_limit(&self) -> u32 {
+        self.max_batch_size
+            .unwrap_or(murmur_actors::params::MAX_BATCH_SIZE)
+            .clamp(1, murmur_actors::params::MAX_BATCH_SIZE)
     }
 
     /// [`Tier::queue_weight`], or its default from the rank (at least 1).

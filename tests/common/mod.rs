@@ -39,6 +39,7 @@ storage_bytes = 1000000
 max_workflows = 2
 max_queued_jobs = 10
 max_beam_size = 5
+max_batch_size = 4
 [tiers.premium]
 rank = 1
 max_file_bytes = 2000000

@@ -63,6 +63,7 @@ translation_jobs_per_month = 20
 storage_bytes = 20000000
 max_workflows = 5
 max_beam_size = 5
+max_batch_size = 4
 [tiers.premium]
 rank = 1
 max_file_bytes = 20000000

@@ -270,6 +270,18 @@ fn decode_options(p: &JobParams) -> DecodeOptions {
     opts
 }
 
+/// The VAD settings a job runs with: a batched transcription's speech
+/// regions are cut at 30 s (at the longest silence in them), as
+/// faster-whisper's batched pipeline asks of its VAD, so no chunk ends in
+/// the middle of a word.
+fn vad_params(params: &JobParams) -> murmur_models::vad::VadParams {
+    let mut vad = params.vad.clone();
+    if params.batch_size > 1 && params.runs_whisper() && vad.max_speech_s.is_none() {
+        vad.max_speech_s = Some(30.0);
+    }
+    vad
+}
+
 /// The part of `regions` after `t` (seconds).
 fn regions_after(regions: &[SpeechRegion], t: f64) -> Vec<SpeechRegion> {
     regions
@@ -404,7 +416,7 @@ impl Engine for ModelEngine {
                     sink.stage(JobStage::Vad);
                     let vad = self.vad()?;
                     let found = vad
-                        .speech_regions(&samples, &params.vad)
+                        .speech_regions(&samples, &vad_params(params))
                         .map_err(|e| WorkError::Transient(e.to_string()))?;
                     checkpoint.regions = Some(found.clone());
                     sink.checkpoint(json!(checkpoint));
@@ -541,7 +553,7 @@ impl ModelEngine {
         let mut regions = Vec::new();
         let mut staged = false;
         let decoded = {
-            let mut stream = VadStream::new(&params.vad);
+            let mut stream = VadStream::new(&vad_params(params));
             let result = audio::decode_chunks::<StreamError>(
                 source.file.input(),
                 &options,
@@ -679,21 +691,33 @@ impl ModelEngine {
                 speakers: None,
             }
         } else {
-            model
-                .transcribe_regions_streamed(
-                    &FileChunks {
-                        file: input.file,
-                        options: input.options,
-                    },
+            let chunks = FileChunks {
+                file: input.file,
+                options: input.options,
+            };
+            let batch = params.batch_size as usize;
+            if batch > 1 {
+                model.transcribe_batched(
+                    &chunks,
+                    input.frames,
+                    &todo,
+                    &opts,
+                    batch,
+                    &mut on_progress,
+                )
+            } else {
+                model.transcribe_regions_streamed(
+                    &chunks,
                     input.frames,
                     &todo,
                     &opts,
                     &mut on_progress,
                 )
-                .map_err(|e| match e {
-                    whisper::WhisperError::Cancelled => WorkError::Cancelled,
-                    other => WorkError::Transient(other.to_string()),
-                })?
+            }
+            .map_err(|e| match e {
+                whisper::WhisperError::Cancelled => WorkError::Cancelled,
+                other => WorkError::Transient(other.to_string()),
+            })?
         };
         done.extend(transcript.segments);
         for (i, seg) in done.iter_mut().enumerate() {

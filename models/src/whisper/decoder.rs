@@ -12,9 +12,11 @@
 //! [`DecoderState`]. A state holds `b` sequences decoded side by side (the
 //! beams of a beam search, the samples of best-of-n): each step feeds one
 //! token per sequence as one batch, and [`DecoderState::select`] reorders,
-//! duplicates or drops sequences between steps. The audio is the same for
-//! every sequence, so its cross-attention keys/values are stored once and the
-//! batch is folded into the query rows when attending to it.
+//! duplicates or drops sequences between steps. When the audio is the same
+//! for every sequence its cross-attention keys/values are stored once and the
+//! batch is folded into the query rows when attending to it; a batch of
+//! different windows (the batched pipeline, `batch.rs`) keeps one audio per
+//! sequence, and selecting sequences selects their audio too.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
@@ -155,8 +157,9 @@ pub struct DecoderState {
     /// Self-attention keys/values of the tokens fed so far, per layer
     /// (`[b, heads, len, head_dim]` each), `None` before the first token.
     self_kv: Vec<Option<(Tensor, Tensor)>>,
-    /// Cross-attention keys/values of the window's audio, per layer
-    /// (`[1, heads, frames, head_dim]`, shared by the `b` sequences).
+    /// Cross-attention keys/values of the audio, per layer: `[1, heads,
+    /// frames, head_dim]` shared by the `b` sequences, or `[b, ...]`, one
+    /// window per sequence.
     cross_kv: Vec<(Tensor, Tensor)>,
     /// Tokens fed so far per sequence (the position of the next one).
     len: usize,
@@ -184,20 +187,40 @@ impl DecoderState {
     /// becomes what sequence `rows[i]` was. A row may repeat (a beam that
     /// spawns two) or be left out (a finished sample).
     pub fn select(&mut self, rows: &[usize]) -> Result<()> {
-        let Some(Some((k, _))) = self.self_kv.first() else {
-            return Ok(());
+        let per_row_audio = self.per_row_audio()?;
+        let current = match self.self_kv.first() {
+            Some(Some((k, _))) => k.dim(0)?,
+            _ if per_row_audio => self.cross_kv[0].0.dim(0)?,
+            _ => return Ok(()),
         };
-        if k.dim(0)? == rows.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        if current == rows.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let device = k.device().clone();
+        let Some((first, _)) = self.cross_kv.first() else {
+            return Ok(());
+        };
         let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let ids = Tensor::from_vec(ids, rows.len(), &device)?;
+        let ids = Tensor::from_vec(ids, rows.len(), first.device())?;
         for (k, v) in self.self_kv.iter_mut().flatten() {
             *k = k.index_select(&ids, 0)?;
             *v = v.index_select(&ids, 0)?;
         }
+        if per_row_audio {
+            for (k, v) in &mut self.cross_kv {
+                *k = k.index_select(&ids, 0)?;
+                *v = v.index_select(&ids, 0)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether each sequence attends to its own window (`[b, ...]` audio
+    /// with `b` above 1) rather than one shared window.
+    fn per_row_audio(&self) -> Result<bool> {
+        Ok(match self.cross_kv.first() {
+            Some((k, _)) => k.dim(0)? > 1,
+            None => false,
+        })
     }
 }
 
@@ -238,7 +261,9 @@ impl TextDecoder {
         self.n_ctx
     }
 
-    /// Prepares decoding over `audio` (`[1, frames, d]` encoder output).
+    /// Prepares decoding over `audio`: `[1, frames, d]` encoder output that
+    /// every sequence will share, or `[b, frames, d]`, one window for each
+    /// of `b` sequences (fed with [`TextDecoder::forward_rows`]).
     pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
         let cross_kv = self
             .layers
@@ -257,6 +282,18 @@ impl TextDecoder {
     /// returns the final hidden states `[1, tokens.len(), d]`.
     pub fn forward(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
         self.forward_inner(tokens, 1, state, None)
+    }
+
+    /// Feeds each of `batch` sequences its own `tokens.len() / batch`
+    /// tokens (row after row; every row as long) and returns the final
+    /// hidden states `[batch, n, d]`: the prompts of a batch of windows.
+    pub fn forward_rows(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
+        self.forward_inner(tokens, batch, state, None)
     }
 
     /// Feeds one token to each of the state's sequences (`tokens[i]` to
@@ -338,6 +375,7 @@ impl TextDecoder {
                     }
                     cross
                 }
+                _ if ck.dim(0)? > 1 => layer.cross_attn.attend(&h, ck, cv, None)?,
                 _ => layer.cross_attn.attend_shared(&h, ck, cv)?,
             };
             x = (x + cross)?;

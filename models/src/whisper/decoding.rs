@@ -61,6 +61,9 @@ impl WhisperModel {
         Ok(ranked)
     }
 
+    /// Decodes a window at each of `opts.temperatures` in turn until a
+    /// result passes the thresholds ([`needs_fallback`]); when none does,
+    /// the least bad attempt.
     pub(super) fn decode_with_fallback(
         &self,
         state: &mut DecoderState,
@@ -75,26 +78,36 @@ impl WhisperModel {
         } else {
             &opts.temperatures
         };
-        let mut best: Option<WindowResult> = None;
+        self.fall_back(
+            state,
+            prompt,
+            sot_sequence,
+            opts,
+            temperatures,
+            None,
+            rng,
+            check,
+        )
+    }
+
+    /// [`WhisperModel::decode_with_fallback`] at `temperatures`, after a
+    /// first attempt made elsewhere (`tried`: a batch's, which failed).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fall_back(
+        &self,
+        state: &mut DecoderState,
+        prompt: &[u32],
+        sot_sequence: &[u32],
+        opts: &DecodeOptions,
+        temperatures: &[f64],
+        tried: Option<WindowResult>,
+        rng: &mut SplitMix64,
+        check: &mut dyn FnMut() -> bool,
+    ) -> Result<WindowResult, WhisperError> {
+        let mut best: Option<WindowResult> = tried;
         for &t in temperatures {
             let result = self.decode_window(state, prompt, sot_sequence, t, opts, rng, check)?;
-            let mut needs_fallback = result.looped;
-            if let Some(cr) = opts.compression_ratio_threshold {
-                if result.compression_ratio > cr {
-                    needs_fallback = true;
-                }
-            }
-            if let Some(lp) = opts.logprob_threshold {
-                if result.avg_logprob < lp {
-                    needs_fallback = true;
-                }
-            }
-            if let Some(ns) = opts.no_speech_threshold {
-                if result.no_speech_prob > ns {
-                    needs_fallback = false;
-                }
-            }
-            if !needs_fallback {
+            if !needs_fallback(&result, opts) {
                 return Ok(result);
             }
             // Keep the least bad attempt in case every temperature fails:
@@ -128,16 +141,7 @@ impl WhisperModel {
         check: &mut dyn FnMut() -> bool,
     ) -> Result<WindowResult, WhisperError> {
         state.reset_tokens();
-        let n_ctx = self.decoder.n_ctx();
-        let mut initial: Vec<u32> = Vec::new();
-        if !prompt.is_empty() {
-            initial.push(self.specials.sot_prev);
-            let keep = (n_ctx / 2).saturating_sub(1);
-            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
-        }
-        let sot_index = initial.len();
-        initial.extend_from_slice(sot_sequence);
-
+        let (initial, sot_index) = self.initial_tokens(prompt, sot_sequence);
         let hidden = self.decoder.forward(&initial, state)?;
         let no_speech_prob = {
             let logits = self.decoder.logits(&decoder::row(&hidden, sot_index)?)?;
@@ -151,11 +155,7 @@ impl WhisperModel {
             .logits(&decoder::last_row(&hidden)?)?
             .i(0)?
             .to_vec1::<f32>()?;
-        let limits = Limits {
-            sample_len: n_ctx / 2,
-            max_initial: (opts.max_initial_timestamp / TIME_PRECISION).round() as u32,
-            loop_guard: opts.suppress_repetition_loops,
-        };
+        let limits = self.limits(opts);
         let mut candidates = if temperature <= 0.0 && opts.beam_size > 1 {
             self.beam_search(state, first, opts.beam_size, opts.patience, &limits, check)?
         } else {
@@ -170,6 +170,40 @@ impl WhisperModel {
                 looped: false,
             },
         };
+        self.window_result(chosen, no_speech_prob, temperature)
+    }
+
+    /// What a window is prompted with: `<|startofprev|>` and the latest
+    /// half-context of `prompt` (when there is one), then `sot_sequence`;
+    /// and the index of `<|startoftranscript|>` in it.
+    pub(super) fn initial_tokens(&self, prompt: &[u32], sot_sequence: &[u32]) -> (Vec<u32>, usize) {
+        let mut initial: Vec<u32> = Vec::new();
+        if !prompt.is_empty() {
+            initial.push(self.specials.sot_prev);
+            let keep = (self.decoder.n_ctx() / 2).saturating_sub(1);
+            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(keep)..]);
+        }
+        let sot_index = initial.len();
+        initial.extend_from_slice(sot_sequence);
+        (initial, sot_index)
+    }
+
+    /// What bounds every search of a window under `opts`.
+    pub(super) fn limits(&self, opts: &DecodeOptions) -> Limits {
+        Limits {
+            sample_len: self.decoder.n_ctx() / 2,
+            max_initial: (opts.max_initial_timestamp / TIME_PRECISION).round() as u32,
+            loop_guard: opts.suppress_repetition_loops,
+        }
+    }
+
+    /// The window's result for its chosen candidate.
+    pub(super) fn window_result(
+        &self,
+        chosen: Candidate,
+        no_speech_prob: f64,
+        temperature: f64,
+    ) -> Result<WindowResult, WhisperError> {
         let text = self.decode_text(&chosen.tokens)?;
         Ok(WindowResult {
             avg_logprob: chosen.sum_logprob / (chosen.tokens.len() + 1) as f64,
@@ -180,6 +214,24 @@ impl WhisperModel {
             looped: chosen.looped,
         })
     }
+}
+
+/// Whether a window's result fails the thresholds (so the next temperature
+/// is tried): it looped, its text compresses too well, or its tokens are
+/// too unlikely; unless the window is silence anyway.
+pub(super) fn needs_fallback(result: &WindowResult, opts: &DecodeOptions) -> bool {
+    if let Some(ns) = opts.no_speech_threshold {
+        if result.no_speech_prob > ns {
+            return false;
+        }
+    }
+    let repetitive = opts
+        .compression_ratio_threshold
+        .is_some_and(|cr| result.compression_ratio > cr);
+    let unlikely = opts
+        .logprob_threshold
+        .is_some_and(|lp| result.avg_logprob < lp);
+    result.looped || repetitive || unlikely
 }
 
 pub(super) fn argmax(v: &[f32]) -> u32 {

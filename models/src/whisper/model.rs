@@ -228,12 +228,35 @@ impl WhisperModel {
     /// Encoder output `[1, 1500, d]` for a `[n_mels, N_FRAMES]` window.
     pub(super) fn encode(&self, window: Vec<f32>, n_mels: usize) -> Result<Tensor, WhisperError> {
         let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), &self.device)?;
+        self.encode_input(&input)
+    }
+
+    /// Encodes `b` windows (each `[n_mels, N_FRAMES]`, row-major) into
+    /// `[b, frames, d]`: as one batch on a GPU; one after the other on the
+    /// CPU, where a batch is no faster (its matrix products are large
+    /// already) and its attention scores (`heads x 1500 x 1500` per window
+    /// and layer) would multiply the peak memory.
+    pub(super) fn encode_batch(&self, windows: Vec<Vec<f32>>) -> Result<Tensor, WhisperError> {
+        let n_mels = self.config.num_mel_bins;
+        if self.device.is_cpu() {
+            let encoded = windows
+                .into_iter()
+                .map(|w| self.encode(w, n_mels))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Tensor::cat(&encoded, 0)?);
+        }
+        let b = windows.len();
+        let input = Tensor::from_vec(windows.concat(), (b, n_mels, N_FRAMES), &self.device)?;
+        self.encode_input(&input)
+    }
+
+    fn encode_input(&self, input: &Tensor) -> Result<Tensor, WhisperError> {
         // candle's `AudioEncoder::forward` takes `&mut self` for a key/value
         // cache that only its decoder blocks use; the encoder's stays empty.
         // A clone copies tensor handles (reference counted), not weights, so
         // each call gets its own and the shared model stays immutable.
         let mut encoder = self.encoder.clone();
-        Ok(encoder.forward(&input, true)?)
+        Ok(encoder.forward(input, true)?)
     }
 
     pub(super) fn encode_text(&self, text: &str) -> Result<Vec<u32>, WhisperError> {

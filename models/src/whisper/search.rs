@@ -55,9 +55,28 @@ impl WhisperModel {
         rng: &mut SplitMix64,
         check: &mut dyn FnMut() -> bool,
     ) -> Result<Vec<Candidate>, WhisperError> {
+        let n = n.max(1);
+        state.select(&vec![0; n])?;
+        self.decode_rows(state, vec![first; n], temperature, limits, rng, check)
+    }
+
+    /// One sequence per row of `state`, decoded independently from the
+    /// prompt already in it, row `i`'s next-token logits being `firsts[i]`:
+    /// the samples of one window ([`WhisperModel::sample_sequences`]), or
+    /// the windows of a batch (`batch.rs`). A finished sequence leaves the
+    /// batch; the candidates come back in row order.
+    pub(super) fn decode_rows(
+        &self,
+        state: &mut DecoderState,
+        firsts: Vec<Vec<f32>>,
+        temperature: f64,
+        limits: &Limits,
+        rng: &mut SplitMix64,
+        check: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Candidate>, WhisperError> {
         let eot = self.specials.eot;
         let n_ctx = self.decoder.n_ctx();
-        let n = n.max(1);
+        let n = firsts.len();
         let mut rows: Vec<Candidate> = (0..n)
             .map(|_| Candidate {
                 tokens: Vec::new(),
@@ -67,8 +86,7 @@ impl WhisperModel {
             .collect();
         // `live[i]`: which row batch row `i` of `state` and `logits` is.
         let mut live: Vec<usize> = (0..n).collect();
-        let mut logits = vec![first; n];
-        state.select(&vec![0; n])?;
+        let mut logits = firsts;
         let mut steps = 0;
         loop {
             let mut keep = Vec::with_capacity(live.len());

@@ -5,7 +5,7 @@
 //! applied per window. Input is a whole signal, speech regions joined
 //! (`regions.rs`), or a recording streamed twice ([`ChunkSource`]).
 
-use super::decoding::SplitMix64;
+use super::decoding::{SplitMix64, WindowResult};
 use super::guards::copies_prompt;
 use super::regions::{RegionMap, SampleSource};
 use super::timing::{add_word_timestamps, WindowSegment};
@@ -141,32 +141,8 @@ impl WhisperModel {
         total_s: f64,
     ) -> Result<Decoded, WhisperError> {
         let multilingual = self.is_multilingual();
-        if !multilingual {
-            if opts.task == Task::Translate {
-                return Err(WhisperError::EnglishOnly {
-                    model: self.name.clone(),
-                    what: "it cannot translate",
-                });
-            }
-            if let Some(lang) = &opts.language {
-                if !lang.eq_ignore_ascii_case("en") {
-                    return Err(WhisperError::EnglishOnly {
-                        model: self.name.clone(),
-                        what: "it cannot transcribe other languages",
-                    });
-                }
-            }
-        }
-        let mut language_token = match (&opts.language, multilingual) {
-            (Some(code), true) => Some(self.language_token(code)?),
-            _ => None,
-        };
+        let (mut language_token, mut language) = self.asked_language(opts)?;
         let mut detected: Option<Vec<LanguageCandidate>> = None;
-        let mut language = opts
-            .language
-            .clone()
-            .unwrap_or_else(|| "en".to_string())
-            .to_ascii_lowercase();
         if empty {
             return Ok((opts.language.as_ref().map(|_| language), None, Vec::new()));
         }
@@ -200,29 +176,12 @@ impl WhisperModel {
             let mut state = self.decoder.start(&audio)?;
 
             if multilingual && language_token.is_none() {
-                let ranked = self.detect_language(&mut state)?;
-                let token = ranked[0].0;
+                let (token, candidates) = self.detected_language(&mut state)?;
                 language = self.language_code(token);
                 language_token = Some(token);
-                detected = Some(
-                    ranked
-                        .iter()
-                        .take(LANGUAGE_CANDIDATES)
-                        .map(|&(t, p)| LanguageCandidate {
-                            language: self.language_code(t),
-                            probability: p,
-                        })
-                        .collect(),
-                );
+                detected = Some(candidates);
             }
-            let mut sot_sequence = vec![self.specials.sot];
-            if let Some(lang) = language_token {
-                sot_sequence.push(lang);
-                sot_sequence.push(match opts.task {
-                    Task::Transcribe => self.specials.transcribe,
-                    Task::Translate => self.specials.translate,
-                });
-            }
+            let sot_sequence = self.sot_sequence(language_token, opts.task);
             let prompt = &all_tokens[prompt_reset_since..];
             let mut check = || {
                 on_progress(Progress {
@@ -268,58 +227,10 @@ impl WhisperModel {
                 }
             }
 
-            let tokens = &result.tokens;
-            let ts_begin = self.specials.timestamp_begin;
-            let is_ts = |t: u32| t >= ts_begin;
-            let single_timestamp_ending = tokens.len() >= 2
-                && !is_ts(tokens[tokens.len() - 2])
-                && is_ts(tokens[tokens.len() - 1]);
-            let consecutive: Vec<usize> = (1..tokens.len())
-                .filter(|&i| is_ts(tokens[i]) && is_ts(tokens[i - 1]))
-                .collect();
-            // (start, end, tokens) in seconds of this window.
-            let mut pieces: Vec<(f64, f64, &[u32])> = Vec::new();
-            if !consecutive.is_empty() {
-                let mut slices = consecutive.clone();
-                if single_timestamp_ending {
-                    slices.push(tokens.len());
-                }
-                let mut last = 0;
-                for &cut in &slices {
-                    let piece = &tokens[last..cut];
-                    if let (Some(&a), Some(&b)) = (piece.first(), piece.last()) {
-                        let start = (a.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
-                        let end = (b.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
-                        pieces.push((start, end, piece));
-                    }
-                    last = cut;
-                }
-                if single_timestamp_ending {
-                    seek += segment_size;
-                } else {
-                    let last_ts = tokens[last - 1].saturating_sub(ts_begin) as usize;
-                    seek += last_ts * INPUT_STRIDE;
-                }
-            } else {
-                let mut duration = segment_duration;
-                if let Some(&last) = tokens.iter().rev().find(|&&t| is_ts(t)) {
-                    if last != ts_begin {
-                        duration = (last - ts_begin) as f64 * TIME_PRECISION;
-                    }
-                }
-                pieces.push((0.0, duration, tokens));
-                seek += segment_size;
-            }
-
-            let mut window: Vec<WindowSegment> = pieces
-                .into_iter()
-                .map(|(start, end, piece)| WindowSegment {
-                    start: time_offset + start,
-                    end: (time_offset + end).min(time_offset + segment_duration),
-                    tokens: piece.to_vec(),
-                    words: None,
-                })
-                .collect();
+            let split = self.split_window(&result.tokens, time_offset, segment_duration);
+            let single_timestamp_ending = split.single_timestamp_ending;
+            seek += split.consumed_frames.unwrap_or(segment_size);
+            let mut window = split.segments;
             if opts.word_timestamps {
                 let eot = self.specials.eot;
                 let text_tokens: Vec<u32> = window
@@ -356,35 +267,12 @@ impl WhisperModel {
             }
 
             let mut window_tokens = Vec::new();
-            for piece in window {
-                let text = self.decode_text(&piece.tokens)?;
-                if text.is_empty() || piece.end <= piece.start {
-                    continue;
-                }
-                window_tokens.extend_from_slice(&piece.tokens);
-                let words = piece.words.map(|words| {
-                    words
-                        .into_iter()
-                        .map(|w| Word {
-                            start: round_ms(to_original(w.start, false)),
-                            end: round_ms(to_original(w.end, true)),
-                            ..w
-                        })
-                        .collect()
-                });
+            let seek_original = to_original(time_offset, false);
+            for segment in self.window_segments(window, &result, seek_original, to_original)? {
+                window_tokens.extend_from_slice(&segment.tokens);
                 let segment = Segment {
                     id: segments.len() as u32,
-                    start: round_ms(to_original(piece.start, false)),
-                    end: round_ms(to_original(piece.end, true)),
-                    text,
-                    speaker: None,
-                    words,
-                    seek: Some((to_original(time_offset, false) / frame_s).round() as u64),
-                    tokens: piece.tokens,
-                    temperature: Some(result.temperature),
-                    avg_logprob: Some(result.avg_logprob),
-                    compression_ratio: Some(result.compression_ratio),
-                    no_speech_prob: Some(result.no_speech_prob),
+                    ..segment
                 };
                 segments.push(segment.clone());
                 let processed = to_original(seek as f64 * frame_s, true).min(total_s);
@@ -417,6 +305,200 @@ impl WhisperModel {
             (Some(language), detected)
         };
         Ok((language, detected, segments))
+    }
+}
+
+impl WhisperModel {
+    /// The language `opts` names, as its token (multilingual models) and
+    /// code ("en" when none is named); refuses what an English-only model
+    /// cannot do.
+    pub(super) fn asked_language(
+        &self,
+        opts: &DecodeOptions,
+    ) -> Result<(Option<u32>, String), WhisperError> {
+        let multilingual = self.is_multilingual();
+        if !multilingual {
+            if opts.task == Task::Translate {
+                return Err(WhisperError::EnglishOnly {
+                    model: self.name.clone(),
+                    what: "it cannot translate",
+                });
+            }
+            if let Some(lang) = &opts.language {
+                if !lang.eq_ignore_ascii_case("en") {
+                    return Err(WhisperError::EnglishOnly {
+                        model: self.name.clone(),
+                        what: "it cannot transcribe other languages",
+                    });
+                }
+            }
+        }
+        let token = match (&opts.language, multilingual) {
+            (Some(code), true) => Some(self.language_token(code)?),
+            _ => None,
+        };
+        let code = opts
+            .language
+            .clone()
+            .unwrap_or_else(|| "en".to_string())
+            .to_ascii_lowercase();
+        Ok((token, code))
+    }
+
+    /// The language spoken in the window in `state`: its token and the
+    /// likeliest candidates reported beside it.
+    pub(super) fn detected_language(
+        &self,
+        state: &mut super::decoder::DecoderState,
+    ) -> Result<(u32, Vec<LanguageCandidate>), WhisperError> {
+        let ranked = self.detect_language(state)?;
+        let candidates = ranked
+            .iter()
+            .take(LANGUAGE_CANDIDATES)
+            .map(|&(t, p)| LanguageCandidate {
+                language: self.language_code(t),
+                probability: p,
+            })
+            .collect();
+        Ok((ranked[0].0, candidates))
+    }
+
+    /// `<|startoftranscript|>`, then the language and task tokens when the
+    /// language is known (always, on multilingual models, by the time a
+    /// window is decoded).
+    pub(super) fn sot_sequence(&self, language: Option<u32>, task: Task) -> Vec<u32> {
+        let mut sot_sequence = vec![self.specials.sot];
+        if let Some(lang) = language {
+            sot_sequence.push(lang);
+            sot_sequence.push(match task {
+                Task::Transcribe => self.specials.transcribe,
+                Task::Translate => self.specials.translate,
+            });
+        }
+        sot_sequence
+    }
+}
+
+/// A window's tokens cut into segments ([`WhisperModel::split_window`]).
+pub(super) struct WindowSplit {
+    /// Times in seconds of the window's timeline (before any mapping).
+    pub(super) segments: Vec<WindowSegment>,
+    /// Spectrogram frames the segments cover when the window ended on a
+    /// timestamp pair (the next window starts there); `None`: all of it.
+    pub(super) consumed_frames: Option<usize>,
+    /// The tokens end on a single timestamp (the speech ran to the end).
+    pub(super) single_timestamp_ending: bool,
+}
+
+impl WhisperModel {
+    /// Cuts a window's tokens into segments at consecutive timestamp
+    /// tokens, as openai-whisper's `transcribe()`: `time_offset` is where the
+    /// window starts, `duration` how much audio it holds.
+    pub(super) fn split_window(
+        &self,
+        tokens: &[u32],
+        time_offset: f64,
+        duration: f64,
+    ) -> WindowSplit {
+        let ts_begin = self.specials.timestamp_begin;
+        let is_ts = |t: u32| t >= ts_begin;
+        let single_timestamp_ending = tokens.len() >= 2
+            && !is_ts(tokens[tokens.len() - 2])
+            && is_ts(tokens[tokens.len() - 1]);
+        let consecutive: Vec<usize> = (1..tokens.len())
+            .filter(|&i| is_ts(tokens[i]) && is_ts(tokens[i - 1]))
+            .collect();
+        // (start, end, tokens) in seconds of this window.
+        let mut pieces: Vec<(f64, f64, &[u32])> = Vec::new();
+        let mut consumed_frames = None;
+        if !consecutive.is_empty() {
+            let mut slices = consecutive;
+            if single_timestamp_ending {
+                slices.push(tokens.len());
+            }
+            let mut last = 0;
+            for &cut in &slices {
+                let piece = &tokens[last..cut];
+                if let (Some(&a), Some(&b)) = (piece.first(), piece.last()) {
+                    let start = (a.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
+                    let end = (b.saturating_sub(ts_begin)) as f64 * TIME_PRECISION;
+                    pieces.push((start, end, piece));
+                }
+                last = cut;
+            }
+            if !single_timestamp_ending {
+                let last_ts = tokens[last - 1].saturating_sub(ts_begin) as usize;
+                consumed_frames = Some(last_ts * INPUT_STRIDE);
+            }
+        } else {
+            let mut end = duration;
+            if let Some(&last) = tokens.iter().rev().find(|&&t| is_ts(t)) {
+                if last != ts_begin {
+                    end = (last - ts_begin) as f64 * TIME_PRECISION;
+                }
+            }
+            pieces.push((0.0, end, tokens));
+        }
+        let segments = pieces
+            .into_iter()
+            .map(|(start, end, piece)| WindowSegment {
+                start: time_offset + start,
+                end: (time_offset + end).min(time_offset + duration),
+                tokens: piece.to_vec(),
+                words: None,
+            })
+            .collect();
+        WindowSplit {
+            segments,
+            consumed_frames,
+            single_timestamp_ending,
+        }
+    }
+
+    /// A window's segments as the transcript's, their times (and their
+    /// words') mapped by `to_original`, empty ones dropped; `seek_original`
+    /// is where the window starts on the original timeline. Ids are left at
+    /// 0 for the caller to number.
+    pub(super) fn window_segments(
+        &self,
+        window: Vec<WindowSegment>,
+        result: &WindowResult,
+        seek_original: f64,
+        to_original: &dyn Fn(f64, bool) -> f64,
+    ) -> Result<Vec<Segment>, WhisperError> {
+        let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
+        let mut out = Vec::with_capacity(window.len());
+        for piece in window {
+            let text = self.decode_text(&piece.tokens)?;
+            if text.is_empty() || piece.end <= piece.start {
+                continue;
+            }
+            let words = piece.words.map(|words| {
+                words
+                    .into_iter()
+                    .map(|w| Word {
+                        start: round_ms(to_original(w.start, false)),
+                        end: round_ms(to_original(w.end, true)),
+                        ..w
+                    })
+                    .collect()
+            });
+            out.push(Segment {
+                id: 0,
+                start: round_ms(to_original(piece.start, false)),
+                end: round_ms(to_original(piece.end, true)),
+                text,
+                speaker: None,
+                words,
+                seek: Some((seek_original / frame_s).round() as u64),
+                tokens: piece.tokens,
+                temperature: Some(result.temperature),
+                avg_logprob: Some(result.avg_logprob),
+                compression_ratio: Some(result.compression_ratio),
+                no_speech_prob: Some(result.no_speech_prob),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -475,7 +557,7 @@ type Decoded = (Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>);
 /// Languages reported beside the detected one.
 const LANGUAGE_CANDIDATES: usize = 5;
 
-fn finish(
+pub(super) fn finish(
     language: Option<String>,
     detected: Option<Vec<LanguageCandidate>>,
     duration_s: f64,
