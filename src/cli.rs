@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use murmur::config::Settings;
 use murmur_actors::job::JobStage;
-use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
+use murmur_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::params::JobParams;
 use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use murmur_models::fetch::{self, InstallEvent};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
+use murmur_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::{Engine, System};
 
 use crate::api::{self, AppState};

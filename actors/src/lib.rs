@@ -18,7 +18,6 @@ pub mod bus;
 pub mod engine;
 pub mod job;
 mod job_actor;
-pub mod model_engine;
 mod orchestrator;
 pub mod params;
 pub mod pool;

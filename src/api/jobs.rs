@@ -434,7 +434,7 @@ async fn stem(
     if !murmur_models::separate::STEMS.contains(&name) {
         return Err(ApiError::not_found("stem"));
     }
-    let path = murmur_actors::model_engine::stem_path(
+    let path = murmur_engine::stem_path(
         &state.store.artifact_dir(caller.tenant_id(), &job.id),
         name,
     );

@@ -15,10 +15,10 @@ use murmur_seal::SealWriter;
 use serde_json::json;
 
 use super::{audio_error, limited, Checkpoint, ModelEngine, ProgressPlan};
-use crate::engine::{WorkError, WorkRequest, WorkSink};
-use crate::job::JobStage;
-use crate::params::JobType;
-use crate::sealed::{artifact_context, StoredFile};
+use murmur_actors::engine::{WorkError, WorkRequest, WorkSink};
+use murmur_actors::job::JobStage;
+use murmur_actors::params::JobType;
+use murmur_actors::sealed::{artifact_context, StoredFile};
 
 /// Where a separation keeps the stem `name` (one of
 /// `murmur_models::separate::STEMS`) in a job's artifacts folder.

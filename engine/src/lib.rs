@@ -14,7 +14,7 @@
 //! the diarizer, which reads it at once; Whisper streams even then.
 //!
 //! This file holds the engine, its loaded models and the transcription
-//! pipeline; `stems.rs` the background-music separation and its stems on
+//! pipeline; `separate.rs` the background-music separation and its stems on
 //! disk; `tests.rs` the tests.
 
 use std::collections::VecDeque;
@@ -34,17 +34,17 @@ use murmur_models::whisper::{self, DecodeOptions, WhisperModel};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
-use crate::job::JobStage;
-use crate::params::{JobParams, JobType, Task};
-use crate::sealed::StoredFile;
+use murmur_actors::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+use murmur_actors::job::JobStage;
+use murmur_actors::params::{JobParams, JobType, Task};
+use murmur_actors::sealed::StoredFile;
 
 use murmur_models::fetch::{DIARIZATION_MODEL, SEPARATION_MODEL, VAD_MODEL};
 
-mod stems;
+mod separate;
 
-pub use stems::stem_path;
-use stems::stems_result;
+pub use separate::stem_path;
+use separate::stems_result;
 
 /// What a transcription job has finished, saved after VAD and after every
 /// decoded segment.

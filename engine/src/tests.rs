@@ -1,4 +1,4 @@
-use super::stems::stem_part_path;
+use super::separate::stem_part_path;
 use super::*;
 use murmur_models::separate::STEMS;
 
@@ -48,7 +48,7 @@ fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
         params,
         checkpoint: None,
         artifacts: None,
-        audio_limit: limit.map(|max_s| crate::engine::AudioLimit {
+        audio_limit: limit.map(|max_s| murmur_actors::engine::AudioLimit {
             max_s,
             rule: format!("the basic tier's maximum audio length of {max_s} s"),
         }),
