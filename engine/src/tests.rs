@@ -1,6 +1,11 @@
 use super::separate::stem_part_path;
+use super::transcribe::{decode_options, regions_after};
 use super::*;
+use murmur_actors::params::JobParams;
 use murmur_models::separate::STEMS;
+use murmur_models::transcript::Transcript;
+use serde_json::json;
+use std::ops::ControlFlow;
 
 #[test]
 fn regions_after_cuts_at_the_resume_point() {
