@@ -4,79 +4,72 @@
 //! stops. A transient failure makes it fail, so its TenantSupervisor can
 //! retry it; a user's cancel ends it `cancelled`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::bus::EventBus;
+use crate::ctx::Ctx;
 use crate::engine::{WorkError, WorkOutput, WorkRequest};
-use crate::job::{EventType, Job, JobStage, JobStatus};
-use crate::pool::PoolMsg;
-use crate::repo::{Announce, JobChange, JobStore};
-use crate::system::SystemConfig;
+use crate::job::{EventType, Job, JobStatus};
+use crate::pool::{PoolMsg, PoolReply};
 
+/// A job actor's messages.
 pub(crate) enum JobMsg {
+    /// Sent to itself at start: mark the job running and submit its work.
     Begin,
-    Stage(JobStage),
-    Progress(f64),
-    Checkpoint(serde_json::Value),
-    Finished(Result<WorkOutput, WorkError>),
+    /// From the inference pool: a report on the job's work.
+    Work(PoolReply),
+    /// From its tenant supervisor: the user cancelled the job.
     Cancel,
 }
 
-/// What every actor of the tree shares; cloning is shallow.
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub store: Arc<dyn JobStore>,
-    pub bus: EventBus,
-    pub pool: ActorRef<PoolMsg>,
-    pub config: Arc<SystemConfig>,
+/// The pool replies to a job actor as to any submitter (see
+/// [`ractor::ActorRef::get_derived`]).
+impl From<PoolReply> for JobMsg {
+    fn from(reply: PoolReply) -> Self {
+        JobMsg::Work(reply)
+    }
 }
 
-impl Ctx {
-    /// Applies a change and answers the job as changed; its event is
-    /// announced once the change is durable (the caller need not wait for
-    /// that: see `JobStore::transition_announced`).
-    pub async fn transition(
-        &self,
-        job: &Job,
-        kind: Option<EventType>,
-        change: JobChange,
-    ) -> Result<Option<Job>, ActorProcessingErr> {
-        let bus = self.bus.clone();
-        let job_id = job.id.clone();
-        let announce: Announce = Box::new(move |durable| match durable {
-            Ok(Some(event)) => bus.publish(event),
-            Ok(None) => {}
-            // The store could not flush: nothing is announced, and the
-            // next start resumes the job from what is durable.
-            Err(e) => tracing::error!(job = %job_id, error = %e, "a job's change is not durable"),
-        });
-        self.store
-            .transition_announced(&job.tenant_id, &job.id, kind, change, announce)
-            .await
-            .map_err(|e| ActorProcessingErr::from(e.to_string()))
+impl TryFrom<JobMsg> for PoolReply {
+    type Error = JobMsg;
+
+    fn try_from(msg: JobMsg) -> Result<Self, JobMsg> {
+        match msg {
+            JobMsg::Work(reply) => Ok(reply),
+            other => Err(other),
+        }
     }
 }
 
 pub(crate) struct JobActor;
 
 pub(crate) struct JobArgs {
+    /// The job's tenant.
     pub tenant: String,
+    /// The job to run.
     pub job_id: String,
+    /// The store, bus and settings.
     pub ctx: Ctx,
+    /// Where the job's work is submitted.
+    pub pool: ActorRef<PoolMsg>,
 }
 
 pub(crate) struct JobState {
+    /// The job as last written (each change answers the new row).
     job: Job,
+    /// The store, bus and settings.
     ctx: Ctx,
+    /// Where the job's work is submitted (and a cancel forwarded).
+    pool: ActorRef<PoolMsg>,
     /// When the current stage began, for stage-duration metrics.
     stage_started: Instant,
     /// Set once the user asked to cancel: the engine's `Cancelled` then
     /// ends the job `cancelled` (and not on a shutdown).
     cancel_requested: bool,
+    /// The job has ended here: later reports (from a replaced worker)
+    /// change nothing.
     done: bool,
 }
 
@@ -102,6 +95,7 @@ impl Actor for JobActor {
             cancel_requested: job.cancel_requested,
             job,
             ctx: args.ctx,
+            pool: args.pool,
             stage_started: Instant::now(),
             done: false,
         })
@@ -119,7 +113,7 @@ impl Actor for JobActor {
         }
         match msg {
             JobMsg::Begin => begin(&me, state).await?,
-            JobMsg::Stage(stage) => {
+            JobMsg::Work(PoolReply::Stage(stage)) => {
                 record_stage_time(state);
                 state.stage_started = Instant::now();
                 update(state, Some(EventType::Stage), move |j| {
@@ -128,7 +122,7 @@ impl Actor for JobActor {
                 })
                 .await?;
             }
-            JobMsg::Progress(p) => {
+            JobMsg::Work(PoolReply::Progress(p)) => {
                 let p = p.clamp(0.0, 1.0);
                 update(state, Some(EventType::Progress), move |j| {
                     if !progress_advances(j.progress, p) {
@@ -139,7 +133,7 @@ impl Actor for JobActor {
                 })
                 .await?;
             }
-            JobMsg::Checkpoint(value) => {
+            JobMsg::Work(PoolReply::Checkpoint(value)) => {
                 update(state, None, move |j| {
                     j.checkpoint = Some(value.clone());
                     true
@@ -148,11 +142,11 @@ impl Actor for JobActor {
             }
             JobMsg::Cancel => {
                 state.cancel_requested = true;
-                let _ = state.ctx.pool.send_message(PoolMsg::Cancel {
+                let _ = state.pool.send_message(PoolMsg::Cancel {
                     job_id: state.job.id.clone(),
                 });
             }
-            JobMsg::Finished(outcome) => {
+            JobMsg::Work(PoolReply::Finished(outcome)) => {
                 record_stage_time(state);
                 finish(&me, state, outcome).await?;
             }
@@ -243,7 +237,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
         + Duration::from_secs_f64(
             audio.duration_s.unwrap_or(600.0) * config.deadline_per_audio_second,
         );
-    ctx.pool.send_message(PoolMsg::Submit {
+    state.pool.send_message(PoolMsg::Submit {
         request: Box::new(WorkRequest {
             job_id: job.id.clone(),
             tenant_id: job.tenant_id.clone(),
@@ -259,7 +253,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
         // The work a job asks of the pool, for fair sharing: its audio.
         cost_s: audio.duration_s.unwrap_or(600.0).max(1.0),
         deadline,
-        reply: me.clone(),
+        reply: me.get_derived(),
     })?;
     Ok(())
 }

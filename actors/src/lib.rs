@@ -15,6 +15,8 @@
 //! so either side can move to another machine later.
 
 pub mod bus;
+mod config;
+mod ctx;
 pub mod engine;
 pub mod job;
 mod job_actor;

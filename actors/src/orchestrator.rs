@@ -9,38 +9,63 @@ use std::sync::Arc;
 use ractor::{call, Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::bus::EventBus;
+use crate::config::SystemConfig;
+use crate::ctx::Ctx;
 use crate::engine::Engine;
-use crate::job_actor::Ctx;
-use crate::pool::{InferencePool, PoolArgs};
+use crate::pool::{InferencePool, PoolArgs, PoolMsg};
 use crate::repo::JobStore;
-use crate::system::SystemConfig;
-use crate::tenant::{TenantArgs, TenantMsg, TenantSupervisor};
+use crate::tenant::{TenantArgs, TenantMsg, TenantReport, TenantSupervisor};
 
+/// The orchestrator's messages.
 pub(crate) enum OrchMsg {
-    Enqueue {
-        tenant: String,
-        job_id: String,
-    },
-    Cancel {
-        tenant: String,
-        job_id: String,
-    },
-    /// From a TenantSupervisor with nothing left to do.
-    Idle(String),
-    /// The bus and pool, for the system handle.
+    /// A job to run (created, or recovered at start): to its tenant's
+    /// supervisor, spawned if the tenant has none.
+    Enqueue { tenant: String, job_id: String },
+    /// The user cancelled a job: to its tenant's supervisor, if it has one
+    /// (a tenant without one has nothing running).
+    Cancel { tenant: String, job_id: String },
+    /// From a TenantSupervisor.
+    Tenant(TenantReport),
+    /// The shared context (for the bus), for the system handle.
     Ctx(ractor::RpcReplyPort<Ctx>),
+}
+
+/// Tenant supervisors report to the orchestrator as to any parent (see
+/// [`ractor::ActorRef::get_derived`]).
+impl From<TenantReport> for OrchMsg {
+    fn from(report: TenantReport) -> Self {
+        OrchMsg::Tenant(report)
+    }
+}
+
+impl TryFrom<OrchMsg> for TenantReport {
+    type Error = OrchMsg;
+
+    fn try_from(msg: OrchMsg) -> Result<Self, OrchMsg> {
+        match msg {
+            OrchMsg::Tenant(report) => Ok(report),
+            other => Err(other),
+        }
+    }
 }
 
 pub(crate) struct Orchestrator;
 
 pub(crate) struct OrchArgs {
+    /// Durable state.
     pub store: Arc<dyn JobStore>,
+    /// One engine per inference worker.
     pub engines: Vec<Arc<dyn Engine>>,
+    /// Retries, backoff and deadlines.
     pub config: Arc<SystemConfig>,
 }
 
 pub(crate) struct OrchState {
+    /// The store, bus and settings, handed to every supervisor.
     ctx: Ctx,
+    /// The inference pool (a linked child), handed to every supervisor.
+    pool: ActorRef<PoolMsg>,
+    /// The live tenant supervisors, by tenant.
     tenants: HashMap<String, ActorRef<TenantMsg>>,
 }
 
@@ -67,7 +92,6 @@ impl Actor for Orchestrator {
         let ctx = Ctx {
             store: args.store,
             bus,
-            pool,
             config: args.config,
         };
         // Recovery: every queued or running job goes back in line, oldest
@@ -88,6 +112,7 @@ impl Actor for Orchestrator {
         }
         Ok(OrchState {
             ctx,
+            pool,
             tenants: HashMap::new(),
         })
     }
@@ -108,7 +133,7 @@ impl Actor for Orchestrator {
                     let _ = sup.send_message(TenantMsg::Cancel(job_id));
                 }
             }
-            OrchMsg::Idle(tenant) => {
+            OrchMsg::Tenant(TenantReport::Idle(tenant)) => {
                 if let Some(sup) = state.tenants.get(&tenant).cloned() {
                     // Messages to it are ordered: if an Enqueue went out
                     // before this question, it is not idle any more.
@@ -181,7 +206,8 @@ async fn supervisor(
         TenantArgs {
             tenant: tenant.to_string(),
             ctx: state.ctx.clone(),
-            orchestrator: me.clone(),
+            pool: state.pool.clone(),
+            parent: me.get_derived(),
         },
         me.get_cell(),
     )
