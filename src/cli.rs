@@ -188,8 +188,7 @@ pub async fn separate(settings: &Settings, args: SeparateArgs) -> anyhow::Result
     let params = JobParams::merged(
         &defaults,
         &serde_json::json!({"job_type": "bgm_separation"}),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     run_engine(settings, &args.file, params, Some(args.out.clone())).await?;
@@ -231,7 +230,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     if let Some(t) = args.temperature {
         overrides["temperature"] = t.into();
     }
-    let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
+    let params = JobParams::merged(&defaults, &overrides)?;
     let output = run_engine(settings, &args.file, params, None).await?;
     let transcript: Transcript = serde_json::from_value(output.result)?;
     let text = formats::render_with(&transcript, format, &subtitles)?;

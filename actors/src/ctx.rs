@@ -46,6 +46,6 @@ impl Ctx {
         self.store
             .transition_announced(&job.tenant_id, &job.id, kind, change, announce)
             .await
-            .map_err(|e| ActorProcessingErr::from(e.to_string()))
+            .map_err(ActorProcessingErr::from)
     }
 }

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::ctx::Ctx;
 use crate::engine::{WorkError, WorkOutput, WorkRequest};
+use crate::error::ActorError;
 use crate::job::{EventType, Job, JobStatus};
 use crate::pool::{PoolMsg, PoolReply};
 
@@ -87,9 +88,8 @@ impl Actor for JobActor {
             .ctx
             .store
             .job(&args.tenant, &args.job_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("job {} vanished", args.job_id))?;
+            .await?
+            .ok_or_else(|| ActorError::JobVanished(args.job_id.clone()))?;
         me.send_message(JobMsg::Begin)?;
         Ok(JobState {
             cancel_requested: job.cancel_requested,
@@ -218,20 +218,12 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
     state.job = job;
     let ctx = &state.ctx;
     let job = &state.job;
-    let audio = ctx
-        .store
-        .audio_file(&job.tenant_id, &job.file_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let audio = ctx.store.audio_file(&job.tenant_id, &job.file_id).await?;
     let Some(audio) = audio else {
         let msg = "the job's file was deleted before the job ran; upload it again".to_string();
         return finish(me, state, Err(WorkError::InvalidInput(msg))).await;
     };
-    let limits = ctx
-        .store
-        .tenant_limits(&job.tenant_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let limits = ctx.store.tenant_limits(&job.tenant_id).await?;
     let config = &ctx.config;
     let deadline = config.deadline_base
         + Duration::from_secs_f64(
@@ -325,7 +317,7 @@ async fn finish(
         }
         Err(WorkError::Transient(msg)) => {
             // Fail the actor: the TenantSupervisor decides on a retry.
-            return Err(msg.into());
+            return Err(ActorError::Transient(msg).into());
         }
     }
     me.stop(None);

@@ -12,6 +12,7 @@ use crate::bus::EventBus;
 use crate::config::SystemConfig;
 use crate::ctx::Ctx;
 use crate::engine::Engine;
+use crate::error::ActorError;
 use crate::pool::{InferencePool, PoolArgs, PoolMsg};
 use crate::repo::JobStore;
 use crate::tenant::{TenantArgs, TenantMsg, TenantReport, TenantSupervisor};
@@ -96,11 +97,7 @@ impl Actor for Orchestrator {
         };
         // Recovery: every queued or running job goes back in line, oldest
         // first. Nothing a tenant submitted is lost to a crash or restart.
-        let unfinished = ctx
-            .store
-            .unfinished_jobs()
-            .await
-            .map_err(|e| e.to_string())?;
+        let unfinished = ctx.store.unfinished_jobs().await?;
         if !unfinished.is_empty() {
             tracing::info!(jobs = unfinished.len(), "recovering unfinished jobs");
         }
@@ -167,12 +164,7 @@ impl Actor for Orchestrator {
                     // Rebuild the tenant's queue from the store.
                     tracing::error!(%tenant, %err, "tenant supervisor failed; restarting it");
                     state.tenants.remove(&tenant);
-                    let jobs = state
-                        .ctx
-                        .store
-                        .unfinished_jobs()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let jobs = state.ctx.store.unfinished_jobs().await?;
                     for job in jobs.into_iter().filter(|j| j.tenant_id == tenant) {
                         me.send_message(OrchMsg::Enqueue {
                             tenant: job.tenant_id,
@@ -184,7 +176,7 @@ impl Actor for Orchestrator {
                     // The pool: without it no job can run. Stop
                     // the tree; the service sees it end and exits, its process
                     // supervisor restarts it, and recovery resumes every job.
-                    return Err(format!("a core actor failed: {err}").into());
+                    return Err(ActorError::CoreActorFailed(err.to_string()).into());
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, DerivedActorRef, SupervisionEvent};
 
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+use crate::error::ActorError;
 use crate::job::JobStage;
 
 /// How often the pool looks for stuck workers.
@@ -487,7 +488,7 @@ impl Actor for Worker {
             Ok(result) => result,
             // The engine panicked: fail this worker; the pool replaces it and
             // tells the job.
-            Err(join) => return Err(format!("engine panicked: {join}").into()),
+            Err(join) => return Err(ActorError::EnginePanicked(join.to_string()).into()),
         };
         if let Ok(out) = &outcome {
             let secs = started.elapsed().as_secs_f64();

@@ -15,9 +15,17 @@ use crate::job::Event;
 use crate::orchestrator::{OrchArgs, OrchMsg, Orchestrator};
 use crate::repo::JobStore;
 
+/// Why [`System::start`] failed.
 #[derive(Debug, thiserror::Error)]
-#[error("the job system could not start: {0}")]
-pub struct StartError(String);
+pub enum StartError {
+    /// The root actor could not start (recovery could not read the store,
+    /// or the pool could not spawn its workers).
+    #[error("the job system could not start: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    /// The root started but did not answer with its context.
+    #[error("the job system could not start: {0}")]
+    NoAnswer(String),
+}
 
 #[derive(Clone)]
 pub struct System {
@@ -45,9 +53,9 @@ impl System {
                 config: Arc::new(config),
             },
         )
-        .await
-        .map_err(|e| StartError(e.to_string()))?;
-        let ctx: Ctx = call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError(e.to_string()))?;
+        .await?;
+        let ctx: Ctx =
+            call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError::NoAnswer(e.to_string()))?;
         Ok((
             System {
                 orchestrator,

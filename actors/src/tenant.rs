@@ -182,12 +182,7 @@ async fn pump(me: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), A
     if state.queue.is_empty() {
         return Ok(());
     }
-    let limits = state
-        .ctx
-        .store
-        .tenant_limits(&state.tenant)
-        .await
-        .map_err(|e| e.to_string())?;
+    let limits = state.ctx.store.tenant_limits(&state.tenant).await?;
     if limits.tier != state.tier {
         // Move this tenant's counts to its new tier's gauges.
         set_gauges(state, 0.0, 0.0);
@@ -222,13 +217,7 @@ async fn retry_or_fail(
     job_id: String,
     error: String,
 ) -> Result<(), ActorProcessingErr> {
-    let Some(job) = state
-        .ctx
-        .store
-        .job(&state.tenant, &job_id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(job) = state.ctx.store.job(&state.tenant, &job_id).await? else {
         return Ok(());
     };
     if job.status.is_finished() {

@@ -67,7 +67,7 @@ pub(crate) struct AfterVad<'a> {
     pub(crate) whole: Option<&'a [f32]>,
 }
 
-/// A file for [`WhisperModel::transcribe_regions_streamed`]: every read
+/// A file for [`whisper::WhisperModel::transcribe_regions_streamed`]: every read
 /// decodes it anew on its own thread, a few chunks ahead.
 pub(crate) struct FileChunks<'a> {
     pub(crate) file: &'a StoredFile,
@@ -75,6 +75,7 @@ pub(crate) struct FileChunks<'a> {
 }
 
 impl whisper::ChunkSource for FileChunks<'_> {
+    type Error = ReadError;
     type Reader = FileChunkReader;
 
     fn open(&self) -> FileChunkReader {
@@ -89,6 +90,15 @@ impl whisper::ChunkSource for FileChunks<'_> {
     }
 }
 
+/// A decoder error met while Whisper reads the job's audio again; its
+/// message names "the audio", never the server's path to it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ReadError {
+    message: String,
+    source: AudioError,
+}
+
 pub(crate) struct FileChunkReader {
     reader: audio::ChunkReader,
     /// Scrubbed from error messages: a job's error names "the audio".
@@ -96,12 +106,15 @@ pub(crate) struct FileChunkReader {
 }
 
 impl Iterator for FileChunkReader {
-    type Item = Result<Vec<f32>, String>;
+    type Item = Result<Vec<f32>, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.reader
-            .next()
-            .map(|r| r.map_err(|e| e.to_string().replace(&self.path, "the audio")))
+        self.reader.next().map(|r| {
+            r.map_err(|source| ReadError {
+                message: source.to_string().replace(&self.path, "the audio"),
+                source,
+            })
+        })
     }
 }
 
