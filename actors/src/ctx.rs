@@ -13,6 +13,32 @@ use crate::config::SystemConfig;
 use crate::job::{EventType, Job};
 use crate::repo::{Announce, JobChange, JobStore};
 
+/// Lets a parent take its child's reply type (`$reply`) as its own
+/// message variant `$msg::$variant`, both ways, as
+/// [`ractor::ActorRef::get_derived`] asks: the child then holds a
+/// `DerivedActorRef<$reply>` and never names its parent's message type.
+macro_rules! carries_replies {
+    ($msg:ident::$variant:ident($reply:ty)) => {
+        impl From<$reply> for $msg {
+            fn from(reply: $reply) -> Self {
+                $msg::$variant(reply)
+            }
+        }
+
+        impl TryFrom<$msg> for $reply {
+            type Error = $msg;
+
+            fn try_from(msg: $msg) -> Result<Self, $msg> {
+                match msg {
+                    $msg::$variant(reply) => Ok(reply),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+pub(crate) use carries_replies;
+
 /// The store, the event bus and the settings; cloning is shallow.
 #[derive(Clone)]
 pub(crate) struct Ctx {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::ctx::Ctx;
+use crate::ctx::{carries_replies, Ctx};
 use crate::engine::{WorkError, WorkOutput, WorkRequest};
 use crate::error::ActorError;
 use crate::job::{EventType, Job, JobStatus};
@@ -25,24 +25,8 @@ pub(crate) enum JobMsg {
     Cancel,
 }
 
-/// The pool replies to a job actor as to any submitter (see
-/// [`ractor::ActorRef::get_derived`]).
-impl From<PoolReply> for JobMsg {
-    fn from(reply: PoolReply) -> Self {
-        JobMsg::Work(reply)
-    }
-}
-
-impl TryFrom<JobMsg> for PoolReply {
-    type Error = JobMsg;
-
-    fn try_from(msg: JobMsg) -> Result<Self, JobMsg> {
-        match msg {
-            JobMsg::Work(reply) => Ok(reply),
-            other => Err(other),
-        }
-    }
-}
+// The pool replies to a job actor as to any submitter.
+carries_replies!(JobMsg::Work(PoolReply));
 
 pub(crate) struct JobActor;
 

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{call, Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::bus::EventBus;
 use crate::config::SystemConfig;
-use crate::ctx::Ctx;
+use crate::ctx::{carries_replies, Ctx};
 use crate::engine::Engine;
 use crate::error::ActorError;
 use crate::pool::{InferencePool, PoolArgs, PoolMsg};
@@ -31,24 +32,8 @@ pub(crate) enum OrchMsg {
     Ctx(ractor::RpcReplyPort<Ctx>),
 }
 
-/// Tenant supervisors report to the orchestrator as to any parent (see
-/// [`ractor::ActorRef::get_derived`]).
-impl From<TenantReport> for OrchMsg {
-    fn from(report: TenantReport) -> Self {
-        OrchMsg::Tenant(report)
-    }
-}
-
-impl TryFrom<OrchMsg> for TenantReport {
-    type Error = OrchMsg;
-
-    fn try_from(msg: OrchMsg) -> Result<Self, OrchMsg> {
-        match msg {
-            OrchMsg::Tenant(report) => Ok(report),
-            other => Err(other),
-        }
-    }
-}
+// Tenant supervisors report to the orchestrator as to any parent.
+carries_replies!(OrchMsg::Tenant(TenantReport));
 
 pub(crate) struct Orchestrator;
 
@@ -144,6 +129,22 @@ impl Actor for Orchestrator {
             }
         }
         metrics::gauge!("murmur_tenant_supervisors").set(state.tenants.len() as f64);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<OrchMsg>,
+        state: &mut OrchState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The tree kills what is left once the root stops, and a killed
+        // pool never runs its own post_stop: stop it first, so running
+        // engine work is told to cancel (and ends at its next check)
+        // instead of running on unseen.
+        let _ = state
+            .pool
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         Ok(())
     }
 

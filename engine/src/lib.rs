@@ -266,48 +266,29 @@ impl Engine for ModelEngine {
         // Without diarization, nothing needs the whole recording at once:
         // VAD reads it in chunks, and Whisper reads it again, window by
         // window. Only the diarizer still wants it whole.
-        if !diarizing {
-            let pass =
-                self.vad_streamed(request, &source, &options, sink, cancel, &mut checkpoint)?;
-            sink.progress(plan.vad_done);
+        let mut whole = None;
+        let (frames, decoded_s, regions) = if diarizing {
+            let decoded = decode_job_audio(
+                request,
+                &source.file,
+                audio::DecodeOptions::default(),
+                cancel,
+            )?;
+            if separated.is_none() {
+                sink.progress(plan.decoded);
+            }
             if cancelled() {
                 return Err(WorkError::Cancelled);
             }
-            let input = AfterVad {
-                file: &source.file,
-                options: &options,
-                frames: pass.frames,
-                whole: None,
-            };
-            // Usage is metered from the source's decoded length, not the
-            // stem's.
-            let duration_s = source.duration_s.unwrap_or(pass.duration_s);
-            return self.after_vad(
-                request,
-                sink,
-                cancel,
-                &plan,
-                checkpoint,
-                input,
-                duration_s,
-                pass.regions,
-            );
-        }
-        let decoded = decode_job_audio(
-            request,
-            &source.file,
-            audio::DecodeOptions::default(),
-            cancel,
-        )?;
-        if separated.is_none() {
-            sink.progress(plan.decoded);
-        }
-        let duration_s = source.duration_s.unwrap_or(decoded.duration_s);
-        let samples = decoded.samples;
-        if cancelled() {
-            return Err(WorkError::Cancelled);
-        }
-        let regions = self.vad_whole(request, &samples, sink, &mut checkpoint)?;
+            let regions = self.vad_whole(request, &decoded.samples, sink, &mut checkpoint)?;
+            let frames = decoded.samples.len();
+            whole = Some(decoded.samples);
+            (frames, decoded.duration_s, regions)
+        } else {
+            let pass =
+                self.vad_streamed(request, &source, &options, sink, cancel, &mut checkpoint)?;
+            (pass.frames, pass.duration_s, pass.regions)
+        };
         sink.progress(plan.vad_done);
         if cancelled() {
             return Err(WorkError::Cancelled);
@@ -315,9 +296,12 @@ impl Engine for ModelEngine {
         let input = AfterVad {
             file: &source.file,
             options: &options,
-            frames: samples.len(),
-            whole: Some(&samples),
+            frames,
+            whole: whole.as_deref(),
         };
+        // Usage is metered from the source's decoded length, not the
+        // stem's.
+        let duration_s = source.duration_s.unwrap_or(decoded_s);
         self.after_vad(
             request, sink, cancel, &plan, checkpoint, input, duration_s, regions,
         )
