@@ -13,7 +13,7 @@
 //! it. Refusals are [`Refusal`]s; the HTTP layer words them as problems
 //! (`api::errors`, docs/API.md "Errors").
 
-use murmur_actors::params::JobParams;
+use murmur_actors::params::{JobParams, ParamsError};
 use murmur_models::fetch::{self, DIARIZATION_MODEL, SEPARATION_MODEL};
 use serde_json::Value;
 
@@ -33,7 +33,7 @@ pub enum Refusal {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("params: {0}")]
-    Params(String),
+    Params(#[from] ParamsError),
     #[error("the {tier} tier cannot use model {model}; it allows {allowed}")]
     ModelNotInTier {
         tier: String,
@@ -134,7 +134,7 @@ impl Rules<'_> {
         base: &JobParams,
         params: &Value,
     ) -> Result<JobParams, Refusal> {
-        let mut resolved = JobParams::merged(base, params).map_err(Refusal::Params)?;
+        let mut resolved = JobParams::merged(base, params)?;
         self.check_gates(caller, &resolved)?;
         bound_search(&caller.tier, &mut resolved, params)?;
         Ok(resolved)

@@ -11,9 +11,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use murmur::config::Settings;
 use murmur_actors::job::JobStage;
-use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::params::JobParams;
 use murmur_actors::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+use murmur_engine::{ModelEngine, ModelEngineConfig};
 use murmur_models::fetch::{self, InstallEvent};
 use murmur_models::formats::{self, Format, SubtitleOptions};
 use murmur_models::transcript::Transcript;
@@ -193,8 +193,7 @@ pub async fn separate(settings: &Settings, args: SeparateArgs) -> anyhow::Result
     let params = JobParams::merged(
         &defaults,
         &serde_json::json!({"job_type": "bgm_separation"}),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     run_engine(settings, &args.file, params, Some(args.out.clone())).await?;
@@ -239,7 +238,7 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     if let Some(t) = args.temperature {
         overrides["temperature"] = t.into();
     }
-    let params = JobParams::merged(&defaults, &overrides).map_err(anyhow::Error::msg)?;
+    let params = JobParams::merged(&defaults, &overrides)?;
     let output = run_engine(settings, &args.file, params, None).await?;
     let transcript: Transcript = serde_json::from_value(output.result)?;
     let text = formats::render_with(&transcript, format, &subtitles)?;

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod billing;
 pub mod config;
+pub mod engine;
 pub mod ids;
 pub mod jobs;
 pub mod media;

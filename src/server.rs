@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use murmur_actors::model_engine::{ModelEngine, ModelEngineConfig};
 use murmur_actors::{Engine, System};
 
 use crate::api::{self, AppState};
@@ -14,23 +13,6 @@ use crate::billing::TierTable;
 use crate::config::Settings;
 use crate::jobs::StoreJobs;
 use crate::store::Store;
-
-/// The engines of the inference pool: `models.workers` workers sharing one
-/// engine (and its loaded models) on the configured device.
-pub fn engines(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
-    let device = murmur_models::device::device_from_str(&settings.models.device)
-        .with_context(|| format!("models.device = {:?}", settings.models.device))?;
-    let engine: Arc<dyn Engine> = Arc::new(ModelEngine::new(
-        ModelEngineConfig {
-            models_dir: settings.models_dir(),
-            cache_dir: settings.cache_dir(),
-            max_loaded_models: settings.models.max_loaded_models,
-            fetch_missing: settings.models.fetch_missing,
-        },
-        device,
-    ));
-    Ok(vec![engine; settings.models.workers.max(1)])
-}
 
 /// Builds the shared state and starts the actor system.
 pub async fn start(
@@ -193,7 +175,7 @@ fn prefetch_default_models(settings: &Settings, tasks: &tokio_util::task::TaskTr
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     restrict_new_files();
     let listen = settings.server.listen;
-    let engines = engines(&settings)?;
+    let engines = crate::engine::engines(&settings)?;
     let (state, mut root) = start(settings, engines).await?;
     let background = state.background.clone();
     let stop_sweeps = state.stopping.clone();

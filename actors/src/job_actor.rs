@@ -4,79 +4,57 @@
 //! stops. A transient failure makes it fail, so its TenantSupervisor can
 //! retry it; a user's cancel ends it `cancelled`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::bus::EventBus;
+use crate::ctx::{carries_replies, Ctx};
 use crate::engine::{WorkError, WorkOutput, WorkRequest};
-use crate::job::{EventType, Job, JobStage, JobStatus};
-use crate::pool::PoolMsg;
-use crate::repo::{Announce, JobChange, JobStore};
-use crate::system::SystemConfig;
+use crate::error::ActorError;
+use crate::job::{EventType, Job, JobStatus};
+use crate::pool::{PoolMsg, PoolReply};
 
+/// A job actor's messages.
 pub(crate) enum JobMsg {
+    /// Sent to itself at start: mark the job running and submit its work.
     Begin,
-    Stage(JobStage),
-    Progress(f64),
-    Checkpoint(serde_json::Value),
-    Finished(Result<WorkOutput, WorkError>),
+    /// From the inference pool: a report on the job's work.
+    Work(PoolReply),
+    /// From its tenant supervisor: the user cancelled the job.
     Cancel,
 }
 
-/// What every actor of the tree shares; cloning is shallow.
-#[derive(Clone)]
-pub(crate) struct Ctx {
-    pub store: Arc<dyn JobStore>,
-    pub bus: EventBus,
-    pub pool: ActorRef<PoolMsg>,
-    pub config: Arc<SystemConfig>,
-}
-
-impl Ctx {
-    /// Applies a change and answers the job as changed; its event is
-    /// announced once the change is durable (the caller need not wait for
-    /// that: see `JobStore::transition_announced`).
-    pub async fn transition(
-        &self,
-        job: &Job,
-        kind: Option<EventType>,
-        change: JobChange,
-    ) -> Result<Option<Job>, ActorProcessingErr> {
-        let bus = self.bus.clone();
-        let job_id = job.id.clone();
-        let announce: Announce = Box::new(move |durable| match durable {
-            Ok(Some(event)) => bus.publish(event),
-            Ok(None) => {}
-            // The store could not flush: nothing is announced, and the
-            // next start resumes the job from what is durable.
-            Err(e) => tracing::error!(job = %job_id, error = %e, "a job's change is not durable"),
-        });
-        self.store
-            .transition_announced(&job.tenant_id, &job.id, kind, change, announce)
-            .await
-            .map_err(|e| ActorProcessingErr::from(e.to_string()))
-    }
-}
+// The pool replies to a job actor as to any submitter.
+carries_replies!(JobMsg::Work(PoolReply));
 
 pub(crate) struct JobActor;
 
 pub(crate) struct JobArgs {
+    /// The job's tenant.
     pub tenant: String,
+    /// The job to run.
     pub job_id: String,
+    /// The store, bus and settings.
     pub ctx: Ctx,
+    /// Where the job's work is submitted.
+    pub pool: ActorRef<PoolMsg>,
 }
 
 pub(crate) struct JobState {
+    /// The job as last written (each change answers the new row).
     job: Job,
+    /// The store, bus and settings.
     ctx: Ctx,
+    /// Where the job's work is submitted (and a cancel forwarded).
+    pool: ActorRef<PoolMsg>,
     /// When the current stage began, for stage-duration metrics.
     stage_started: Instant,
     /// Set once the user asked to cancel: the engine's `Cancelled` then
     /// ends the job `cancelled` (and not on a shutdown).
     cancel_requested: bool,
+    /// The job has ended here: later reports (from a replaced worker)
+    /// change nothing.
     done: bool,
 }
 
@@ -94,14 +72,14 @@ impl Actor for JobActor {
             .ctx
             .store
             .job(&args.tenant, &args.job_id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("job {} vanished", args.job_id))?;
+            .await?
+            .ok_or_else(|| ActorError::JobVanished(args.job_id.clone()))?;
         me.send_message(JobMsg::Begin)?;
         Ok(JobState {
             cancel_requested: job.cancel_requested,
             job,
             ctx: args.ctx,
+            pool: args.pool,
             stage_started: Instant::now(),
             done: false,
         })
@@ -119,7 +97,7 @@ impl Actor for JobActor {
         }
         match msg {
             JobMsg::Begin => begin(&me, state).await?,
-            JobMsg::Stage(stage) => {
+            JobMsg::Work(PoolReply::Stage(stage)) => {
                 record_stage_time(state);
                 state.stage_started = Instant::now();
                 update(state, Some(EventType::Stage), move |j| {
@@ -128,7 +106,7 @@ impl Actor for JobActor {
                 })
                 .await?;
             }
-            JobMsg::Progress(p) => {
+            JobMsg::Work(PoolReply::Progress(p)) => {
                 let p = p.clamp(0.0, 1.0);
                 update(state, Some(EventType::Progress), move |j| {
                     if !progress_advances(j.progress, p) {
@@ -139,7 +117,7 @@ impl Actor for JobActor {
                 })
                 .await?;
             }
-            JobMsg::Checkpoint(value) => {
+            JobMsg::Work(PoolReply::Checkpoint(value)) => {
                 update(state, None, move |j| {
                     j.checkpoint = Some(value.clone());
                     true
@@ -148,11 +126,11 @@ impl Actor for JobActor {
             }
             JobMsg::Cancel => {
                 state.cancel_requested = true;
-                let _ = state.ctx.pool.send_message(PoolMsg::Cancel {
+                let _ = state.pool.send_message(PoolMsg::Cancel {
                     job_id: state.job.id.clone(),
                 });
             }
-            JobMsg::Finished(outcome) => {
+            JobMsg::Work(PoolReply::Finished(outcome)) => {
                 record_stage_time(state);
                 finish(&me, state, outcome).await?;
             }
@@ -224,26 +202,18 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
     state.job = job;
     let ctx = &state.ctx;
     let job = &state.job;
-    let audio = ctx
-        .store
-        .audio_file(&job.tenant_id, &job.file_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let audio = ctx.store.audio_file(&job.tenant_id, &job.file_id).await?;
     let Some(audio) = audio else {
         let msg = "the job's file was deleted before the job ran; upload it again".to_string();
         return finish(me, state, Err(WorkError::InvalidInput(msg))).await;
     };
-    let limits = ctx
-        .store
-        .tenant_limits(&job.tenant_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let limits = ctx.store.tenant_limits(&job.tenant_id).await?;
     let config = &ctx.config;
     let deadline = config.deadline_base
         + Duration::from_secs_f64(
             audio.duration_s.unwrap_or(600.0) * config.deadline_per_audio_second,
         );
-    ctx.pool.send_message(PoolMsg::Submit {
+    state.pool.send_message(PoolMsg::Submit {
         request: Box::new(WorkRequest {
             job_id: job.id.clone(),
             tenant_id: job.tenant_id.clone(),
@@ -259,7 +229,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
         // The work a job asks of the pool, for fair sharing: its audio.
         cost_s: audio.duration_s.unwrap_or(600.0).max(1.0),
         deadline,
-        reply: me.clone(),
+        reply: me.get_derived(),
     })?;
     Ok(())
 }
@@ -331,7 +301,7 @@ async fn finish(
         }
         Err(WorkError::Transient(msg)) => {
             // Fail the actor: the TenantSupervisor decides on a retry.
-            return Err(msg.into());
+            return Err(ActorError::Transient(msg).into());
         }
     }
     me.stop(None);

@@ -15,10 +15,12 @@
 //! so either side can move to another machine later.
 
 pub mod bus;
+mod config;
+mod ctx;
 pub mod engine;
+mod error;
 pub mod job;
 mod job_actor;
-pub mod model_engine;
 mod orchestrator;
 pub mod params;
 pub mod pool;
@@ -30,4 +32,4 @@ mod tenant;
 pub use bus::EventBus;
 pub use engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 pub use repo::{JobStore, RepoError, TenantLimits};
-pub use system::{System, SystemConfig};
+pub use system::{StartError, System, SystemConfig};

@@ -5,42 +5,53 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{call, Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::bus::EventBus;
+use crate::config::SystemConfig;
+use crate::ctx::{carries_replies, Ctx};
 use crate::engine::Engine;
-use crate::job_actor::Ctx;
-use crate::pool::{InferencePool, PoolArgs};
+use crate::error::ActorError;
+use crate::pool::{InferencePool, PoolArgs, PoolMsg};
 use crate::repo::JobStore;
-use crate::system::SystemConfig;
-use crate::tenant::{TenantArgs, TenantMsg, TenantSupervisor};
+use crate::tenant::{TenantArgs, TenantMsg, TenantReport, TenantSupervisor};
 
+/// The orchestrator's messages.
 pub(crate) enum OrchMsg {
-    Enqueue {
-        tenant: String,
-        job_id: String,
-    },
-    Cancel {
-        tenant: String,
-        job_id: String,
-    },
-    /// From a TenantSupervisor with nothing left to do.
-    Idle(String),
-    /// The bus and pool, for the system handle.
+    /// A job to run (created, or recovered at start): to its tenant's
+    /// supervisor, spawned if the tenant has none.
+    Enqueue { tenant: String, job_id: String },
+    /// The user cancelled a job: to its tenant's supervisor, if it has one
+    /// (a tenant without one has nothing running).
+    Cancel { tenant: String, job_id: String },
+    /// From a TenantSupervisor.
+    Tenant(TenantReport),
+    /// The shared context (for the bus), for the system handle.
     Ctx(ractor::RpcReplyPort<Ctx>),
 }
+
+// Tenant supervisors report to the orchestrator as to any parent.
+carries_replies!(OrchMsg::Tenant(TenantReport));
 
 pub(crate) struct Orchestrator;
 
 pub(crate) struct OrchArgs {
+    /// Durable state.
     pub store: Arc<dyn JobStore>,
+    /// One engine per inference worker.
     pub engines: Vec<Arc<dyn Engine>>,
+    /// Retries, backoff and deadlines.
     pub config: Arc<SystemConfig>,
 }
 
 pub(crate) struct OrchState {
+    /// The store, bus and settings, handed to every supervisor.
     ctx: Ctx,
+    /// The inference pool (a linked child), handed to every supervisor.
+    pool: ActorRef<PoolMsg>,
+    /// The live tenant supervisors, by tenant.
     tenants: HashMap<String, ActorRef<TenantMsg>>,
 }
 
@@ -67,16 +78,11 @@ impl Actor for Orchestrator {
         let ctx = Ctx {
             store: args.store,
             bus,
-            pool,
             config: args.config,
         };
         // Recovery: every queued or running job goes back in line, oldest
         // first. Nothing a tenant submitted is lost to a crash or restart.
-        let unfinished = ctx
-            .store
-            .unfinished_jobs()
-            .await
-            .map_err(|e| e.to_string())?;
+        let unfinished = ctx.store.unfinished_jobs().await?;
         if !unfinished.is_empty() {
             tracing::info!(jobs = unfinished.len(), "recovering unfinished jobs");
         }
@@ -88,6 +94,7 @@ impl Actor for Orchestrator {
         }
         Ok(OrchState {
             ctx,
+            pool,
             tenants: HashMap::new(),
         })
     }
@@ -108,7 +115,7 @@ impl Actor for Orchestrator {
                     let _ = sup.send_message(TenantMsg::Cancel(job_id));
                 }
             }
-            OrchMsg::Idle(tenant) => {
+            OrchMsg::Tenant(TenantReport::Idle(tenant)) => {
                 if let Some(sup) = state.tenants.get(&tenant).cloned() {
                     // Messages to it are ordered: if an Enqueue went out
                     // before this question, it is not idle any more.
@@ -122,6 +129,22 @@ impl Actor for Orchestrator {
             }
         }
         metrics::gauge!("murmur_tenant_supervisors").set(state.tenants.len() as f64);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<OrchMsg>,
+        state: &mut OrchState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The tree kills what is left once the root stops, and a killed
+        // pool never runs its own post_stop: stop it first, so running
+        // engine work is told to cancel (and ends at its next check)
+        // instead of running on unseen.
+        let _ = state
+            .pool
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         Ok(())
     }
 
@@ -142,12 +165,7 @@ impl Actor for Orchestrator {
                     // Rebuild the tenant's queue from the store.
                     tracing::error!(%tenant, %err, "tenant supervisor failed; restarting it");
                     state.tenants.remove(&tenant);
-                    let jobs = state
-                        .ctx
-                        .store
-                        .unfinished_jobs()
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let jobs = state.ctx.store.unfinished_jobs().await?;
                     for job in jobs.into_iter().filter(|j| j.tenant_id == tenant) {
                         me.send_message(OrchMsg::Enqueue {
                             tenant: job.tenant_id,
@@ -159,7 +177,7 @@ impl Actor for Orchestrator {
                     // The pool: without it no job can run. Stop
                     // the tree; the service sees it end and exits, its process
                     // supervisor restarts it, and recovery resumes every job.
-                    return Err(format!("a core actor failed: {err}").into());
+                    return Err(ActorError::CoreActorFailed(err.to_string()).into());
                 }
             }
         }
@@ -181,7 +199,8 @@ async fn supervisor(
         TenantArgs {
             tenant: tenant.to_string(),
             ctx: state.ctx.clone(),
-            orchestrator: me.clone(),
+            pool: state.pool.clone(),
+            parent: me.get_derived(),
         },
         me.get_cell(),
     )

@@ -165,96 +165,121 @@ impl JobParams {
     /// `base` with every field of the JSON object `overrides` laid over it,
     /// nested objects merged key by key. Unknown fields and wrong types are
     /// errors, so a typo never silently runs the default.
-    pub fn merged(base: &JobParams, overrides: &Value) -> Result<JobParams, String> {
+    pub fn merged(base: &JobParams, overrides: &Value) -> Result<JobParams, ParamsError> {
         if overrides.is_null() {
             return Ok(base.clone());
         }
         if !overrides.is_object() {
-            return Err("params must be a JSON object".into());
+            return Err(ParamsError::NotAnObject);
         }
-        let params = Self::laid_over(base, overrides).map_err(|e| {
+        let params = Self::laid_over(base, overrides).map_err(|source| {
             // serde names the wrong type but not where: find the field.
             let field = overrides.as_object().into_iter().flatten().find(|(k, v)| {
                 Self::laid_over(base, &serde_json::json!({ k.as_str(): v })).is_err()
             });
-            match field {
-                Some((name, _)) => format!("{name}: {e}"),
-                None => e,
+            ParamsError::Malformed {
+                field: field.map(|(name, _)| name.clone()),
+                source,
             }
         })?;
         params.validate()?;
         Ok(params)
     }
 
-    fn laid_over(base: &JobParams, overrides: &Value) -> Result<JobParams, String> {
-        let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
+    fn laid_over(base: &JobParams, overrides: &Value) -> Result<JobParams, serde_json::Error> {
+        let mut value = serde_json::to_value(base)?;
         merge_json(&mut value, overrides);
-        serde_json::from_value(value).map_err(|e| e.to_string())
+        serde_json::from_value(value)
     }
 
     /// Checks the values that serde's types do not.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ParamsError> {
         if !MODEL_NAMES.contains(&self.model.as_str()) {
-            return Err(format!(
-                "unknown model {:?}; choose one of {}",
-                self.model,
-                MODEL_NAMES.join(", ")
-            ));
+            return Err(ParamsError::UnknownModel(self.model.clone()));
         }
         if self.task == Task::Translate && self.model.ends_with(".en") {
-            return Err(format!(
-                "model {} is English-only and cannot translate; use a multilingual model",
-                self.model
-            ));
+            return Err(ParamsError::EnglishOnlyTranslation(self.model.clone()));
         }
         if let Some(lang) = &self.language {
             let ok = (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_lowercase());
             if !ok {
-                return Err(format!(
-                    "language {lang:?} is not an ISO 639-1 code such as \"en\""
-                ));
+                return Err(ParamsError::Language(lang.clone()));
             }
         }
-        self.vad.validate()?;
+        self.vad.validate().map_err(ParamsError::Vad)?;
         if !(0.0..=1.0).contains(&self.temperature) {
-            return Err("temperature must be between 0 and 1".into());
+            return Err(ParamsError::Temperature);
         }
         for (name, value) in [("beam_size", self.beam_size), ("best_of", self.best_of)] {
             if !(1..=MAX_BEAM_SIZE).contains(&value) {
-                return Err(format!(
-                    "{name} must be between 1 and {MAX_BEAM_SIZE} (1: greedy), not {value}"
-                ));
+                return Err(ParamsError::Beam { name, value });
             }
         }
         if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
-            return Err(format!(
-                "batch_size must be between 1 and {MAX_BATCH_SIZE} (1: Whisper's sequential \
-                 long-form loop), not {}",
-                self.batch_size
-            ));
+            return Err(ParamsError::BatchSize(self.batch_size));
         }
         if !(self.patience > 0.0 && self.patience <= MAX_PATIENCE) {
-            return Err(format!(
-                "patience must be above 0 and at most {MAX_PATIENCE} (1: stop at beam_size \
-                 finished candidates), not {}",
-                self.patience
-            ));
+            return Err(ParamsError::Patience(self.patience));
         }
         if let Some(alpha) = self.length_penalty {
             if !(0.0..=1.0).contains(&alpha) {
-                return Err(format!(
-                    "length_penalty must be between 0 and 1 (or null: divide by the length), \
-                     not {alpha}"
-                ));
+                return Err(ParamsError::LengthPenalty(alpha));
             }
         }
         if let (Some(lo), Some(hi)) = (self.diarize.min_speakers, self.diarize.max_speakers) {
             if lo > hi {
-                return Err("diarize.min_speakers is larger than diarize.max_speakers".into());
+                return Err(ParamsError::SpeakerBounds);
             }
         }
         Ok(())
     }
+}
+
+/// Why job parameters are refused. Each message names the field and what
+/// it accepts; the HTTP API shows it as it is (after "params: "), so the
+/// wording is part of the contract.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error("params must be a JSON object")]
+    NotAnObject,
+    /// A field of the wrong type or an unknown one; `field` names it when
+    /// it could be found.
+    #[error("{}{source}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    Malformed {
+        field: Option<String>,
+        source: serde_json::Error,
+    },
+    #[error("unknown model {0:?}; choose one of {names}", names = MODEL_NAMES.join(", "))]
+    UnknownModel(String),
+    #[error("model {0} is English-only and cannot translate; use a multilingual model")]
+    EnglishOnlyTranslation(String),
+    #[error("language {0:?} is not an ISO 639-1 code such as \"en\"")]
+    Language(String),
+    /// The VAD settings' own check (`VadParams::validate`).
+    #[error("{0}")]
+    Vad(String),
+    #[error("temperature must be between 0 and 1")]
+    Temperature,
+    /// `beam_size` or `best_of` out of range.
+    #[error("{name} must be between 1 and {MAX_BEAM_SIZE} (1: greedy), not {value}")]
+    Beam { name: &'static str, value: u32 },
+    #[error(
+        "batch_size must be between 1 and {MAX_BATCH_SIZE} (1: Whisper's sequential \
+         long-form loop), not {0}"
+    )]
+    BatchSize(u32),
+    #[error(
+        "patience must be above 0 and at most {MAX_PATIENCE} (1: stop at beam_size \
+         finished candidates), not {0}"
+    )]
+    Patience(f64),
+    #[error(
+        "length_penalty must be between 0 and 1 (or null: divide by the length), \
+         not {0}"
+    )]
+    LengthPenalty(f64),
+    #[error("diarize.min_speakers is larger than diarize.max_speakers")]
+    SpeakerBounds,
 }
 
 /// Widest beam search (and most samples per temperature) a job may ask
@@ -375,7 +400,7 @@ mod tests {
         ] {
             let err = ok(bad.clone()).expect_err("refused");
             let field = bad.as_object().unwrap().keys().next().unwrap().clone();
-            assert!(err.contains(&field), "{bad}: {err}");
+            assert!(err.to_string().contains(&field), "{bad}: {err}");
         }
         assert!(ok(json!({"beam_size": -1})).is_err());
         // Params stored before the fields existed read the defaults.
@@ -404,7 +429,57 @@ mod tests {
         let off = JobParams::merged(&base, &json!({"repetition_guard": false})).unwrap();
         assert!(!off.repetition_guard);
         let err = JobParams::merged(&base, &json!({"repetition_guard": "no"})).unwrap_err();
-        assert!(err.contains("repetition_guard"), "{err}");
+        assert!(err.to_string().contains("repetition_guard"), "{err}");
+    }
+
+    /// The HTTP API shows these messages as they are: typed errors kept
+    /// the wording the strings had.
+    #[test]
+    fn refusals_keep_their_wording() {
+        let base = JobParams::defaults("base");
+        let refused = |v: Value| JobParams::merged(&base, &v).unwrap_err().to_string();
+        assert_eq!(refused(json!([1])), "params must be a JSON object");
+        assert_eq!(
+            refused(json!({"model": "huge"})),
+            format!(
+                "unknown model \"huge\"; choose one of {}",
+                MODEL_NAMES.join(", ")
+            )
+        );
+        assert_eq!(
+            refused(json!({"model": "tiny.en", "task": "translate"})),
+            "model tiny.en is English-only and cannot translate; use a multilingual model"
+        );
+        assert_eq!(
+            refused(json!({"language": "English"})),
+            "language \"English\" is not an ISO 639-1 code such as \"en\""
+        );
+        assert_eq!(
+            refused(json!({"temperature": 2.0})),
+            "temperature must be between 0 and 1"
+        );
+        assert_eq!(
+            refused(json!({"best_of": 11})),
+            "best_of must be between 1 and 10 (1: greedy), not 11"
+        );
+        assert_eq!(
+            refused(json!({"patience": 0.0})),
+            "patience must be above 0 and at most 10 (1: stop at beam_size finished \
+             candidates), not 0"
+        );
+        assert_eq!(
+            refused(json!({"length_penalty": 1.5})),
+            "length_penalty must be between 0 and 1 (or null: divide by the length), not 1.5"
+        );
+        assert_eq!(
+            refused(json!({"diarize": {"min_speakers": 3, "max_speakers": 2}})),
+            "diarize.min_speakers is larger than diarize.max_speakers"
+        );
+        let malformed = refused(json!({"beam_size": "five"}));
+        assert!(
+            malformed.starts_with("beam_size: invalid type"),
+            "{malformed}"
+        );
     }
 
     #[test]

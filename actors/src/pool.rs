@@ -15,17 +15,42 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, DerivedActorRef, SupervisionEvent};
 
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+use crate::error::ActorError;
 use crate::job::JobStage;
-use crate::job_actor::JobMsg;
 
 /// How often the pool looks for stuck workers.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(2);
 
+/// What the pool and its workers tell the actor that submitted a request,
+/// in the order they happen; that actor takes it as one of its own
+/// messages (the pool knows it only as a [`ReplyTo`]).
+#[derive(Debug)]
+pub(crate) enum PoolReply {
+    /// The engine entered a stage of the job.
+    Stage(JobStage),
+    /// The job's overall progress, 0.0 to 1.0.
+    Progress(f64),
+    /// A resumable snapshot of the work finished so far.
+    Checkpoint(serde_json::Value),
+    /// The request ended: the engine's output, or why not (cancelled while
+    /// it waited, or a transient error for a worker that crashed or was
+    /// abandoned). The last reply of a request.
+    Finished(Result<WorkOutput, WorkError>),
+}
+
+/// Where a request's [`PoolReply`]s go: the submitting actor, whatever its
+/// own message type (it converts them).
+pub(crate) type ReplyTo = DerivedActorRef<PoolReply>;
+
+/// The pool's messages.
 pub(crate) enum PoolMsg {
+    /// A job's work, to queue by its tier's share and run on the next idle
+    /// worker.
     Submit {
+        /// The work itself (plain data: it could cross machines).
         request: Box<WorkRequest>,
         /// The tier's rank: its class in the fair queue.
         priority: u32,
@@ -35,28 +60,40 @@ pub(crate) enum PoolMsg {
         cost_s: f64,
         /// Longest the work may take before its worker counts as stuck.
         deadline: Duration,
-        reply: ActorRef<JobMsg>,
+        /// Where the request's reports go.
+        reply: ReplyTo,
     },
+    /// The user cancelled the job: drop its request if it waits (it hears
+    /// `Finished(Err(Cancelled))`), or set its worker's cancel flag.
     Cancel {
+        /// The job whose request stops.
         job_id: String,
     },
     /// From a worker: its request ended (the job was told already).
     Idle {
+        /// The worker's slot.
         worker: usize,
     },
+    /// Every [`WATCHDOG_EVERY`]: replace workers past their deadline.
     Watchdog,
 }
 
+/// A request waiting for a worker.
 struct Waiting {
+    /// The work.
     request: Box<WorkRequest>,
+    /// Longest it may run once started.
     deadline: Duration,
-    reply: ActorRef<JobMsg>,
+    /// Where its reports go.
+    reply: ReplyTo,
 }
 
 /// One tier's waiting requests (with their costs) and its place in virtual
 /// time.
 struct Class<T> {
+    /// Waiting requests with their costs (audio seconds), oldest first.
     queue: VecDeque<(f64, T)>,
+    /// The tier's share (at least 1).
     weight: f64,
     /// Virtual start of the head request (meaningful while non-empty).
     start: f64,
@@ -72,6 +109,7 @@ struct Class<T> {
 /// from now on but no burst for the time it did not ask. Within a class,
 /// requests keep their order.
 pub(crate) struct FairQueue<T> {
+    /// The classes by tier rank.
     classes: BTreeMap<u32, Class<T>>,
     /// The start tag of the request served last.
     vtime: f64,
@@ -135,24 +173,36 @@ impl<T> FairQueue<T> {
     }
 }
 
+/// The request a worker runs.
 struct Running {
+    /// Its job.
     job_id: String,
+    /// When the worker took it.
     started: Instant,
+    /// Longest it may run before the watchdog replaces the worker.
     deadline: Duration,
+    /// Set to stop the engine at its next check (cancel, deadline, stop).
     cancel: Arc<AtomicBool>,
-    reply: ActorRef<JobMsg>,
+    /// Where its reports go (the pool answers for a replaced worker).
+    reply: ReplyTo,
 }
 
+/// One worker and what it runs.
 struct Slot {
+    /// The worker actor (replaced when it crashes or is stuck).
     worker: ActorRef<WorkerMsg>,
+    /// The engine it runs, kept for its replacement.
     engine: Arc<dyn Engine>,
+    /// Its request, `None` when idle.
     running: Option<Running>,
 }
 
 pub(crate) struct InferencePool;
 
 pub(crate) struct PoolState {
+    /// The workers, by index.
     slots: Vec<Slot>,
+    /// Requests waiting for a worker, fairly shared by tier.
     queue: FairQueue<Waiting>,
 }
 
@@ -239,7 +289,7 @@ impl Actor for InferencePool {
                 for w in dropped {
                     let _ = w
                         .reply
-                        .send_message(JobMsg::Finished(Err(WorkError::Cancelled)));
+                        .send_message(PoolReply::Finished(Err(WorkError::Cancelled)));
                 }
                 if !was_waiting {
                     for slot in &state.slots {
@@ -326,7 +376,7 @@ async fn replace_worker(
         tracing::warn!(job = %r.job_id, worker = index, why, "inference worker replaced");
         let _ = r
             .reply
-            .send_message(JobMsg::Finished(Err(WorkError::Transient(format!(
+            .send_message(PoolReply::Finished(Err(WorkError::Transient(format!(
                 "the inference worker {why}; the job will be retried"
             )))));
         metrics::counter!("murmur_inference_worker_replacements_total").increment(1);
@@ -361,36 +411,43 @@ fn dispatch(state: &mut PoolState) {
 
 // ---- the worker ------------------------------------------------------------
 
+/// A worker's one message.
 pub(crate) enum WorkerMsg {
+    /// Run `request` on the engine, on a blocking thread, until it ends
+    /// or `cancel` is set; every report goes to `reply`.
     Run {
         request: Box<WorkRequest>,
         cancel: Arc<AtomicBool>,
-        reply: ActorRef<JobMsg>,
+        reply: ReplyTo,
     },
 }
 
 struct Worker;
 
+/// A worker's arguments, and its state.
 struct WorkerArgs {
+    /// Its slot in the pool.
     index: usize,
+    /// The engine it runs requests on.
     engine: Arc<dyn Engine>,
+    /// Told when a request ends, so the slot takes the next one.
     pool: ActorRef<PoolMsg>,
 }
 
-/// Forwards an engine's reports to its job actor.
+/// Forwards an engine's reports to the actor that submitted the request.
 struct ActorSink {
-    job: ActorRef<JobMsg>,
+    job: ReplyTo,
 }
 
 impl WorkSink for ActorSink {
     fn stage(&mut self, stage: JobStage) {
-        let _ = self.job.send_message(JobMsg::Stage(stage));
+        let _ = self.job.send_message(PoolReply::Stage(stage));
     }
     fn progress(&mut self, fraction: f64) {
-        let _ = self.job.send_message(JobMsg::Progress(fraction));
+        let _ = self.job.send_message(PoolReply::Progress(fraction));
     }
     fn checkpoint(&mut self, state: serde_json::Value) {
-        let _ = self.job.send_message(JobMsg::Checkpoint(state));
+        let _ = self.job.send_message(PoolReply::Checkpoint(state));
     }
 }
 
@@ -431,7 +488,7 @@ impl Actor for Worker {
             Ok(result) => result,
             // The engine panicked: fail this worker; the pool replaces it and
             // tells the job.
-            Err(join) => return Err(format!("engine panicked: {join}").into()),
+            Err(join) => return Err(ActorError::EnginePanicked(join.to_string()).into()),
         };
         if let Ok(out) = &outcome {
             let secs = started.elapsed().as_secs_f64();
@@ -441,7 +498,7 @@ impl Actor for Worker {
                     .record(secs / out.audio_seconds);
             }
         }
-        let _ = reply.send_message(JobMsg::Finished(outcome));
+        let _ = reply.send_message(PoolReply::Finished(outcome));
         let _ = state.pool.send_message(PoolMsg::Idle {
             worker: state.index,
         });

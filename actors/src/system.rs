@@ -5,62 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{call, Actor, ActorRef};
-use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use crate::bus::{EventBus, Subscription, Topic};
+pub use crate::config::SystemConfig;
+use crate::ctx::Ctx;
 use crate::engine::Engine;
 use crate::job::Event;
-use crate::job_actor::Ctx;
 use crate::orchestrator::{OrchArgs, OrchMsg, Orchestrator};
 use crate::repo::JobStore;
 
-/// Supervision settings (`[jobs]` in the service's config).
-#[derive(Debug, Clone, Deserialize)]
-pub struct SystemConfig {
-    /// Runs of a job before a transient failure becomes final.
-    pub max_attempts: u32,
-    /// First retry delay; doubles per attempt up to `backoff_max`.
-    #[serde(with = "millis")]
-    pub backoff_base: Duration,
-    #[serde(with = "millis")]
-    pub backoff_max: Duration,
-    /// A worker is stuck when one job runs longer than
-    /// `deadline_base + deadline_per_audio_second * audio seconds`.
-    #[serde(with = "millis")]
-    pub deadline_base: Duration,
-    pub deadline_per_audio_second: f64,
-}
-
-impl Default for SystemConfig {
-    fn default() -> Self {
-        SystemConfig {
-            max_attempts: 3,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            deadline_base: Duration::from_secs(120),
-            deadline_per_audio_second: 20.0,
-        }
-    }
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
-
+/// Why [`System::start`] failed.
 #[derive(Debug, thiserror::Error)]
-#[error("the job system could not start: {0}")]
-pub struct StartError(String);
+pub enum StartError {
+    /// The root actor could not start (recovery could not read the store,
+    /// or the pool could not spawn its workers).
+    #[error("the job system could not start: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    /// The root started but did not answer with its context.
+    #[error("the job system could not start: {0}")]
+    NoAnswer(String),
+}
 
 #[derive(Clone)]
 pub struct System {
+    /// The root actor, where jobs and cancels go.
     orchestrator: ActorRef<OrchMsg>,
+    /// The event bus, for publishing and subscriptions.
     bus: EventBus,
 }
 
@@ -82,9 +53,9 @@ impl System {
                 config: Arc::new(config),
             },
         )
-        .await
-        .map_err(|e| StartError(e.to_string()))?;
-        let ctx: Ctx = call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError(e.to_string()))?;
+        .await?;
+        let ctx: Ctx =
+            call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError::NoAnswer(e.to_string()))?;
         Ok((
             System {
                 orchestrator,

@@ -9,34 +9,67 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use chrono::Utc;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort, SupervisionEvent,
+};
 
+use crate::ctx::Ctx;
 use crate::job::{EventType, JobStatus};
-use crate::job_actor::{Ctx, JobActor, JobArgs, JobMsg};
-use crate::orchestrator::OrchMsg;
+use crate::job_actor::{JobActor, JobArgs, JobMsg};
+use crate::pool::PoolMsg;
 
+/// A tenant supervisor's messages.
 pub(crate) enum TenantMsg {
+    /// A job to run (new, recovered or re-enqueued): queued at the back
+    /// unless this supervisor knows it already.
     Enqueue(String),
+    /// The user cancelled a job: dropped from the queue or its backoff, or
+    /// its running JobActor told.
     Cancel(String),
-    /// A backoff ended: run the job again.
+    /// Sent to itself when a backoff ended: the job runs again, first in
+    /// line.
     Retry(String),
-    /// From the orchestrator: still idle? If so the supervisor stops.
+    /// From the parent after an [`TenantReport::Idle`]: still idle? If so
+    /// the supervisor answers `true` and stops.
     ConfirmIdle(RpcReplyPort<bool>),
+}
+
+/// What a tenant supervisor tells its parent (the orchestrator), which
+/// takes it as one of its own messages: the supervisor knows its parent
+/// only as a `DerivedActorRef<TenantReport>`.
+#[derive(Debug)]
+pub(crate) enum TenantReport {
+    /// The tenant (named) has nothing queued, running or backing off: the
+    /// parent may retire the supervisor, once it confirms
+    /// ([`TenantMsg::ConfirmIdle`]).
+    Idle(String),
 }
 
 pub(crate) struct TenantSupervisor;
 
 pub(crate) struct TenantArgs {
+    /// The tenant supervised.
     pub tenant: String,
+    /// The store, bus and settings.
     pub ctx: Ctx,
-    pub orchestrator: ActorRef<OrchMsg>,
+    /// Where its jobs submit their work.
+    pub pool: ActorRef<PoolMsg>,
+    /// Where it reports being idle.
+    pub parent: DerivedActorRef<TenantReport>,
 }
 
 pub(crate) struct TenantState {
+    /// The tenant supervised.
     tenant: String,
+    /// The store, bus and settings.
     ctx: Ctx,
-    orchestrator: ActorRef<OrchMsg>,
+    /// Handed to each JobActor.
+    pool: ActorRef<PoolMsg>,
+    /// Where it reports being idle.
+    parent: DerivedActorRef<TenantReport>,
+    /// Jobs waiting for a free place, in order.
     queue: VecDeque<String>,
+    /// Running JobActors by actor id: their job and handle.
     running: HashMap<ActorId, (String, ActorRef<JobMsg>)>,
     /// Jobs waiting out a retry backoff.
     backing_off: HashSet<String>,
@@ -71,7 +104,8 @@ impl Actor for TenantSupervisor {
         Ok(TenantState {
             tenant: args.tenant,
             ctx: args.ctx,
-            orchestrator: args.orchestrator,
+            pool: args.pool,
+            parent: args.parent,
             queue: VecDeque::new(),
             running: HashMap::new(),
             backing_off: HashSet::new(),
@@ -148,12 +182,7 @@ async fn pump(me: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), A
     if state.queue.is_empty() {
         return Ok(());
     }
-    let limits = state
-        .ctx
-        .store
-        .tenant_limits(&state.tenant)
-        .await
-        .map_err(|e| e.to_string())?;
+    let limits = state.ctx.store.tenant_limits(&state.tenant).await?;
     if limits.tier != state.tier {
         // Move this tenant's counts to its new tier's gauges.
         set_gauges(state, 0.0, 0.0);
@@ -171,6 +200,7 @@ async fn pump(me: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), A
                 tenant: state.tenant.clone(),
                 job_id: job_id.clone(),
                 ctx: state.ctx.clone(),
+                pool: state.pool.clone(),
             },
             me.get_cell(),
         )
@@ -187,13 +217,7 @@ async fn retry_or_fail(
     job_id: String,
     error: String,
 ) -> Result<(), ActorProcessingErr> {
-    let Some(job) = state
-        .ctx
-        .store
-        .job(&state.tenant, &job_id)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    let Some(job) = state.ctx.store.job(&state.tenant, &job_id).await? else {
         return Ok(());
     };
     if job.status.is_finished() {
@@ -282,8 +306,8 @@ fn report(state: &mut TenantState) {
     set_gauges(state, queued, running);
     if state.is_idle() {
         let _ = state
-            .orchestrator
-            .send_message(OrchMsg::Idle(state.tenant.clone()));
+            .parent
+            .send_message(TenantReport::Idle(state.tenant.clone()));
     }
 }
 

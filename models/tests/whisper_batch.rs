@@ -28,6 +28,7 @@ const SR: usize = 16_000;
 struct Memory(Vec<f32>);
 
 impl ChunkSource for Memory {
+    type Error = String;
     type Reader = std::vec::IntoIter<Result<Vec<f32>, String>>;
 
     fn open(&self) -> Self::Reader {

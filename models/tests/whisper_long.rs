@@ -128,7 +128,8 @@ struct Pieces {
 }
 
 impl ChunkSource for Pieces {
-    type Reader = std::vec::IntoIter<Result<Vec<f32>, String>>;
+    type Error = std::convert::Infallible;
+    type Reader = std::vec::IntoIter<Result<Vec<f32>, Self::Error>>;
 
     fn open(&self) -> Self::Reader {
         self.samples

@@ -434,10 +434,8 @@ async fn stem(
     if !murmur_models::separate::STEMS.contains(&name) {
         return Err(ApiError::not_found("stem"));
     }
-    let path = murmur_actors::model_engine::stem_path(
-        &state.store.artifact_dir(caller.tenant_id(), &job.id),
-        name,
-    );
+    let path =
+        murmur_engine::stem_path(&state.store.artifact_dir(caller.tenant_id(), &job.id), name);
     let key = state.store.data_key(caller.tenant_id())?;
     let context = murmur_actors::sealed::artifact_context(&job.id, name);
     let stored = match super::download::stored_body(&path, &key, &context).await {

@@ -95,13 +95,15 @@ struct RangeReader<R> {
     start: usize,
 }
 
-impl<R: Iterator<Item = Result<Vec<f32>, String>>> RangeReader<R> {
+impl<E: std::fmt::Display, R: Iterator<Item = Result<Vec<f32>, E>>> RangeReader<R> {
     /// The samples of `range` (fewer if the recording ends first); ranges
     /// must come in order and not overlap.
     fn take(&mut self, range: Range<usize>) -> Result<Vec<f32>, WhisperError> {
         while self.start + self.buf.len() < range.end {
             match self.pieces.next() {
-                Some(piece) => self.buf.extend(piece.map_err(WhisperError::Input)?),
+                Some(piece) => self
+                    .buf
+                    .extend(piece.map_err(|e| WhisperError::Input(e.to_string()))?),
                 None => break,
             }
         }

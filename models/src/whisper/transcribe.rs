@@ -86,7 +86,7 @@ impl WhisperModel {
         let mut max = MelMax::new(filters);
         let mut joiner = map.joiner();
         for (i, piece) in source.open().enumerate() {
-            let piece = piece.map_err(WhisperError::Input)?;
+            let piece = piece.map_err(|e| WhisperError::Input(e.to_string()))?;
             joiner.feed(&piece, &mut |p| max.push(p));
             // A stop is honoured during the first read too (asked now and
             // then: a read is many small pieces).
@@ -106,7 +106,7 @@ impl WhisperModel {
         let read = |out: &mut Vec<f32>| -> Result<bool, WhisperError> {
             match pieces.next() {
                 Some(piece) => {
-                    let piece = piece.map_err(WhisperError::Input)?;
+                    let piece = piece.map_err(|e| WhisperError::Input(e.to_string()))?;
                     joiner.feed(&piece, &mut |p| out.extend_from_slice(p));
                     Ok(true)
                 }
@@ -505,7 +505,9 @@ impl WhisperModel {
 /// A recording [`WhisperModel::transcribe_regions_streamed`] reads front to
 /// back, as many times as it needs, in pieces of any size (16 kHz mono).
 pub trait ChunkSource {
-    type Reader: Iterator<Item = Result<Vec<f32>, String>>;
+    /// Why a read failed; its message becomes [`WhisperError::Input`]'s.
+    type Error: std::fmt::Display;
+    type Reader: Iterator<Item = Result<Vec<f32>, Self::Error>>;
     /// Starts a read from the first sample.
     fn open(&self) -> Self::Reader;
 }

@@ -185,7 +185,7 @@ async fn get_file(state: AppState, auth: Option<String>, id: String) -> Result<R
     let key = state.store.data_key(caller.tenant_id())?;
     let mut entries = Vec::new();
     for (label, stem) in task::STEM_NAMES {
-        let path = murmur_actors::model_engine::stem_path(&dir, stem);
+        let path = murmur_engine::stem_path(&dir, stem);
         let context = murmur_actors::sealed::artifact_context(&job.id, stem);
         let stored = match super::download::stored_body(&path, &key, &context).await {
             Ok(s) => s,

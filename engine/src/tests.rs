@@ -1,6 +1,11 @@
-use super::stems::stem_part_path;
+use super::separate::stem_part_path;
+use super::transcribe::{decode_options, regions_after};
 use super::*;
+use murmur_actors::params::JobParams;
 use murmur_models::separate::STEMS;
+use murmur_models::transcript::Transcript;
+use serde_json::json;
+use std::ops::ControlFlow;
 
 #[test]
 fn regions_after_cuts_at_the_resume_point() {
@@ -48,7 +53,7 @@ fn vad_request(dir: &Path, limit: Option<f64>) -> WorkRequest {
         params,
         checkpoint: None,
         artifacts: None,
-        audio_limit: limit.map(|max_s| crate::engine::AudioLimit {
+        audio_limit: limit.map(|max_s| murmur_actors::engine::AudioLimit {
             max_s,
             rule: format!("the basic tier's maximum audio length of {max_s} s"),
         }),

@@ -1,4 +1,4 @@
-//! Background-music separation for the engine: Spleeter over the job's
+//! The separation stage: Spleeter over the job's
 //! audio in chunks, straight into the two stems on disk (sealed with the
 //! tenant's key when the job has one), written as `.part` files and
 //! renamed once whole so a crash never leaves half a stem; a resumed job
@@ -14,11 +14,13 @@ use murmur_models::separate::{SeparateError, SeparationStream, Separator, STEMS}
 use murmur_seal::SealWriter;
 use serde_json::json;
 
-use super::{audio_error, limited, Checkpoint, ModelEngine, ProgressPlan};
-use crate::engine::{WorkError, WorkRequest, WorkSink};
-use crate::job::JobStage;
-use crate::params::JobType;
-use crate::sealed::{artifact_context, StoredFile};
+use crate::decode::{audio_error, limited};
+use crate::progress::ProgressPlan;
+use crate::{Checkpoint, ModelEngine};
+use murmur_actors::engine::{WorkError, WorkRequest, WorkSink};
+use murmur_actors::job::JobStage;
+use murmur_actors::params::JobType;
+use murmur_actors::sealed::{artifact_context, StoredFile};
 
 /// Where a separation keeps the stem `name` (one of
 /// `murmur_models::separate::STEMS`) in a job's artifacts folder.
@@ -27,7 +29,7 @@ pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
 }
 
 /// Where the stem `name` is written until it is whole.
-pub(super) fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
+pub(crate) fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
     folder.join(format!(".{name}.part"))
 }
 
@@ -100,24 +102,7 @@ fn discard_stems(folder: &Path) {
     }
 }
 
-/// A separation job's result: its stems and where to download them.
-pub(super) fn stems_result(job_id: &str, duration_s: f64) -> serde_json::Value {
-    let stems: Vec<_> = STEMS
-        .iter()
-        .map(|name| {
-            json!({
-                "name": name,
-                "url": format!("/v1/jobs/{job_id}/stems/{name}"),
-                "format": "wav",
-                "sample_rate": murmur_models::separate::SAMPLE_RATE,
-                "channels": 2,
-            })
-        })
-        .collect();
-    json!({"duration_s": duration_s, "stems": stems})
-}
-
-pub(super) fn separate_error(e: SeparateError) -> WorkError {
+fn separate_error(e: SeparateError) -> WorkError {
     match e {
         SeparateError::Cancelled => WorkError::Cancelled,
         SeparateError::InvalidAudio(m) => WorkError::InvalidInput(m),
@@ -150,16 +135,16 @@ impl Drop for ScratchDir {
 }
 
 /// A finished separation: where its stems are, and the source's length.
-pub(super) struct Separated {
-    pub(super) folder: PathBuf,
+pub(crate) struct Separated {
+    pub(crate) folder: PathBuf,
     /// The source's decoded length in seconds (what usage is metered from).
-    pub(super) duration_s: f64,
+    pub(crate) duration_s: f64,
     /// Keeps a scratch folder alive while the vocals are read.
     _scratch: Option<ScratchDir>,
 }
 
 impl Separated {
-    pub(super) fn vocals(&self, request: &WorkRequest) -> StoredFile {
+    pub(crate) fn vocals(&self, request: &WorkRequest) -> StoredFile {
         stem_file(request, &self.folder, "vocals")
     }
 }
@@ -177,7 +162,7 @@ impl ModelEngine {
     /// back), and only the same decode and resampler give it exactly; the
     /// pass also enforces the length limit and finds a damaged or truncated
     /// file before minutes of Spleeter, for a few percent of their cost.
-    pub(super) fn separate(
+    pub(crate) fn separate(
         &self,
         request: &WorkRequest,
         checkpoint: &mut Checkpoint,

@@ -1,0 +1,187 @@
+//! The transcription stage: Whisper over the speech left to decode (the
+//! regions after the checkpoint's resume point, or all of the audio without
+//! VAD), reading the file window by window, each decoded segment
+//! checkpointed; then this attempt's segments joined to those of earlier
+//! attempts into the job's transcript.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use murmur_actors::engine::{WorkError, WorkRequest, WorkSink};
+use murmur_actors::job::JobStage;
+use murmur_actors::params::{JobParams, Task};
+use murmur_models::transcript::{Segment, SpeechRegion, Transcript};
+use murmur_models::whisper::{self, DecodeOptions};
+use serde_json::json;
+
+use crate::decode::{AfterVad, FileChunks};
+use crate::progress::ProgressPlan;
+use crate::{Checkpoint, ModelEngine};
+
+pub(crate) fn decode_options(p: &JobParams) -> DecodeOptions {
+    let mut opts = DecodeOptions {
+        task: match p.task {
+            Task::Transcribe => whisper::Task::Transcribe,
+            Task::Translate => whisper::Task::Translate,
+        },
+        language: p.language.clone(),
+        initial_prompt: p.initial_prompt.clone(),
+        // Diarization labels speakers word by word, so it times words too.
+        word_timestamps: p.word_timestamps || p.diarize.enabled,
+        beam_size: p.beam_size as usize,
+        best_of: p.best_of as usize,
+        patience: p.patience,
+        length_penalty: p.length_penalty,
+        suppress_repetition_loops: p.repetition_guard,
+        ..DecodeOptions::default()
+    };
+    // Fallback starts at the asked temperature.
+    opts.temperatures.retain(|t| *t >= p.temperature - 1e-9);
+    if opts.temperatures.first() != Some(&p.temperature) {
+        opts.temperatures.insert(0, p.temperature);
+    }
+    opts
+}
+
+/// The part of `regions` after `t` (seconds).
+pub(crate) fn regions_after(regions: &[SpeechRegion], t: f64) -> Vec<SpeechRegion> {
+    regions
+        .iter()
+        .filter(|r| r.end > t)
+        .map(|r| SpeechRegion {
+            start: r.start.max(t),
+            end: r.end,
+        })
+        .collect()
+}
+impl ModelEngine {
+    /// Whisper over `input` from the checkpoint's resume point: within
+    /// `regions` when VAD ran, else over everything up to `duration_s`.
+    /// The transcript holds every attempt's segments, numbered afresh.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn transcribe(
+        &self,
+        request: &WorkRequest,
+        sink: &mut dyn WorkSink,
+        cancel: &AtomicBool,
+        plan: &ProgressPlan,
+        mut checkpoint: Checkpoint,
+        input: &AfterVad,
+        duration_s: f64,
+        regions: Option<&[SpeechRegion]>,
+    ) -> Result<Transcript, WorkError> {
+        let params = &request.params;
+        let cancelled = || cancel.load(Ordering::Relaxed);
+        sink.stage(JobStage::Transcribe);
+        let model = self.whisper(&params.model)?;
+        let mut opts = decode_options(params);
+        if opts.language.is_none() {
+            opts.language = checkpoint.language.clone();
+        }
+        let resume_at = checkpoint.resume_at;
+        let todo = match regions {
+            Some(r) => regions_after(r, resume_at),
+            None => vec![SpeechRegion {
+                start: resume_at,
+                end: duration_s,
+            }],
+        };
+        let earlier = checkpoint.segments.clone();
+        let mut on_progress = |p: whisper::Progress| {
+            if cancelled() {
+                return false;
+            }
+            if let Some(seg) = p.segment {
+                checkpoint.resume_at = checkpoint.resume_at.max(seg.end);
+                checkpoint.segments.push(seg);
+                sink.checkpoint(json!(checkpoint));
+            }
+            let fraction = if p.total_s > 0.0 {
+                p.processed_s / p.total_s
+            } else {
+                1.0
+            };
+            sink.progress(plan.transcribing(fraction));
+            true
+        };
+        let this_run = if todo.is_empty() {
+            Transcript {
+                language_probability: None,
+                language_candidates: None,
+                language: opts.language.clone(),
+                duration_s,
+                text: String::new(),
+                segments: Vec::new(),
+                speakers: None,
+            }
+        } else {
+            let chunks = FileChunks {
+                file: input.file,
+                options: input.options,
+            };
+            // Above 1, the batched pipeline (`batch_size` chunks at once).
+            let batch = request.params.batch_size as usize;
+            if batch > 1 {
+                model.transcribe_batched(
+                    &chunks,
+                    input.frames,
+                    &todo,
+                    &opts,
+                    batch,
+                    &mut on_progress,
+                )
+            } else {
+                model.transcribe_regions_streamed(
+                    &chunks,
+                    input.frames,
+                    &todo,
+                    &opts,
+                    &mut on_progress,
+                )
+            }
+            .map_err(|e| match e {
+                whisper::WhisperError::Cancelled => WorkError::Cancelled,
+                other => WorkError::Transient(other.to_string()),
+            })?
+        };
+        Ok(joined(earlier, this_run, opts.language, duration_s))
+    }
+}
+
+/// The job's transcript: the segments of earlier attempts (`earlier`),
+/// then this one's, numbered afresh, with their text joined. `asked` is
+/// the language this run decoded with, if any was set.
+fn joined(
+    mut earlier: Vec<Segment>,
+    this_run: Transcript,
+    asked: Option<String>,
+    duration_s: f64,
+) -> Transcript {
+    earlier.extend(this_run.segments);
+    let mut done = earlier;
+    for (i, seg) in done.iter_mut().enumerate() {
+        seg.id = i as u32;
+    }
+    let text = done
+        .iter()
+        .map(|s| s.text.trim())
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // A resumed job whose last stretch held no speech keeps the
+    // language of what it had already decoded.
+    let language = match this_run.language {
+        None if !done.is_empty() => asked,
+        detected => detected,
+    };
+    Transcript {
+        // Detection ran on this run's first window (after a resume, on
+        // the part left to decode).
+        language_probability: this_run.language_probability,
+        language_candidates: this_run.language_candidates,
+        language,
+        duration_s,
+        text,
+        segments: done,
+        speakers: None,
+    }
+}
