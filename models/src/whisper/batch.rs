@@ -27,7 +27,7 @@ use candle_core::{IndexOp, Tensor};
 
 use super::decoding::{needs_fallback, SplitMix64, WindowResult};
 use super::timing::add_word_timestamps;
-use super::transcribe::{finish, ChunkSource};
+use super::transcribe::{finish, reported_language, ChunkSource};
 use super::{DecodeOptions, Progress, WhisperError, WhisperModel};
 use crate::mel::{self, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::transcript::{LanguageCandidate, Segment, SpeechRegion, Transcript};
@@ -302,11 +302,7 @@ impl WhisperModel {
             total_s,
             segment: None,
         });
-        let (language, detected) = if segments.is_empty() && opts.language.is_none() {
-            (None, None)
-        } else {
-            (Some(language), detected)
-        };
+        let (language, detected) = reported_language(&segments, opts, language, detected);
         Ok(finish(language, detected, total_s, segments))
     }
 

@@ -298,12 +298,7 @@ impl WhisperModel {
             total_s,
             segment: None,
         });
-        // Nothing said: no language, unless the caller named one.
-        let (language, detected) = if segments.is_empty() && opts.language.is_none() {
-            (None, None)
-        } else {
-            (Some(language), detected)
-        };
+        let (language, detected) = reported_language(&segments, opts, language, detected);
         Ok((language, detected, segments))
     }
 }
@@ -558,6 +553,21 @@ type Decoded = (Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>);
 
 /// Languages reported beside the detected one.
 const LANGUAGE_CANDIDATES: usize = 5;
+
+/// The language a transcript reports: none when nothing was said, unless
+/// the caller named one.
+pub(super) fn reported_language(
+    segments: &[Segment],
+    opts: &DecodeOptions,
+    language: String,
+    detected: Option<Vec<LanguageCandidate>>,
+) -> (Option<String>, Option<Vec<LanguageCandidate>>) {
+    if segments.is_empty() && opts.language.is_none() {
+        (None, None)
+    } else {
+        (Some(language), detected)
+    }
+}
 
 pub(super) fn finish(
     language: Option<String>,
