@@ -21,11 +21,14 @@
 //! A model directory holds `model.safetensors` (HF names, see [`crate::ct2`]),
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
+mod compute;
 pub mod decoder;
 mod decoding;
+mod encoder;
 mod filters;
 mod guards;
 mod model;
+pub mod quantize;
 mod regions;
 mod search;
 mod timing;
@@ -37,6 +40,7 @@ pub use candle_transformers::models::whisper::Config;
 
 use crate::mel::SAMPLE_RATE;
 use crate::transcript::Segment;
+pub use compute::{ComputeType, UnknownComputeType};
 pub use model::WhisperModel;
 pub use regions::SampleSource;
 pub use transcribe::ChunkSource;
