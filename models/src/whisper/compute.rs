@@ -135,17 +135,21 @@ impl Module for Linear {
 #[derive(Debug, Clone)]
 pub(super) enum TokenEmbedding {
     Float(Tensor),
+    /// `table` may have zero rows past `vocab` (padding for the fast
+    /// kernels); their logits are cut off.
     Quantized {
         table: Arc<QTensor>,
         projection: QMatMul,
+        vocab: usize,
     },
 }
 
 impl TokenEmbedding {
-    pub(super) fn quantized(table: Arc<QTensor>) -> Result<Self> {
+    pub(super) fn quantized(table: Arc<QTensor>, vocab: usize) -> Result<Self> {
         Ok(Self::Quantized {
             projection: QMatMul::from_arc(table.clone())?,
             table,
+            vocab,
         })
     }
 
@@ -161,7 +165,16 @@ impl TokenEmbedding {
     pub(super) fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(t) => hidden.matmul(&t.t()?),
-            Self::Quantized { projection, .. } => projection.forward(&hidden.contiguous()?),
+            Self::Quantized {
+                projection, vocab, ..
+            } => {
+                let logits = projection.forward(&hidden.contiguous()?)?;
+                if logits.dim(1)? == *vocab {
+                    Ok(logits)
+                } else {
+                    logits.narrow(1, 0, *vocab)
+                }
+            }
         }
     }
 
@@ -251,7 +264,17 @@ impl Weights {
     /// The token embedding `name` (`[vocab, d]`).
     pub(super) fn token_embedding(&self, vocab: usize, d: usize, name: &str) -> Result<TokenEmbedding> {
         match self.quantized(name) {
-            Some(t) => TokenEmbedding::quantized(t),
+            Some(t) => {
+                let (rows, cols) = t.shape().dims2()?;
+                if rows < vocab || cols != d {
+                    candle_core::bail!(
+                        "quantized {}.{name} has shape {:?}, expected [{vocab}, {d}]",
+                        self.vb.prefix(),
+                        t.shape()
+                    );
+                }
+                TokenEmbedding::quantized(t, vocab)
+            }
             None => Ok(TokenEmbedding::Float(self.vb.get((vocab, d), name)?)),
         }
     }

@@ -263,6 +263,13 @@ impl WhisperModel {
         Ok(self.encoder.forward(&input)?)
     }
 
+    /// Encoder output `[1, 1500, d]` for one 30 s log-mel window
+    /// (`n_mels * 3000` values, row-major): what each window of a
+    /// transcription costs before decoding (benchmarks time it alone).
+    pub fn encode_window(&self, window: Vec<f32>) -> Result<Tensor, WhisperError> {
+        self.encode(window, self.config.num_mel_bins)
+    }
+
     pub(super) fn encode_text(&self, text: &str) -> Result<Vec<u32>, WhisperError> {
         let enc = self
             .tokenizer

@@ -34,7 +34,7 @@ pub const CACHE_FILE: &str = "model.int8.gguf";
 /// What the cache was made from and what it must hash to.
 pub const CACHE_RECORD: &str = "model.int8.json";
 /// Bumped when what is quantized, or how, changes.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 3;
 const DTYPE: GgmlDType = GgmlDType::Q8_0;
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -48,12 +48,40 @@ struct CacheRecord {
     sha256: String,
 }
 
+/// The token embedding, quantized with its rows padded (see [`PACKED_ROWS`]).
+const EMBED_TOKENS: &str = "model.decoder.embed_tokens.weight";
+/// candle's fastest int8 kernels (weights repacked for the CPU's integer
+/// dot products) need the output width to be a multiple of 16; the
+/// vocabularies (51,864 and 51,865) are not, so the output projection is
+/// padded with zero rows whose logits are cut off again.
+const PACKED_ROWS: usize = 16;
+
+/// Whether the encoder's linear layers are quantized too. Measured on a
+/// 2-core AVX-512 VNNI CPU (docs/models.md, "Compute types"): the encoder
+/// multiplies 1,500 rows at a time, where candle's float32 GEMM is as fast
+/// as its int8 kernels (base) or much faster (tiny: widths of 384 miss the
+/// repacked int8 kernels, which need multiples of 256), so int8 there costs
+/// accuracy for no speed. The decoder multiplies one row per sequence and
+/// step, where reading a quarter of the bytes wins (7-10x per product).
+/// The encoder code takes int8 weights whenever the cache holds them.
+const QUANTIZE_ENCODER: bool = false;
+
+/// Whether `name` is a weight quantized for `int8`: every attention
+/// projection and MLP layer of the decoder (and of the encoder if
+/// [`QUANTIZE_ENCODER`]), and the decoder's token embedding, which is also
+/// the output projection over the whole vocabulary.
+pub(super) fn is_quantized(name: &str) -> bool {
+    if name.starts_with("model.encoder.") && !QUANTIZE_ENCODER {
+        return false;
+    }
+    is_linear_weight(name)
+}
+
 /// Whether `name` is a weight of a linear layer: every attention projection
-/// and MLP layer of encoder and decoder, and the decoder's token embedding
-/// (which is also the output projection over the whole vocabulary).
-pub(super) fn is_linear_weight(name: &str) -> bool {
+/// and MLP layer of encoder and decoder, and the decoder's token embedding.
+fn is_linear_weight(name: &str) -> bool {
     const LAYERS: [&str; 6] = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"];
-    if name == "model.decoder.embed_tokens.weight" {
+    if name == EMBED_TOKENS {
         return true;
     }
     let Some(layer) = name
@@ -129,14 +157,20 @@ fn read_valid_cache(dir: &Path, source_sha256: &str) -> Option<Vec<u8>> {
 /// bytes (tensors in name order, so the same weights give the same bytes).
 fn quantize(safetensors: &[u8]) -> candle_core::Result<Vec<u8>> {
     let tensors = candle_core::safetensors::load_buffer(safetensors, &Device::Cpu)?;
-    let mut names: Vec<&String> = tensors.keys().filter(|n| is_linear_weight(n)).collect();
+    let mut names: Vec<&String> = tensors.keys().filter(|n| is_quantized(n)).collect();
     names.sort();
     if names.is_empty() {
         candle_core::bail!("no linear layer weights found (not a Whisper model?)");
     }
     let quantized = names
         .iter()
-        .map(|n| QTensor::quantize(&tensors[*n].to_dtype(DType::F32)?, DTYPE))
+        .map(|n| {
+            let mut t = tensors[*n].to_dtype(DType::F32)?;
+            if n.as_str() == EMBED_TOKENS {
+                t = pad_rows(&t, PACKED_ROWS)?;
+            }
+            QTensor::quantize(&t, DTYPE)
+        })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let entries: Vec<(&str, &QTensor)> = names
         .iter()
@@ -146,6 +180,17 @@ fn quantize(safetensors: &[u8]) -> candle_core::Result<Vec<u8>> {
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &[], &entries)?;
     Ok(out.into_inner())
+}
+
+/// `t` (`[rows, d]`) with zero rows added up to a multiple of `multiple`.
+fn pad_rows(t: &Tensor, multiple: usize) -> candle_core::Result<Tensor> {
+    let (rows, d) = t.dims2()?;
+    let padded = rows.div_ceil(multiple) * multiple;
+    if padded == rows {
+        return Ok(t.clone());
+    }
+    let zeros = Tensor::zeros((padded - rows, d), t.dtype(), t.device())?;
+    Tensor::cat(&[t, &zeros], 0)
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -206,6 +251,14 @@ fn read_gguf(path: &Path, gguf: &[u8], device: &Device) -> Result<QuantizedWeigh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoder_weights_stay_float_unless_chosen() {
+        let name = "model.encoder.layers.0.fc1.weight";
+        assert!(is_linear_weight(name));
+        assert_eq!(is_quantized(name), QUANTIZE_ENCODER);
+        assert!(is_quantized("model.decoder.layers.0.fc1.weight"));
+    }
 
     #[test]
     fn linear_weights_are_recognised() {
