@@ -45,6 +45,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `murmur` does (see its docs); CANDLE_NUM_THREADS=2 measures the pool.
+    murmur_models::whisper::quantized_kernels_on_calling_thread();
     let mut runs = 3usize;
     let mut models = vec!["tiny.en".to_string(), "base".to_string()];
     let mut computes = vec![ComputeType::F32, ComputeType::Int8];

@@ -68,6 +68,7 @@ fn engine_over(dir: &Path, models: &Path) -> ModelEngine {
             cache_dir: dir.join("cache"),
             max_loaded_models: 1,
             fetch_missing: false,
+            compute_type: ComputeType::F32,
         },
         Device::Cpu,
     )

@@ -94,6 +94,24 @@ impl std::fmt::Display for ComputeType {
     }
 }
 
+/// Makes candle's int8 kernels run on the thread that calls them, unless
+/// `CANDLE_NUM_THREADS` says otherwise. They hand each product to a
+/// spinning thread pool of their own, separate from the one float32
+/// products use; a decoder step alternates between the two dozens of times,
+/// and on a busy CPU (other workers, other processes) every hand-off waits
+/// for a thread to be scheduled: measured on 2 cores, base on the 30 s call
+/// took 17.3 s with the pool and 5.0 s without (docs/models.md, "Compute
+/// types"). Each worker then runs its own int8 products, in parallel with
+/// the others, instead of queueing for the pool's one caller at a time.
+///
+/// Call it first thing in `main`, before any thread starts: it sets an
+/// environment variable, which candle reads once when its pool starts.
+pub fn quantized_kernels_on_calling_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// A linear layer `x W^T + b` with float or quantized weights.
 #[derive(Debug, Clone)]
 pub(super) enum Linear {

@@ -1,8 +1,10 @@
-//! The int8 weight cache: the linear layers' weights of `model.safetensors`
+//! The int8 weight cache: the weights of the decoder's linear layers and of
+//! its token embedding (the output projection) in `model.safetensors`,
 //! quantized to ggml's `Q8_0` (blocks of 32 int8 values with one float16
-//! scale), kept beside the safetensors as `model.int8.gguf`.
+//! scale), kept beside the safetensors as `model.int8.gguf`. The encoder
+//! stays float32 (see [`QUANTIZE_ENCODER`] for why).
 //!
-//! Quantizing takes a few seconds (base: about 2 s on two cores), so it is
+//! Quantizing costs a second or more and grows with the model, so it is
 //! done once, the first time a model is loaded as `int8`, and the result is
 //! written next to the weights; later loads read it. The cache is never
 //! trusted blindly: `model.int8.json` records the sha256 of the safetensors
