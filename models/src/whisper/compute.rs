@@ -153,21 +153,24 @@ impl Module for Linear {
 #[derive(Debug, Clone)]
 pub(super) enum TokenEmbedding {
     Float(Tensor),
-    /// `table` may have zero rows past `vocab` (padding for the fast
-    /// kernels); their logits are cut off.
+    /// `table` (`[rows, cols]`) may have zero rows past `vocab` and zero
+    /// columns past `d` (padding for the fast kernels, see `quantize.rs`);
+    /// their logits and embedding values are cut off.
     Quantized {
         table: Arc<QTensor>,
         projection: QMatMul,
         vocab: usize,
+        d: usize,
     },
 }
 
 impl TokenEmbedding {
-    pub(super) fn quantized(table: Arc<QTensor>, vocab: usize) -> Result<Self> {
+    pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
         Ok(Self::Quantized {
             projection: QMatMul::from_arc(table.clone())?,
             table,
             vocab,
+            d,
         })
     }
 
@@ -175,7 +178,15 @@ impl TokenEmbedding {
     pub(super) fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         match self {
             Self::Float(t) => t.embedding(ids),
-            Self::Quantized { table, .. } => table.embedding(ids)?.to_dtype(dtype),
+            Self::Quantized { table, d, .. } => {
+                let rows = table.embedding(ids)?;
+                let rows = if rows.dim(1)? == *d {
+                    rows
+                } else {
+                    rows.narrow(1, 0, *d)?
+                };
+                rows.to_dtype(dtype)
+            }
         }
     }
 
@@ -184,9 +195,19 @@ impl TokenEmbedding {
         match self {
             Self::Float(t) => hidden.matmul(&t.t()?),
             Self::Quantized {
-                projection, vocab, ..
+                table,
+                projection,
+                vocab,
+                d,
             } => {
-                let logits = projection.forward(&hidden.contiguous()?)?;
+                let (n, cols) = (hidden.dim(0)?, table.shape().dims2()?.1);
+                let hidden = if cols == *d {
+                    hidden.contiguous()?
+                } else {
+                    let zeros = Tensor::zeros((n, cols - d), hidden.dtype(), hidden.device())?;
+                    Tensor::cat(&[hidden, &zeros], 1)?
+                };
+                let logits = projection.forward(&hidden)?;
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {
@@ -284,14 +305,14 @@ impl Weights {
         match self.quantized(name) {
             Some(t) => {
                 let (rows, cols) = t.shape().dims2()?;
-                if rows < vocab || cols != d {
+                if rows < vocab || cols < d {
                     candle_core::bail!(
                         "quantized {}.{name} has shape {:?}, expected [{vocab}, {d}]",
                         self.vb.prefix(),
                         t.shape()
                     );
                 }
-                TokenEmbedding::quantized(t, vocab)
+                TokenEmbedding::quantized(t, vocab, d)
             }
             None => Ok(TokenEmbedding::Float(self.vb.get((vocab, d), name)?)),
         }
