@@ -197,7 +197,7 @@ fn exercise(shape: Shape, name: &str) {
     let installed = import::import(&dir, Some(name), &models).expect("import");
     assert_eq!(installed.name, name);
 
-    let mut model = WhisperModel::load(&installed.path, &Device::Cpu).expect("load");
+    let model = WhisperModel::load(&installed.path, &Device::Cpu).expect("load");
     assert_eq!(model.config().num_mel_bins, 128);
     assert_eq!(model.config().decoder_layers, shape.decoder_layers);
     assert_eq!(model.config().encoder_layers, shape.encoder_layers);

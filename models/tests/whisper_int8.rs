@@ -98,7 +98,10 @@ fn compare(name: &str) -> Vec<String> {
             full.text,
             int8.text
         );
-        assert!(!int8.text.trim().is_empty(), "{name} {clip}: int8 heard nothing");
+        assert!(
+            !int8.text.trim().is_empty(),
+            "{name} {clip}: int8 heard nothing"
+        );
         let words = murmur_models::wer::normalize_words(reference).len() as f64;
         if b - a > MAX_WER_GAP.max(NOISE_WORDS / words) + 1e-9 {
             apart.push(format!("{name} {clip}: f32 WER {a:.3}, int8 {b:.3}"));
@@ -142,7 +145,11 @@ fn int8_word_timestamps_follow_f32() {
             }
         }
     }
-    assert!(wer(testaudio::JFK_TEXT, &int8.text) <= 0.05, "{}", int8.text);
+    assert!(
+        wer(testaudio::JFK_TEXT, &int8.text) <= 0.05,
+        "{}",
+        int8.text
+    );
     let mut last = 0.0;
     for (i, s) in int8.segments.iter().enumerate() {
         let words = s.words.as_ref().expect("words");

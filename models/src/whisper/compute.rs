@@ -51,7 +51,10 @@ impl ComputeType {
     /// Reads a setting: a compute type, or `default` / empty for
     /// [`ComputeType::default_for`] the device. faster-whisper's spellings
     /// `float16` and `float32` are accepted too.
-    pub fn resolve(setting: &str, device: &Device) -> std::result::Result<Self, UnknownComputeType> {
+    pub fn resolve(
+        setting: &str,
+        device: &Device,
+    ) -> std::result::Result<Self, UnknownComputeType> {
         match setting.trim().to_ascii_lowercase().as_str() {
             "" | "default" | "auto" => Ok(Self::default_for(device)),
             other => other.parse(),
@@ -301,7 +304,12 @@ impl Weights {
     }
 
     /// The token embedding `name` (`[vocab, d]`).
-    pub(super) fn token_embedding(&self, vocab: usize, d: usize, name: &str) -> Result<TokenEmbedding> {
+    pub(super) fn token_embedding(
+        &self,
+        vocab: usize,
+        d: usize,
+        name: &str,
+    ) -> Result<TokenEmbedding> {
         match self.quantized(name) {
             Some(t) => {
                 let (rows, cols) = t.shape().dims2()?;
@@ -352,7 +360,10 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 5, 64), &dev)?;
         let float = Linear::Float(candle_nn::Linear::new(w.clone(), Some(b.clone())));
         let q = Linear::quantized(
-            Arc::new(QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)?),
+            Arc::new(QTensor::quantize(
+                &w,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )?),
             Some(b),
         )?;
         let (a, c) = (float.forward(&x)?, q.forward(&x)?);

@@ -121,7 +121,9 @@ impl WhisperModel {
         let quantized = match compute_type {
             ComputeType::Int8 => {
                 let sha = quantize::sha256_hex(&bytes);
-                Some(Arc::new(quantize::load_or_build(dir, &bytes, &sha, device)?))
+                Some(Arc::new(quantize::load_or_build(
+                    dir, &bytes, &sha, device,
+                )?))
             }
             ComputeType::F16 | ComputeType::F32 => None,
         };
