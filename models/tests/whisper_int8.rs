@@ -213,3 +213,15 @@ fn truncated_int8_cache_is_rebuilt() {
     let t = transcribe(&m, &audio, &DecodeOptions::default());
     assert!(wer(testaudio::JFK_TEXT, &t.text) <= 0.05, "{}", t.text);
 }
+
+/// f16 (the GPU default) works on the CPU too, slowly: JFK's clip comes
+/// out right with tiny.en.
+#[test]
+fn f16_transcribes_jfk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = load(&model_dir("tiny.en"), ComputeType::F16);
+    assert_eq!(m.compute_type(), ComputeType::F16);
+    let audio = samples(&testaudio::jfk().expect("fetch jfk"));
+    let t = transcribe(&m, &audio, &DecodeOptions::default());
+    assert!(wer(testaudio::JFK_TEXT, &t.text) <= 0.05, "{}", t.text);
+}
