@@ -3,7 +3,7 @@
 
 What is measured (driven by scripts/bench-asr, one process per run):
   * wall time and peak RSS of each whole process (`/usr/bin/time -v`), for
-    Murmur (`murmur transcribe --no-vad --beam-size 1 --best-of 1 --no-repetition-guard --format json`) and for faster-whisper
+    Murmur (`murmur transcribe --compute-type int8|f32 --no-vad --beam-size 1 --best-of 1 --no-repetition-guard --format json`) and for faster-whisper
     on the very same CTranslate2 model files (greedy, 2 CPU threads,
     compute_type int8 and float32);
   * for faster-whisper also, from inside the process, the model-load time and
@@ -230,8 +230,14 @@ def cmd_report(results, audio_dir):
         for fname in ("jfk.wav", "pyannote-sample.wav"):
             dur = wav_seconds(os.path.join(audio_dir, fname))
             group = {}
-            for engine in ("murmur", "fw-int8", "fw-float32"):
-                d = os.path.join(results, model, fname, engine)
+            base = os.path.join(results, model, fname)
+            found = sorted(os.listdir(base)) if os.path.isdir(base) else []
+            # Murmur's compute types first, then faster-whisper's.
+            engines = [e for e in found if e.startswith("murmur")] + [
+                e for e in ("fw-int8", "fw-float32") if e in found
+            ]
+            for engine in engines:
+                d = os.path.join(base, engine)
                 if not os.path.isdir(d):
                     continue
                 walls, rsss, wers, loads, trans, texts = [], [], [], [], [], []
@@ -268,7 +274,7 @@ def cmd_report(results, audio_dir):
     print("(excluding interpreter start and imports); RTF = wall / audio duration.")
     print()
     hdr = (
-        f"{'model':<8} {'file':<26} {'engine':<11} {'runs':>4} {'wall s':>7} {'(min-max)':>15} "
+        f"{'model':<8} {'file':<26} {'engine':<12} {'runs':>4} {'wall s':>7} {'(min-max)':>15} "
         f"{'RTF':>6} {'peak MB':>8} {'WER %':>6} {'load+tr s':>9} {'tr only s':>9}"
     )
     print(hdr)
@@ -280,29 +286,28 @@ def cmd_report(results, audio_dir):
             trans = f"{g['trans']:.2f}" if g["trans"] is not None else "-"
             rng = f"({g['min']:.2f}-{g['max']:.2f})"
             print(
-                f"{model:<8} {label:<26} {engine:<11} {g['runs']:>4} {g['wall']:>7.2f} {rng:>15} "
+                f"{model:<8} {label:<26} {engine:<12} {g['runs']:>4} {g['wall']:>7.2f} {rng:>15} "
                 f"{g['wall'] / dur:>6.3f} {g['rss']:>8.0f} {100 * g['wer']:>6.1f} {inproc:>9} {trans:>9}"
             )
     print()
     print("Ratios Murmur / faster-whisper (below 1.0 = Murmur faster or smaller):")
     hdr2 = (
-        f"{'model':<8} {'file':<26} {'vs':<11} {'wall':>6} {'wall vs load+tr':>16} {'peak RSS':>9}"
+        f"{'model':<8} {'file':<26} {'vs':<26} {'wall':>6} {'wall vs load+tr':>16} {'peak RSS':>9}"
     )
     print(hdr2)
     print("-" * len(hdr2))
     for model, fname, dur, group in rows:
-        m = group.get("murmur")
-        if not m:
-            continue
-        for engine in ("fw-int8", "fw-float32"):
-            f = group.get(engine)
-            if not f:
-                continue
-            inproc = f"{m['wall'] / f['inproc']:.2f}" if f["inproc"] else "-"
-            print(
-                f"{model:<8} {fname:<26} {engine:<11} {m['wall'] / f['wall']:>6.2f} "
-                f"{inproc:>16} {m['rss'] / f['rss']:>9.2f}"
-            )
+        for ours in [e for e in group if e.startswith("murmur")]:
+            m = group[ours]
+            for engine in ("fw-int8", "fw-float32"):
+                f = group.get(engine)
+                if not f:
+                    continue
+                inproc = f"{m['wall'] / f['inproc']:.2f}" if f["inproc"] else "-"
+                print(
+                    f"{model:<8} {fname:<26} {ours + ' / ' + engine:<26} {m['wall'] / f['wall']:>6.2f} "
+                    f"{inproc:>16} {m['rss'] / f['rss']:>9.2f}"
+                )
     print()
     print("Transcripts (last run):")
     for model, fname, dur, group in rows:

@@ -52,6 +52,11 @@ pub struct TranscribeArgs {
     /// sequential loop.
     #[arg(long)]
     batch_size: Option<u32>,
+    /// How the Whisper weights are stored and multiplied: int8, f16, f32 or
+    /// default (the device's; see docs/models.md). Overrides
+    /// `models.compute_type`.
+    #[arg(long)]
+    compute_type: Option<String>,
     /// Decode by faster-whisper's rules alone, without Murmur's repetition
     /// guard (for comparing the two).
     #[arg(long)]
@@ -148,12 +153,14 @@ async fn run_engine(
         bail!("{} is not a file", file.display());
     }
     let device = murmur_models::device::device_from_str(&settings.models.device)?;
+    let compute_type = settings.compute_type(&device)?;
     let engine = Arc::new(ModelEngine::new(
         ModelEngineConfig {
             models_dir: settings.models_dir(),
             cache_dir: settings.cache_dir(),
             max_loaded_models: 1,
             fetch_missing: true,
+            compute_type,
         },
         device,
     ));
@@ -205,6 +212,11 @@ pub async fn separate(settings: &Settings, args: SeparateArgs) -> anyhow::Result
 
 pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Result<()> {
     let format: Format = args.format.parse()?;
+    let mut settings = settings.clone();
+    if let Some(compute_type) = &args.compute_type {
+        settings.models.compute_type = compute_type.clone();
+    }
+    let settings = &settings;
     let subtitles = SubtitleOptions {
         max_line_width: args.max_line_width,
         max_line_count: args.max_line_count,

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use murmur_models::whisper::{ComputeType, UnknownComputeType};
 use serde::Deserialize;
 
 /// The defaults, embedded so the binary runs with no file at all.
@@ -123,6 +124,8 @@ pub struct ModelSettings {
     /// Empty means `<data_dir>/models`; see [`Settings::models_dir`].
     pub dir: String,
     pub device: String,
+    /// `int8`, `f16`, `f32` or `default`; see [`Settings::compute_type`].
+    pub compute_type: String,
     pub default_model: String,
     pub workers: usize,
     pub max_loaded_models: usize,
@@ -184,6 +187,15 @@ impl Settings {
         } else {
             PathBuf::from(&self.models.dir)
         }
+    }
+
+    /// `models.compute_type` for `device`: `default` is the device's
+    /// (`int8` on a CPU, `f16` on a GPU; see docs/models.md, "Compute types").
+    pub fn compute_type(
+        &self,
+        device: &murmur_models::device::Device,
+    ) -> Result<ComputeType, UnknownComputeType> {
+        ComputeType::resolve(&self.models.compute_type, device)
     }
 }
 

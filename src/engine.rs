@@ -18,12 +18,16 @@ use crate::config::Settings;
 pub fn engines(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
     let device = murmur_models::device::device_from_str(&settings.models.device)
         .with_context(|| format!("models.device = {:?}", settings.models.device))?;
+    let compute_type = settings
+        .compute_type(&device)
+        .with_context(|| format!("models.compute_type = {:?}", settings.models.compute_type))?;
     let engine: Arc<dyn Engine> = Arc::new(WithLinks(ModelEngine::new(
         ModelEngineConfig {
             models_dir: settings.models_dir(),
             cache_dir: settings.cache_dir(),
             max_loaded_models: settings.models.max_loaded_models,
             fetch_missing: settings.models.fetch_missing,
+            compute_type,
         },
         device,
     )));

@@ -84,6 +84,7 @@ enum AdminCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    murmur_models::whisper::quantized_kernels_on_calling_thread();
     let cli = Cli::parse();
     murmur::telemetry::init_logging();
     let mut settings = Settings::load(cli.config.as_deref()).context("reading settings")?;

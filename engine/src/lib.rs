@@ -40,7 +40,7 @@ use murmur_models::fetch::{DIARIZATION_MODEL, SEPARATION_MODEL, VAD_MODEL};
 use murmur_models::separate::Separator;
 use murmur_models::transcript::{Segment, SpeechRegion};
 use murmur_models::vad::SileroVad;
-use murmur_models::whisper::WhisperModel;
+use murmur_models::whisper::{ComputeType, WhisperModel};
 use serde::{Deserialize, Serialize};
 
 mod decode;
@@ -83,6 +83,9 @@ pub struct ModelEngineConfig {
     pub max_loaded_models: usize,
     /// Install a missing catalogue model on first use.
     pub fetch_missing: bool,
+    /// How Whisper weights are stored and multiplied on this device
+    /// (`models.compute_type`).
+    pub compute_type: ComputeType,
 }
 
 /// A loaded Whisper model, shared by every job that uses it at the same
@@ -190,7 +193,7 @@ impl ModelEngine {
             return Ok(model);
         }
         let dir = self.model_dir(name)?;
-        let model = WhisperModel::load(&dir, &self.device)
+        let model = WhisperModel::load_as(&dir, &self.device, self.config.compute_type)
             .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
         let model = Arc::new(model);
         let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());

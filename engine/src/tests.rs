@@ -4,6 +4,7 @@ use super::*;
 use murmur_actors::params::JobParams;
 use murmur_models::separate::STEMS;
 use murmur_models::transcript::Transcript;
+use murmur_models::whisper::ComputeType;
 use serde_json::json;
 use std::ops::ControlFlow;
 
@@ -73,6 +74,7 @@ fn engine_over(dir: &Path, models: &Path) -> ModelEngine {
             cache_dir: dir.join("cache"),
             max_loaded_models: 1,
             fetch_missing: false,
+            compute_type: ComputeType::F32,
         },
         Device::Cpu,
     )

@@ -1,10 +1,15 @@
 //! Whisper speech recognition on candle, with our own decoding loop.
 //!
-//! The encoder is candle-transformers' `AudioEncoder`; the decoder is ours
-//! because it keeps a self-attention key/value cache. On top sits the
+//! Encoder and decoder are ours (the decoder keeps a self-attention
+//! key/value cache; both take float or int8 weights). On top sits the
 //! long-form algorithm of OpenAI's `transcribe()`. One file per job:
 //!
 //! - `model.rs`: loading a model directory, tokenizer and special tokens;
+//! - `compute.rs`: the compute type (`int8`, `f16`, `f32`) and the linear
+//!   layer and token embedding that follow it;
+//! - [`quantize`]: the int8 weights, quantized once and cached beside the
+//!   safetensors (`model.int8.gguf`, checked by sha256);
+//! - `encoder.rs`: the audio encoder (stateless, shared by every job);
 //! - [`decoder`]: the text decoder layers and their key/value cache;
 //! - `decoding.rs`: one window at one temperature, language detection, and
 //!   the temperature fallback;
@@ -22,11 +27,14 @@
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
 mod batch;
+mod compute;
 pub mod decoder;
 mod decoding;
+mod encoder;
 mod filters;
 mod guards;
 mod model;
+pub mod quantize;
 mod regions;
 mod search;
 mod timing;
@@ -39,6 +47,7 @@ pub use candle_transformers::models::whisper::Config;
 use crate::mel::SAMPLE_RATE;
 use crate::transcript::Segment;
 pub use batch::{plan_chunks, MAX_BATCH_SIZE};
+pub use compute::{quantized_kernels_on_calling_thread, ComputeType, UnknownComputeType};
 pub use model::WhisperModel;
 pub use regions::SampleSource;
 pub use transcribe::ChunkSource;

@@ -19,17 +19,10 @@
 //! sequence, and selecting sequences selects their audio too.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::LayerNorm;
 
+use super::compute::{Linear, TokenEmbedding, Weights};
 use super::Config;
-
-fn layer_norm(size: usize, vb: VarBuilder) -> Result<LayerNorm> {
-    Ok(LayerNorm::new(
-        vb.get(size, "weight")?,
-        vb.get(size, "bias")?,
-        1e-5,
-    ))
-}
 
 /// One multi-head attention block's projections.
 #[derive(Debug, Clone)]
@@ -43,13 +36,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(d: usize, n_head: usize, vb: VarBuilder) -> Result<Self> {
+    fn load(d: usize, n_head: usize, w: Weights) -> Result<Self> {
         Ok(Self {
-            q: candle_nn::linear(d, d, vb.pp("q_proj"))?,
+            q: w.pp("q_proj").linear(d, d, true)?,
             // Whisper's key projection has no bias.
-            k: candle_nn::linear_no_bias(d, d, vb.pp("k_proj"))?,
-            v: candle_nn::linear(d, d, vb.pp("v_proj"))?,
-            out: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            k: w.pp("k_proj").linear(d, d, false)?,
+            v: w.pp("v_proj").linear(d, d, true)?,
+            out: w.pp("out_proj").linear(d, d, true)?,
             n_head,
             head_dim: d / n_head,
         })
@@ -133,17 +126,17 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Config, w: Weights) -> Result<Self> {
         let d = cfg.d_model;
         let h = cfg.decoder_attention_heads;
         Ok(Self {
-            self_attn: Attention::load(d, h, vb.pp("self_attn"))?,
-            self_attn_ln: layer_norm(d, vb.pp("self_attn_layer_norm"))?,
-            cross_attn: Attention::load(d, h, vb.pp("encoder_attn"))?,
-            cross_attn_ln: layer_norm(d, vb.pp("encoder_attn_layer_norm"))?,
-            fc1: candle_nn::linear(d, 4 * d, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(4 * d, d, vb.pp("fc2"))?,
-            mlp_ln: layer_norm(d, vb.pp("final_layer_norm"))?,
+            self_attn: Attention::load(d, h, w.pp("self_attn"))?,
+            self_attn_ln: w.pp("self_attn_layer_norm").layer_norm(d)?,
+            cross_attn: Attention::load(d, h, w.pp("encoder_attn"))?,
+            cross_attn_ln: w.pp("encoder_attn_layer_norm").layer_norm(d)?,
+            fc1: w.pp("fc1").linear(d, 4 * d, true)?,
+            fc2: w.pp("fc2").linear(4 * d, d, true)?,
+            mlp_ln: w.pp("final_layer_norm").layer_norm(d)?,
         })
     }
 }
@@ -232,27 +225,31 @@ type CrossAttentionCapture<'a> = (&'a [(usize, usize)], &'a mut Vec<Tensor>);
 /// blocks, output tied to the token embedding).
 #[derive(Debug, Clone)]
 pub struct TextDecoder {
-    embed_tokens: Tensor,
+    embed_tokens: TokenEmbedding,
     embed_positions: Tensor,
     layers: Vec<Layer>,
     ln: LayerNorm,
     n_ctx: usize,
+    /// The compute dtype of the activations.
+    dtype: DType,
 }
 
 impl TextDecoder {
-    pub fn load(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+    /// Loads `model.decoder.*` (`w` already under that prefix).
+    pub(super) fn load(cfg: &Config, w: Weights) -> Result<Self> {
         let d = cfg.d_model;
-        let embed_tokens = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
-        let embed_positions = vb.get((cfg.max_target_positions, d), "embed_positions.weight")?;
+        let embed_tokens = w.token_embedding(cfg.vocab_size, d, "embed_tokens.weight")?;
+        let embed_positions = w.get((cfg.max_target_positions, d), "embed_positions.weight")?;
         let layers = (0..cfg.decoder_layers)
-            .map(|i| Layer::load(cfg, vb.pp(format!("layers.{i}"))))
+            .map(|i| Layer::load(cfg, w.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens,
             embed_positions,
             layers,
-            ln: layer_norm(d, vb.pp("layer_norm"))?,
+            ln: w.pp("layer_norm").layer_norm(d)?,
             n_ctx: cfg.max_target_positions,
+            dtype: w.dtype(),
         })
     }
 
@@ -339,14 +336,14 @@ impl TextDecoder {
             );
         }
         let device = self.embed_tokens.device();
-        let ids = Tensor::new(tokens, device)?;
+        let ids = Tensor::new(tokens, &device)?;
         let mut x = self
             .embed_tokens
-            .embedding(&ids)?
+            .lookup(&ids, self.dtype)?
             .reshape((batch, n, ()))?
             .broadcast_add(&self.embed_positions.narrow(0, offset, n)?)?;
         let mask = if n > 1 {
-            Some(causal_mask(n, offset, device)?)
+            Some(causal_mask(n, offset, &device)?.to_dtype(self.dtype)?)
         } else {
             None
         };
@@ -389,7 +386,7 @@ impl TextDecoder {
 
     /// Vocabulary logits for hidden states `[n, d]` -> `[n, vocab]` (f32).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.matmul(&self.embed_tokens.t()?)?.to_dtype(DType::F32)
+        self.embed_tokens.project(hidden)?.to_dtype(DType::F32)
     }
 }
 

@@ -6,12 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper::model::{AudioEncoder, Whisper};
 use tokenizers::Tokenizer;
 
+use super::compute::{ComputeType, Weights};
 use super::decoder::TextDecoder;
+use super::encoder::AudioEncoder;
+use super::quantize;
 use super::{Config, WhisperError};
 use crate::mel::{self, MelFilters, N_FRAMES, SAMPLE_RATE};
 
@@ -38,6 +42,7 @@ pub(super) struct Specials {
 pub struct WhisperModel {
     pub(super) name: String,
     pub(super) config: Config,
+    pub(super) compute_type: ComputeType,
     pub(super) encoder: AudioEncoder,
     pub(super) decoder: TextDecoder,
     pub(super) tokenizer: Tokenizer,
@@ -58,6 +63,7 @@ impl std::fmt::Debug for WhisperModel {
         f.debug_struct("WhisperModel")
             .field("name", &self.name)
             .field("config", &self.config)
+            .field("compute_type", &self.compute_type)
             .field("device", &self.device)
             .finish_non_exhaustive()
     }
@@ -76,10 +82,20 @@ fn read_file(dir: &Path, file: &str, name: &str) -> Result<PathBuf, WhisperError
 }
 
 impl WhisperModel {
-    /// Loads a model directory (see the module docs) onto `device`. Weights
-    /// are stored in float16 and computed in float32 on the CPU; on CUDA
-    /// they stay float32 as well for now.
+    /// Loads a model directory (see the module docs) onto `device` in
+    /// float32, the reference precision; [`WhisperModel::load_as`] chooses.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, WhisperError> {
+        Self::load_as(dir, device, ComputeType::F32)
+    }
+
+    /// Loads a model directory onto `device` with `compute_type`'s weights
+    /// (see `compute.rs`). `int8` quantizes the weights the first time and
+    /// caches them in the directory (`quantize.rs`).
+    pub fn load_as(
+        dir: &Path,
+        device: &Device,
+        compute_type: ComputeType,
+    ) -> Result<Self, WhisperError> {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -101,19 +117,31 @@ impl WhisperModel {
         let tokenizer =
             Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))?;
 
-        // Load every tensor once as f32 and share it between candle's
-        // encoder and our decoder (tensors are reference counted).
-        let tensors = candle_core::safetensors::load(&weights_path, device)
+        let bytes = std::fs::read(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;
+        let quantized = match compute_type {
+            ComputeType::Int8 => {
+                let sha = quantize::sha256_hex(&bytes);
+                Some(Arc::new(quantize::load_or_build(
+                    dir, &bytes, &sha, device,
+                )?))
+            }
+            ComputeType::F16 | ComputeType::F32 => None,
+        };
+        // The tensors kept in floating point (all of them, or for int8 those
+        // not quantized), in the compute dtype.
+        let dtype = compute_type.float_dtype();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| bad(&weights_path, e.to_string()))?;
+        drop(bytes);
         let tensors = tensors
             .into_iter()
-            .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+            .filter(|(k, _)| quantized.as_ref().is_none_or(|q| !q.contains_key(k)))
+            .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
             .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let encoder = Whisper::load(&vb, config.clone())
-            .map_err(|e| bad(&weights_path, e.to_string()))?
-            .encoder;
-        let decoder = TextDecoder::load(&config, vb.pp("model.decoder"))
+        let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
+        let encoder = AudioEncoder::load(&config, weights.pp("model.encoder"))
+            .map_err(|e| bad(&weights_path, e.to_string()))?;
+        let decoder = TextDecoder::load(&config, weights.pp("model.decoder"))
             .map_err(|e| bad(&weights_path, e.to_string()))?;
 
         let token = |t: &str| {
@@ -185,6 +213,7 @@ impl WhisperModel {
         Ok(Self {
             name,
             config,
+            compute_type,
             encoder,
             decoder,
             tokenizer,
@@ -199,6 +228,11 @@ impl WhisperModel {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// How the weights are stored and multiplied.
+    pub fn compute_type(&self) -> ComputeType {
+        self.compute_type
     }
 
     /// Whether the model knows languages other than English.
@@ -231,6 +265,13 @@ impl WhisperModel {
         self.encode_input(&input)
     }
 
+    /// Encoder output `[1, 1500, d]` for one 30 s log-mel window
+    /// (`n_mels * 3000` values, row-major): what each window of a
+    /// transcription costs before decoding (benchmarks time it alone).
+    pub fn encode_window(&self, window: Vec<f32>) -> Result<Tensor, WhisperError> {
+        self.encode(window, self.config.num_mel_bins)
+    }
+
     /// Encodes `b` windows (each `[n_mels, N_FRAMES]`, row-major) into
     /// `[b, frames, d]`: as one batch on a GPU; one after the other on the
     /// CPU, where a batch is no faster (its matrix products are large
@@ -251,12 +292,7 @@ impl WhisperModel {
     }
 
     fn encode_input(&self, input: &Tensor) -> Result<Tensor, WhisperError> {
-        // candle's `AudioEncoder::forward` takes `&mut self` for a key/value
-        // cache that only its decoder blocks use; the encoder's stays empty.
-        // A clone copies tensor handles (reference counted), not weights, so
-        // each call gets its own and the shared model stays immutable.
-        let mut encoder = self.encoder.clone();
-        Ok(encoder.forward(input, true)?)
+        Ok(self.encoder.forward(input)?)
     }
 
     pub(super) fn encode_text(&self, text: &str) -> Result<Vec<u32>, WhisperError> {

@@ -1,0 +1,375 @@
+//! How a model's weights are stored and multiplied: the compute type
+//! (`int8`, `f16`, `f32`, as faster-whisper names them) and the linear
+//! layer and token embedding that follow it.
+//!
+//! - `f32`: float32 weights and activations (the reference path).
+//! - `f16`: float16 weights and activations, for GPUs (on a CPU it is
+//!   correct but slower than `f32`: candle has no fast float16 CPU kernels).
+//! - `int8`: the linear layers' weights (attention projections, MLPs, and the
+//!   token embedding that doubles as the vocabulary-wide output projection)
+//!   are 8-bit blocks with one scale per 32 values (ggml's `Q8_0`), multiplied
+//!   by candle's quantized kernels, which quantize the activations on the fly
+//!   and use the CPU's integer dot products (AVX-VNNI, AVX-512 VNNI, NEON
+//!   dot). Everything else (convolutions, layer norms, position embeddings,
+//!   biases, attention over the audio) stays float32. The quantized weights
+//!   come from `quantize.rs`'s cache.
+//!
+//! Limits: `int8` activations stay float32 on every device (faster-whisper's
+//! `int8_float16` on a GPU is not offered).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Shape, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
+
+/// A model's compute type; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeType {
+    Int8,
+    F16,
+    F32,
+}
+
+/// A compute type setting that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compute type `{0}`; use `int8`, `f16`, `f32` or `default` (int8 on a CPU, f16 on a GPU)")]
+pub struct UnknownComputeType(pub String);
+
+impl ComputeType {
+    /// faster-whisper's `default`: int8 on a CPU, float16 on a GPU.
+    pub fn default_for(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::Int8
+        } else {
+            Self::F16
+        }
+    }
+
+    /// Reads a setting: a compute type, or `default` / empty for
+    /// [`ComputeType::default_for`] the device. faster-whisper's spellings
+    /// `float16` and `float32` are accepted too.
+    pub fn resolve(
+        setting: &str,
+        device: &Device,
+    ) -> std::result::Result<Self, UnknownComputeType> {
+        match setting.trim().to_ascii_lowercase().as_str() {
+            "" | "default" | "auto" => Ok(Self::default_for(device)),
+            other => other.parse(),
+        }
+    }
+
+    /// The dtype of the weights and activations kept in floating point.
+    pub(super) fn float_dtype(self) -> DType {
+        match self {
+            Self::F16 => DType::F16,
+            Self::Int8 | Self::F32 => DType::F32,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Int8 => "int8",
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeType {
+    type Err = UnknownComputeType;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "int8" => Ok(Self::Int8),
+            "f16" | "float16" | "fp16" => Ok(Self::F16),
+            "f32" | "float32" | "fp32" => Ok(Self::F32),
+            _ => Err(UnknownComputeType(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Makes candle's int8 kernels run on the thread that calls them, unless
+/// `CANDLE_NUM_THREADS` says otherwise. They hand each product to a
+/// spinning thread pool of their own, separate from the one float32
+/// products use; a decoder step alternates between the two dozens of times,
+/// and on a busy CPU (other workers, other processes) every hand-off waits
+/// for a thread to be scheduled: measured on 2 cores, base on the 30 s call
+/// took 17.3 s with the pool and 5.0 s without (docs/models.md, "Compute
+/// types"). Each worker then runs its own int8 products, in parallel with
+/// the others, instead of queueing for the pool's one caller at a time.
+///
+/// Call it first thing in `main`, before any thread starts: it sets an
+/// environment variable, which candle reads once when its pool starts.
+pub fn quantized_kernels_on_calling_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// A linear layer `x W^T + b` with float or quantized weights.
+#[derive(Debug, Clone)]
+pub(super) enum Linear {
+    Float(candle_nn::Linear),
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Linear {
+    pub(super) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self::Quantized {
+            weight: QMatMul::from_arc(weight)?,
+            bias,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(l) => l.forward(x),
+            Self::Quantized { weight, bias } => {
+                // The quantized kernels read their input as one contiguous
+                // row-major block.
+                let y = weight.forward(&x.contiguous()?)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+}
+
+/// The decoder's token embedding `[vocab, d]`, which is also its output
+/// projection (Whisper ties them).
+#[derive(Debug, Clone)]
+pub(super) enum TokenEmbedding {
+    Float(Tensor),
+    /// `table` (`[rows, cols]`) may have zero rows past `vocab` and zero
+    /// columns past `d` (padding for the fast kernels, see `quantize.rs`);
+    /// their logits and embedding values are cut off.
+    Quantized {
+        table: Arc<QTensor>,
+        projection: QMatMul,
+        vocab: usize,
+        d: usize,
+    },
+}
+
+impl TokenEmbedding {
+    pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
+        Ok(Self::Quantized {
+            projection: QMatMul::from_arc(table.clone())?,
+            table,
+            vocab,
+            d,
+        })
+    }
+
+    /// Rows for `ids` (`[n]` u32) -> `[n, d]` in `dtype`.
+    pub(super) fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        match self {
+            Self::Float(t) => t.embedding(ids),
+            Self::Quantized { table, d, .. } => {
+                let rows = table.embedding(ids)?;
+                let rows = if rows.dim(1)? == *d {
+                    rows
+                } else {
+                    rows.narrow(1, 0, *d)?
+                };
+                rows.to_dtype(dtype)
+            }
+        }
+    }
+
+    /// Logits for hidden states `[n, d]` -> `[n, vocab]`.
+    pub(super) fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(t) => hidden.matmul(&t.t()?),
+            Self::Quantized {
+                table,
+                projection,
+                vocab,
+                d,
+            } => {
+                let (n, cols) = (hidden.dim(0)?, table.shape().dims2()?.1);
+                let hidden = if cols == *d {
+                    hidden.contiguous()?
+                } else {
+                    let zeros = Tensor::zeros((n, cols - d), hidden.dtype(), hidden.device())?;
+                    Tensor::cat(&[hidden, &zeros], 1)?
+                };
+                let logits = projection.forward(&hidden)?;
+                if logits.dim(1)? == *vocab {
+                    Ok(logits)
+                } else {
+                    logits.narrow(1, 0, *vocab)
+                }
+            }
+        }
+    }
+
+    pub(super) fn device(&self) -> Device {
+        match self {
+            Self::Float(t) => t.device().clone(),
+            Self::Quantized { table, .. } => table.device(),
+        }
+    }
+}
+
+/// Quantized weights by tensor name (`model.decoder.layers.0.fc1.weight`).
+pub(super) type QuantizedWeights = HashMap<String, Arc<QTensor>>;
+
+/// Where the layers find their weights: float tensors by name and, for
+/// `int8`, the quantized linear weights under the same names. A layer asks
+/// for a linear layer and gets the quantized one when there is one.
+#[derive(Clone)]
+pub(super) struct Weights {
+    vb: VarBuilder<'static>,
+    quantized: Option<Arc<QuantizedWeights>>,
+}
+
+impl Weights {
+    pub(super) fn new(vb: VarBuilder<'static>, quantized: Option<Arc<QuantizedWeights>>) -> Self {
+        Self { vb, quantized }
+    }
+
+    pub(super) fn pp(&self, name: impl ToString) -> Self {
+        Self {
+            vb: self.vb.pp(name),
+            quantized: self.quantized.clone(),
+        }
+    }
+
+    pub(super) fn device(&self) -> &Device {
+        self.vb.device()
+    }
+
+    pub(super) fn dtype(&self) -> DType {
+        self.vb.dtype()
+    }
+
+    /// A float tensor, in the compute dtype.
+    pub(super) fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        self.vb.get(shape, name)
+    }
+
+    fn quantized(&self, name: &str) -> Option<Arc<QTensor>> {
+        let key = format!("{}.{name}", self.vb.prefix());
+        self.quantized.as_ref()?.get(&key).cloned()
+    }
+
+    /// The linear layer under this prefix (`weight` `[out, in]`, `bias`).
+    pub(super) fn linear(&self, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+        let b = if bias {
+            Some(self.vb.get(d_out, "bias")?)
+        } else {
+            None
+        };
+        match self.quantized("weight") {
+            Some(w) => {
+                if w.shape().dims() != [d_out, d_in] {
+                    candle_core::bail!(
+                        "quantized {}.weight has shape {:?}, expected [{d_out}, {d_in}]",
+                        self.vb.prefix(),
+                        w.shape()
+                    );
+                }
+                Linear::quantized(w, b)
+            }
+            None => Ok(Linear::Float(candle_nn::Linear::new(
+                self.vb.get((d_out, d_in), "weight")?,
+                b,
+            ))),
+        }
+    }
+
+    pub(super) fn layer_norm(&self, size: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm::new(
+            self.vb.get(size, "weight")?,
+            self.vb.get(size, "bias")?,
+            1e-5,
+        ))
+    }
+
+    /// The token embedding `name` (`[vocab, d]`).
+    pub(super) fn token_embedding(
+        &self,
+        vocab: usize,
+        d: usize,
+        name: &str,
+    ) -> Result<TokenEmbedding> {
+        match self.quantized(name) {
+            Some(t) => {
+                let (rows, cols) = t.shape().dims2()?;
+                if rows < vocab || cols < d {
+                    candle_core::bail!(
+                        "quantized {}.{name} has shape {:?}, expected [{vocab}, {d}]",
+                        self.vb.prefix(),
+                        t.shape()
+                    );
+                }
+                TokenEmbedding::quantized(t, vocab, d)
+            }
+            None => Ok(TokenEmbedding::Float(self.vb.get((vocab, d), name)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_default_by_device() {
+        assert_eq!("int8".parse::<ComputeType>().unwrap(), ComputeType::Int8);
+        assert_eq!("float16".parse::<ComputeType>().unwrap(), ComputeType::F16);
+        assert_eq!(" F32 ".parse::<ComputeType>().unwrap(), ComputeType::F32);
+        assert!("int4".parse::<ComputeType>().is_err());
+        assert_eq!(
+            ComputeType::resolve("default", &Device::Cpu).unwrap(),
+            ComputeType::Int8
+        );
+        assert_eq!(
+            ComputeType::resolve("", &Device::Cpu).unwrap(),
+            ComputeType::Int8
+        );
+        for c in [ComputeType::Int8, ComputeType::F16, ComputeType::F32] {
+            assert_eq!(c.to_string().parse::<ComputeType>().unwrap(), c);
+        }
+    }
+
+    /// A quantized layer computes what the float one does, within Q8_0's
+    /// rounding.
+    #[test]
+    fn quantized_linear_matches_float() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (96, 64), &dev)?;
+        let b = Tensor::randn(0f32, 0.05, 96, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 64), &dev)?;
+        let float = Linear::Float(candle_nn::Linear::new(w.clone(), Some(b.clone())));
+        let q = Linear::quantized(
+            Arc::new(QTensor::quantize(
+                &w,
+                candle_core::quantized::GgmlDType::Q8_0,
+            )?),
+            Some(b),
+        )?;
+        let (a, c) = (float.forward(&x)?, q.forward(&x)?);
+        assert_eq!(a.dims(), c.dims());
+        let err = (a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.02, "max error {err}");
+        Ok(())
+    }
+}
