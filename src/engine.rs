@@ -50,6 +50,10 @@ impl<E: Engine> Engine for WithLinks<E> {
         }
         Ok(output)
     }
+
+    fn device(&self) -> String {
+        self.0.device()
+    }
 }
 
 /// Gives each stem of a separation result its `GET /v1/jobs/{id}/stems/{name}`.

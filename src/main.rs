@@ -72,6 +72,13 @@ enum TestRecording {
 enum AdminCommand {
     /// Move a tenant to another tier (basic, premium, enterprise).
     SetTier { tenant: String, tier: String },
+    /// Show the running server's inference workers (idle or busy, on which
+    /// job and stage, jobs and audio done) and the requests waiting by tier.
+    Workers {
+        /// Print the server's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrap every tenant's data key under a new master key (stop the
     /// server first). The new key is read from --new-key-file, or created
     /// there when the file does not exist. Afterwards, give the server the
@@ -128,6 +135,21 @@ async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> 
     match command {
         AdminCommand::RotateMasterKey { new_key_file } => {
             rotate_master_key(&settings, &new_key_file)
+        }
+        AdminCommand::Workers { json } => {
+            let data_dir = &settings.store.data_dir;
+            let Some(view) = get_via_server(data_dir, "/v1/ops/workers").await? else {
+                anyhow::bail!(
+                    "no server runs on {} (workers exist only in a running `murmur serve`)",
+                    data_dir.display()
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", workers_table(&view));
+            }
+            Ok(())
         }
         AdminCommand::SetTier { tenant, tier } => {
             let tiers = murmur::billing::TierTable::load(&settings.billing.tiers_file)?;
@@ -221,15 +243,53 @@ fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> any
     Ok(())
 }
 
-/// Sends set-tier to the server that holds `data_dir`, if one answers.
-/// `None`: no server runs (no operator file, or nobody listening at its
-/// address), so the caller opens the store itself.
-async fn set_tier_via_server(
-    data_dir: &std::path::Path,
-    tenant: &str,
-    tier: &str,
-    operator: &str,
-) -> anyhow::Result<Option<serde_json::Value>> {
+/// The operator's view of the workers as text: one line per worker, then
+/// the waiting requests by tier.
+fn workers_table(view: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<6} {:<8} {:<5} {:>6} {:>10}  {}\n",
+        "WORKER", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
+    );
+    let empty = Vec::new();
+    for w in view["workers"].as_array().unwrap_or(&empty) {
+        let running = match w.get("job").filter(|j| !j.is_null()) {
+            Some(j) => format!(
+                "{} (tenant {}, {} since {})",
+                j["job_id"].as_str().unwrap_or("?"),
+                j["tenant_id"].as_str().unwrap_or("?"),
+                j["stage"].as_str().unwrap_or("starting"),
+                j["since"].as_str().unwrap_or("?"),
+            ),
+            None => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<6} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
+            w["index"],
+            w["device"].as_str().unwrap_or("?"),
+            w["state"].as_str().unwrap_or("?"),
+            w["jobs_completed"],
+            w["audio_seconds"].as_f64().unwrap_or(0.0),
+            running
+        ));
+    }
+    let waiting: Vec<String> = view["waiting"]
+        .as_object()
+        .map(|m| m.iter().map(|(tier, n)| format!("{tier} {n}")).collect())
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "waiting: {}\n",
+        if waiting.is_empty() {
+            "none".to_string()
+        } else {
+            waiting.join(", ")
+        }
+    ));
+    out
+}
+
+/// The running server that holds `data_dir`, from its operator file: its
+/// URL and operator token. `None`: no server has written one.
+fn operator_server(data_dir: &std::path::Path) -> anyhow::Result<Option<(String, String)>> {
     let path = murmur::server::operator_file(data_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -241,13 +301,72 @@ async fn set_tier_via_server(
     let (Some(url), Some(token)) = (file["url"].as_str(), file["token"].as_str()) else {
         anyhow::bail!("{} is not an operator file", path.display());
     };
-    let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
-    // The operator's own server on loopback: not a tenant's URL, so not
-    // through the guarded outbound client (which refuses loopback).
-    let client = reqwest::Client::builder()
+    Ok(Some((url.to_string(), token.to_string())))
+}
+
+/// The client for the operator's own server on loopback: not a tenant's
+/// URL, so not through the guarded outbound client (which refuses
+/// loopback).
+fn operator_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
         .no_proxy()
         .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+        .build()?)
+}
+
+/// GETs `path` from the server that holds `data_dir`, as its operator.
+/// `None`: no server runs (no operator file, or nobody answers at its
+/// address).
+async fn get_via_server(
+    data_dir: &std::path::Path,
+    path: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some((url, token)) = operator_server(data_dir)? else {
+        return Ok(None);
+    };
+    let client = operator_client()?;
+    let sent = async {
+        let res = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok::<_, reqwest::Error>((status, res.bytes().await?))
+    }
+    .await;
+    let (status, answer) = match sent {
+        Ok(x) => x,
+        // A server that crashed leaves its file behind: nobody answers.
+        Err(e) => {
+            tracing::debug!(error = %e, "no server answers");
+            return Ok(None);
+        }
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    if status != 200 {
+        anyhow::bail!(
+            "the server refused GET {path} ({status}): {}",
+            answer["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(Some(answer))
+}
+
+/// Sends set-tier to the server that holds `data_dir`, if one answers.
+/// `None`: no server runs (no operator file, or nobody listening at its
+/// address), so the caller opens the store itself.
+async fn set_tier_via_server(
+    data_dir: &std::path::Path,
+    tenant: &str,
+    tier: &str,
+    operator: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some((url, token)) = operator_server(data_dir)? else {
+        return Ok(None);
+    };
+    let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
+    let client = operator_client()?;
     let sent = async {
         let res = client
             .post(format!("{url}/v1/admin/set-tier"))

@@ -24,6 +24,9 @@ pub async fn start(
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
     let keys = TokenKeys::load_or_create(&data_dir, &store)?;
     let tiers = Arc::new(TierTable::load(&settings.billing.tiers_file)?);
+    // The recorder first: what the actors record as they start (each
+    // worker's series at zero) would otherwise go nowhere.
+    let metrics = crate::telemetry::metrics_handle();
     let (jobs, root) = System::start(
         Arc::new(StoreJobs {
             store: store.clone(),
@@ -67,7 +70,7 @@ pub async fn start(
         keys: Arc::new(keys),
         tiers,
         jobs,
-        metrics: crate::telemetry::metrics_handle(),
+        metrics,
         operator_token: Arc::new(hex::encode(rand::random::<[u8; 32]>())),
         token_checks: Arc::new(tokio::sync::Semaphore::new(api::token_check_slots())),
         background: tokio_util::task::TaskTracker::new(),

@@ -106,4 +106,11 @@ pub trait Engine: Send + Sync + 'static {
         sink: &mut dyn WorkSink,
         cancel: &AtomicBool,
     ) -> Result<WorkOutput, WorkError>;
+
+    /// The device the engine runs its models on (`cpu`, `cuda:0`), for
+    /// the operator's view of the workers and their metrics. Engines that
+    /// load no models (stand-ins in tests and benchmarks) run on the CPU.
+    fn device(&self) -> String {
+        "cpu".to_string()
+    }
 }

@@ -225,6 +225,7 @@ async fn begin(me: &ActorRef<JobMsg>, state: &mut JobState) -> Result<(), ActorP
             sealing: audio.sealing,
         }),
         priority: limits.priority,
+        tier: limits.tier.clone(),
         weight: limits.queue_weight,
         // The work a job asks of the pool, for fair sharing: its audio.
         cost_s: audio.duration_s.unwrap_or(600.0).max(1.0),

@@ -31,5 +31,6 @@ mod tenant;
 
 pub use bus::EventBus;
 pub use engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
+pub use pool::{PoolView, RunningView, WorkerView};
 pub use repo::{JobStore, RepoError, TenantLimits};
 pub use system::{StartError, System, SystemConfig};

@@ -30,6 +30,9 @@ pub(crate) enum OrchMsg {
     Tenant(TenantReport),
     /// The shared context (for the bus), for the system handle.
     Ctx(ractor::RpcReplyPort<Ctx>),
+    /// The inference pool, for the system handle (the operator's view of
+    /// the workers asks it directly).
+    Pool(ractor::RpcReplyPort<ActorRef<PoolMsg>>),
 }
 
 // Tenant supervisors report to the orchestrator as to any parent.
@@ -126,6 +129,9 @@ impl Actor for Orchestrator {
             }
             OrchMsg::Ctx(reply) => {
                 let _ = reply.send(state.ctx.clone());
+            }
+            OrchMsg::Pool(reply) => {
+                let _ = reply.send(state.pool.clone());
             }
         }
         metrics::gauge!("murmur_tenant_supervisors").set(state.tenants.len() as f64);

@@ -9,13 +9,22 @@
 //! The pool supervises its workers: one that panics is replaced, one that
 //! runs past its deadline is told to cancel, abandoned and replaced; either
 //! way the job hears a transient error and its supervisor retries it.
+//!
+//! For operators, the pool answers what each worker does ([`PoolView`],
+//! asked with [`PoolMsg::Workers`]) and keeps per-worker Prometheus series
+//! (`murmur_worker_*`, `murmur_pool_waiting`). Its counts live in the
+//! pool's own state and start at zero with the process.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, DerivedActorRef, SupervisionEvent};
+use chrono::{DateTime, Utc};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort, SupervisionEvent,
+};
+use serde::Serialize;
 
 use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
 use crate::error::ActorError;
@@ -54,6 +63,8 @@ pub(crate) enum PoolMsg {
         request: Box<WorkRequest>,
         /// The tier's rank: its class in the fair queue.
         priority: u32,
+        /// The tier's name, for the operator's view and metrics.
+        tier: String,
         /// The tier's share when classes compete (at least 1).
         weight: u32,
         /// The work asked for, in audio seconds.
@@ -69,11 +80,27 @@ pub(crate) enum PoolMsg {
         /// The job whose request stops.
         job_id: String,
     },
+    /// From a worker: the engine entered `stage` of `job_id` (for the
+    /// operator's view; the job hears it directly).
+    Stage {
+        /// The worker's slot.
+        worker: usize,
+        /// The job the stage belongs to (a late report of an earlier job
+        /// is ignored).
+        job_id: String,
+        /// The stage entered.
+        stage: JobStage,
+    },
     /// From a worker: its request ended (the job was told already).
     Idle {
         /// The worker's slot.
         worker: usize,
+        /// Audio seconds of the engine's output; `None` when the request
+        /// ended without one (failed or cancelled), which counts no job.
+        audio_seconds: Option<f64>,
     },
+    /// An operator asks what the workers do and what waits.
+    Workers(RpcReplyPort<PoolView>),
     /// Every [`WATCHDOG_EVERY`]: replace workers past their deadline.
     Watchdog,
 }
@@ -171,14 +198,64 @@ impl<T> FairQueue<T> {
     fn len(&self) -> usize {
         self.classes.values().map(|c| c.queue.len()).sum()
     }
+
+    /// Requests waiting in the class `priority`.
+    fn waiting(&self, priority: u32) -> usize {
+        self.classes.get(&priority).map_or(0, |c| c.queue.len())
+    }
+}
+
+/// What the pool's workers do and what waits: the operator's view
+/// (`GET /v1/ops/workers`, `murmur admin workers`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// Every worker, by index.
+    pub workers: Vec<WorkerView>,
+    /// Requests waiting for a worker, by tier name (every tier that has
+    /// submitted work since start, zero included).
+    pub waiting: BTreeMap<String, usize>,
+}
+
+/// One worker in a [`PoolView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    /// Its slot in the pool.
+    pub index: usize,
+    /// The device its engine runs on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// `idle` or `busy`.
+    pub state: &'static str,
+    /// What it runs, when busy.
+    pub job: Option<RunningView>,
+    /// Requests it finished with an output since the process started.
+    pub jobs_completed: u64,
+    /// The audio seconds of those requests.
+    pub audio_seconds: f64,
+}
+
+/// The request a busy worker runs, in a [`WorkerView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningView {
+    pub job_id: String,
+    pub tenant_id: String,
+    /// The stage the engine last reported; `None` before its first.
+    pub stage: Option<JobStage>,
+    /// When the worker took the request.
+    pub since: DateTime<Utc>,
 }
 
 /// The request a worker runs.
 struct Running {
     /// Its job.
     job_id: String,
-    /// When the worker took it.
+    /// The job's tenant, for the operator's view.
+    tenant_id: String,
+    /// The stage the engine last reported.
+    stage: Option<JobStage>,
+    /// When the worker took it (monotonic, for the deadline).
     started: Instant,
+    /// When the worker took it (wall clock, for the operator's view).
+    since: DateTime<Utc>,
     /// Longest it may run before the watchdog replaces the worker.
     deadline: Duration,
     /// Set to stop the engine at its next check (cancel, deadline, stop).
@@ -193,8 +270,63 @@ struct Slot {
     worker: ActorRef<WorkerMsg>,
     /// The engine it runs, kept for its replacement.
     engine: Arc<dyn Engine>,
+    /// The engine's device, asked once.
+    device: String,
     /// Its request, `None` when idle.
     running: Option<Running>,
+    /// Requests finished with an output since start (kept across a
+    /// replacement: the slot is the worker an operator sees).
+    jobs_completed: u64,
+    /// Their audio seconds.
+    audio_seconds: f64,
+}
+
+impl Slot {
+    /// Sets the slot's busy gauge.
+    fn report_busy(&self, index: usize) {
+        let busy = if self.running.is_some() { 1.0 } else { 0.0 };
+        metrics::gauge!("murmur_worker_busy", "worker" => index.to_string(), "device" => self.device.clone())
+            .set(busy);
+    }
+
+    /// Counts a finished request of `audio_seconds`.
+    fn count_completed(&mut self, index: usize, audio_seconds: f64) {
+        self.jobs_completed += 1;
+        self.audio_seconds += audio_seconds.max(0.0);
+        self.report_counts(index);
+    }
+
+    /// Sets the slot's counters to its totals (whole audio seconds, rounded
+    /// from the exact sum, so short jobs are not each rounded away).
+    fn report_counts(&self, index: usize) {
+        let labels = [
+            ("worker", index.to_string()),
+            ("device", self.device.clone()),
+        ];
+        metrics::counter!("murmur_worker_jobs_total", &labels).absolute(self.jobs_completed);
+        metrics::counter!("murmur_worker_audio_seconds_total", &labels)
+            .absolute(self.audio_seconds.round() as u64);
+    }
+
+    fn view(&self, index: usize) -> WorkerView {
+        WorkerView {
+            index,
+            device: self.device.clone(),
+            state: if self.running.is_some() {
+                "busy"
+            } else {
+                "idle"
+            },
+            job: self.running.as_ref().map(|r| RunningView {
+                job_id: r.job_id.clone(),
+                tenant_id: r.tenant_id.clone(),
+                stage: r.stage,
+                since: r.since,
+            }),
+            jobs_completed: self.jobs_completed,
+            audio_seconds: self.audio_seconds,
+        }
+    }
 }
 
 pub(crate) struct InferencePool;
@@ -204,6 +336,26 @@ pub(crate) struct PoolState {
     slots: Vec<Slot>,
     /// Requests waiting for a worker, fairly shared by tier.
     queue: FairQueue<Waiting>,
+    /// Tier names by rank, as last submitted (the queue knows ranks only).
+    tiers: BTreeMap<u32, String>,
+}
+
+impl PoolState {
+    fn view(&self) -> PoolView {
+        PoolView {
+            workers: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.view(i))
+                .collect(),
+            waiting: self
+                .tiers
+                .iter()
+                .map(|(&rank, name)| (name.clone(), self.queue.waiting(rank)))
+                .collect(),
+        }
+    }
 }
 
 pub(crate) struct PoolArgs {
@@ -244,16 +396,24 @@ impl Actor for InferencePool {
         let mut slots = Vec::with_capacity(args.engines.len());
         for (index, engine) in args.engines.into_iter().enumerate() {
             let worker = spawn_worker(&me, index, engine.clone()).await?;
-            slots.push(Slot {
+            let slot = Slot {
                 worker,
+                device: engine.device(),
                 engine,
                 running: None,
-            });
+                jobs_completed: 0,
+                audio_seconds: 0.0,
+            };
+            // Every worker's series exist from the start, at zero.
+            slot.report_busy(index);
+            slot.report_counts(index);
+            slots.push(slot);
         }
         me.send_interval(WATCHDOG_EVERY, || PoolMsg::Watchdog);
         Ok(PoolState {
             slots,
             queue: FairQueue::default(),
+            tiers: BTreeMap::new(),
         })
     }
 
@@ -267,11 +427,15 @@ impl Actor for InferencePool {
             PoolMsg::Submit {
                 request,
                 priority,
+                tier,
                 weight,
                 cost_s,
                 deadline,
                 reply,
             } => {
+                if state.tiers.get(&priority) != Some(&tier) {
+                    state.tiers.insert(priority, tier);
+                }
                 state.queue.push(
                     priority,
                     weight,
@@ -299,10 +463,33 @@ impl Actor for InferencePool {
                     }
                 }
             }
-            PoolMsg::Idle { worker } => {
+            PoolMsg::Stage {
+                worker,
+                job_id,
+                stage,
+            } => {
+                let running = state.slots.get_mut(worker).and_then(|s| s.running.as_mut());
+                if let Some(r) = running.filter(|r| r.job_id == job_id) {
+                    r.stage = Some(stage);
+                }
+                // Nothing queued or freed: no dispatch, no gauges.
+                return Ok(());
+            }
+            PoolMsg::Idle {
+                worker,
+                audio_seconds,
+            } => {
                 if let Some(slot) = state.slots.get_mut(worker) {
                     slot.running = None;
+                    slot.report_busy(worker);
+                    if let Some(secs) = audio_seconds {
+                        slot.count_completed(worker, secs);
+                    }
                 }
+            }
+            PoolMsg::Workers(reply) => {
+                let _ = reply.send(state.view());
+                return Ok(());
             }
             PoolMsg::Watchdog => {
                 for index in 0..state.slots.len() {
@@ -320,6 +507,10 @@ impl Actor for InferencePool {
         metrics::gauge!("murmur_inference_queue_depth").set(state.queue.len() as f64);
         metrics::gauge!("murmur_inference_busy_workers")
             .set(state.slots.iter().filter(|s| s.running.is_some()).count() as f64);
+        for (&rank, tier) in &state.tiers {
+            metrics::gauge!("murmur_pool_waiting", "tier" => tier.clone())
+                .set(state.queue.waiting(rank) as f64);
+        }
         Ok(())
     }
 
@@ -380,6 +571,7 @@ async fn replace_worker(
                 "the inference worker {why}; the job will be retried"
             )))));
         metrics::counter!("murmur_inference_worker_replacements_total").increment(1);
+        slot.report_busy(index);
     }
     slot.worker.unlink(me.get_cell());
     slot.worker.kill();
@@ -389,18 +581,25 @@ async fn replace_worker(
 
 /// Gives waiting requests to idle workers, best first.
 fn dispatch(state: &mut PoolState) {
-    for slot in state.slots.iter_mut().filter(|s| s.running.is_none()) {
+    for (index, slot) in state.slots.iter_mut().enumerate() {
+        if slot.running.is_some() {
+            continue;
+        }
         let Some(next) = state.queue.pop() else {
             break;
         };
         let cancel = Arc::new(AtomicBool::new(false));
         slot.running = Some(Running {
             job_id: next.request.job_id.clone(),
+            tenant_id: next.request.tenant_id.clone(),
+            stage: None,
             started: Instant::now(),
+            since: Utc::now(),
             deadline: next.deadline,
             cancel: cancel.clone(),
             reply: next.reply.clone(),
         });
+        slot.report_busy(index);
         let _ = slot.worker.send_message(WorkerMsg::Run {
             request: next.request,
             cancel,
@@ -434,14 +633,23 @@ struct WorkerArgs {
     pool: ActorRef<PoolMsg>,
 }
 
-/// Forwards an engine's reports to the actor that submitted the request.
+/// Forwards an engine's reports to the actor that submitted the request,
+/// and its stages to the pool too (for the operator's view).
 struct ActorSink {
     job: ReplyTo,
+    pool: ActorRef<PoolMsg>,
+    worker: usize,
+    job_id: String,
 }
 
 impl WorkSink for ActorSink {
     fn stage(&mut self, stage: JobStage) {
         let _ = self.job.send_message(PoolReply::Stage(stage));
+        let _ = self.pool.send_message(PoolMsg::Stage {
+            worker: self.worker,
+            job_id: self.job_id.clone(),
+            stage,
+        });
     }
     fn progress(&mut self, fraction: f64) {
         let _ = self.job.send_message(PoolReply::Progress(fraction));
@@ -479,11 +687,14 @@ impl Actor for Worker {
         let job = reply.clone();
         let model = request.params.model.clone();
         let started = Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut sink = ActorSink { job };
-            engine.run(&request, &mut sink, &cancel)
-        })
-        .await;
+        let mut sink = ActorSink {
+            job,
+            pool: state.pool.clone(),
+            worker: state.index,
+            job_id: request.job_id.clone(),
+        };
+        let outcome =
+            tokio::task::spawn_blocking(move || engine.run(&request, &mut sink, &cancel)).await;
         let outcome: Result<WorkOutput, WorkError> = match outcome {
             Ok(result) => result,
             // The engine panicked: fail this worker; the pool replaces it and
@@ -498,9 +709,11 @@ impl Actor for Worker {
                     .record(secs / out.audio_seconds);
             }
         }
+        let audio_seconds = outcome.as_ref().ok().map(|out| out.audio_seconds);
         let _ = reply.send_message(PoolReply::Finished(outcome));
         let _ = state.pool.send_message(PoolMsg::Idle {
             worker: state.index,
+            audio_seconds,
         });
         Ok(())
     }

@@ -13,7 +13,11 @@ use crate::ctx::Ctx;
 use crate::engine::Engine;
 use crate::job::Event;
 use crate::orchestrator::{OrchArgs, OrchMsg, Orchestrator};
+use crate::pool::{PoolMsg, PoolView};
 use crate::repo::JobStore;
+
+/// How long an operator's question waits for the pool's answer.
+const VIEW_WAIT: Duration = Duration::from_secs(5);
 
 /// Why [`System::start`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,9 @@ pub struct System {
     orchestrator: ActorRef<OrchMsg>,
     /// The event bus, for publishing and subscriptions.
     bus: EventBus,
+    /// The inference pool, for the operator's view (its failure stops the
+    /// tree, so this handle lasts as long as the system).
+    pool: ActorRef<PoolMsg>,
 }
 
 impl System {
@@ -56,10 +63,13 @@ impl System {
         .await?;
         let ctx: Ctx =
             call!(orchestrator, OrchMsg::Ctx).map_err(|e| StartError::NoAnswer(e.to_string()))?;
+        let pool =
+            call!(orchestrator, OrchMsg::Pool).map_err(|e| StartError::NoAnswer(e.to_string()))?;
         Ok((
             System {
                 orchestrator,
                 bus: ctx.bus,
+                pool,
             },
             handle,
         ))
@@ -93,6 +103,13 @@ impl System {
     /// (see [`EventBus`]). Dropping it unsubscribes.
     pub fn subscribe(&self, tenant: &str, topic: Topic) -> Subscription {
         self.bus.subscribe(tenant, topic)
+    }
+
+    /// What each inference worker does and what waits, as the pool sees it
+    /// now (one message to the pool, answered from its state). `None` when
+    /// the pool does not answer in time (stopping, or overloaded).
+    pub async fn workers(&self) -> Option<PoolView> {
+        ractor::call_t!(self.pool, PoolMsg::Workers, VIEW_WAIT.as_millis() as u64).ok()
     }
 
     /// The bus itself, for tests and metrics.

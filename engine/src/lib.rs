@@ -309,6 +309,15 @@ impl Engine for ModelEngine {
             request, sink, cancel, &plan, checkpoint, input, duration_s, regions,
         )
     }
+
+    /// The device the models load on, as the settings name it.
+    fn device(&self) -> String {
+        match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
+    }
 }
 
 impl ModelEngine {

@@ -134,7 +134,7 @@ async fn subscription(state: AppState, auth: Option<String>) -> Result<Response,
 }
 
 /// Compares secrets without stopping at the first difference.
-fn same_secret(given: &str, expected: &str) -> bool {
+pub(super) fn same_secret(given: &str, expected: &str) -> bool {
     let (a, b) = (given.as_bytes(), expected.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -235,12 +235,7 @@ async fn set_tier(
     auth: Option<String>,
     body: super::JsonBody,
 ) -> Result<Response, ApiError> {
-    let token = auth.as_deref().and_then(|h| h.strip_prefix("Bearer "));
-    let allowed = remote.is_some_and(|r| r.ip().is_loopback())
-        && token.is_some_and(|t| same_secret(t, &state.operator_token));
-    if !allowed {
-        return Err(ApiError::not_found("route"));
-    }
+    super::operator_only(&state, remote, auth.as_deref())?;
     let body: SetTierBody = parse_json(body)?;
     if state.tiers.get(&body.tier).is_none() {
         return Err(ApiError::invalid(format!(

@@ -322,6 +322,24 @@ where
 }
 
 /// The client's address as the server accepted it; see [`RemoteAddr`].
+/// The operator endpoints' guard: a loopback caller holding the operator
+/// token (in `<data_dir>/operator.json`, mode 0600). Anyone else is told
+/// 404, as if there were no such route, so the endpoints stay invisible.
+pub(crate) fn operator_only(
+    state: &AppState,
+    remote: Option<std::net::SocketAddr>,
+    auth: Option<&str>,
+) -> Result<(), ApiError> {
+    let token = auth.and_then(|h| h.strip_prefix("Bearer "));
+    let allowed = remote.is_some_and(|r| r.ip().is_loopback())
+        && token.is_some_and(|t| billing::same_secret(t, &state.operator_token));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("route"))
+    }
+}
+
 pub fn remote_addr(
 ) -> impl Filter<Extract = (Option<std::net::SocketAddr>,), Error = std::convert::Infallible> + Clone
 {

@@ -1,4 +1,6 @@
-//! Operations: health, readiness, metrics, the OpenAPI document.
+//! Operations: health, readiness, metrics, the OpenAPI document, and the
+//! operator's view of the inference workers (loopback and operator token
+//! only, see [`super::operator_only`]).
 
 use serde_json::json;
 use warp::filters::BoxedFilter;
@@ -6,7 +8,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{json_reply, with_state, ApiError, AppState};
+use super::{auth_header, json_reply, respond, with_state, ApiError, AppState};
 
 /// The OpenAPI description of docs/API.md, kept beside the code it describes.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -21,7 +23,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .map(readyz);
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .map(|state: AppState| {
             metrics::gauge!("murmur_store_bytes_on_disk").set(state.store.size_on_disk() as f64);
             let mut res = state.metrics.render().into_response();
@@ -31,6 +33,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             );
             res
         });
+    let workers = warp::path!("v1" / "ops" / "workers")
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .and(super::remote_addr())
+        .and(auth_header())
+        .then(|s, r, a| async move { respond(workers(s, r, a).await) });
     let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
         let mut res = OPENAPI.into_response();
         res.headers_mut().insert(
@@ -46,7 +54,25 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(openapi)
         .unify()
+        .or(workers)
+        .unify()
         .boxed()
+}
+
+/// `GET /v1/ops/workers`: each inference worker's state and counts, and
+/// the requests waiting by tier, as the pool answers them.
+async fn workers(
+    state: AppState,
+    remote: Option<std::net::SocketAddr>,
+    auth: Option<String>,
+) -> Result<Response, ApiError> {
+    super::operator_only(&state, remote, auth.as_deref())?;
+    let view = state
+        .jobs
+        .workers()
+        .await
+        .ok_or_else(|| ApiError::unavailable("the inference pool did not answer; try again"))?;
+    Ok(json_reply(StatusCode::OK, &view))
 }
 
 fn readyz(state: AppState) -> Response {
