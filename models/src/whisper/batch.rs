@@ -336,7 +336,9 @@ impl WhisperModel {
                 .collect();
             let hidden = self.decoder.forward_rows(&tokens, b, &mut state)?; // [b, n, d]
             let at = |i: usize| -> Result<Tensor, WhisperError> {
-                Ok(self.decoder.logits(&hidden.i((.., i, ..))?)?)
+                // Quantized products want contiguous rows.
+                let rows = hidden.i((.., i, ..))?.contiguous()?;
+                Ok(self.decoder.logits(&rows)?.contiguous()?)
             };
             let no_speech = candle_nn::ops::softmax_last_dim(&at(sot_index)?)?
                 .i((.., self.specials.no_speech as usize))?
