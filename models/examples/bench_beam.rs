@@ -9,30 +9,9 @@
 
 use std::time::Instant;
 
-use murmur_models::wer::wer;
+use murmur_models::wer::{stm_file_text, wer};
 use murmur_models::whisper::{DecodeOptions, WhisperModel};
 use murmur_models::{audio, fetch, testaudio};
-
-/// The call's reference text: the STM rows in time order.
-fn stm_text(path: &std::path::Path) -> Result<String, std::io::Error> {
-    let text = std::fs::read_to_string(path)?;
-    let mut rows: Vec<(f64, String)> = text
-        .lines()
-        .filter(|l| !l.starts_with(";;") && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let start: f64 = f.get(3)?.parse().ok()?;
-            let skip = if f.get(5).is_some_and(|s| s.starts_with('<')) {
-                6
-            } else {
-                5
-            };
-            Some((start, f.get(skip..)?.join(" ")))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(rows.into_iter().map(|r| r.1).collect::<Vec<_>>().join(" "))
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -63,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "call",
             audio::decode_file(&call.wav)?.samples,
-            stm_text(&call.stm)?,
+            stm_file_text(&call.stm)?,
         ),
     ];
     println!("| model | audio | greedy s | beam {beam} s | ratio | greedy WER | beam {beam} WER |");

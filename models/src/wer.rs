@@ -163,6 +163,13 @@ pub fn parse_stm(input: &str) -> Result<Vec<StmLine>, String> {
     Ok(out)
 }
 
+/// The reference text of the STM file at `path`, in time order (the
+/// recordings' references in tests and benchmarks).
+pub fn stm_file_text(path: &std::path::Path) -> Result<String, String> {
+    let input = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(stm_text(&parse_stm(&input)?))
+}
+
 /// The reference text of an STM file in time order.
 pub fn stm_text(lines: &[StmLine]) -> String {
     let mut sorted: Vec<&StmLine> = lines.iter().collect();

@@ -16,7 +16,7 @@ use murmur_models::fetch;
 use murmur_models::testaudio;
 use murmur_models::transcript::{SpeechRegion, Transcript};
 use murmur_models::vad::{SileroVad, VadParams};
-use murmur_models::wer::wer;
+use murmur_models::wer::{stm_file_text, wer};
 use murmur_models::whisper::{plan_chunks, ChunkSource, DecodeOptions, WhisperModel};
 
 /// One model decoding at a time on a 2-core machine.
@@ -51,19 +51,8 @@ fn recording() -> (Vec<f32>, String) {
     let mut pcm = samples(&call.wav);
     pcm.extend(std::iter::repeat_n(0.0, 2 * SR));
     pcm.extend(samples(&jfk));
-    let stm = std::fs::read_to_string(&call.stm).expect("read stm");
-    let mut rows: Vec<(f64, String)> = stm
-        .lines()
-        .filter(|l| !l.starts_with(";;") && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((f.get(3)?.parse().ok()?, f.get(5..)?.join(" ")))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut text: Vec<String> = rows.into_iter().map(|r| r.1).collect();
-    text.push(testaudio::JFK_TEXT.to_string());
-    (pcm, text.join(" "))
+    let call_text = stm_file_text(&call.stm).expect("read stm");
+    (pcm, format!("{call_text} {}", testaudio::JFK_TEXT))
 }
 
 /// Speech regions as the engine finds them for a batched job.

@@ -12,7 +12,7 @@ use murmur_models::audio;
 use murmur_models::fetch;
 use murmur_models::testaudio;
 use murmur_models::transcript::Transcript;
-use murmur_models::wer::{normalize_words, wer};
+use murmur_models::wer::{normalize_words, stm_file_text, wer};
 use murmur_models::whisper::{DecodeOptions, WhisperModel};
 
 /// One model decoding at a time on a 2-core machine.
@@ -30,27 +30,6 @@ fn model(name: &str) -> WhisperModel {
 
 fn samples(path: &std::path::Path) -> Vec<f32> {
     audio::decode_file(path).expect("decode").samples
-}
-
-/// The call's reference words, in time order (STM rows).
-fn call_reference(stm: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(stm).expect("read stm");
-    let mut rows: Vec<(f64, String)> = text
-        .lines()
-        .filter(|l| !l.starts_with(";;") && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let start: f64 = f.get(3)?.parse().ok()?;
-            let skip = if f.get(5).is_some_and(|s| s.starts_with('<')) {
-                6
-            } else {
-                5
-            };
-            Some((start, f.get(skip..)?.join(" ")))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    rows.into_iter().map(|r| r.1).collect::<Vec<_>>().join(" ")
 }
 
 fn beam(size: usize) -> DecodeOptions {
@@ -78,7 +57,11 @@ fn recordings() -> Vec<(&'static str, Vec<f32>, String)> {
             samples(&testaudio::jfk().expect("fetch jfk")),
             testaudio::JFK_TEXT.to_string(),
         ),
-        ("call", samples(&call.wav), call_reference(&call.stm)),
+        (
+            "call",
+            samples(&call.wav),
+            stm_file_text(&call.stm).expect("read stm"),
+        ),
     ]
 }
 

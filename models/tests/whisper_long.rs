@@ -46,34 +46,12 @@ fn wer(reference: &str, hypothesis: &str) -> f64 {
     prev[h.len()] as f64 / r.len().max(1) as f64
 }
 
-/// The words of an STM file (`file channel speaker start end [<label>] text`),
-/// in time order.
-fn stm_text(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).expect("read stm");
-    let mut rows: Vec<(f64, String)> = text
-        .lines()
-        .filter(|l| !l.starts_with(";;") && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let start: f64 = f.get(3)?.parse().ok()?;
-            let rest = if f.get(5).is_some_and(|s| s.starts_with('<')) {
-                &f[6..]
-            } else {
-                &f[5..]
-            };
-            Some((start, rest.join(" ")))
-        })
-        .collect();
-    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-    rows.into_iter().map(|r| r.1).collect::<Vec<_>>().join(" ")
-}
-
 #[test]
 fn base_on_two_speaker_telephone_sample() {
     let sample = testaudio::pyannote_sample().expect("fetch sample");
     let decoded = audio::decode_file(&sample.wav).expect("decode");
     assert_eq!((decoded.sample_rate, decoded.channels), (16_000, 1));
-    let reference = stm_text(&sample.stm);
+    let reference = murmur_models::wer::stm_file_text(&sample.stm).expect("read stm");
     let m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
     let t0 = Instant::now();
     let t = m
