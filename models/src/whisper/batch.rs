@@ -26,7 +26,6 @@ use std::ops::Range;
 use candle_core::{IndexOp, Tensor};
 
 use super::decoding::{needs_fallback, SplitMix64, WindowResult};
-use super::timing::add_word_timestamps;
 use super::transcribe::{finish, reported_language, ChunkSource};
 use super::{DecodeOptions, Progress, WhisperError, WhisperModel};
 use crate::mel::{self, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
@@ -222,33 +221,21 @@ impl WhisperModel {
                 // seeks): that rest is decoded as a piece of its own.
                 let mut consumed = split.consumed_frames.map_or(len, |f| f * HOP_LENGTH);
                 if opts.word_timestamps {
-                    let eot = self.specials.eot;
-                    let text_tokens: Vec<u32> = window
-                        .iter()
-                        .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
-                        .collect();
                     let mut state = self.decoder.start(&audio.i(i..i + 1)?)?;
                     let frames = (len / HOP_LENGTH).min(N_FRAMES);
-                    let alignment = self.find_alignment(
+                    let last = &mut last_speech_timestamp[piece.chunk];
+                    // Word edges are kept within the piece's own timeline.
+                    let (last_speech, words_end) = self.time_words(
+                        &mut window,
                         &mut state,
                         &sot_sequence,
-                        &text_tokens,
                         frames,
                         &language,
-                    )?;
-                    let last = &mut last_speech_timestamp[piece.chunk];
-                    *last = add_word_timestamps(
-                        &mut window,
-                        alignment,
                         0.0,
-                        eot,
                         (*last - offset).max(0.0),
-                    ) + offset;
+                    )?;
+                    *last = last_speech + offset;
                     // As openai-whisper: the rest starts after the last word.
-                    let words_end = window
-                        .iter()
-                        .rev()
-                        .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end));
                     if let (Some(end), false) = (words_end, split.single_timestamp_ending) {
                         if split.consumed_frames.is_some() {
                             consumed = ((end * sr) as usize).clamp(1, len);

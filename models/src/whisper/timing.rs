@@ -565,6 +565,40 @@ fn merge_punctuations(words: &mut [WordTiming]) {
     }
 }
 
+impl WhisperModel {
+    /// Times the words of one window's segments: their text tokens aligned
+    /// to the audio in `state` ([`WhisperModel::find_alignment`] over
+    /// `frames` spectrogram frames), then openai-whisper's heuristics
+    /// ([`add_word_timestamps`]). `time_offset` is where the window starts
+    /// on the segments' timeline and `last_speech` where speech last ended
+    /// on it. Returns where speech last ended after this window, and the end
+    /// of its last word when it has words.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn time_words(
+        &self,
+        window: &mut [WindowSegment],
+        state: &mut DecoderState,
+        sot_sequence: &[u32],
+        frames: usize,
+        language: &str,
+        time_offset: f64,
+        last_speech: f64,
+    ) -> Result<(f64, Option<f64>), WhisperError> {
+        let eot = self.specials.eot;
+        let text_tokens: Vec<u32> = window
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
+            .collect();
+        let alignment = self.find_alignment(state, sot_sequence, &text_tokens, frames, language)?;
+        let last_speech = add_word_timestamps(window, alignment, time_offset, eot, last_speech);
+        let words_end = window
+            .iter()
+            .rev()
+            .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end));
+        Ok((last_speech, words_end))
+    }
+}
+
 /// Places the words of `alignment` (one window's, from
 /// [`WhisperModel::find_alignment`]; times from `time_offset`) into the
 /// window's `segments`, with the upstream duration heuristics: words at

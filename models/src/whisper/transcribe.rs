@@ -8,7 +8,7 @@
 use super::decoding::{SplitMix64, WindowResult};
 use super::guards::copies_prompt;
 use super::regions::{RegionMap, SampleSource};
-use super::timing::{add_word_timestamps, WindowSegment};
+use super::timing::WindowSegment;
 use super::{
     DecodeOptions, Progress, Task, WhisperError, WhisperModel, INPUT_STRIDE, TIME_PRECISION,
 };
@@ -232,32 +232,19 @@ impl WhisperModel {
             seek += split.consumed_frames.unwrap_or(segment_size);
             let mut window = split.segments;
             if opts.word_timestamps {
-                let eot = self.specials.eot;
-                let text_tokens: Vec<u32> = window
-                    .iter()
-                    .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
-                    .collect();
-                let alignment = self.find_alignment(
+                let (last_speech, words_end) = self.time_words(
+                    &mut window,
                     &mut state,
                     &sot_sequence,
-                    &text_tokens,
                     segment_size,
                     &language,
-                )?;
-                last_speech_timestamp = add_word_timestamps(
-                    &mut window,
-                    alignment,
                     time_offset,
-                    eot,
                     last_speech_timestamp,
-                );
+                )?;
+                last_speech_timestamp = last_speech;
                 // Seek to the end of the last word rather than the last
                 // timestamp token (openai-whisper and faster-whisper do).
-                let last_word_end = window
-                    .iter()
-                    .rev()
-                    .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end))
-                    .or_else(|| window.last().map(|s| s.end));
+                let last_word_end = words_end.or_else(|| window.last().map(|s| s.end));
                 if let Some(end) = last_word_end {
                     if !single_timestamp_ending && end > time_offset {
                         seek = (end / frame_s).round() as usize;
