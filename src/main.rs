@@ -321,16 +321,44 @@ async fn get_via_server(
     data_dir: &std::path::Path,
     path: &str,
 ) -> anyhow::Result<Option<serde_json::Value>> {
+    let what = format!("GET {path}");
+    ask_server(data_dir, &what, |client, url| {
+        client.get(format!("{url}{path}"))
+    })
+    .await
+}
+
+/// Sends set-tier to the server that holds `data_dir`, if one answers.
+/// `None`: no server runs (no operator file, or nobody listening at its
+/// address), so the caller opens the store itself.
+async fn set_tier_via_server(
+    data_dir: &std::path::Path,
+    tenant: &str,
+    tier: &str,
+    operator: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
+    ask_server(data_dir, "set-tier", |client, url| {
+        client.post(format!("{url}/v1/admin/set-tier")).json(&body)
+    })
+    .await
+}
+
+/// Sends the operator's request (`request`, given the client and the
+/// server's URL; `what` names it in errors) to the server that holds
+/// `data_dir`, with the operator token, and answers its JSON. `None`: no
+/// server runs (no operator file, or nobody answers at its address).
+async fn ask_server(
+    data_dir: &std::path::Path,
+    what: &str,
+    request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let Some((url, token)) = operator_server(data_dir)? else {
         return Ok(None);
     };
     let client = operator_client()?;
     let sent = async {
-        let res = client
-            .get(format!("{url}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
+        let res = request(&client, &url).bearer_auth(token).send().await?;
         let status = res.status().as_u16();
         Ok::<_, reqwest::Error>((status, res.bytes().await?))
     }
@@ -346,50 +374,7 @@ async fn get_via_server(
     let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
     if status != 200 {
         anyhow::bail!(
-            "the server refused GET {path} ({status}): {}",
-            answer["detail"].as_str().unwrap_or("no detail")
-        );
-    }
-    Ok(Some(answer))
-}
-
-/// Sends set-tier to the server that holds `data_dir`, if one answers.
-/// `None`: no server runs (no operator file, or nobody listening at its
-/// address), so the caller opens the store itself.
-async fn set_tier_via_server(
-    data_dir: &std::path::Path,
-    tenant: &str,
-    tier: &str,
-    operator: &str,
-) -> anyhow::Result<Option<serde_json::Value>> {
-    let Some((url, token)) = operator_server(data_dir)? else {
-        return Ok(None);
-    };
-    let body = serde_json::json!({"tenant": tenant, "tier": tier, "operator": operator});
-    let client = operator_client()?;
-    let sent = async {
-        let res = client
-            .post(format!("{url}/v1/admin/set-tier"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await?;
-        let status = res.status().as_u16();
-        Ok::<_, reqwest::Error>((status, res.bytes().await?))
-    }
-    .await;
-    let (status, answer) = match sent {
-        Ok(x) => x,
-        // A server that crashed leaves its file behind: nobody answers.
-        Err(e) => {
-            tracing::debug!(error = %e, "no server answers; using the store directly");
-            return Ok(None);
-        }
-    };
-    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-    if status != 200 {
-        anyhow::bail!(
-            "the server refused set-tier ({status}): {}",
+            "the server refused {what} ({status}): {}",
             answer["detail"].as_str().unwrap_or("no detail")
         );
     }
