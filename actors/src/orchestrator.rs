@@ -35,6 +35,9 @@ pub(crate) enum OrchMsg {
     Pool(ractor::RpcReplyPort<ActorRef<PoolMsg>>),
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for OrchMsg {}
+
 // Tenant supervisors report to the orchestrator as to any parent.
 carries_replies!(OrchMsg::Tenant(TenantReport));
 

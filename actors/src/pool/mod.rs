@@ -15,7 +15,7 @@
 //! (`murmur_worker_*`, `murmur_pool_waiting`). Its counts live in the
 //! pool's own state and start at zero with the process.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +26,13 @@ use ractor::{
 };
 use serde::Serialize;
 
-use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest, WorkSink};
-use crate::error::ActorError;
+mod fair_queue;
+mod worker;
+
+use fair_queue::FairQueue;
+use worker::{Worker, WorkerArgs, WorkerMsg};
+
+use crate::engine::{Engine, WorkError, WorkOutput, WorkRequest};
 use crate::job::JobStage;
 
 /// How often the pool looks for stuck workers.
@@ -49,6 +54,9 @@ pub(crate) enum PoolReply {
     /// abandoned). The last reply of a request.
     Finished(Result<WorkOutput, WorkError>),
 }
+
+// Local only: never sent to another node.
+impl ractor::Message for PoolReply {}
 
 /// Where a request's [`PoolReply`]s go: the submitting actor, whatever its
 /// own message type (it converts them).
@@ -105,6 +113,9 @@ pub(crate) enum PoolMsg {
     Watchdog,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for PoolMsg {}
+
 /// A request waiting for a worker.
 struct Waiting {
     /// The work.
@@ -113,96 +124,6 @@ struct Waiting {
     deadline: Duration,
     /// Where its reports go.
     reply: ReplyTo,
-}
-
-/// One tier's waiting requests (with their costs) and its place in virtual
-/// time.
-struct Class<T> {
-    /// Waiting requests with their costs (audio seconds), oldest first.
-    queue: VecDeque<(f64, T)>,
-    /// The tier's share (at least 1).
-    weight: f64,
-    /// Virtual start of the head request (meaningful while non-empty).
-    start: f64,
-    /// Virtual time at which the class's last served request "finished".
-    finish: f64,
-}
-
-/// Start-time fair queueing over tier classes (Goyal et al., 1996): each
-/// class's head request carries a virtual start tag; the smallest tag is
-/// served first (ties: the higher tier), and serving a request of `cost`
-/// audio seconds moves its class's next tag on by `cost / weight`. A class
-/// that was idle starts at the current virtual time, so it gets its share
-/// from now on but no burst for the time it did not ask. Within a class,
-/// requests keep their order.
-pub(crate) struct FairQueue<T> {
-    /// The classes by tier rank.
-    classes: BTreeMap<u32, Class<T>>,
-    /// The start tag of the request served last.
-    vtime: f64,
-}
-
-impl<T> Default for FairQueue<T> {
-    fn default() -> Self {
-        FairQueue {
-            classes: BTreeMap::new(),
-            vtime: 0.0,
-        }
-    }
-}
-
-impl<T> FairQueue<T> {
-    /// Queues `item` of `cost` (audio seconds) in the class `priority`.
-    fn push(&mut self, priority: u32, weight: u32, cost: f64, item: T) {
-        let vtime = self.vtime;
-        let class = self.classes.entry(priority).or_insert(Class {
-            queue: VecDeque::new(),
-            weight: 1.0,
-            start: vtime,
-            finish: vtime,
-        });
-        // The latest weight of the tier applies (a changed tier table).
-        class.weight = f64::from(weight.max(1));
-        if class.queue.is_empty() {
-            class.start = vtime.max(class.finish);
-        }
-        class.queue.push_back((cost.max(0.0), item));
-    }
-
-    fn pop(&mut self) -> Option<T> {
-        let (_, class) = self
-            .classes
-            .iter_mut()
-            .rev()
-            .filter(|(_, c)| !c.queue.is_empty())
-            // `rev` puts the higher tier first, so `min_by` keeps it on ties.
-            .min_by(|(_, a), (_, b)| a.start.total_cmp(&b.start))?;
-        let (cost, item) = class.queue.pop_front()?;
-        self.vtime = class.start;
-        class.finish = class.start + cost / class.weight;
-        class.start = class.finish;
-        Some(item)
-    }
-
-    /// Takes out the requests `drop` says yes to, and answers them.
-    fn remove_if(&mut self, mut drop: impl FnMut(&T) -> bool) -> Vec<T> {
-        let mut removed = Vec::new();
-        for class in self.classes.values_mut() {
-            let (gone, kept): (Vec<_>, Vec<_>) = class.queue.drain(..).partition(|(_, w)| drop(w));
-            class.queue = kept.into();
-            removed.extend(gone.into_iter().map(|(_, w)| w));
-        }
-        removed
-    }
-
-    fn len(&self) -> usize {
-        self.classes.values().map(|c| c.queue.len()).sum()
-    }
-
-    /// Requests waiting in the class `priority`.
-    fn waiting(&self, priority: u32) -> usize {
-        self.classes.get(&priority).map_or(0, |c| c.queue.len())
-    }
 }
 
 /// What the pool's workers do and what waits: the operator's view
@@ -608,213 +529,3 @@ fn dispatch(state: &mut PoolState) {
     }
 }
 
-// ---- the worker ------------------------------------------------------------
-
-/// A worker's one message.
-pub(crate) enum WorkerMsg {
-    /// Run `request` on the engine, on a blocking thread, until it ends
-    /// or `cancel` is set; every report goes to `reply`.
-    Run {
-        request: Box<WorkRequest>,
-        cancel: Arc<AtomicBool>,
-        reply: ReplyTo,
-    },
-}
-
-struct Worker;
-
-/// A worker's arguments, and its state.
-struct WorkerArgs {
-    /// Its slot in the pool.
-    index: usize,
-    /// The engine it runs requests on.
-    engine: Arc<dyn Engine>,
-    /// Told when a request ends, so the slot takes the next one.
-    pool: ActorRef<PoolMsg>,
-}
-
-/// Forwards an engine's reports to the actor that submitted the request,
-/// and its stages to the pool too (for the operator's view).
-struct ActorSink {
-    job: ReplyTo,
-    pool: ActorRef<PoolMsg>,
-    worker: usize,
-    job_id: String,
-}
-
-impl WorkSink for ActorSink {
-    fn stage(&mut self, stage: JobStage) {
-        let _ = self.job.send_message(PoolReply::Stage(stage));
-        let _ = self.pool.send_message(PoolMsg::Stage {
-            worker: self.worker,
-            job_id: self.job_id.clone(),
-            stage,
-        });
-    }
-    fn progress(&mut self, fraction: f64) {
-        let _ = self.job.send_message(PoolReply::Progress(fraction));
-    }
-    fn checkpoint(&mut self, state: serde_json::Value) {
-        let _ = self.job.send_message(PoolReply::Checkpoint(state));
-    }
-}
-
-impl Actor for Worker {
-    type Msg = WorkerMsg;
-    type State = WorkerArgs;
-    type Arguments = WorkerArgs;
-
-    async fn pre_start(
-        &self,
-        _me: ActorRef<WorkerMsg>,
-        args: WorkerArgs,
-    ) -> Result<WorkerArgs, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _me: ActorRef<WorkerMsg>,
-        msg: WorkerMsg,
-        state: &mut WorkerArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Run {
-            request,
-            cancel,
-            reply,
-        } = msg;
-        let engine = state.engine.clone();
-        let job = reply.clone();
-        let model = request.params.model.clone();
-        let started = Instant::now();
-        let mut sink = ActorSink {
-            job,
-            pool: state.pool.clone(),
-            worker: state.index,
-            job_id: request.job_id.clone(),
-        };
-        let outcome =
-            tokio::task::spawn_blocking(move || engine.run(&request, &mut sink, &cancel)).await;
-        let outcome: Result<WorkOutput, WorkError> = match outcome {
-            Ok(result) => result,
-            // The engine panicked: fail this worker; the pool replaces it and
-            // tells the job.
-            Err(join) => return Err(ActorError::EnginePanicked(join.to_string()).into()),
-        };
-        if let Ok(out) = &outcome {
-            let secs = started.elapsed().as_secs_f64();
-            metrics::histogram!("murmur_inference_seconds", "model" => model.clone()).record(secs);
-            if out.audio_seconds > 0.0 {
-                metrics::histogram!("murmur_real_time_factor", "model" => model)
-                    .record(secs / out.audio_seconds);
-            }
-        }
-        let audio_seconds = outcome.as_ref().ok().map(|out| out.audio_seconds);
-        let _ = reply.send_message(PoolReply::Finished(outcome));
-        let _ = state.pool.send_message(PoolMsg::Idle {
-            worker: state.index,
-            audio_seconds,
-        });
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FairQueue;
-
-    /// Serves `n` requests from a queue where every class always has work
-    /// waiting (each served request is replaced by another of the same
-    /// class), and counts what each class got.
-    fn served(classes: &[(u32, u32, f64)], n: usize) -> Vec<usize> {
-        let mut q = FairQueue::default();
-        for &(priority, weight, cost) in classes {
-            for _ in 0..3 {
-                q.push(priority, weight, cost, priority);
-            }
-        }
-        let mut got = vec![0; classes.len()];
-        for _ in 0..n {
-            let p = q.pop().unwrap();
-            let i = classes.iter().position(|c| c.0 == p).unwrap();
-            got[i] += 1;
-            q.push(p, classes[i].1, classes[i].2, p);
-        }
-        got
-    }
-
-    #[test]
-    fn tiers_share_in_proportion_to_their_weights_and_none_starves() {
-        // basic 1, premium 2, enterprise 4, equal job lengths.
-        let got = served(&[(0, 1, 60.0), (1, 2, 60.0), (2, 4, 60.0)], 700);
-        assert_eq!(got, vec![100, 200, 400]);
-        // A steady stream of enterprise work still lets basic through, one
-        // request in five with the default weights 1 and 4.
-        let got = served(&[(0, 1, 60.0), (2, 4, 60.0)], 500);
-        assert_eq!(got, vec![100, 400]);
-    }
-
-    #[test]
-    fn shares_are_counted_in_audio_seconds() {
-        // Basic sends 10-minute files, enterprise 1-minute ones: by audio,
-        // enterprise gets 4 times basic's, so 40 of its jobs per basic job.
-        let got = served(&[(0, 1, 600.0), (2, 4, 60.0)], 410);
-        assert_eq!(got, vec![10, 400]);
-    }
-
-    #[test]
-    fn order_is_kept_within_a_tier_and_ties_go_to_the_higher_tier() {
-        let mut q = FairQueue::default();
-        for i in 0..3 {
-            q.push(0, 1, 10.0, ("basic", i));
-        }
-        q.push(1, 1, 10.0, ("premium", 0));
-        // Both classes start at virtual time 0: the higher tier first.
-        assert_eq!(q.pop(), Some(("premium", 0)));
-        assert_eq!(q.pop(), Some(("basic", 0)));
-        assert_eq!(q.pop(), Some(("basic", 1)));
-        assert_eq!(q.pop(), Some(("basic", 2)));
-        assert_eq!(q.pop(), None);
-        assert_eq!(q.len(), 0);
-    }
-
-    #[test]
-    fn a_tier_that_was_idle_gets_its_share_not_a_burst() {
-        let mut q = FairQueue::default();
-        // Basic alone for 100 requests.
-        for _ in 0..100 {
-            q.push(0, 1, 60.0, "basic");
-            assert_eq!(q.pop(), Some("basic"));
-        }
-        // Enterprise arrives with 40 requests while basic keeps 10 waiting:
-        // enterprise is served from now on at 4 to 1, without making up
-        // for the 100 it did not ask for (which would hold basic back for
-        // all 40 of its requests).
-        for _ in 0..40 {
-            q.push(2, 4, 60.0, "enterprise");
-        }
-        for _ in 0..10 {
-            q.push(0, 1, 60.0, "basic");
-        }
-        let order: Vec<_> = (0..25).map(|_| q.pop().unwrap()).collect();
-        let basic = order.iter().filter(|w| **w == "basic").count();
-        assert!((4..=6).contains(&basic), "{order:?}");
-        let first_basic = order.iter().position(|w| *w == "basic").unwrap();
-        assert!(first_basic <= 5, "{order:?}");
-    }
-
-    #[test]
-    fn cancelled_requests_leave_the_queue() {
-        let mut q = FairQueue::default();
-        for i in 0..4 {
-            q.push(i % 2, 1, 1.0, i);
-        }
-        let removed = q.remove_if(|i| *i == 1 || *i == 2);
-        assert_eq!(removed.len(), 2);
-        assert_eq!(q.len(), 2);
-        let mut rest = vec![q.pop().unwrap(), q.pop().unwrap()];
-        rest.sort();
-        assert_eq!(rest, vec![0, 3]);
-        assert_eq!(q.pop(), None);
-    }
-}
