@@ -58,15 +58,29 @@ impl<T> FairQueue<T> {
         class.queue.push_back((cost.max(0.0), item));
     }
 
+    #[cfg(test)]
     pub(super) fn pop(&mut self) -> Option<T> {
-        let (_, class) = self
+        self.pop_where(|_| true)
+    }
+
+    /// Takes the next request `fits` accepts: the class with the smallest
+    /// start tag among those holding one (ties: the higher tier), and in
+    /// it the oldest such request. With every request fitting, that is
+    /// the class's head: plain start-time fair queueing. (A request only
+    /// some workers can run, such as one writing files on the control
+    /// node, waits for one of those without holding up the others.)
+    pub(super) fn pop_where(&mut self, mut fits: impl FnMut(&T) -> bool) -> Option<T> {
+        let (_, class, at) = self
             .classes
             .iter_mut()
             .rev()
-            .filter(|(_, c)| !c.queue.is_empty())
+            .filter_map(|(rank, c)| {
+                let at = c.queue.iter().position(|(_, w)| fits(w))?;
+                Some((rank, c, at))
+            })
             // `rev` puts the higher tier first, so `min_by` keeps it on ties.
-            .min_by(|(_, a), (_, b)| a.start.total_cmp(&b.start))?;
-        let (cost, item) = class.queue.pop_front()?;
+            .min_by(|(_, a, _), (_, b, _)| a.start.total_cmp(&b.start))?;
+        let (cost, item) = class.queue.remove(at)?;
         self.vtime = class.start;
         class.finish = class.start + cost / class.weight;
         class.start = class.finish;
@@ -176,6 +190,19 @@ mod tests {
         assert!((4..=6).contains(&basic), "{order:?}");
         let first_basic = order.iter().position(|w| *w == "basic").unwrap();
         assert!(first_basic <= 5, "{order:?}");
+    }
+
+    #[test]
+    fn a_request_no_idle_worker_can_run_lets_the_next_one_through() {
+        let mut q = FairQueue::default();
+        q.push(2, 4, 10.0, ("enterprise", "local only"));
+        q.push(2, 4, 10.0, ("enterprise", "anywhere"));
+        q.push(0, 1, 10.0, ("basic", "anywhere"));
+        let remote = |w: &(&str, &str)| w.1 == "anywhere";
+        assert_eq!(q.pop_where(remote), Some(("enterprise", "anywhere")));
+        assert_eq!(q.pop_where(remote), Some(("basic", "anywhere")));
+        assert_eq!(q.pop_where(remote), None);
+        assert_eq!(q.pop(), Some(("enterprise", "local only")));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use ractor::{
 use serde::Serialize;
 
 mod fair_queue;
+mod remote;
 mod worker;
 
 use fair_queue::FairQueue;
@@ -111,6 +112,8 @@ pub(crate) enum PoolMsg {
     Workers(RpcReplyPort<PoolView>),
     /// Every [`WATCHDOG_EVERY`]: replace workers past their deadline.
     Watchdog,
+    /// From the hub: a worker node's slot reports (see [`crate::cluster`]).
+    Remote(crate::cluster::wire::ToControl),
 }
 
 // Local only: never sent to another node.
@@ -140,8 +143,10 @@ pub struct PoolView {
 /// One worker in a [`PoolView`].
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerView {
-    /// Its slot in the pool.
+    /// Its slot in the pool (never reused while the process runs).
     pub index: usize,
+    /// The node it runs on: `local`, or a worker node's name.
+    pub node: String,
     /// The device its engine runs on (`cpu`, `cuda:0`).
     pub device: String,
     /// `idle` or `busy`.
@@ -183,18 +188,35 @@ struct Running {
     cancel: Arc<AtomicBool>,
     /// Where its reports go (the pool answers for a replaced worker).
     reply: ReplyTo,
+    /// A remote run's name in the worker node's reports, and the task that
+    /// serves its audio (it ends when this is dropped).
+    remote: Option<remote::RemoteRun>,
+}
+
+/// What runs a slot's requests.
+enum Runner {
+    /// A worker actor in this process, and the engine it runs (kept for
+    /// its replacement).
+    Local {
+        worker: ActorRef<WorkerMsg>,
+        engine: Arc<dyn Engine>,
+    },
+    /// A slot of a worker node (see [`crate::cluster`]).
+    Remote(remote::RemoteSlot),
 }
 
 /// One worker and what it runs.
 struct Slot {
-    /// The worker actor (replaced when it crashes or is stuck).
-    worker: ActorRef<WorkerMsg>,
-    /// The engine it runs, kept for its replacement.
-    engine: Arc<dyn Engine>,
-    /// The engine's device, asked once.
+    runner: Runner,
+    /// The node it runs on (`local`, or the worker node's name).
+    node: String,
+    /// The engine's device.
     device: String,
     /// Its request, `None` when idle.
     running: Option<Running>,
+    /// The model of the last request it took: a request for the same
+    /// model goes to it first (the weights are likely still loaded).
+    last_model: Option<String>,
     /// Requests finished with an output since start (kept across a
     /// replacement: the slot is the worker an operator sees).
     jobs_completed: u64,
@@ -203,11 +225,18 @@ struct Slot {
 }
 
 impl Slot {
+    fn labels(&self, index: usize) -> [(&'static str, String); 3] {
+        [
+            ("worker", index.to_string()),
+            ("device", self.device.clone()),
+            ("node", self.node.clone()),
+        ]
+    }
+
     /// Sets the slot's busy gauge.
     fn report_busy(&self, index: usize) {
         let busy = if self.running.is_some() { 1.0 } else { 0.0 };
-        metrics::gauge!("murmur_worker_busy", "worker" => index.to_string(), "device" => self.device.clone())
-            .set(busy);
+        metrics::gauge!("murmur_worker_busy", &self.labels(index)).set(busy);
     }
 
     /// Counts a finished request of `audio_seconds`.
@@ -220,18 +249,25 @@ impl Slot {
     /// Sets the slot's counters to its totals (whole audio seconds, rounded
     /// from the exact sum, so short jobs are not each rounded away).
     fn report_counts(&self, index: usize) {
-        let labels = [
-            ("worker", index.to_string()),
-            ("device", self.device.clone()),
-        ];
+        let labels = self.labels(index);
         metrics::counter!("murmur_worker_jobs_total", &labels).absolute(self.jobs_completed);
         metrics::counter!("murmur_worker_audio_seconds_total", &labels)
             .absolute(self.audio_seconds.round() as u64);
     }
 
+    /// Whether this slot can run `request`: a job that separates writes
+    /// its stems beside its result, where the store is.
+    fn can_run(&self, request: &WorkRequest) -> bool {
+        match self.runner {
+            Runner::Local { .. } => true,
+            Runner::Remote(_) => !request.params.separates(),
+        }
+    }
+
     fn view(&self, index: usize) -> WorkerView {
         WorkerView {
             index,
+            node: self.node.clone(),
             device: self.device.clone(),
             state: if self.running.is_some() {
                 "busy"
@@ -248,28 +284,47 @@ impl Slot {
             audio_seconds: self.audio_seconds,
         }
     }
+
+    /// Ends the slot's request as the pool's own decision (worker replaced,
+    /// stuck, or gone): the job hears a transient error and retries.
+    fn abandon(&mut self, index: usize, why: &str) {
+        if let Some(r) = self.running.take() {
+            r.cancel.store(true, AtomicOrdering::SeqCst);
+            if let (Runner::Remote(slot), Some(run)) = (&self.runner, &r.remote) {
+                slot.cancel(run);
+            }
+            tracing::warn!(job = %r.job_id, worker = index, node = %self.node, why, "inference worker's job abandoned");
+            let _ = r
+                .reply
+                .send_message(PoolReply::Finished(Err(WorkError::Transient(format!(
+                    "the inference worker {why}; the job will be retried"
+                )))));
+            metrics::counter!("murmur_inference_worker_replacements_total").increment(1);
+            self.report_busy(index);
+        }
+    }
 }
 
 pub(crate) struct InferencePool;
 
 pub(crate) struct PoolState {
-    /// The workers, by index.
-    slots: Vec<Slot>,
+    /// The workers by index; an index is never reused (a worker node that
+    /// leaves takes its slots with it).
+    slots: BTreeMap<usize, Slot>,
+    /// The next slot's index.
+    next_index: usize,
     /// Requests waiting for a worker, fairly shared by tier.
     queue: FairQueue<Waiting>,
     /// Tier names by rank, as last submitted (the queue knows ranks only).
     tiers: BTreeMap<u32, String>,
+    /// Names remote runs in worker nodes' reports.
+    next_ticket: u64,
 }
 
 impl PoolState {
     fn view(&self) -> PoolView {
         PoolView {
-            workers: self
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.view(i))
-                .collect(),
+            workers: self.slots.iter().map(|(&i, s)| s.view(i)).collect(),
             waiting: self
                 .tiers
                 .iter()
@@ -277,12 +332,36 @@ impl PoolState {
                 .collect(),
         }
     }
+
+    fn add_slot(&mut self, slot: Slot) -> usize {
+        let index = self.next_index;
+        self.next_index += 1;
+        // Every worker's series exist from the start, at zero.
+        slot.report_busy(index);
+        slot.report_counts(index);
+        self.slots.insert(index, slot);
+        index
+    }
+
+    /// The slot running remote run `ticket`.
+    fn by_ticket(&mut self, ticket: u64) -> Option<(usize, &mut Slot)> {
+        self.slots.iter_mut().find_map(|(&i, s)| {
+            s.running
+                .as_ref()
+                .and_then(|r| r.remote.as_ref())
+                .is_some_and(|run| run.ticket == ticket)
+                .then_some((i, s))
+        })
+    }
 }
 
 pub(crate) struct PoolArgs {
     /// One engine per worker; workers on the same device share one engine
     /// (and so its loaded models).
     pub engines: Vec<Arc<dyn Engine>>,
+    /// Whether worker nodes may join (the control node listens): start
+    /// the hub and watch the workers' process group.
+    pub remote_workers: bool,
 }
 
 async fn spawn_worker(
@@ -314,28 +393,31 @@ impl Actor for InferencePool {
         me: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        let mut slots = Vec::with_capacity(args.engines.len());
-        for (index, engine) in args.engines.into_iter().enumerate() {
-            let worker = spawn_worker(&me, index, engine.clone()).await?;
-            let slot = Slot {
-                worker,
-                device: engine.device(),
-                engine,
-                running: None,
-                jobs_completed: 0,
-                audio_seconds: 0.0,
-            };
-            // Every worker's series exist from the start, at zero.
-            slot.report_busy(index);
-            slot.report_counts(index);
-            slots.push(slot);
-        }
-        me.send_interval(WATCHDOG_EVERY, || PoolMsg::Watchdog);
-        Ok(PoolState {
-            slots,
+        let mut state = PoolState {
+            slots: BTreeMap::new(),
+            next_index: 0,
             queue: FairQueue::default(),
             tiers: BTreeMap::new(),
-        })
+            next_ticket: 1,
+        };
+        for engine in args.engines {
+            let index = state.next_index;
+            let worker = spawn_worker(&me, index, engine.clone()).await?;
+            state.add_slot(Slot {
+                device: engine.device(),
+                runner: Runner::Local { worker, engine },
+                node: "local".into(),
+                running: None,
+                last_model: None,
+                jobs_completed: 0,
+                audio_seconds: 0.0,
+            });
+        }
+        if args.remote_workers {
+            remote::watch(&me, &mut state).await?;
+        }
+        me.send_interval(WATCHDOG_EVERY, || PoolMsg::Watchdog);
+        Ok(state)
     }
 
     async fn handle(
@@ -377,9 +459,12 @@ impl Actor for InferencePool {
                         .send_message(PoolReply::Finished(Err(WorkError::Cancelled)));
                 }
                 if !was_waiting {
-                    for slot in &state.slots {
+                    for slot in state.slots.values() {
                         if let Some(r) = slot.running.as_ref().filter(|r| r.job_id == job_id) {
                             r.cancel.store(true, AtomicOrdering::SeqCst);
+                            if let (Runner::Remote(remote), Some(run)) = (&slot.runner, &r.remote) {
+                                remote.cancel(run);
+                            }
                         }
                     }
                 }
@@ -389,7 +474,10 @@ impl Actor for InferencePool {
                 job_id,
                 stage,
             } => {
-                let running = state.slots.get_mut(worker).and_then(|s| s.running.as_mut());
+                let running = state
+                    .slots
+                    .get_mut(&worker)
+                    .and_then(|s| s.running.as_mut());
                 if let Some(r) = running.filter(|r| r.job_id == job_id) {
                     r.stage = Some(stage);
                 }
@@ -400,7 +488,7 @@ impl Actor for InferencePool {
                 worker,
                 audio_seconds,
             } => {
-                if let Some(slot) = state.slots.get_mut(worker) {
+                if let Some(slot) = state.slots.get_mut(&worker) {
                     slot.running = None;
                     slot.report_busy(worker);
                     if let Some(secs) = audio_seconds {
@@ -408,26 +496,36 @@ impl Actor for InferencePool {
                     }
                 }
             }
+            PoolMsg::Remote(report) => {
+                if !remote::report(&me, state, report) {
+                    // Progress of a run: nothing queued or freed.
+                    return Ok(());
+                }
+            }
             PoolMsg::Workers(reply) => {
                 let _ = reply.send(state.view());
                 return Ok(());
             }
             PoolMsg::Watchdog => {
-                for index in 0..state.slots.len() {
-                    let stuck = state.slots[index]
-                        .running
-                        .as_ref()
-                        .is_some_and(|r| r.started.elapsed() > r.deadline);
-                    if stuck {
-                        replace_worker(&me, state, index, "ran past its deadline").await?;
-                    }
+                let stuck: Vec<usize> = state
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.running
+                            .as_ref()
+                            .is_some_and(|r| r.started.elapsed() > r.deadline)
+                    })
+                    .map(|(&i, _)| i)
+                    .collect();
+                for index in stuck {
+                    replace_worker(&me, state, index, "ran past its deadline").await?;
                 }
             }
         }
-        dispatch(state);
+        dispatch(&me, state);
         metrics::gauge!("murmur_inference_queue_depth").set(state.queue.len() as f64);
         metrics::gauge!("murmur_inference_busy_workers")
-            .set(state.slots.iter().filter(|s| s.running.is_some()).count() as f64);
+            .set(state.slots.values().filter(|s| s.running.is_some()).count() as f64);
         for (&rank, tier) in &state.tiers {
             metrics::gauge!("murmur_pool_waiting", "tier" => tier.clone())
                 .set(state.queue.waiting(rank) as f64);
@@ -441,13 +539,20 @@ impl Actor for InferencePool {
         event: SupervisionEvent,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
-        // Workers stop only by failing (a panic in the engine): replace the
-        // worker; its job hears a transient error from `replace_worker`.
-        if let SupervisionEvent::ActorFailed(cell, err) = &event {
-            if let Some(index) = slot_of(state, cell) {
-                replace_worker(&me, state, index, &format!("crashed ({err})")).await?;
-                dispatch(state);
+        match &event {
+            // Workers stop only by failing (a panic in the engine): replace
+            // the worker; its job hears a transient error.
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(index) = local_slot_of(state, cell) {
+                    replace_worker(&me, state, index, &format!("crashed ({err})")).await?;
+                    dispatch(&me, state);
+                }
             }
+            SupervisionEvent::ProcessGroupChanged(change) => {
+                remote::group_changed(state, change);
+                dispatch(&me, state);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -458,59 +563,80 @@ impl Actor for InferencePool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         // Let running work stop at its next cancellation check.
-        for slot in &state.slots {
+        for slot in state.slots.values() {
             if let Some(r) = &slot.running {
                 r.cancel.store(true, AtomicOrdering::SeqCst);
+                if let (Runner::Remote(remote), Some(run)) = (&slot.runner, &r.remote) {
+                    remote.cancel(run);
+                }
             }
         }
         Ok(())
     }
 }
 
-fn slot_of(state: &PoolState, cell: &ActorCell) -> Option<usize> {
-    state
-        .slots
-        .iter()
-        .position(|s| s.worker.get_id() == cell.get_id())
+fn local_slot_of(state: &PoolState, cell: &ActorCell) -> Option<usize> {
+    state.slots.iter().find_map(|(&i, s)| match &s.runner {
+        Runner::Local { worker, .. } if worker.get_id() == cell.get_id() => Some(i),
+        _ => None,
+    })
 }
 
-/// Abandons a worker (its job hears a transient error) and starts another
-/// in its place with the same engine.
+/// Abandons a worker's request (its job hears a transient error); a local
+/// worker is replaced by another with the same engine, a remote one is
+/// told to cancel and keeps its slot.
 async fn replace_worker(
     me: &ActorRef<PoolMsg>,
     state: &mut PoolState,
     index: usize,
     why: &str,
 ) -> Result<(), ActorProcessingErr> {
-    let slot = &mut state.slots[index];
-    if let Some(r) = slot.running.take() {
-        r.cancel.store(true, AtomicOrdering::SeqCst);
-        tracing::warn!(job = %r.job_id, worker = index, why, "inference worker replaced");
-        let _ = r
-            .reply
-            .send_message(PoolReply::Finished(Err(WorkError::Transient(format!(
-                "the inference worker {why}; the job will be retried"
-            )))));
-        metrics::counter!("murmur_inference_worker_replacements_total").increment(1);
-        slot.report_busy(index);
+    let Some(slot) = state.slots.get_mut(&index) else {
+        return Ok(());
+    };
+    slot.abandon(index, why);
+    if let Runner::Local { worker, engine } = &mut slot.runner {
+        worker.unlink(me.get_cell());
+        worker.kill();
+        *worker = spawn_worker(me, index, engine.clone()).await?;
     }
-    slot.worker.unlink(me.get_cell());
-    slot.worker.kill();
-    slot.worker = spawn_worker(me, index, slot.engine.clone()).await?;
     Ok(())
 }
 
-/// Gives waiting requests to idle workers, best first.
-fn dispatch(state: &mut PoolState) {
-    for (index, slot) in state.slots.iter_mut().enumerate() {
-        if slot.running.is_some() {
-            continue;
+/// Gives waiting requests to idle workers: each request in fair order, to
+/// an idle worker that can run it, one that last ran its model first.
+fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
+    loop {
+        let idle: Vec<usize> = state
+            .slots
+            .iter()
+            .filter(|(_, s)| s.running.is_none())
+            .map(|(&i, _)| i)
+            .collect();
+        if idle.is_empty() {
+            return;
         }
-        let Some(next) = state.queue.pop() else {
-            break;
+        let slots = &state.slots;
+        let Some(next) = state
+            .queue
+            .pop_where(|w| idle.iter().any(|i| slots[i].can_run(&w.request)))
+        else {
+            return;
         };
+        let model = &next.request.params.model;
+        let Some(index) = idle
+            .iter()
+            .copied()
+            .filter(|i| slots[i].can_run(&next.request))
+            .min_by_key(|i| (slots[i].last_model.as_ref() != Some(model), *i))
+        else {
+            return;
+        };
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        let slot = state.slots.get_mut(&index).expect("an idle slot");
         let cancel = Arc::new(AtomicBool::new(false));
-        slot.running = Some(Running {
+        let mut running = Running {
             job_id: next.request.job_id.clone(),
             tenant_id: next.request.tenant_id.clone(),
             stage: None,
@@ -519,13 +645,22 @@ fn dispatch(state: &mut PoolState) {
             deadline: next.deadline,
             cancel: cancel.clone(),
             reply: next.reply.clone(),
-        });
+            remote: None,
+        };
+        slot.last_model = Some(model.clone());
+        match &slot.runner {
+            Runner::Local { worker, .. } => {
+                let _ = worker.send_message(WorkerMsg::Run {
+                    request: next.request,
+                    cancel,
+                    reply: next.reply,
+                });
+            }
+            Runner::Remote(remote) => {
+                running.remote = Some(remote.run(me, ticket, next.request));
+            }
+        }
+        slot.running = Some(running);
         slot.report_busy(index);
-        let _ = slot.worker.send_message(WorkerMsg::Run {
-            request: next.request,
-            cancel,
-            reply: next.reply,
-        });
     }
 }
-

@@ -124,4 +124,3 @@ impl Actor for Worker {
         Ok(())
     }
 }
-
