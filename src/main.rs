@@ -287,8 +287,8 @@ fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> any
 /// the waiting requests by tier.
 fn workers_table(view: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<6} {:<8} {:<5} {:>6} {:>10}  {}\n",
-        "WORKER", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
+        "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10}  {}\n",
+        "WORKER", "NODE", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
     );
     let empty = Vec::new();
     for w in view["workers"].as_array().unwrap_or(&empty) {
@@ -303,8 +303,9 @@ fn workers_table(view: &serde_json::Value) -> String {
             None => "-".to_string(),
         };
         out.push_str(&format!(
-            "{:<6} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
+            "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
             w["index"],
+            w["node"].as_str().unwrap_or("local"),
             w["device"].as_str().unwrap_or("?"),
             w["state"].as_str().unwrap_or("?"),
             w["jobs_completed"],

@@ -133,7 +133,12 @@ pub async fn start_control(settings: &ClusterSettings) -> Result<bool, ClusterEr
     )
     .with_listen_addr(addr.ip());
     Actor::spawn(Some("murmur.cluster".into()), server, ()).await?;
-    tracing::info!(%addr, tls = settings.tls_cert.is_empty().then_some("off").unwrap_or("on"), "accepting worker nodes");
+    let tls = if settings.tls_cert.trim().is_empty() {
+        "off"
+    } else {
+        "on"
+    };
+    tracing::info!(%addr, tls, "accepting worker nodes");
     Ok(true)
 }
 
