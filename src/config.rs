@@ -21,6 +21,9 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub outbound: crate::outbound::OutboundSettings,
     pub webhooks: WebhookSettings,
+    /// Worker nodes on other machines (`[cluster]`).
+    #[serde(default)]
+    pub cluster: murmur_actors::ClusterSettings,
 }
 
 /// `[webhooks]`: endpoints per tenant and how deliveries are retried.

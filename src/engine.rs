@@ -14,8 +14,13 @@ use murmur_engine::{ModelEngine, ModelEngineConfig};
 use crate::config::Settings;
 
 /// The engines of the inference pool: `models.workers` workers sharing one
-/// engine (and its loaded models) on the configured device.
+/// engine (and its loaded models) on the configured device. None at all
+/// only for a control node that worker nodes may join (`cluster.listen`)
+/// with `models.workers = 0`.
 pub fn engines(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
+    if settings.models.workers == 0 && !settings.cluster.listen.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     let device = murmur_models::device::device_from_str(&settings.models.device)
         .with_context(|| format!("models.device = {:?}", settings.models.device))?;
     let compute_type = settings

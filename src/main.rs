@@ -1,4 +1,4 @@
-//! The `murmur` command line: `serve`, `transcribe`, `models`, `admin`.
+//! The `murmur` command line: `serve`, `worker`, `transcribe`, `models`, `admin`.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,20 @@ enum Command {
         /// Where the store, keys and uploads live.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Join a running Murmur as an inference worker node: load models for
+    /// this machine's device (models.device, models.compute_type) and run
+    /// models.workers jobs at a time for the control node, whose
+    /// cluster.listen address --join names. cluster.cookie (or
+    /// MURMUR__CLUSTER__COOKIE) and the TLS files are those of the
+    /// control node's cluster. Joins again by itself when the session ends.
+    Worker {
+        /// The control node's cluster address, HOST:PORT.
+        #[arg(long)]
+        join: String,
+        /// This node's name in the cluster (default: host name and pid).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Transcribe (or translate) one audio file, without a server.
     Transcribe(cli::TranscribeArgs),
@@ -109,6 +123,12 @@ fn main() -> anyhow::Result<()> {
             }
             runtime.block_on(murmur::server::serve(settings))
         }
+        Command::Worker { join, name } => {
+            if let Some(name) = name {
+                settings.cluster.node_name = name;
+            }
+            runtime.block_on(worker(settings, join))
+        }
         Command::Transcribe(args) => runtime.block_on(cli::transcribe(&settings, args)),
         Command::Separate(args) => runtime.block_on(cli::separate(&settings, args)),
         Command::Models { command } => cli::models(&settings, command),
@@ -129,6 +149,26 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(admin(settings, command))
         }
     }
+}
+
+/// `murmur worker`: see [`Command::Worker`].
+async fn worker(mut settings: Settings, join: String) -> anyhow::Result<()> {
+    // A worker with no cluster listener of its own still needs its slots.
+    settings.models.workers = settings.models.workers.max(1);
+    settings.cluster.listen.clear();
+    let engines = murmur::engine::engines(&settings)?;
+    let spool_dir = settings.cache_dir().join("spool");
+    murmur_actors::cluster::run_worker(
+        murmur_actors::cluster::WorkerNode {
+            join,
+            settings: settings.cluster.clone(),
+            engines,
+            spool_dir,
+        },
+        murmur::server::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn admin(settings: Settings, command: AdminCommand) -> anyhow::Result<()> {
@@ -247,8 +287,8 @@ fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> any
 /// the waiting requests by tier.
 fn workers_table(view: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<6} {:<8} {:<5} {:>6} {:>10}  {}\n",
-        "WORKER", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
+        "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10}  {}\n",
+        "WORKER", "NODE", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
     );
     let empty = Vec::new();
     for w in view["workers"].as_array().unwrap_or(&empty) {
@@ -263,8 +303,9 @@ fn workers_table(view: &serde_json::Value) -> String {
             None => "-".to_string(),
         };
         out.push_str(&format!(
-            "{:<6} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
+            "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
             w["index"],
+            w["node"].as_str().unwrap_or("local"),
             w["device"].as_str().unwrap_or("?"),
             w["state"].as_str().unwrap_or("?"),
             w["jobs_completed"],

@@ -27,13 +27,16 @@ pub async fn start(
     // The recorder first: what the actors record as they start (each
     // worker's series at zero) would otherwise go nowhere.
     let metrics = crate::telemetry::metrics_handle();
-    let (jobs, root) = System::start(
+    // Worker nodes may join once the pool watches for them.
+    let remote_workers = murmur_actors::cluster::start_control(&settings.cluster).await?;
+    let (jobs, root) = System::start_with(
         Arc::new(StoreJobs {
             store: store.clone(),
             tiers: tiers.clone(),
         }),
         engines,
         settings.jobs.clone(),
+        remote_workers,
     )
     .await?;
     let outbound = crate::outbound::Outbound::new(&settings.outbound)?;
@@ -397,7 +400,7 @@ fn restrict_new_files() {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -88,6 +88,7 @@ async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
     let workers = view["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 1, "{view}");
     assert_eq!(workers[0]["index"], 0);
+    assert_eq!(workers[0]["node"], "local");
     assert_eq!(workers[0]["device"], "cpu");
     assert_eq!(workers[0]["state"], "idle");
     assert!(workers[0]["job"].is_null(), "{view}");
@@ -213,7 +214,7 @@ async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
         .find(|l| l.starts_with('0'))
         .unwrap_or_else(|| panic!("no worker line: {out}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&cols[..4], &["0", "cpu", "idle", "2"], "{out}");
+    assert_eq!(&cols[..5], &["0", "local", "cpu", "idle", "2"], "{out}");
     assert!(out.contains("waiting: premium 0"), "{out}");
     let (ok, out) = server.admin(&["workers", "--json"], &[]);
     assert!(ok, "{out}");

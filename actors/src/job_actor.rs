@@ -25,6 +25,9 @@ pub(crate) enum JobMsg {
     Cancel,
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for JobMsg {}
+
 // The pool replies to a job actor as to any submitter.
 carries_replies!(JobMsg::Work(PoolReply));
 

@@ -35,6 +35,9 @@ pub(crate) enum OrchMsg {
     Pool(ractor::RpcReplyPort<ActorRef<PoolMsg>>),
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for OrchMsg {}
+
 // Tenant supervisors report to the orchestrator as to any parent.
 carries_replies!(OrchMsg::Tenant(TenantReport));
 
@@ -45,6 +48,8 @@ pub(crate) struct OrchArgs {
     pub store: Arc<dyn JobStore>,
     /// One engine per inference worker.
     pub engines: Vec<Arc<dyn Engine>>,
+    /// Whether worker nodes may join (see [`crate::cluster`]).
+    pub remote_workers: bool,
     /// Retries, backoff and deadlines.
     pub config: Arc<SystemConfig>,
 }
@@ -74,6 +79,7 @@ impl Actor for Orchestrator {
             InferencePool,
             PoolArgs {
                 engines: args.engines,
+                remote_workers: args.remote_workers,
             },
             me.get_cell(),
         )

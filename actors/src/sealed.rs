@@ -58,6 +58,19 @@ impl StoredFile {
             .map(|_| Arc::new(self.clone()) as Arc<dyn Opener>)
     }
 
+    /// The file's plain bytes as a reader, with their length: through the
+    /// seal when it is sealed (a remote worker receives these).
+    pub fn open(&self) -> std::io::Result<(Box<dyn ReadSeek>, u64)> {
+        match self.key {
+            Some(_) => Opener::open(self),
+            None => {
+                let file = std::fs::File::open(&self.path)?;
+                let len = file.metadata()?.len();
+                Ok((Box::new(file), len))
+            }
+        }
+    }
+
     /// The file as the decoder reads it.
     pub fn input(&self) -> Input<'_> {
         match self.key {

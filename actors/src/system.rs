@@ -51,6 +51,18 @@ impl System {
         engines: Vec<Arc<dyn Engine>>,
         config: SystemConfig,
     ) -> Result<(System, JoinHandle<()>), StartError> {
+        Self::start_with(store, engines, config, false).await
+    }
+
+    /// As [`start`](Self::start); with `remote_workers`, the pool also
+    /// dispatches to worker nodes that join (the control node must listen:
+    /// [`crate::cluster::start_control`]). `engines` may then be empty.
+    pub async fn start_with(
+        store: Arc<dyn JobStore>,
+        engines: Vec<Arc<dyn Engine>>,
+        config: SystemConfig,
+        remote_workers: bool,
+    ) -> Result<(System, JoinHandle<()>), StartError> {
         let (orchestrator, handle) = Actor::spawn(
             None,
             Orchestrator,
@@ -58,6 +70,7 @@ impl System {
                 store,
                 engines,
                 config: Arc::new(config),
+                remote_workers,
             },
         )
         .await?;

@@ -34,6 +34,9 @@ pub(crate) enum TenantMsg {
     ConfirmIdle(RpcReplyPort<bool>),
 }
 
+// Local only: never sent to another node.
+impl ractor::Message for TenantMsg {}
+
 /// What a tenant supervisor tells its parent (the orchestrator), which
 /// takes it as one of its own messages: the supervisor knows its parent
 /// only as a `DerivedActorRef<TenantReport>`.
@@ -44,6 +47,9 @@ pub(crate) enum TenantReport {
     /// ([`TenantMsg::ConfirmIdle`]).
     Idle(String),
 }
+
+// Local only: never sent to another node.
+impl ractor::Message for TenantReport {}
 
 pub(crate) struct TenantSupervisor;
 

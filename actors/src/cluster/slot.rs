@@ -1,0 +1,302 @@
+//! A remote inference slot: on a worker node, the actor the control
+//! node's pool dispatches to. It pulls the job's audio from the control
+//! node in bounded chunks into a spool file, runs the engine on it on a
+//! blocking thread, and sends every report back to the control node's hub.
+//!
+//! One run at a time. If the hub leaves (the control node went away or the
+//! session broke), the run is cancelled: the control node retries the job
+//! from its last checkpoint, so nothing here needs to survive.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::wire::{Outcome, ToControl, ToWorker, WorkerInfo};
+use super::{hub, CHUNK_BYTES, HUB_GROUP};
+use crate::engine::{Engine, WorkError, WorkRequest, WorkSink};
+use crate::job::JobStage;
+
+pub(crate) struct Slot;
+
+pub(crate) struct SlotArgs {
+    pub engine: Arc<dyn Engine>,
+    pub info: WorkerInfo,
+    /// Where runs' audio is spooled (removed when each run ends).
+    pub spool_dir: PathBuf,
+}
+
+pub(crate) struct SlotState {
+    args: SlotArgs,
+    run: Option<Run>,
+    /// A run that arrived while the last one was still stopping.
+    next: Option<(u64, Box<WorkRequest>, u64)>,
+}
+
+/// The run in progress.
+struct Run {
+    ticket: u64,
+    /// The hub that sent it: every report goes there.
+    hub: ActorRef<ToControl>,
+    /// The request; its audio path is the spool file.
+    request: Option<Box<WorkRequest>>,
+    /// The audio's length, and what has arrived of it.
+    audio_bytes: u64,
+    received: u64,
+    spool: PathBuf,
+    file: Option<std::fs::File>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Run {
+    fn fetch_next(&self) {
+        let _ = self.hub.send_message(ToControl::Fetch {
+            ticket: self.ticket,
+            offset: self.received,
+            max: CHUNK_BYTES,
+        });
+    }
+}
+
+/// The engine's reports, sent to the hub as they happen.
+struct HubSink {
+    hub: ActorRef<ToControl>,
+    ticket: u64,
+}
+
+impl WorkSink for HubSink {
+    fn stage(&mut self, stage: JobStage) {
+        let _ = self.hub.send_message(ToControl::Stage {
+            ticket: self.ticket,
+            stage,
+        });
+    }
+    fn progress(&mut self, fraction: f64) {
+        let _ = self.hub.send_message(ToControl::Progress {
+            ticket: self.ticket,
+            fraction,
+        });
+    }
+    fn checkpoint(&mut self, state: serde_json::Value) {
+        let _ = self.hub.send_message(ToControl::Checkpoint {
+            ticket: self.ticket,
+            state,
+        });
+    }
+}
+
+impl Actor for Slot {
+    type Msg = ToWorker;
+    type State = SlotState;
+    type Arguments = SlotArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<ToWorker>,
+        args: SlotArgs,
+    ) -> Result<SlotState, ActorProcessingErr> {
+        // Hear when the control node's hub leaves, to stop a run nobody
+        // waits for any more.
+        ractor::pg::monitor(HUB_GROUP.to_string(), me.get_cell());
+        std::fs::create_dir_all(&args.spool_dir)?;
+        Ok(SlotState {
+            args,
+            run: None,
+            next: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ToWorker>,
+        msg: ToWorker,
+        state: &mut SlotState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ToWorker::Describe { key } => {
+                if let Some(hub) = hub() {
+                    let _ = hub.send_message(ToControl::Described {
+                        key,
+                        info: state.args.info.clone(),
+                    });
+                }
+            }
+            ToWorker::Run {
+                ticket,
+                request,
+                audio_bytes,
+            } => {
+                let Some(hub) = hub() else { return Ok(()) };
+                if state.run.is_some() {
+                    // The last run is winding down after a cancel (its
+                    // control node went away and came back): this one
+                    // starts when it has stopped.
+                    if let Some((old, ..)) = state.next.replace((ticket, request, audio_bytes)) {
+                        let _ = hub.send_message(ToControl::Finished {
+                            ticket: old,
+                            outcome: Outcome::Transient("replaced by a newer run".into()),
+                        });
+                    }
+                    return Ok(());
+                }
+                begin(state, hub, ticket, request, audio_bytes)?;
+            }
+            ToWorker::Chunk {
+                ticket,
+                offset,
+                data,
+            } => {
+                let Some(run) = state.run.as_mut().filter(|r| r.ticket == ticket) else {
+                    return Ok(());
+                };
+                let Some(file) = run.file.as_mut() else {
+                    return Ok(());
+                };
+                if offset != run.received {
+                    return Ok(());
+                }
+                if !data.is_empty() {
+                    file.write_all(&data)?;
+                    run.received += data.len() as u64;
+                }
+                if run.received < run.audio_bytes && !data.is_empty() {
+                    run.fetch_next();
+                    return Ok(());
+                }
+                // All of it: run the engine.
+                if let Some(mut f) = run.file.take() {
+                    f.flush()?;
+                }
+                let request = run.request.take().expect("a run starts once");
+                let engine = state.args.engine.clone();
+                let cancel = run.cancel.clone();
+                let mut sink = HubSink {
+                    hub: run.hub.clone(),
+                    ticket,
+                };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        engine.run(&request, &mut sink, &cancel)
+                    })
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(WorkError::Transient(format!(
+                            "the remote worker's engine failed: {join}"
+                        )))
+                    });
+                    let _ = me.send_message(ToWorker::Ended {
+                        ticket,
+                        outcome: outcome.into(),
+                    });
+                });
+            }
+            ToWorker::Cancel { ticket } => {
+                let Some(run) = state.run.as_ref().filter(|r| r.ticket == ticket) else {
+                    return Ok(());
+                };
+                run.cancel.store(true, Ordering::SeqCst);
+                if run.request.is_some() {
+                    // Still receiving audio: nothing runs that could end it.
+                    end(state, ticket, Outcome::Cancelled);
+                }
+            }
+            ToWorker::Ended { ticket, outcome } => end(state, ticket, outcome),
+            ToWorker::Malformed(why) => {
+                tracing::warn!(%why, "dropped a message from the control node that did not decode");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<ToWorker>,
+        event: SupervisionEvent,
+        state: &mut SlotState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, _)) = event
+        {
+            if group == HUB_GROUP {
+                if let Some(run) = &state.run {
+                    tracing::warn!(
+                        ticket = run.ticket,
+                        "the control node went away; cancelling the run it asked for"
+                    );
+                    run.cancel.store(true, Ordering::SeqCst);
+                    if run.request.is_some() {
+                        let ticket = run.ticket;
+                        end(state, ticket, Outcome::Cancelled);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ToWorker>,
+        state: &mut SlotState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(run) = state.run.take() {
+            run.cancel.store(true, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&run.spool);
+        }
+        Ok(())
+    }
+}
+
+/// Starts receiving a run's audio.
+fn begin(
+    state: &mut SlotState,
+    hub: ActorRef<ToControl>,
+    ticket: u64,
+    mut request: Box<WorkRequest>,
+    audio_bytes: u64,
+) -> std::io::Result<()> {
+    let spool = state
+        .args
+        .spool_dir
+        .join(format!("slot{}-{ticket}.audio", state.args.info.slot));
+    let file = std::fs::File::create(&spool)?;
+    request.audio = spool.clone();
+    request.sealing = None;
+    // Stems and other files stay on the control node's disk (jobs that
+    // separate are not sent here).
+    request.artifacts = None;
+    let run = Run {
+        ticket,
+        hub,
+        request: Some(request),
+        audio_bytes,
+        received: 0,
+        spool,
+        file: Some(file),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    run.fetch_next();
+    state.run = Some(run);
+    Ok(())
+}
+
+/// Reports the run's end, drops its spooled audio, and starts the run
+/// that waited for it, if any.
+fn end(state: &mut SlotState, ticket: u64, outcome: Outcome) {
+    let Some(run) = state.run.take_if(|r| r.ticket == ticket) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&run.spool);
+    let _ = run
+        .hub
+        .send_message(ToControl::Finished { ticket, outcome });
+    if let (Some((ticket, request, audio_bytes)), Some(hub)) = (state.next.take(), hub()) {
+        if let Err(e) = begin(state, hub.clone(), ticket, request, audio_bytes) {
+            let outcome = Outcome::Transient(format!("spooling the audio: {e}"));
+            let _ = hub.send_message(ToControl::Finished { ticket, outcome });
+        }
+    }
+}

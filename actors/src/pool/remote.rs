@@ -1,0 +1,255 @@
+//! The pool's side of remote workers (see [`crate::cluster`]): slots that
+//! join and leave with their worker nodes, the reports of their runs, and
+//! the task that serves each run's audio in chunks.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+
+use super::{PoolMsg, PoolReply, PoolState, Runner, Slot};
+use crate::cluster::hub::Hub;
+use crate::cluster::wire::{Outcome, ToControl, ToWorker};
+use crate::cluster::{CHUNK_BYTES, WORKER_GROUP};
+use crate::engine::{WorkError, WorkRequest};
+
+/// A worker node's slot, as the pool holds it.
+pub(super) struct RemoteSlot {
+    actor: ActorRef<ToWorker>,
+}
+
+/// A run on a remote slot.
+pub(super) struct RemoteRun {
+    /// Its name in the slot's reports.
+    pub ticket: u64,
+    /// Asks for audio go to the task serving it; dropping this ends it.
+    feed: mpsc::UnboundedSender<(u64, u32)>,
+}
+
+impl RemoteSlot {
+    /// Starts `request` on the slot: a task opens the job's audio, sends
+    /// the run, then answers the slot's asks for chunks.
+    pub(super) fn run(
+        &self,
+        pool: &ActorRef<PoolMsg>,
+        ticket: u64,
+        request: Box<WorkRequest>,
+    ) -> RemoteRun {
+        let (feed, asks) = mpsc::unbounded_channel();
+        tokio::spawn(serve_audio(
+            self.actor.clone(),
+            pool.clone(),
+            ticket,
+            request,
+            asks,
+        ));
+        RemoteRun { ticket, feed }
+    }
+
+    pub(super) fn cancel(&self, run: &RemoteRun) {
+        let _ = self
+            .actor
+            .send_message(ToWorker::Cancel { ticket: run.ticket });
+    }
+}
+
+/// Opens the job's audio (through the seal when it is sealed), sends the
+/// run, and answers asks for chunks until the run ends.
+async fn serve_audio(
+    slot: ActorRef<ToWorker>,
+    pool: ActorRef<PoolMsg>,
+    ticket: u64,
+    mut request: Box<WorkRequest>,
+    mut asks: mpsc::UnboundedReceiver<(u64, u32)>,
+) {
+    let stored = request.stored_audio();
+    let opened = tokio::task::spawn_blocking(move || stored.open()).await;
+    let (mut reader, len) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => {
+            let outcome = Outcome::Transient(format!("the job's audio could not be read: {e}"));
+            let _ = pool.send_message(PoolMsg::Remote(ToControl::Finished { ticket, outcome }));
+            return;
+        }
+        Err(_) => return,
+    };
+    // The control node's paths and keys stay here.
+    request.audio = Default::default();
+    request.sealing = None;
+    let _ = slot.send_message(ToWorker::Run {
+        ticket,
+        request,
+        audio_bytes: len,
+    });
+    while let Some((offset, max)) = asks.recv().await {
+        let max = max.clamp(1, CHUNK_BYTES) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut data = Vec::with_capacity(max);
+            let got = reader
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| (&mut reader).take(max as u64).read_to_end(&mut data));
+            (reader, got.map(|_| data))
+        })
+        .await;
+        let Ok((back, data)) = read else { return };
+        reader = back;
+        match data {
+            Ok(data) => {
+                metrics::counter!("murmur_cluster_audio_bytes_sent_total")
+                    .increment(data.len() as u64);
+                let _ = slot.send_message(ToWorker::Chunk {
+                    ticket,
+                    offset,
+                    data,
+                });
+            }
+            Err(e) => {
+                let outcome = Outcome::Transient(format!("the job's audio could not be read: {e}"));
+                let _ = pool.send_message(PoolMsg::Remote(ToControl::Finished { ticket, outcome }));
+                return;
+            }
+        }
+    }
+}
+
+/// Starts the hub and takes in the worker nodes' slots, those already
+/// known and those that join later.
+pub(super) async fn watch(
+    me: &ActorRef<PoolMsg>,
+    state: &mut PoolState,
+) -> Result<(), ActorProcessingErr> {
+    Actor::spawn_linked(None, Hub, me.clone(), me.get_cell()).await?;
+    ractor::pg::monitor(WORKER_GROUP.to_string(), me.get_cell());
+    let members = ractor::pg::get_members(&WORKER_GROUP.to_string());
+    join(state, members);
+    Ok(())
+}
+
+fn join(state: &mut PoolState, cells: Vec<ractor::ActorCell>) {
+    for cell in cells {
+        // Only other nodes' slots: a slot in this process is not ours.
+        let known = state.slots.values().any(|s| match &s.runner {
+            Runner::Remote(r) => r.actor.get_id() == cell.get_id(),
+            Runner::Local { .. } => false,
+        });
+        if cell.get_id().is_local() || known {
+            continue;
+        }
+        let actor: ActorRef<ToWorker> = cell.into();
+        let index = state.next_index as u64;
+        let _ = actor.send_message(ToWorker::Describe { key: index });
+        let index = state.add_slot(Slot {
+            runner: Runner::Remote(RemoteSlot { actor }),
+            node: "remote".into(),
+            device: "unknown".into(),
+            running: None,
+            last_model: None,
+            jobs_completed: 0,
+            audio_seconds: 0.0,
+        });
+        tracing::info!(worker = index, "a worker node's slot joined");
+    }
+}
+
+/// A worker node's slots joined or left the group.
+pub(super) fn group_changed(state: &mut PoolState, change: &GroupChangeMessage) {
+    match change {
+        GroupChangeMessage::Join(_, group, cells) if group == WORKER_GROUP => {
+            join(state, cells.clone());
+        }
+        GroupChangeMessage::Leave(_, group, cells) if group == WORKER_GROUP => {
+            let gone: Vec<usize> = state
+                .slots
+                .iter()
+                .filter(|(_, s)| match &s.runner {
+                    Runner::Remote(r) => cells.iter().any(|c| c.get_id() == r.actor.get_id()),
+                    Runner::Local { .. } => false,
+                })
+                .map(|(&i, _)| i)
+                .collect();
+            for index in gone {
+                if let Some(mut slot) = state.slots.remove(&index) {
+                    let node = slot.node.clone();
+                    slot.abandon(index, &format!("on node {node} went away"));
+                    metrics::gauge!("murmur_worker_busy", &slot.labels(index)).set(0.0);
+                    tracing::warn!(worker = index, %node, "a worker node's slot left");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A slot's report. Answers whether it freed a worker (so the pool
+/// dispatches again). Reports of runs the pool no longer knows (abandoned,
+/// or from before a restart) are dropped: each job completes once.
+pub(super) fn report(me: &ActorRef<PoolMsg>, state: &mut PoolState, report: ToControl) -> bool {
+    let _ = me;
+    match report {
+        ToControl::Described { key, info } => {
+            if let Some(slot) = state.slots.get_mut(&(key as usize)) {
+                if matches!(slot.runner, Runner::Remote(_)) {
+                    slot.node = info.node;
+                    slot.device = info.device;
+                    slot.report_busy(key as usize);
+                    slot.report_counts(key as usize);
+                }
+            }
+            false
+        }
+        ToControl::Fetch {
+            ticket,
+            offset,
+            max,
+        } => {
+            if let Some((_, slot)) = state.by_ticket(ticket) {
+                if let Some(run) = slot.running.as_ref().and_then(|r| r.remote.as_ref()) {
+                    let _ = run.feed.send((offset, max));
+                }
+            }
+            false
+        }
+        ToControl::Stage { ticket, stage } => {
+            if let Some((_, slot)) = state.by_ticket(ticket) {
+                if let Some(r) = slot.running.as_mut() {
+                    r.stage = Some(stage);
+                    let _ = r.reply.send_message(PoolReply::Stage(stage));
+                }
+            }
+            false
+        }
+        ToControl::Progress { ticket, fraction } => {
+            if let Some((_, slot)) = state.by_ticket(ticket) {
+                if let Some(r) = slot.running.as_ref() {
+                    let _ = r.reply.send_message(PoolReply::Progress(fraction));
+                }
+            }
+            false
+        }
+        ToControl::Checkpoint { ticket, state: cp } => {
+            if let Some((_, slot)) = state.by_ticket(ticket) {
+                if let Some(r) = slot.running.as_ref() {
+                    let _ = r.reply.send_message(PoolReply::Checkpoint(cp));
+                }
+            }
+            false
+        }
+        ToControl::Finished { ticket, outcome } => {
+            let Some((index, slot)) = state.by_ticket(ticket) else {
+                return false;
+            };
+            let Some(r) = slot.running.take() else {
+                return false;
+            };
+            let result: Result<_, WorkError> = outcome.into();
+            if let Ok(out) = &result {
+                slot.count_completed(index, out.audio_seconds);
+            }
+            let _ = r.reply.send_message(PoolReply::Finished(result));
+            slot.report_busy(index);
+            true
+        }
+        ToControl::Malformed(_) => false,
+    }
+}

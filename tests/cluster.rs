@@ -1,0 +1,432 @@
+//! Worker nodes on loopback, each a real `murmur worker` process joining a
+//! real `murmur serve` control node that has no workers of its own, with
+//! real audio and weights (tiny.en):
+//!
+//! - jobs of two tenants run on two worker nodes; one node is killed with
+//!   SIGKILL mid-transcription; every job completes exactly once, with a
+//!   gap-free event log and the right transcript, and neither tenant sees
+//!   the other's jobs;
+//! - a node with the wrong cookie is refused, and a job queued meanwhile is
+//!   run by a node that joins later;
+//! - with mutual TLS, a node with a certificate from the cluster's CA joins
+//!   and one with another CA's, or none, is refused;
+//! - the control node restarts (SIGKILL) with a job running: the worker node
+//!   joins again by itself and the job completes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{signup, wait_job, Base, Client, Server};
+use serde_json::{json, Value};
+
+const COOKIE: &str = "cluster-test-cookie-0123456789";
+const JFK: &str = "ask not what your country can do for you";
+
+/// A free loopback port for the control node's cluster listener.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `murmur worker` process; killed when dropped.
+struct WorkerNode {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerNode {
+    fn start(name: &str, port: u16, env: &[(&str, String)]) -> WorkerNode {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_murmur"))
+            .args([
+                "worker",
+                "--join",
+                &format!("127.0.0.1:{port}"),
+                "--name",
+                name,
+            ])
+            .env("MURMUR__MODELS__DIR", common::models_dir())
+            .env("MURMUR__MODELS__FETCH_MISSING", "false")
+            .env("MURMUR__MODELS__WORKERS", "1")
+            .env("MURMUR__MODELS__CACHE_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start murmur worker");
+        WorkerNode {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn cookie() -> Vec<(&'static str, String)> {
+    vec![("MURMUR__CLUSTER__COOKIE", COOKIE.to_string())]
+}
+
+/// A control node listening for worker nodes on `port`, no local workers.
+fn control(port: u16, extra: &[(&str, String)]) -> Server {
+    let listen = format!("127.0.0.1:{port}");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("MURMUR__CLUSTER__LISTEN", &listen),
+        ("MURMUR__MODELS__WORKERS", "0"),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    Server::start_with(&env)
+}
+
+fn operator(server: &Server) -> Client {
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.join("operator.json")).unwrap(),
+    )
+    .unwrap();
+    server
+        .client()
+        .with_token(file["token"].as_str().expect("an operator token"))
+}
+
+/// Waits until the pool lists exactly the worker nodes `names` (each
+/// described: its name known), and answers the view.
+async fn wait_workers(op: &Client, names: &[&str], secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let view = op.get("/v1/ops/workers").await.expect(200);
+        let mut nodes: Vec<String> = view["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["node"].as_str().unwrap().to_string())
+            .collect();
+        nodes.sort();
+        let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        if nodes == want {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never became {names:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The JFK clip `times` times over, as a WAV.
+fn jfk_times(dir: &Path, times: usize) -> Vec<u8> {
+    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
+    let path = dir.join(format!("jfk{times}.wav"));
+    murmur_models::audio::write_wav_16bit(&path, &jfk.samples.repeat(times), 16_000, 1).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+async fn submit(client: &Client, file_id: &str) -> String {
+    let params = json!({"model": "tiny.en", "vad": {"enabled": false}});
+    client
+        .post("/v1/jobs", json!({"file_id": file_id, "params": params}))
+        .await
+        .expect(202)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn upload(client: &Client, name: &str, wav: Vec<u8>) -> String {
+    client.upload(name, wav).await.expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The job completed once, with a gap-free event log and `times` JFK
+/// sentences in its transcript.
+async fn assert_completed_once(client: &Client, job_id: &str, times: usize) -> Value {
+    let job = wait_job(client, job_id, 600).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let text = client
+        .get(&format!("/v1/jobs/{job_id}/result?format=text"))
+        .await
+        .text
+        .to_lowercase()
+        .replace([',', '.'], "")
+        // The text result breaks long lines.
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(text.matches(JFK).count(), times, "{job_id}: {text}");
+    let events = client
+        .get(&format!("/v1/jobs/{job_id}/events"))
+        .await
+        .expect(200);
+    let events = events["items"].as_array().expect("events");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "event log of {job_id} has a gap");
+    let completed = events.iter().filter(|e| e["type"] == "completed").count();
+    assert_eq!(completed, 1, "{job_id}: {events:?}");
+    job
+}
+
+#[tokio::test]
+async fn two_tenants_jobs_run_on_two_nodes_and_survive_a_node_killed_mid_job() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let port = free_port();
+    let server = control(port, &cookie());
+    let op = operator(&server);
+    let mut w1 = WorkerNode::start("node-one", port, &cookie());
+    let mut w2 = WorkerNode::start("node-two", port, &cookie());
+    let view = wait_workers(&op, &["node-one", "node-two"], 60).await;
+    for w in view["workers"].as_array().unwrap() {
+        assert_eq!(w["device"], "cpu", "{view}");
+        assert_eq!(w["state"], "idle", "{view}");
+    }
+
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Bolt").await;
+    server.set_tier(&a.id, "premium");
+    server.set_tier(&b.id, "premium");
+    let dir = tempfile::tempdir().unwrap();
+    let long = upload(&a.client, "jfk5.wav", jfk_times(dir.path(), 5)).await;
+    let short = upload(&b.client, "jfk2.wav", jfk_times(dir.path(), 2)).await;
+    let a_jobs = vec![
+        submit(&a.client, &long).await,
+        submit(&a.client, &long).await,
+    ];
+    let b_jobs = vec![
+        submit(&b.client, &short).await,
+        submit(&b.client, &short).await,
+    ];
+
+    // Kill whichever node is transcribing one of A's jobs.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let victim = loop {
+        let view = op.get("/v1/ops/workers").await.expect(200);
+        let busy = view["workers"].as_array().unwrap().iter().find(|w| {
+            w["job"]["stage"] == "transcribe" && a_jobs.iter().any(|j| w["job"]["job_id"] == *j)
+        });
+        if let Some(w) = busy {
+            break w["node"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node ever transcribed A's job: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let survivor = if victim == "node-one" {
+        w1.kill9();
+        "node-two"
+    } else {
+        w2.kill9();
+        "node-one"
+    };
+    wait_workers(&op, &[survivor], 30).await;
+
+    let mut retried = 0;
+    for j in &a_jobs {
+        let job = assert_completed_once(&a.client, j, 5).await;
+        if job["attempts"].as_u64().unwrap() > 1 {
+            retried += 1;
+        }
+    }
+    assert_eq!(retried, 1, "exactly the killed node's job was run again");
+    for j in &b_jobs {
+        assert_completed_once(&b.client, j, 2).await;
+    }
+
+    // Neither tenant sees, or can read, the other's jobs.
+    let listed = b.client.get("/v1/jobs").await.expect(200);
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        a_jobs.iter().all(|j| !ids.contains(&j.as_str())),
+        "{listed}"
+    );
+    b.client
+        .get(&format!("/v1/jobs/{}", a_jobs[0]))
+        .await
+        .problem(404, "not_found");
+    a.client
+        .get(&format!("/v1/jobs/{}/result", b_jobs[0]))
+        .await
+        .problem(404, "not_found");
+
+    // The survivor ran the killed node's job again: counted there.
+    let view = op.get("/v1/ops/workers").await.expect(200);
+    assert_eq!(view["workers"][0]["node"], survivor, "{view}");
+    let done = view["workers"][0]["jobs_completed"].as_u64().unwrap();
+    assert!(done >= 1, "{view}");
+}
+
+#[tokio::test]
+async fn a_wrong_cookie_is_refused_and_a_node_joining_late_takes_queued_work() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let port = free_port();
+    let server = control(port, &cookie());
+    let op = operator(&server);
+    let a = signup(&server, "Acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fid = upload(&a.client, "jfk.wav", jfk_times(dir.path(), 1)).await;
+    let job = submit(&a.client, &fid).await;
+
+    let wrong = WorkerNode::start(
+        "intruder",
+        port,
+        &[(
+            "MURMUR__CLUSTER__COOKIE",
+            "not-the-cluster-cookie-000".to_string(),
+        )],
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let view = op.get("/v1/ops/workers").await.expect(200);
+    assert_eq!(view["workers"], json!([]), "{view}");
+    assert_eq!(view["waiting"]["basic"], 1, "{view}");
+    let status = a.client.get(&format!("/v1/jobs/{job}")).await.expect(200);
+    assert_eq!(status["status"], "running", "{status}");
+    assert!(wrong.log().contains("refused"), "{}", wrong.log());
+
+    let _late = WorkerNode::start("late", port, &cookie());
+    wait_workers(&op, &["late"], 60).await;
+    assert_completed_once(&a.client, &job, 1).await;
+}
+
+/// A CA, and certificates it signed for `names` (PEM files in `dir`).
+struct Pki {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
+        Pki { ca, key }
+    }
+
+    /// Certificate and key files for a node called `host`, and this CA's
+    /// file: the three TLS settings.
+    fn node(&self, dir: &Path, ca_name: &str, host: &str) -> Vec<(&'static str, String)> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.key)
+            .unwrap();
+        let cert_file = dir.join(format!("{ca_name}-{host}.pem"));
+        let key_file = dir.join(format!("{ca_name}-{host}.key"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        vec![
+            ("MURMUR__CLUSTER__TLS_CERT", cert_file.display().to_string()),
+            ("MURMUR__CLUSTER__TLS_KEY", key_file.display().to_string()),
+            (
+                "MURMUR__CLUSTER__TLS_CA",
+                dir.join(format!("{ca_name}-ca.pem")).display().to_string(),
+            ),
+        ]
+    }
+}
+
+#[tokio::test]
+async fn with_tls_only_nodes_with_the_clusters_certificates_join() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Pki::new(dir.path(), "cluster");
+    let other = Pki::new(dir.path(), "other");
+    let port = free_port();
+    let mut control_env = cookie();
+    control_env.extend(cluster.node(dir.path(), "cluster", "127.0.0.1"));
+    let server = control(port, &control_env);
+    let op = operator(&server);
+
+    // The right cookie, but a certificate from another CA; and no TLS.
+    let mut foreign = cookie();
+    foreign.extend(other.node(dir.path(), "other", "worker-x"));
+    // It trusts the cluster's CA, so only its own certificate is wrong.
+    foreign.retain(|(k, _)| *k != "MURMUR__CLUSTER__TLS_CA");
+    foreign.push((
+        "MURMUR__CLUSTER__TLS_CA",
+        dir.path().join("cluster-ca.pem").display().to_string(),
+    ));
+    let _foreign = WorkerNode::start("foreign", port, &foreign);
+    let _plain = WorkerNode::start("plain", port, &cookie());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let view = op.get("/v1/ops/workers").await.expect(200);
+    assert_eq!(view["workers"], json!([]), "{view}");
+
+    let mut good = cookie();
+    good.extend(cluster.node(dir.path(), "cluster", "worker-1"));
+    let _good = WorkerNode::start("trusted", port, &good);
+    wait_workers(&op, &["trusted"], 60).await;
+    let a = signup(&server, "Acme").await;
+    let fid = upload(&a.client, "jfk.wav", jfk_times(dir.path(), 1)).await;
+    let job = submit(&a.client, &fid).await;
+    assert_completed_once(&a.client, &job, 1).await;
+}
+
+#[tokio::test]
+async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let port = free_port();
+    let server = control(port, &cookie());
+    let _w = WorkerNode::start("steady", port, &cookie());
+    wait_workers(&operator(&server), &["steady"], 60).await;
+    let a = signup(&server, "Acme").await;
+    server.set_tier(&a.id, "premium");
+    let dir = tempfile::tempdir().unwrap();
+    let fid = upload(&a.client, "jfk5.wav", jfk_times(dir.path(), 5)).await;
+    let job = submit(&a.client, &fid).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let view = operator(&server).get("/v1/ops/workers").await.expect(200);
+        if view["workers"][0]["job"]["stage"] == "transcribe" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never transcribing: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let server = server.restart_after_kill9();
+    wait_workers(&operator(&server), &["steady"], 60).await;
+    let client = a.client.clone();
+    let client = Client {
+        base: server.base().to_string(),
+        ..client
+    };
+    let done = assert_completed_once(&client, &job, 5).await;
+    assert!(done["attempts"].as_u64().unwrap() >= 2, "{done}");
+}
