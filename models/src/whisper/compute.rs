@@ -207,22 +207,12 @@ fn forward_split(weight: &QMatMul, x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub(super) enum TokenEmbedding {
     Float(Tensor),
-    /// The int8 table (`[rows, cols]`) may have zero rows past `vocab` and
-    /// zero columns past `d` (padding for the fast kernels, see
-    /// `quantize.rs`); their logits and embedding values are cut off.
-    ///
-    /// The table is held as consecutive slices of `part_rows` rows, one per
-    /// rayon thread on the CPU, multiplied side by side: the projection over
-    /// the whole vocabulary is the largest product of every decoding step
-    /// (8% of tiny.en's time on a long recording), and candle's int8
-    /// kernels run it on the calling thread alone (see
-    /// [`quantized_kernels_on_calling_thread`]). Each logit is one row's dot
-    /// product, so the slices give the same numbers; slicing at multiples
-    /// of 16 rows keeps every slice on the repacked kernels.
+    /// `table` (`[rows, cols]`) may have zero rows past `vocab` and zero
+    /// columns past `d` (padding for the fast kernels, see `quantize.rs`);
+    /// their logits and embedding values are cut off.
     Quantized {
-        parts: Vec<(Arc<QTensor>, QMatMul)>,
-        part_rows: usize,
-        cols: usize,
+        table: Arc<QTensor>,
+        projection: QMatMul,
         vocab: usize,
         d: usize,
     },
@@ -230,42 +220,9 @@ pub(super) enum TokenEmbedding {
 
 impl TokenEmbedding {
     pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
-        let (rows, cols) = table.shape().dims2()?;
-        let threads = if table.device().is_cpu() {
-            rayon::current_num_threads().clamp(1, 8)
-        } else {
-            1
-        };
-        let part_rows = rows.div_ceil(threads).next_multiple_of(16);
-        let slices = if threads == 1 || part_rows >= rows {
-            vec![table]
-        } else {
-            let dtype = table.dtype();
-            let row_bytes = cols / dtype.block_size() * dtype.type_size();
-            let bytes = table.data()?;
-            (0..rows)
-                .step_by(part_rows)
-                .map(|start| {
-                    let n = part_rows.min(rows - start);
-                    let slice = &bytes[start * row_bytes..(start + n) * row_bytes];
-                    let part = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                        dtype,
-                        slice,
-                        vec![n, cols],
-                        &table.device(),
-                    )?;
-                    Ok(Arc::new(part))
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
-        let parts = slices
-            .into_iter()
-            .map(|t| Ok((t.clone(), QMatMul::from_arc(t)?)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self::Quantized {
-            parts,
-            part_rows,
-            cols,
+            projection: QMatMul::from_arc(table.clone())?,
+            table,
             vocab,
             d,
         })
@@ -275,32 +232,8 @@ impl TokenEmbedding {
     pub(super) fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         match self {
             Self::Float(t) => t.embedding(ids),
-            Self::Quantized {
-                parts,
-                part_rows,
-                d,
-                ..
-            } => {
-                let rows = match parts.as_slice() {
-                    [(table, _)] => table.embedding(ids)?,
-                    _ => {
-                        // Each id from its slice (a prompt's few hundred at
-                        // most).
-                        let rows = ids
-                            .to_vec1::<u32>()?
-                            .into_iter()
-                            .map(|id| {
-                                let (part, row) =
-                                    (id as usize / part_rows, id as usize % part_rows);
-                                let Some((table, _)) = parts.get(part) else {
-                                    candle_core::bail!("token id {id} out of the embedding");
-                                };
-                                table.embedding(&Tensor::new(&[row as u32], ids.device())?)
-                            })
-                            .collect::<Result<Vec<_>>>()?;
-                        Tensor::cat(&rows, 0)?
-                    }
-                };
+            Self::Quantized { table, d, .. } => {
+                let rows = table.embedding(ids)?;
                 let rows = if rows.dim(1)? == *d {
                     rows
                 } else {
@@ -313,33 +246,22 @@ impl TokenEmbedding {
 
     /// Logits for hidden states `[n, d]` -> `[n, vocab]`.
     pub(super) fn project(&self, hidden: &Tensor) -> Result<Tensor> {
-        use rayon::prelude::*;
         match self {
             Self::Float(t) => hidden.matmul(&t.t()?),
             Self::Quantized {
-                parts,
-                cols,
+                table,
+                projection,
                 vocab,
                 d,
-                ..
             } => {
-                let n = hidden.dim(0)?;
-                let hidden = if cols == d {
+                let (n, cols) = (hidden.dim(0)?, table.shape().dims2()?.1);
+                let hidden = if cols == *d {
                     hidden.contiguous()?
                 } else {
                     let zeros = Tensor::zeros((n, cols - d), hidden.dtype(), hidden.device())?;
                     Tensor::cat(&[hidden, &zeros], 1)?
                 };
-                let logits = match parts.as_slice() {
-                    [(_, projection)] => projection.forward(&hidden)?,
-                    _ => {
-                        let logits = parts
-                            .par_iter()
-                            .map(|(_, projection)| projection.forward(&hidden))
-                            .collect::<Result<Vec<_>>>()?;
-                        Tensor::cat(&logits, 1)?
-                    }
-                };
+                let logits = projection.forward(&hidden)?;
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {
@@ -352,10 +274,7 @@ impl TokenEmbedding {
     pub(super) fn device(&self) -> Device {
         match self {
             Self::Float(t) => t.device().clone(),
-            Self::Quantized { parts, .. } => parts
-                .first()
-                .map(|(t, _)| t.device())
-                .unwrap_or(Device::Cpu),
+            Self::Quantized { table, .. } => table.device(),
         }
     }
 }
