@@ -107,13 +107,37 @@ impl std::fmt::Display for ComputeType {
 /// types"). Each worker then runs its own int8 products, in parallel with
 /// the others, instead of queueing for the pool's one caller at a time.
 ///
-/// Call it first thing in `main`, before any thread starts: it sets an
-/// environment variable, which candle reads once when its pool starts.
+/// It also fixes `RAYON_NUM_THREADS` (unless set) at the count candle would
+/// choose: without it candle works that count out again for every float32
+/// product, by reading `/proc/cpuinfo` (`num_cpus::get_physical`), which
+/// was 2.5% of tiny.en's time on a long recording plus the kernel's time
+/// formatting the file.
+///
+/// Call it first thing in `main`, before any thread starts: it sets
+/// environment variables, which candle and rayon read when their pools
+/// start.
 pub fn quantized_kernels_on_calling_thread() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
 }
+
+/// From this many rows a quantized layer's product is split by rows over
+/// rayon's threads: a decoding's cross-attention keys and values (1,500
+/// rows per window) and its prompts (up to 224 tokens). candle's int8
+/// kernels run on the calling thread alone (see
+/// [`quantized_kernels_on_calling_thread`]), and these products were a
+/// fifth of tiny.en's time on a long recording, on one core. Each row's
+/// result depends on that row alone (its activations are quantized per
+/// 32-value block), so the split gives the same numbers. Multiplying these
+/// rows in float32 instead was faster still but changed the transcripts
+/// (base on the call fell into a repetition). The steps (one row per
+/// sequence) stay on the calling thread.
+const SPLIT_ROWS: usize = 32;
 
 /// A linear layer `x W^T + b` with float or quantized weights.
 #[derive(Debug, Clone)]
@@ -138,10 +162,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(x),
-            Self::Quantized { weight, bias } => {
+            Self::Quantized { weight, bias, .. } => {
                 // The quantized kernels read their input as one contiguous
                 // row-major block.
-                let y = weight.forward(&x.contiguous()?)?;
+                let y = forward_split(weight, &x.contiguous()?)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -149,6 +173,33 @@ impl Module for Linear {
             }
         }
     }
+}
+
+/// `weight` applied to the contiguous `x` (`[..., k]`), its rows split
+/// over rayon's threads when there are [`SPLIT_ROWS`] or more.
+fn forward_split(weight: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let k = x.dim(candle_core::D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    let threads = rayon::current_num_threads();
+    if !x.device().is_cpu() || rows < SPLIT_ROWS || threads < 2 {
+        return weight.forward(x);
+    }
+    // Even row counts per part, as the kernels pair rows.
+    let chunk = rows.div_ceil(threads).next_multiple_of(2);
+    let flat = x.reshape((rows, k))?;
+    let parts = (0..rows)
+        .step_by(chunk)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|start| weight.forward(&flat.narrow(0, start, chunk.min(rows - start))?))
+        .collect::<Result<Vec<_>>>()?;
+    let y = Tensor::cat(&parts, 0)?;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = y.dim(1)?;
+    }
+    y.reshape(dims)
 }
 
 /// The decoder's token embedding `[vocab, d]`, which is also its output
@@ -366,10 +417,13 @@ mod tests {
             )?),
             Some(b),
         )?;
-        let (a, c) = (float.forward(&x)?, q.forward(&x)?);
-        assert_eq!(a.dims(), c.dims());
-        let err = (a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err < 0.02, "max error {err}");
+        // 10 rows in one product, 64 split over threads.
+        for x in [x, Tensor::randn(0f32, 1.0, (2, SPLIT_ROWS, 64), &dev)?] {
+            let (a, c) = (float.forward(&x)?, q.forward(&x)?);
+            assert_eq!(a.dims(), c.dims());
+            let err = (a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 0.02, "max error {err}");
+        }
         Ok(())
     }
 }

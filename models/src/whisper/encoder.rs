@@ -48,8 +48,19 @@ impl SelfAttention {
         let q = (self.heads(&self.q.forward(x)?)? * scale)?;
         let k = (self.heads(&self.k.forward(x)?)?.transpose(2, 3)? * scale)?;
         let v = self.heads(&self.v.forward(x)?)?.contiguous()?;
-        let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&k)?)?;
-        let ctx = weights.matmul(&v)?.transpose(1, 2)?.flatten_from(2)?;
+        // One head at a time: the same products and softmax as over all
+        // heads at once (candle multiplies a batch one matrix after the
+        // other), but each head's scores are 1500 x 1500 (9 MB) where all
+        // heads' are 6 to 20 times that. Buffers that large are fresh
+        // mmapped pages at every allocation (malloc's mmap threshold tops
+        // out at 32 MB), and faulting them in was a tenth of tiny.en's time.
+        let ctx = (0..self.n_head)
+            .map(|h| {
+                let scores = q.narrow(1, h, 1)?.matmul(&k.narrow(1, h, 1)?)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.narrow(1, h, 1)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ctx = Tensor::cat(&ctx, 1)?.transpose(1, 2)?.flatten_from(2)?;
         self.out.forward(&ctx)
     }
 }
@@ -79,7 +90,7 @@ impl Block {
         let x = (x + self.attn.forward(&self.attn_ln.forward(x)?)?)?;
         let mlp = self
             .fc2
-            .forward(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?.gelu()?)?;
+            .forward(&gelu(&self.fc1.forward(&self.mlp_ln.forward(&x)?)?)?)?;
         x + mlp
     }
 }
@@ -146,13 +157,94 @@ impl AudioEncoder {
     /// `[b, n_mels, frames]` (f32) -> `[b, frames / 2, d]` in the compute
     /// dtype.
     pub(super) fn forward(&self, mel: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(&mel.to_dtype(self.dtype)?)?.gelu()?;
-        let x = self.conv2.forward(&x)?.gelu()?.transpose(1, 2)?;
+        let x = gelu(&self.conv1.forward(&mel.to_dtype(self.dtype)?)?)?;
+        let x = gelu(&self.conv2.forward(&x)?)?.transpose(1, 2)?;
         let (_, len, _) = x.dims3()?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, len)?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
         self.ln_post.forward(&x)
+    }
+}
+
+/// candle's tanh GELU ([`Tensor::gelu`]), the same float32 formula, on all
+/// of rayon's threads. candle's own runs on its element-wise pool, which
+/// `murmur` keeps at the calling thread alone (see
+/// `compute::quantized_kernels_on_calling_thread`), so the encoder's GELUs
+/// (one `tanh` per value, 2.3 million per layer for tiny) ran on one core
+/// while the other waited: 8.6% of tiny.en's time. Other dtypes and
+/// devices go to candle's.
+fn gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        x.apply_op1_no_bwd(&ParGelu)
+    } else {
+        x.gelu()
+    }
+}
+
+/// Values per rayon task: large enough that a task's work (a few hundred
+/// microseconds of `tanh`) outweighs handing it out.
+const GELU_CHUNK: usize = 16 * 1024;
+
+struct ParGelu;
+
+impl candle_core::CustomOp1 for ParGelu {
+    fn name(&self) -> &'static str {
+        "par-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let candle_core::CpuStorage::F32(src) = storage else {
+            candle_core::bail!("par-gelu: float32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("par-gelu: contiguous input only");
+        };
+        let src = &src[start..end];
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(GELU_CHUNK)
+            .zip(src.par_chunks(GELU_CHUNK))
+            .for_each(|(d, s)| {
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = gelu_f32(v);
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// candle's `Gelu::f32`, operation for operation (same constant, same
+/// order), so the results are bit for bit candle's.
+#[inline(always)]
+fn gelu_f32(v: f32) -> f32 {
+    #[allow(clippy::excessive_precision)]
+    const SQRT_TWO_OVER_PI: f32 = 0.79788456080286535587989211986876373;
+    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parallel GELU gives candle's numbers bit for bit, on a tensor
+    /// large enough to be split and on a small one.
+    #[test]
+    fn parallel_gelu_is_candles() -> Result<()> {
+        for n in [1000, 3 * GELU_CHUNK + 17] {
+            let x = (Tensor::randn(0f32, 3.0, n, &Device::Cpu)? - 0.5)?;
+            let ours = gelu(&x)?.to_vec1::<f32>()?;
+            let theirs = x.gelu()?.to_vec1::<f32>()?;
+            assert!(ours
+                .iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        Ok(())
     }
 }
