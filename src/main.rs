@@ -304,11 +304,12 @@ fn workers_table(view: &serde_json::Value) -> String {
         };
         out.push_str(&format!(
             "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
-            w["index"],
+            // Numbers as text: a JSON value ignores the column width.
+            w["index"].to_string(),
             w["node"].as_str().unwrap_or("local"),
             w["device"].as_str().unwrap_or("?"),
             w["state"].as_str().unwrap_or("?"),
-            w["jobs_completed"],
+            w["jobs_completed"].to_string(),
             w["audio_seconds"].as_f64().unwrap_or(0.0),
             running
         ));
