@@ -12,7 +12,7 @@
 //! cluster's CA) and then keeps the two nodes' process groups in step. The
 //! worker's slots join [`WORKER_GROUP`]; the control node's pool watches
 //! that group and dispatches to its members as to its local workers. The
-//! control node's [`hub::Hub`] joins [`HUB_GROUP`], where slots send their
+//! control node's hub (the pool's `Hub` actor) joins [`HUB_GROUP`], where slots send their
 //! reports.
 //!
 //! A run's audio is pulled by the slot from the control node in chunks of
@@ -30,7 +30,6 @@
 //! and any job that writes files beside its result (a separation's stems):
 //! those run on local workers only.
 
-pub(crate) mod hub;
 pub(crate) mod slot;
 mod tls;
 pub mod wire;

@@ -27,6 +27,7 @@ use ractor::{
 use serde::Serialize;
 
 mod fair_queue;
+mod hub;
 mod remote;
 mod worker;
 

@@ -8,8 +8,8 @@ use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
+use super::hub::Hub;
 use super::{PoolMsg, PoolReply, PoolState, Runner, Slot};
-use crate::cluster::hub::Hub;
 use crate::cluster::wire::{Outcome, ToControl, ToWorker};
 use crate::cluster::{CHUNK_BYTES, WORKER_GROUP};
 use crate::engine::{WorkError, WorkRequest};

@@ -1,13 +1,14 @@
-//! The control node's hub: the one actor worker nodes report to. It joins
-//! the [`HUB_GROUP`](super::HUB_GROUP) process group, so every worker node
-//! finds it, and hands each report to the inference pool, which knows
-//! which run a ticket belongs to.
+//! The control node's hub: the one actor worker nodes report to (see
+//! [`crate::cluster`]). It joins the [`HUB_GROUP`] process group, so every
+//! worker node finds it, and hands each report to the inference pool,
+//! which knows which run a ticket belongs to. The pool's, not the
+//! cluster's: the cluster module knows nothing of the pool.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::wire::ToControl;
-use super::HUB_GROUP;
-use crate::pool::PoolMsg;
+use super::PoolMsg;
+use crate::cluster::wire::ToControl;
+use crate::cluster::HUB_GROUP;
 
 pub(crate) struct Hub;
 
