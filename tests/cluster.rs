@@ -101,16 +101,6 @@ fn control(port: u16, extra: &[(&str, String)]) -> Server {
     Server::start_with(&env)
 }
 
-fn operator(server: &Server) -> Client {
-    let file: Value = serde_json::from_str(
-        &std::fs::read_to_string(server.data_dir.join("operator.json")).unwrap(),
-    )
-    .unwrap();
-    server
-        .client()
-        .with_token(file["token"].as_str().expect("an operator token"))
-}
-
 /// Waits until the pool lists exactly the worker nodes `names` (each
 /// described: its name known), and answers the view.
 async fn wait_workers(op: &Client, names: &[&str], secs: u64) -> Value {
@@ -135,14 +125,6 @@ async fn wait_workers(op: &Client, names: &[&str], secs: u64) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The JFK clip `times` times over, as a WAV.
-fn jfk_times(dir: &Path, times: usize) -> Vec<u8> {
-    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
-    let path = dir.join(format!("jfk{times}.wav"));
-    murmur_models::audio::write_wav_16bit(&path, &jfk.samples.repeat(times), 16_000, 1).unwrap();
-    std::fs::read(&path).unwrap()
 }
 
 async fn submit(client: &Client, file_id: &str) -> String {
@@ -197,7 +179,7 @@ async fn two_tenants_jobs_run_on_two_nodes_and_survive_a_node_killed_mid_job() {
     common::install_models(&["tiny.en", "silero-vad"]);
     let port = free_port();
     let server = control(port, &cookie());
-    let op = operator(&server);
+    let op = server.operator();
     let mut w1 = WorkerNode::start("node-one", port, &cookie());
     let mut w2 = WorkerNode::start("node-two", port, &cookie());
     let view = wait_workers(&op, &["node-one", "node-two"], 60).await;
@@ -210,9 +192,8 @@ async fn two_tenants_jobs_run_on_two_nodes_and_survive_a_node_killed_mid_job() {
     let b = signup(&server, "Bolt").await;
     server.set_tier(&a.id, "premium");
     server.set_tier(&b.id, "premium");
-    let dir = tempfile::tempdir().unwrap();
-    let long = upload(&a.client, "jfk5.wav", jfk_times(dir.path(), 5)).await;
-    let short = upload(&b.client, "jfk2.wav", jfk_times(dir.path(), 2)).await;
+    let long = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
+    let short = upload(&b.client, "jfk2.wav", common::jfk_repeated(2).0).await;
     let a_jobs = vec![
         submit(&a.client, &long).await,
         submit(&a.client, &long).await,
@@ -292,10 +273,9 @@ async fn a_wrong_cookie_is_refused_and_a_node_joining_late_takes_queued_work() {
     common::install_models(&["tiny.en", "silero-vad"]);
     let port = free_port();
     let server = control(port, &cookie());
-    let op = operator(&server);
+    let op = server.operator();
     let a = signup(&server, "Acme").await;
-    let dir = tempfile::tempdir().unwrap();
-    let fid = upload(&a.client, "jfk.wav", jfk_times(dir.path(), 1)).await;
+    let fid = upload(&a.client, "jfk.wav", common::jfk_repeated(1).0).await;
     let job = submit(&a.client, &fid).await;
 
     let wrong = WorkerNode::start(
@@ -371,7 +351,7 @@ async fn with_tls_only_nodes_with_the_clusters_certificates_join() {
     let mut control_env = cookie();
     control_env.extend(cluster.node(dir.path(), "cluster", "127.0.0.1"));
     let server = control(port, &control_env);
-    let op = operator(&server);
+    let op = server.operator();
 
     // The right cookie, but a certificate from another CA; and no TLS.
     let mut foreign = cookie();
@@ -393,7 +373,7 @@ async fn with_tls_only_nodes_with_the_clusters_certificates_join() {
     let _good = WorkerNode::start("trusted", port, &good);
     wait_workers(&op, &["trusted"], 60).await;
     let a = signup(&server, "Acme").await;
-    let fid = upload(&a.client, "jfk.wav", jfk_times(dir.path(), 1)).await;
+    let fid = upload(&a.client, "jfk.wav", common::jfk_repeated(1).0).await;
     let job = submit(&a.client, &fid).await;
     assert_completed_once(&a.client, &job, 1).await;
 }
@@ -404,15 +384,14 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     let port = free_port();
     let server = control(port, &cookie());
     let _w = WorkerNode::start("steady", port, &cookie());
-    wait_workers(&operator(&server), &["steady"], 60).await;
+    wait_workers(&server.operator(), &["steady"], 60).await;
     let a = signup(&server, "Acme").await;
     server.set_tier(&a.id, "premium");
-    let dir = tempfile::tempdir().unwrap();
-    let fid = upload(&a.client, "jfk5.wav", jfk_times(dir.path(), 5)).await;
+    let fid = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
     let job = submit(&a.client, &fid).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let view = operator(&server).get("/v1/ops/workers").await.expect(200);
+        let view = server.operator().get("/v1/ops/workers").await.expect(200);
         if view["workers"][0]["job"]["stage"] == "transcribe" {
             break;
         }
@@ -421,7 +400,7 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     }
 
     let server = server.restart_after_kill9();
-    wait_workers(&operator(&server), &["steady"], 60).await;
+    wait_workers(&server.operator(), &["steady"], 60).await;
     let client = a.client.clone();
     let client = Client {
         base: server.base().to_string(),

@@ -530,16 +530,8 @@ async fn two_workers_decode_two_jobs_on_one_model_at_once() {
     server.set_tier(&a.id, "premium");
     // The clip five times (55 s): two 30 s windows each, so each job
     // reports transcribe progress more than once.
-    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
-    let samples = jfk.samples.repeat(5);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jfk5.wav");
-    murmur_models::audio::write_wav_16bit(&path, &samples, 16_000, 1).unwrap();
-    let fid = a
-        .client
-        .upload("jfk5.wav", std::fs::read(&path).unwrap())
-        .await
-        .expect(201)["id"]
+    let (wav, _) = common::jfk_repeated(5);
+    let fid = a.client.upload("jfk5.wav", wav).await.expect(201)["id"]
         .as_str()
         .unwrap()
         .to_string();

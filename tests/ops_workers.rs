@@ -10,32 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{signup, wait_job, Base, Client, Server};
+use common::{signup, wait_job, Base, Server};
 use serde_json::{json, Value};
-
-/// The JFK clip five times (55 s of speech): long enough that a running
-/// job is seen running, small enough for the premium test tier.
-fn jfk_five_times(dir: &std::path::Path) -> (Vec<u8>, f64) {
-    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
-    let samples = jfk.samples.repeat(5);
-    let path = dir.join("jfk5.wav");
-    murmur_models::audio::write_wav_16bit(&path, &samples, 16_000, 1).unwrap();
-    (
-        std::fs::read(&path).unwrap(),
-        samples.len() as f64 / 16_000.0,
-    )
-}
-
-/// A client holding the operator token the server wrote at start.
-fn operator(server: &Server) -> Client {
-    let file: Value = serde_json::from_str(
-        &std::fs::read_to_string(server.data_dir.join("operator.json")).unwrap(),
-    )
-    .unwrap();
-    server
-        .client()
-        .with_token(file["token"].as_str().expect("an operator token"))
-}
 
 /// The value of the one series named `name` whose labels include every
 /// one of `labels` (`worker="0"`), from Prometheus text.
@@ -56,7 +32,7 @@ async fn metrics_text(server: &Server) -> String {
 async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
     common::install_models(&["tiny.en", "silero-vad"]);
     let server = Server::start_with(&[("MURMUR__MODELS__WORKERS", "1")]);
-    let op = operator(&server);
+    let op = server.operator();
     let a = signup(&server, "Acme").await;
     let b = signup(&server, "Bolt").await;
     server.set_tier(&a.id, "premium");
@@ -111,8 +87,7 @@ async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
 
     // Two jobs of tenant A on one worker: one runs, the other waits in the
     // premium tier's class.
-    let dir = tempfile::tempdir().unwrap();
-    let (wav, seconds) = jfk_five_times(dir.path());
+    let (wav, seconds) = common::jfk_repeated(5);
     let fid = a.client.upload("jfk5.wav", wav).await.expect(201)["id"]
         .as_str()
         .unwrap()

@@ -276,6 +276,17 @@ impl Server {
         );
     }
 
+    /// A client holding the operator token the server wrote at start
+    /// (`operator.json`), for the loopback-only operator routes.
+    pub fn operator(&self) -> Client {
+        let file: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.data_dir.join("operator.json")).unwrap(),
+        )
+        .unwrap();
+        self.client()
+            .with_token(file["token"].as_str().expect("an operator token"))
+    }
+
     /// The server process's id (to read its memory use from /proc).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -516,6 +527,21 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The JFK clip `times` times over as a 16 kHz WAV, and its seconds: long
+/// enough, from 5 times (55 s, two 30 s windows), that a running job is
+/// seen running.
+pub fn jfk_repeated(times: usize) -> (Vec<u8>, f64) {
+    let jfk = murmur_models::audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
+    let samples = jfk.samples.repeat(times);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jfk.wav");
+    murmur_models::audio::write_wav_16bit(&path, &samples, 16_000, 1).unwrap();
+    (
+        std::fs::read(&path).unwrap(),
+        samples.len() as f64 / 16_000.0,
+    )
 }
 
 /// Polls a job until it has ended (or `secs` pass) and answers it.

@@ -498,7 +498,7 @@ impl Actor for InferencePool {
                 }
             }
             PoolMsg::Remote(report) => {
-                if !remote::report(&me, state, report) {
+                if !remote::report(state, report) {
                     // Progress of a run: nothing queued or freed.
                     return Ok(());
                 }
@@ -633,8 +633,6 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
         else {
             return;
         };
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
         let slot = state.slots.get_mut(&index).expect("an idle slot");
         let cancel = Arc::new(AtomicBool::new(false));
         let mut running = Running {
@@ -658,6 +656,8 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
                 });
             }
             Runner::Remote(remote) => {
+                let ticket = state.next_ticket;
+                state.next_ticket += 1;
                 running.remote = Some(remote.run(me, ticket, next.request));
             }
         }

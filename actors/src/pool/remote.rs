@@ -184,8 +184,7 @@ pub(super) fn group_changed(state: &mut PoolState, change: &GroupChangeMessage) 
 /// A slot's report. Answers whether it freed a worker (so the pool
 /// dispatches again). Reports of runs the pool no longer knows (abandoned,
 /// or from before a restart) are dropped: each job completes once.
-pub(super) fn report(me: &ActorRef<PoolMsg>, state: &mut PoolState, report: ToControl) -> bool {
-    let _ = me;
+pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
     match report {
         ToControl::Described { key, info } => {
             if let Some(slot) = state.slots.get_mut(&(key as usize)) {
