@@ -54,21 +54,10 @@ def free_port():
 
 
 def setup(binary, workdir, model, remote):
-    srv = harness.Server(binary, workdir, audio_limits=False, prefix="murmur-bench-cluster-")
-    write = srv._write_config
     port = free_port()
-
-    def config(audio_limits):
-        write(audio_limits)
-        cfg = srv.dir / "murmur.toml"
-        text = cfg.read_text().replace(
-            "[models]\n", f"[models]\nworkers = {0 if remote else 1}\n"
-        )
-        if remote:
-            text += f'\n[cluster]\nlisten = "127.0.0.1:{port}"\ncookie = "{COOKIE}"\n'
-        cfg.write_text(text)
-
-    srv._write_config = config
+    cluster = f'\n[cluster]\nlisten = "127.0.0.1:{port}"\ncookie = "{COOKIE}"\n' if remote else ""
+    srv = harness.Server(binary, workdir, audio_limits=False, prefix="murmur-bench-cluster-",
+                         model=model, models={"workers": 0 if remote else 1}, extra_toml=cluster)
     srv.start()
     worker = None
     if remote:

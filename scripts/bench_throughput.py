@@ -69,19 +69,8 @@ def run_fw(py, ct2, audio, workers, jobs):
 
 
 def run_murmur(binary, workdir, model, audio, workers, jobs):
-    tiers = harness.TIERS
-    srv = harness.Server(binary, workdir, audio_limits=False, tiers=tiers, prefix="murmur-throughput-")
-    write = srv._write_config
-
-    def with_workers(audio_limits):
-        write(audio_limits)
-        cfg = srv.dir / "murmur.toml"
-        text = cfg.read_text().replace(
-            "[models]\n", f"[models]\nworkers = {workers}\ncompute_type = \"int8\"\n"
-        ).replace(f"default_model = {json.dumps(harness.MODEL)}", f"default_model = {json.dumps(model)}")
-        cfg.write_text(text)
-
-    srv._write_config = with_workers
+    srv = harness.Server(binary, workdir, audio_limits=False, prefix="murmur-throughput-",
+                         model=model, models={"workers": workers, "compute_type": "int8"})
     srv.start()
     try:
         t = srv.signup("Bench")

@@ -509,9 +509,16 @@ class Tenant:
 class Server:
     """`murmur serve` on 127.0.0.1:<free port> with a temporary data dir."""
 
-    def __init__(self, binary, workdir, audio_limits=True, tiers=TIERS, prefix="murmur-abuse-"):
+    def __init__(self, binary, workdir, audio_limits=True, tiers=TIERS, prefix="murmur-abuse-",
+                 model=MODEL, models=None, extra_toml=""):
+        """`model`: the default Whisper model; `models`: more `[models]`
+        settings ({"workers": 2}); `extra_toml`: sections appended to the
+        settings file (a benchmark's `[cluster]`)."""
         self.binary = binary
         self.tiers = tiers
+        self.model = model
+        self.models = models or {}
+        self.extra_toml = extra_toml
         self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
         self.proc = None
         self.addr = None
@@ -529,6 +536,7 @@ class Server:
             }
         )
         (self.dir / "tiers.toml").write_text(tiers)
+        models = "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.models.items())
         cfg = f"""
 [server]
 listen = "127.0.0.1:{self.port}"
@@ -537,13 +545,13 @@ data_dir = {json.dumps(str(self.dir / "data"))}
 [models]
 dir = {json.dumps(str(cache_dir() / "models"))}
 fetch_missing = false
-default_model = {json.dumps(MODEL)}
-[jobs]
+default_model = {json.dumps(self.model)}
+{models}[jobs]
 backoff_base = 200
 [billing]
 tiers_file = {json.dumps(str(self.dir / "tiers.toml"))}
 """
-        (self.dir / "murmur.toml").write_text(cfg)
+        (self.dir / "murmur.toml").write_text(cfg + self.extra_toml)
 
     def start(self):
         try:
