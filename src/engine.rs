@@ -59,6 +59,14 @@ impl<E: Engine> Engine for WithLinks<E> {
     fn device(&self) -> String {
         self.0.device()
     }
+
+    fn compute_type(&self) -> Option<String> {
+        self.0.compute_type()
+    }
+
+    fn loaded_models(&self) -> Vec<String> {
+        self.0.loaded_models()
+    }
 }
 
 /// Gives each stem of a separation result its `GET /v1/jobs/{id}/stems/{name}`.

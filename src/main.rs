@@ -287,8 +287,8 @@ fn rotate_master_key(settings: &Settings, new_key_file: &std::path::Path) -> any
 /// the waiting requests by tier.
 fn workers_table(view: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10}  {}\n",
-        "WORKER", "NODE", "DEVICE", "STATE", "JOBS", "AUDIO_S", "RUNNING"
+        "{:<6} {:<16} {:<8} {:<7} {:<12} {:>6} {:>10}  {:<24} {}\n",
+        "WORKER", "NODE", "DEVICE", "COMPUTE", "STATE", "JOBS", "AUDIO_S", "MODELS", "RUNNING"
     );
     let empty = Vec::new();
     for w in view["workers"].as_array().unwrap_or(&empty) {
@@ -302,15 +302,28 @@ fn workers_table(view: &serde_json::Value) -> String {
             ),
             None => "-".to_string(),
         };
+        let models: Vec<&str> = w["models"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(|m| m.as_str())
+            .collect();
+        let models = if models.is_empty() {
+            "-".to_string()
+        } else {
+            models.join(",")
+        };
         out.push_str(&format!(
-            "{:<6} {:<16} {:<8} {:<5} {:>6} {:>10.1}  {}\n",
+            "{:<6} {:<16} {:<8} {:<7} {:<12} {:>6} {:>10.1}  {:<24} {}\n",
             // Numbers as text: a JSON value ignores the column width.
             w["index"].to_string(),
             w["node"].as_str().unwrap_or("local"),
             w["device"].as_str().unwrap_or("?"),
+            w["compute_type"].as_str().unwrap_or("-"),
             w["state"].as_str().unwrap_or("?"),
             w["jobs_completed"].to_string(),
             w["audio_seconds"].as_f64().unwrap_or(0.0),
+            models,
             running
         ));
     }

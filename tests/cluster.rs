@@ -11,7 +11,11 @@
 //! - with mutual TLS, a node with a certificate from the cluster's CA joins
 //!   and one with another CA's, or none, is refused;
 //! - the control node restarts (SIGKILL) with a job running: the worker node
-//!   joins again by itself and the job completes.
+//!   joins again by itself and the job completes;
+//! - a node hangs mid-transcription (SIGSTOP: its session stays open): the
+//!   run is given up after `cluster.silence_secs`, the job completes once on
+//!   the other node, and the hung node takes work again once it answers
+//!   (SIGCONT).
 
 mod common;
 
@@ -70,6 +74,15 @@ impl WorkerNode {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -125,6 +138,37 @@ async fn wait_workers(op: &Client, names: &[&str], secs: u64) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The node of a worker transcribing one of `jobs`, once one does.
+async fn node_transcribing(op: &Client, jobs: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let view = op.get("/v1/ops/workers").await.expect(200);
+        let busy = view["workers"].as_array().unwrap().iter().find(|w| {
+            w["job"]["stage"] == "transcribe" && jobs.iter().any(|j| w["job"]["job_id"] == *j)
+        });
+        if let Some(w) = busy {
+            return w["node"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node ever transcribed {jobs:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The worker of node `name` in the operator's view.
+async fn worker_of(op: &Client, name: &str) -> Value {
+    let view = op.get("/v1/ops/workers").await.expect(200);
+    view["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no worker on {name}: {view}"))
 }
 
 async fn submit(client: &Client, file_id: &str) -> String {
@@ -204,21 +248,7 @@ async fn two_tenants_jobs_run_on_two_nodes_and_survive_a_node_killed_mid_job() {
     ];
 
     // Kill whichever node is transcribing one of A's jobs.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let victim = loop {
-        let view = op.get("/v1/ops/workers").await.expect(200);
-        let busy = view["workers"].as_array().unwrap().iter().find(|w| {
-            w["job"]["stage"] == "transcribe" && a_jobs.iter().any(|j| w["job"]["job_id"] == *j)
-        });
-        if let Some(w) = busy {
-            break w["node"].as_str().unwrap().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no node ever transcribed A's job: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let victim = node_transcribing(&op, &a_jobs).await;
     let survivor = if victim == "node-one" {
         w1.kill9();
         "node-two"
@@ -297,6 +327,73 @@ async fn a_wrong_cookie_is_refused_and_a_node_joining_late_takes_queued_work() {
     let _late = WorkerNode::start("late", port, &cookie());
     wait_workers(&op, &["late"], 60).await;
     assert_completed_once(&a.client, &job, 1).await;
+}
+
+#[tokio::test]
+async fn a_hung_worker_node_is_given_up_its_job_runs_elsewhere_and_it_returns_when_it_answers() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let port = free_port();
+    let mut env = cookie();
+    env.push(("MURMUR__CLUSTER__SILENCE_SECS", "5".to_string()));
+    let server = control(port, &env);
+    let op = server.operator();
+    let w1 = WorkerNode::start("node-one", port, &cookie());
+    let w2 = WorkerNode::start("node-two", port, &cookie());
+    let view = wait_workers(&op, &["node-one", "node-two"], 60).await;
+    for w in view["workers"].as_array().unwrap() {
+        assert_eq!(w["compute_type"], "int8", "{view}");
+    }
+    let a = signup(&server, "Acme").await;
+    server.set_tier(&a.id, "premium");
+    let long = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
+    let job = submit(&a.client, &long).await;
+
+    // Freeze the transcribing node: its session stays open, it just says
+    // nothing any more.
+    let victim_name = node_transcribing(&op, std::slice::from_ref(&job)).await;
+    let (victim, survivor) = if victim_name == "node-one" {
+        (&w1, "node-two")
+    } else {
+        (&w2, "node-one")
+    };
+    victim.signal("STOP");
+    let done = assert_completed_once(&a.client, &job, 5).await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    let frozen = worker_of(&op, &victim_name).await;
+    assert_eq!(frozen["state"], "unresponsive", "{frozen}");
+    assert_eq!(frozen["jobs_completed"], 0, "{frozen}");
+    let ran = worker_of(&op, survivor).await;
+    assert_eq!(ran["jobs_completed"], 1, "{ran}");
+    // It says what it holds now that it ran a job.
+    let held: Vec<&str> = ran["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(held.contains(&"tiny.en"), "{ran}");
+
+    // Thawed, it answers, and takes work again; its old run's late
+    // reports change nothing.
+    victim.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker_of(&op, &victim_name).await["state"] != "idle" {
+        assert!(Instant::now() < deadline, "the thawed node never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let short = upload(&a.client, "jfk2.wav", common::jfk_repeated(2).0).await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(submit(&a.client, &short).await);
+    }
+    for j in &jobs {
+        let job = assert_completed_once(&a.client, j, 2).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    let thawed = worker_of(&op, &victim_name).await;
+    assert!(thawed["jobs_completed"].as_u64().unwrap() >= 1, "{thawed}");
+    let again = assert_completed_once(&a.client, &job, 5).await;
+    assert_eq!(again["attempts"], 2, "{again}");
 }
 
 /// A CA, and certificates it signed for `names` (PEM files in `dir`).
@@ -389,15 +486,7 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     server.set_tier(&a.id, "premium");
     let fid = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
     let job = submit(&a.client, &fid).await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let view = server.operator().get("/v1/ops/workers").await.expect(200);
-        if view["workers"][0]["job"]["stage"] == "transcribe" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never transcribing: {view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node_transcribing(&server.operator(), std::slice::from_ref(&job)).await;
 
     let server = server.restart_after_kill9();
     wait_workers(&server.operator(), &["steady"], 60).await;

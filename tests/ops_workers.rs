@@ -66,6 +66,12 @@ async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
     assert_eq!(workers[0]["index"], 0);
     assert_eq!(workers[0]["node"], "local");
     assert_eq!(workers[0]["device"], "cpu");
+    assert_eq!(workers[0]["compute_type"], "int8");
+    assert_eq!(
+        workers[0]["models"],
+        json!([]),
+        "nothing loaded yet: {view}"
+    );
     assert_eq!(workers[0]["state"], "idle");
     assert!(workers[0]["job"].is_null(), "{view}");
     assert_eq!(workers[0]["jobs_completed"], 0);
@@ -189,7 +195,14 @@ async fn operator_sees_workers_busy_waiting_and_counted_tenants_never() {
         .find(|l| l.starts_with('0'))
         .unwrap_or_else(|| panic!("no worker line: {out}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&cols[..5], &["0", "local", "cpu", "idle", "2"], "{out}");
+    assert_eq!(
+        &cols[..6],
+        &["0", "local", "cpu", "int8", "idle", "2"],
+        "{out}"
+    );
+    // The jobs loaded their models, which the worker now holds.
+    let models: Vec<&str> = cols[7].split(',').collect();
+    assert!(models.contains(&"tiny.en"), "{out}");
     assert!(out.contains("waiting: premium 0"), "{out}");
     let (ok, out) = server.admin(&["workers", "--json"], &[]);
     assert!(ok, "{out}");

@@ -113,4 +113,17 @@ pub trait Engine: Send + Sync + 'static {
     fn device(&self) -> String {
         "cpu".to_string()
     }
+
+    /// How the engine stores and multiplies model weights (`int8`, `f16`,
+    /// `f32`), for the operator's view; `None` for engines that load no
+    /// models.
+    fn compute_type(&self) -> Option<String> {
+        None
+    }
+
+    /// The models the engine holds loaded now, by catalogue name: the pool
+    /// sends a request to a worker that already holds its model first.
+    fn loaded_models(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

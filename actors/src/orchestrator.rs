@@ -48,8 +48,9 @@ pub(crate) struct OrchArgs {
     pub store: Arc<dyn JobStore>,
     /// One engine per inference worker.
     pub engines: Vec<Arc<dyn Engine>>,
-    /// Whether worker nodes may join (see [`crate::cluster`]).
-    pub remote_workers: bool,
+    /// Whether worker nodes may join, and how long their runs may stay
+    /// silent (see [`crate::cluster`]).
+    pub remote_workers: Option<crate::cluster::RemoteWorkers>,
     /// Retries, backoff and deadlines.
     pub config: Arc<SystemConfig>,
 }

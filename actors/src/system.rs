@@ -51,7 +51,7 @@ impl System {
         engines: Vec<Arc<dyn Engine>>,
         config: SystemConfig,
     ) -> Result<(System, JoinHandle<()>), StartError> {
-        Self::start_with(store, engines, config, false).await
+        Self::start_with(store, engines, config, None).await
     }
 
     /// As [`start`](Self::start); with `remote_workers`, the pool also
@@ -61,7 +61,7 @@ impl System {
         store: Arc<dyn JobStore>,
         engines: Vec<Arc<dyn Engine>>,
         config: SystemConfig,
-        remote_workers: bool,
+        remote_workers: Option<crate::cluster::RemoteWorkers>,
     ) -> Result<(System, JoinHandle<()>), StartError> {
         let (orchestrator, handle) = Actor::spawn(
             None,

@@ -136,7 +136,7 @@ impl ModelEngine {
                 "model {name} is not installed; run `murmur models fetch {name}`"
             )));
         }
-        let _guard = self.installing.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.installing);
         tracing::info!(model = name, "installing model on first use");
         fetch::install(
             name,
@@ -156,7 +156,7 @@ impl ModelEngine {
         name: &str,
         load: impl FnOnce(&Path, &Device) -> Result<M, E>,
     ) -> Result<Arc<M>, WorkError> {
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(slot);
         if let Some(m) = slot.as_ref() {
             return Ok(m.clone());
         }
@@ -184,10 +184,7 @@ impl ModelEngine {
         if let Some(model) = self.cached_whisper(name) {
             return Ok(model);
         }
-        let _loading = self
-            .loading_whisper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let _loading = lock(&self.loading_whisper);
         // Another worker may have loaded it while this one waited.
         if let Some(model) = self.cached_whisper(name) {
             return Ok(model);
@@ -196,7 +193,7 @@ impl ModelEngine {
         let model = WhisperModel::load_as(&dir, &self.device, self.config.compute_type)
             .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
         let model = Arc::new(model);
-        let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.whisper);
         while cache.len() >= self.config.max_loaded_models.max(1) {
             cache.pop_front();
         }
@@ -206,7 +203,7 @@ impl ModelEngine {
 
     /// The loaded model `name`, marked most recently used.
     fn cached_whisper(&self, name: &str) -> Option<SharedWhisper> {
-        let mut cache = self.whisper.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.whisper);
         let pos = cache.iter().position(|(n, _)| n == name)?;
         let entry = cache.remove(pos)?;
         let model = entry.1.clone();
@@ -318,6 +315,38 @@ impl Engine for ModelEngine {
             candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
         }
     }
+
+    fn compute_type(&self) -> Option<String> {
+        Some(self.config.compute_type.to_string())
+    }
+
+    /// The Whisper models in the cache, least recently used first, then
+    /// the VAD, separation and diarization models once loaded.
+    fn loaded_models(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.whisper)
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.extend(held(&self.vad).then(|| VAD_MODEL.to_string()));
+        names.extend(held(&self.separator).then(|| SEPARATION_MODEL.to_string()));
+        names.extend(held(&self.diarizer).then(|| DIARIZATION_MODEL.to_string()));
+        names
+    }
+}
+
+/// Whether the model in `slot` is loaded. Never waits: a slot is locked
+/// while its model loads (seconds), and the pool asks from its actor.
+fn held<M>(slot: &Mutex<Option<Arc<M>>>) -> bool {
+    match slot.try_lock() {
+        Ok(m) => m.is_some(),
+        Err(std::sync::TryLockError::Poisoned(m)) => m.into_inner().is_some(),
+        Err(std::sync::TryLockError::WouldBlock) => false,
+    }
+}
+
+/// The value behind `m`, even if a worker panicked holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ModelEngine {

@@ -55,9 +55,13 @@ pub const HUB_GROUP: &str = "murmur.hub";
 /// The largest audio chunk a slot asks for (ractor_cluster refuses frames
 /// above 16 MiB).
 pub const CHUNK_BYTES: u32 = 1 << 20;
+/// How often a slot tells the control node that its run is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The shortest `cluster.silence_secs` allowed: a few heartbeats.
+const MIN_SILENCE: Duration = Duration::from_secs(5);
 
 /// `[cluster]` in the service's config.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ClusterSettings {
     /// Where the control node accepts worker nodes (`0.0.0.0:7946`);
@@ -77,6 +81,33 @@ pub struct ClusterSettings {
     /// The name a worker expects in the control node's certificate; empty:
     /// the host of `--join`.
     pub tls_server_name: String,
+    /// A remote run whose slot says nothing for this long (no report, no
+    /// heartbeat: the node hangs, or its network does) is given up and its
+    /// job retried elsewhere; the slot gets no more work until it answers
+    /// again. At least 5.
+    pub silence_secs: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            listen: String::new(),
+            cookie: String::new(),
+            node_name: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
+            tls_server_name: String::new(),
+            silence_secs: 15,
+        }
+    }
+}
+
+/// What the control node's pool knows of the worker nodes it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteWorkers {
+    /// How long a remote run may stay silent (`cluster.silence_secs`).
+    pub silence: Duration,
 }
 
 /// Why a node could not start or join.
@@ -112,12 +143,24 @@ impl ClusterSettings {
 }
 
 /// Starts the control node's listener, when `listen` is set: answers
-/// whether worker nodes can join.
-pub async fn start_control(settings: &ClusterSettings) -> Result<bool, ClusterError> {
+/// what the pool needs to take worker nodes in, or `None` when none can
+/// join.
+pub async fn start_control(
+    settings: &ClusterSettings,
+) -> Result<Option<RemoteWorkers>, ClusterError> {
     if settings.listen.trim().is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     settings.check_cookie()?;
+    let silence = Duration::from_secs(settings.silence_secs);
+    if silence < MIN_SILENCE {
+        return Err(ClusterError::Config(format!(
+            "cluster.silence_secs = {}: at least {} (a slot's heartbeat comes every {} s)",
+            settings.silence_secs,
+            MIN_SILENCE.as_secs(),
+            HEARTBEAT.as_secs()
+        )));
+    }
     let addr: SocketAddr = settings.listen.trim().parse().map_err(|e| {
         ClusterError::Config(format!("cluster.listen = {:?}: {e}", settings.listen))
     })?;
@@ -138,7 +181,7 @@ pub async fn start_control(settings: &ClusterSettings) -> Result<bool, ClusterEr
         "on"
     };
     tracing::info!(%addr, tls, "accepting worker nodes");
-    Ok(true)
+    Ok(Some(RemoteWorkers { silence }))
 }
 
 /// A worker node: what it joins with and what it runs.
@@ -220,6 +263,9 @@ pub async fn run_worker(
             node: name.clone(),
             device: engine.device(),
             slot: i as u32,
+            capacity: node.engines.len() as u32,
+            compute_type: engine.compute_type(),
+            models: Vec::new(),
         };
         let (slot, _) = Actor::spawn(
             None,

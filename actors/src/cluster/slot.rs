@@ -3,7 +3,9 @@
 //! node in bounded chunks into a spool file, runs the engine on it on a
 //! blocking thread, and sends every report back to the control node's hub.
 //!
-//! One run at a time. If the hub leaves (the control node went away or the
+//! One run at a time; while it lasts, the slot says so every
+//! [`HEARTBEAT`], so the control node can tell a slow run from a hung node.
+//! If the hub leaves (the control node went away or the
 //! session broke), the run is cancelled: the control node retries the job
 //! from its last checkpoint, so nothing here needs to survive.
 
@@ -16,7 +18,7 @@ use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::wire::{Outcome, ToControl, ToWorker, WorkerInfo};
-use super::{hub, CHUNK_BYTES, HUB_GROUP};
+use super::{hub, CHUNK_BYTES, HEARTBEAT, HUB_GROUP};
 use crate::engine::{Engine, WorkError, WorkRequest, WorkSink};
 use crate::job::JobStage;
 
@@ -102,6 +104,7 @@ impl Actor for Slot {
         // waits for any more.
         ractor::pg::monitor(HUB_GROUP.to_string(), me.get_cell());
         std::fs::create_dir_all(&args.spool_dir)?;
+        me.send_interval(HEARTBEAT, || ToWorker::Beat);
         Ok(SlotState {
             args,
             run: None,
@@ -118,10 +121,16 @@ impl Actor for Slot {
         match msg {
             ToWorker::Describe { key } => {
                 if let Some(hub) = hub() {
-                    let _ = hub.send_message(ToControl::Described {
-                        key,
-                        info: state.args.info.clone(),
-                    });
+                    let mut info = state.args.info.clone();
+                    info.models = state.args.engine.loaded_models();
+                    let _ = hub.send_message(ToControl::Described { key, info });
+                }
+            }
+            ToWorker::Beat => {
+                if let Some(run) = &state.run {
+                    let _ = run
+                        .hub
+                        .send_message(ToControl::Alive { ticket: run.ticket });
                 }
             }
             ToWorker::Run {

@@ -26,8 +26,17 @@ pub struct WorkerInfo {
     pub node: String,
     /// The device its engine runs on (`cpu`, `cuda:0`).
     pub device: String,
-    /// Its slot on that node (0 to the node's `models.workers` - 1).
+    /// Its slot on that node (0 to `capacity` - 1).
     pub slot: u32,
+    /// How many runs the node takes at once: its slots (`models.workers`).
+    #[serde(default)]
+    pub capacity: u32,
+    /// How its engine stores and multiplies weights (`int8`, `f16`, `f32`).
+    #[serde(default)]
+    pub compute_type: Option<String>,
+    /// The models its engine holds loaded, as of this answer.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 /// A finished request as it travels back: the output, or why not.
@@ -96,6 +105,10 @@ pub enum ToWorker {
     },
     /// Stop the run at the engine's next check.
     Cancel { ticket: u64 },
+    /// Local to the worker node: time to tell the control node that the
+    /// run in progress, if any, is alive ([`ToControl::Alive`]).
+    #[serde(skip)]
+    Beat,
     /// Local to the worker node: the engine finished `ticket`.
     #[serde(skip)]
     Ended { ticket: u64, outcome: Outcome },
@@ -129,6 +142,12 @@ pub enum ToControl {
     Checkpoint {
         ticket: u64,
         state: serde_json::Value,
+    },
+    /// The slot is alive and still on run `ticket` (sent every
+    /// [`super::HEARTBEAT`] while a run lasts: a run that stays silent
+    /// much longer is given up, see `cluster.silence_secs`).
+    Alive {
+        ticket: u64,
     },
     /// The run ended; the last report of a ticket.
     Finished {
@@ -181,7 +200,9 @@ impl ractor::Message for ToWorker {
                 args.extend_from_slice(&data);
                 Ok(cast("chunk", args))
             }
-            ToWorker::Ended { .. } | ToWorker::Malformed(_) => Err(BoxedDowncastErr),
+            ToWorker::Ended { .. } | ToWorker::Beat | ToWorker::Malformed(_) => {
+                Err(BoxedDowncastErr)
+            }
             other => json_cast(&other),
         }
     }

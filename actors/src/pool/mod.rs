@@ -150,7 +150,14 @@ pub struct WorkerView {
     pub node: String,
     /// The device its engine runs on (`cpu`, `cuda:0`).
     pub device: String,
-    /// `idle` or `busy`.
+    /// How its engine stores and multiplies weights (`int8`, `f16`,
+    /// `f32`); `None` until a worker node's slot has described itself.
+    pub compute_type: Option<String>,
+    /// The models its engine holds loaded (a remote slot's as of its last
+    /// description, refreshed after each run).
+    pub models: Vec<String>,
+    /// `idle`, `busy`, or `unresponsive` (a worker node's slot that went
+    /// silent mid-run: it gets no work until it answers again).
     pub state: &'static str,
     /// What it runs, when busy.
     pub job: Option<RunningView>,
@@ -187,6 +194,8 @@ struct Running {
     deadline: Duration,
     /// Set to stop the engine at its next check (cancel, deadline, stop).
     cancel: Arc<AtomicBool>,
+    /// When a remote run's slot last reported (any report or heartbeat).
+    heard: Instant,
     /// Where its reports go (the pool answers for a replaced worker).
     reply: ReplyTo,
     /// A remote run's name in the worker node's reports, and the task that
@@ -213,6 +222,8 @@ struct Slot {
     node: String,
     /// The engine's device.
     device: String,
+    /// How the engine stores weights (a remote slot's, once described).
+    compute_type: Option<String>,
     /// Its request, `None` when idle.
     running: Option<Running>,
     /// The model of the last request it took: a request for the same
@@ -265,15 +276,35 @@ impl Slot {
         }
     }
 
+    /// Whether the slot may take a request now: idle, and (a remote one)
+    /// not silent since its last run.
+    fn available(&self) -> bool {
+        self.running.is_none()
+            && match &self.runner {
+                Runner::Local { .. } => true,
+                Runner::Remote(r) => !r.silent,
+            }
+    }
+
+    /// The models the slot's engine holds loaded.
+    fn models(&self) -> Vec<String> {
+        match &self.runner {
+            Runner::Local { engine, .. } => engine.loaded_models(),
+            Runner::Remote(r) => r.models.clone(),
+        }
+    }
+
     fn view(&self, index: usize) -> WorkerView {
         WorkerView {
             index,
             node: self.node.clone(),
             device: self.device.clone(),
-            state: if self.running.is_some() {
-                "busy"
-            } else {
-                "idle"
+            compute_type: self.compute_type.clone(),
+            models: self.models(),
+            state: match &self.runner {
+                _ if self.running.is_some() => "busy",
+                Runner::Remote(r) if r.silent => "unresponsive",
+                _ => "idle",
             },
             job: self.running.as_ref().map(|r| RunningView {
                 job_id: r.job_id.clone(),
@@ -320,6 +351,9 @@ pub(crate) struct PoolState {
     tiers: BTreeMap<u32, String>,
     /// Names remote runs in worker nodes' reports.
     next_ticket: u64,
+    /// How long a remote run may stay silent; `None` when no worker node
+    /// can join.
+    silence: Option<Duration>,
 }
 
 impl PoolState {
@@ -362,7 +396,7 @@ pub(crate) struct PoolArgs {
     pub engines: Vec<Arc<dyn Engine>>,
     /// Whether worker nodes may join (the control node listens): start
     /// the hub and watch the workers' process group.
-    pub remote_workers: bool,
+    pub remote_workers: Option<crate::cluster::RemoteWorkers>,
 }
 
 async fn spawn_worker(
@@ -400,12 +434,14 @@ impl Actor for InferencePool {
             queue: FairQueue::default(),
             tiers: BTreeMap::new(),
             next_ticket: 1,
+            silence: args.remote_workers.map(|r| r.silence),
         };
         for engine in args.engines {
             let index = state.next_index;
             let worker = spawn_worker(&me, index, engine.clone()).await?;
             state.add_slot(Slot {
                 device: engine.device(),
+                compute_type: engine.compute_type(),
                 runner: Runner::Local { worker, engine },
                 node: "local".into(),
                 running: None,
@@ -414,7 +450,7 @@ impl Actor for InferencePool {
                 audio_seconds: 0.0,
             });
         }
-        if args.remote_workers {
+        if args.remote_workers.is_some() {
             remote::watch(&me, &mut state).await?;
         }
         me.send_interval(WATCHDOG_EVERY, || PoolMsg::Watchdog);
@@ -521,6 +557,9 @@ impl Actor for InferencePool {
                 for index in stuck {
                     replace_worker(&me, state, index, "ran past its deadline").await?;
                 }
+                if let Some(silence) = state.silence {
+                    remote::give_up_silent(state, silence);
+                }
             }
         }
         dispatch(&me, state);
@@ -605,13 +644,13 @@ async fn replace_worker(
 }
 
 /// Gives waiting requests to idle workers: each request in fair order, to
-/// an idle worker that can run it, one that last ran its model first.
+/// an idle worker that can run it, one that holds its model first.
 fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
     loop {
         let idle: Vec<usize> = state
             .slots
             .iter()
-            .filter(|(_, s)| s.running.is_none())
+            .filter(|(_, s)| s.available())
             .map(|(&i, _)| i)
             .collect();
         if idle.is_empty() {
@@ -624,12 +663,21 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
         else {
             return;
         };
+        // A slot that holds the model loaded first, then one that last ran
+        // it (its engine may hold it by the time it starts), then any.
         let model = &next.request.params.model;
         let Some(index) = idle
             .iter()
             .copied()
             .filter(|i| slots[i].can_run(&next.request))
-            .min_by_key(|i| (slots[i].last_model.as_ref() != Some(model), *i))
+            .min_by_key(|i| {
+                let slot = &slots[i];
+                (
+                    !slot.models().contains(model),
+                    slot.last_model.as_ref() != Some(model),
+                    *i,
+                )
+            })
         else {
             return;
         };
@@ -643,6 +691,7 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
             since: Utc::now(),
             deadline: next.deadline,
             cancel: cancel.clone(),
+            heard: Instant::now(),
             reply: next.reply.clone(),
             remote: None,
         };

@@ -3,6 +3,7 @@
 //! the task that serves each run's audio in chunks.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::time::{Duration, Instant};
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -17,6 +18,11 @@ use crate::engine::{WorkError, WorkRequest};
 /// A worker node's slot, as the pool holds it.
 pub(super) struct RemoteSlot {
     actor: ActorRef<ToWorker>,
+    /// The models its engine holds, as of its last description.
+    pub models: Vec<String>,
+    /// Its last run went silent and was given up: no work until the slot
+    /// answers a description request again.
+    pub silent: bool,
 }
 
 /// A run on a remote slot.
@@ -51,6 +57,14 @@ impl RemoteSlot {
         let _ = self
             .actor
             .send_message(ToWorker::Cancel { ticket: run.ticket });
+    }
+
+    /// Asks the slot to describe itself (device, compute type, models):
+    /// it answers with [`ToControl::Described`] naming `key`.
+    fn describe(&self, key: usize) {
+        let _ = self
+            .actor
+            .send_message(ToWorker::Describe { key: key as u64 });
     }
 }
 
@@ -136,13 +150,17 @@ fn join(state: &mut PoolState, cells: Vec<ractor::ActorCell>) {
         if cell.get_id().is_local() || known {
             continue;
         }
-        let actor: ActorRef<ToWorker> = cell.into();
-        let index = state.next_index as u64;
-        let _ = actor.send_message(ToWorker::Describe { key: index });
+        let remote = RemoteSlot {
+            actor: cell.into(),
+            models: Vec::new(),
+            silent: false,
+        };
+        remote.describe(state.next_index);
         let index = state.add_slot(Slot {
-            runner: Runner::Remote(RemoteSlot { actor }),
+            runner: Runner::Remote(remote),
             node: "remote".into(),
             device: "unknown".into(),
+            compute_type: None,
             running: None,
             last_model: None,
             jobs_completed: 0,
@@ -187,14 +205,27 @@ pub(super) fn group_changed(state: &mut PoolState, change: &GroupChangeMessage) 
 pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
     match report {
         ToControl::Described { key, info } => {
-            if let Some(slot) = state.slots.get_mut(&(key as usize)) {
-                if matches!(slot.runner, Runner::Remote(_)) {
-                    slot.node = info.node;
-                    slot.device = info.device;
-                    slot.report_busy(key as usize);
-                    slot.report_counts(key as usize);
-                }
+            let Some(slot) = state.slots.get_mut(&(key as usize)) else {
+                return false;
+            };
+            let Runner::Remote(remote) = &mut slot.runner else {
+                return false;
+            };
+            remote.models = info.models;
+            // It answers: a slot that had gone silent takes work again.
+            let woke = std::mem::take(&mut remote.silent);
+            if woke {
+                tracing::info!(worker = key, node = %slot.node, "a silent worker slot answers again");
             }
+            slot.node = info.node;
+            slot.device = info.device;
+            slot.compute_type = info.compute_type;
+            slot.report_busy(key as usize);
+            slot.report_counts(key as usize);
+            woke
+        }
+        ToControl::Alive { ticket } => {
+            heard(state, ticket);
             false
         }
         ToControl::Fetch {
@@ -202,7 +233,7 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             offset,
             max,
         } => {
-            if let Some((_, slot)) = state.by_ticket(ticket) {
+            if let Some(slot) = heard(state, ticket) {
                 if let Some(run) = slot.running.as_ref().and_then(|r| r.remote.as_ref()) {
                     let _ = run.feed.send((offset, max));
                 }
@@ -210,7 +241,7 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             false
         }
         ToControl::Stage { ticket, stage } => {
-            if let Some((_, slot)) = state.by_ticket(ticket) {
+            if let Some(slot) = heard(state, ticket) {
                 if let Some(r) = slot.running.as_mut() {
                     r.stage = Some(stage);
                     let _ = r.reply.send_message(PoolReply::Stage(stage));
@@ -219,7 +250,7 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             false
         }
         ToControl::Progress { ticket, fraction } => {
-            if let Some((_, slot)) = state.by_ticket(ticket) {
+            if let Some(slot) = heard(state, ticket) {
                 if let Some(r) = slot.running.as_ref() {
                     let _ = r.reply.send_message(PoolReply::Progress(fraction));
                 }
@@ -227,7 +258,7 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             false
         }
         ToControl::Checkpoint { ticket, state: cp } => {
-            if let Some((_, slot)) = state.by_ticket(ticket) {
+            if let Some(slot) = heard(state, ticket) {
                 if let Some(r) = slot.running.as_ref() {
                     let _ = r.reply.send_message(PoolReply::Checkpoint(cp));
                 }
@@ -247,8 +278,43 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             }
             let _ = r.reply.send_message(PoolReply::Finished(result));
             slot.report_busy(index);
+            // What it holds now (the run may have loaded a model).
+            if let Runner::Remote(remote) = &slot.runner {
+                remote.describe(index);
+            }
             true
         }
         ToControl::Malformed(_) => false,
+    }
+}
+
+/// The slot running remote run `ticket`, which has just been heard from.
+fn heard(state: &mut PoolState, ticket: u64) -> Option<&mut Slot> {
+    let (_, slot) = state.by_ticket(ticket)?;
+    if let Some(r) = slot.running.as_mut() {
+        r.heard = Instant::now();
+    }
+    Some(slot)
+}
+
+/// Gives up remote runs whose slot has said nothing for `silence` (its
+/// node hangs, or the network between the nodes does, while the session
+/// stays open): each job hears a transient error and is retried on
+/// another worker. The slot takes no more work until it answers a
+/// description request, which is sent now and waits in its mailbox.
+pub(super) fn give_up_silent(state: &mut PoolState, silence: Duration) {
+    for (&index, slot) in state.slots.iter_mut() {
+        let silent = slot
+            .running
+            .as_ref()
+            .is_some_and(|r| r.remote.is_some() && r.heard.elapsed() > silence);
+        if !silent {
+            continue;
+        }
+        slot.abandon(index, &format!("said nothing for {} s", silence.as_secs()));
+        if let Runner::Remote(remote) = &mut slot.runner {
+            remote.silent = true;
+            remote.describe(index);
+        }
     }
 }
