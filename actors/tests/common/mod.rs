@@ -1,7 +1,7 @@
 //! Shared by the actor tests, which drive the real actor tree without HTTP
 //! or sled: an in-memory [`JobStore`] (every write durable at once, events
 //! numbered per job), an engine that stands in for the models and can fail
-//! or hold a job, and a poll helper.
+//! or hold a job, or say it holds models, and a poll helper.
 
 // Each test file uses a different part of this module.
 #![allow(dead_code)]
@@ -173,6 +173,8 @@ pub struct TestEngine {
     pub hold: AtomicBool,
     /// Held runs that ended because their cancel flag was set.
     pub cancelled: AtomicU32,
+    /// The models it says it holds loaded.
+    pub holds: Mutex<Vec<String>>,
 }
 
 /// The message of the [`TestEngine`]'s transient failures.
@@ -227,6 +229,10 @@ impl Engine for TestEngine {
             result: json!({"duration_s": 1.0, "text": request.job_id, "segments": []}),
             audio_seconds: 1.0,
         })
+    }
+
+    fn loaded_models(&self) -> Vec<String> {
+        self.holds.lock().unwrap().clone()
     }
 }
 
