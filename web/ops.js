@@ -40,30 +40,6 @@ export function checkOperatorToken(token) {
   return fetchWorkers({ token });
 }
 
-// The columns after the worker's index (the row's header), with the text
-// each shows; the keys name the cells for the tests and the phone layout.
-const COLUMNS = [
-  ['node', 'Node', (w) => w.node],
-  ['device', 'Device', (w) => w.device],
-  ['compute', 'Compute type', (w) => w.compute_type || '–'],
-  ['state', 'State', (w) => w.state],
-  ['job', 'Job', (w) => w.job?.job_id || '–'],
-  ['tenant', 'Tenant', (w) => w.job?.tenant_id || '–'],
-  ['stage', 'Stage', (w) => (w.job ? w.job.stage || 'starting' : '–')],
-  ['elapsed', 'Running for', (w) => (w.job?.since ? fmt.duration(secondsSince(w.job.since)) : '–')],
-  ['jobs', 'Jobs completed', (w) => String(w.jobs_completed ?? '–')],
-  ['audio', 'Audio processed', (w) => fmt.duration(w.audio_seconds)],
-  ['models', 'Models loaded', (w) => {
-    if (!Array.isArray(w.models)) return '–';
-    return w.models.length ? w.models.join(', ') : 'none';
-  }],
-];
-
-function secondsSince(iso) {
-  const t = Date.parse(iso);
-  return Number.isNaN(t) ? NaN : Math.max(0, (Date.now() - t) / 1000);
-}
-
 let active = false; // the view is shown: an operator is signed in
 let onRefused = () => {};
 let timer = null;
@@ -84,7 +60,7 @@ function workerRow(w) {
     const head = h('th', { scope: 'row', role: 'rowheader', 'data-label': 'Worker' });
     const cells = { index: head };
     const tr = h('tr', { role: 'row', 'data-worker-index': String(w.index) }, head,
-      COLUMNS.map(([key, label]) => {
+      fmt.WORKER_COLUMNS.map(([key, label]) => {
         cells[key] = h('td', { role: 'cell', 'data-label': label, 'data-col': key });
         return cells[key];
       }));
@@ -92,8 +68,9 @@ function workerRow(w) {
     rows.set(w.index, row);
   }
   setText(row.cells.index, String(w.index));
-  for (const [key, , show] of COLUMNS) {
-    const text = show(w);
+  const texts = fmt.workerCells(w);
+  for (const [key] of fmt.WORKER_COLUMNS) {
+    const text = texts[key];
     setText(row.cells[key], text);
     row.cells[key].toggleAttribute('data-empty', text === '–'); // phones leave it out
   }
@@ -206,6 +183,9 @@ export function resetWorkers() {
 }
 
 export function wireWorkers() {
+  $('worker-head').replaceChildren(...[['index', 'Worker'], ...fmt.WORKER_COLUMNS].map(([, label]) => h('th', {
+    scope: 'col', role: 'columnheader',
+  }, label)));
   $('workers-refresh').addEventListener('click', () => {
     halt();
     poll();

@@ -200,7 +200,15 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
     // The server's own answer, beside what the page shows.
     const res = await fetch(`${server.base}/v1/ops/workers`, { headers: { authorization: `Bearer ${operatorToken}` } });
     assert.equal(res.status, 200);
-    assert.equal((await res.json()).workers.length, WORKERS);
+    const answer = await res.json();
+    assert.equal(answer.workers.length, WORKERS);
+    // compute_type and models are shown once the server reports them (a
+    // newer server), "–" before.
+    for (const w of answer.workers) {
+      const r = rows.find((x) => x.index === String(w.index));
+      assert.equal(r.compute, w.compute_type ?? '–');
+      assert.equal(r.models, Array.isArray(w.models) ? (w.models.join(', ') || 'none') : '–');
+    }
     assert.match(await pageOp.locator('#workers-summary').textContent(), /^2 workers: 0 busy, 2 idle/);
     // None of a tenant's sections, and nothing asked of the tenant API.
     assert.equal(await pageOp.locator('#app').isHidden(), true);
@@ -295,7 +303,7 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
     }
   });
 
-  it('fits a phone screen without horizontal scrolling', async () => {
+  it('fits a phone screen without horizontal scrolling, a job running', async () => {
     const ctx = await browser.newContext({
       viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
     });
@@ -303,6 +311,11 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
       const page = await ctx.newPage();
       await signInAsOperator(page, server.base, operatorToken);
       await page.locator('#worker-list tr').nth(WORKERS - 1).waitFor();
+      // The widest things the view shows are a running job's ids.
+      const files = await api('GET', '/v1/files');
+      const job = await api('POST', '/v1/jobs', { file_id: files.body.items[0].id, params: { model: 'tiny.en' } });
+      assert.equal(job.status, 202, JSON.stringify(job.body));
+      await page.locator(`#worker-list tr[data-state="busy"][data-job-id="${job.body.id}"]`).waitFor({ timeout: 60_000 });
       const overflow = await page.evaluate(() => ({
         doc: document.documentElement.scrollWidth,
         body: document.body.scrollWidth,
