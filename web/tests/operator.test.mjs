@@ -185,7 +185,17 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
   });
 
   it('signs the operator in with the token from operator.json and lists every worker', async () => {
-    await signInAsOperator(pageOp, server.base, operatorToken);
+    // By keyboard alone: the arrow keys move along the sign-in tabs.
+    await pageOp.goto(server.base);
+    await pageOp.locator('#tab-login').focus();
+    await pageOp.keyboard.press('ArrowLeft'); // wraps round to the last tab
+    assert.equal(await pageOp.evaluate(() => document.activeElement.id), 'tab-operator');
+    assert.equal(await pageOp.locator('#tab-operator').getAttribute('aria-selected'), 'true');
+    await pageOp.keyboard.press('Tab');
+    assert.equal(await pageOp.evaluate(() => document.activeElement.id), 'operator-token');
+    await pageOp.keyboard.type(operatorToken);
+    await pageOp.keyboard.press('Enter');
+    await pageOp.getByRole('heading', { name: 'Workers' }).waitFor();
     await pageOp.locator('#worker-list tr').nth(WORKERS - 1).waitFor();
     const rows = await shownWorkers(pageOp);
     assert.equal(rows.length, WORKERS, JSON.stringify(rows));
@@ -303,6 +313,32 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
     }
   });
 
+  it('signs out a page whose token the server does not take as the operator’s', async () => {
+    // As after a restart (a new operator token), or a tenant setting the
+    // page's operator flag by hand beside its own token: the server's 404
+    // ends the session, with nothing of the view shown.
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      const page = await ctx.newPage();
+      const w = watch(page);
+      await page.goto(server.base);
+      await page.evaluate((token) => {
+        sessionStorage.setItem('murmur.token', token);
+        sessionStorage.setItem('murmur.operator', '1');
+      }, tenant.token);
+      await page.reload();
+      await page.locator('.toast', { hasText: 'no longer accepts this operator token' }).waitFor();
+      await page.getByRole('heading', { name: 'Sign in to Murmur' }).waitFor();
+      assert.deepEqual(w.ops, [404]);
+      assert.equal(await page.locator('#ops').isHidden(), true);
+      assert.equal(await page.locator('#worker-list tr').count(), 0);
+      assert.equal(await page.evaluate(() => sessionStorage.getItem('murmur.token')), null);
+      assert.deepEqual(w.errors, []);
+    } finally {
+      await ctx.close();
+    }
+  });
+
   it('fits a phone screen without horizontal scrolling, a job running', async () => {
     const ctx = await browser.newContext({
       viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
@@ -333,8 +369,11 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
     }
   });
 
-  it('stops asking while the tab is hidden and once signed out', async () => {
+  it('stays signed in as the operator across a reload, then stops asking while hidden and once signed out', async () => {
     const count = () => watchOp.requests.filter((p) => p === '/v1/ops/workers').length;
+    await pageOp.reload();
+    await pageOp.locator('#worker-list tr').nth(WORKERS - 1).waitFor();
+    assert.equal(await pageOp.locator('#app').isHidden(), true);
     // Polling now.
     const before = count();
     await pageOp.waitForTimeout(QUIET_MS);
