@@ -7,17 +7,29 @@
 // shared with other tabs, and is never sent automatically the way a cookie
 // would be (no CSRF). A login token is valid for a day anyway.
 const TOKEN_KEY = 'murmur.token';
+// Set when the token is the server's operator token (from operator.json),
+// not a user's: the page then shows the operator's view and nothing of a
+// tenant's (the operator token is no user's and /v1/me refuses it).
+const OPERATOR_KEY = 'murmur.operator';
 
 export function getToken() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
-export function setToken(token) {
+export function setToken(token, { operator = false } = {}) {
   sessionStorage.setItem(TOKEN_KEY, token);
+  if (operator) sessionStorage.setItem(OPERATOR_KEY, '1');
+  else sessionStorage.removeItem(OPERATOR_KEY);
+}
+
+/** Whether the token kept is the operator's (see setToken). */
+export function isOperatorToken() {
+  return sessionStorage.getItem(OPERATOR_KEY) === '1' && getToken() !== null;
 }
 
 export function clearToken() {
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(OPERATOR_KEY);
 }
 
 export class ApiError extends Error {
@@ -80,9 +92,13 @@ async function problemFrom(res) {
  * fetch() against the API. `body` objects are sent as JSON, FormData as is.
  * Answers the Response; throws ApiError on a non-2xx answer.
  */
-export async function request(method, path, { body, auth = true, signal } = {}) {
+export async function request(method, path, {
+  body, auth = true, signal, token: given,
+} = {}) {
   const headers = {};
-  const token = getToken();
+  // `token`: one to try instead of the kept one (the operator's, before
+  // it is kept).
+  const token = given ?? getToken();
   if (auth && token) headers.authorization = `Bearer ${token}`;
   let payload = body;
   if (body !== undefined && !(body instanceof FormData)) {

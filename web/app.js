@@ -6,9 +6,15 @@
 // job list (jobs.js), one job's view (jobview.js), plan, usage and API keys
 // (account.js), webhooks (webhooks.js). They share state.js; ui.js builds
 // the DOM. Everything comes from the public API (api.js, live.js).
+//
+// Signed in with the server's operator token instead (the "Operator" tab,
+// offered on loopback only), the page shows the operator's Workers view
+// (ops.js) and none of the tenant sections; a user's session never shows
+// it nor asks for it.
 
 import {
-  ApiError, clearToken, getJSON, getToken, sendJSON, setToken, setUnauthorizedHandler,
+  ApiError, clearToken, getJSON, getToken, isOperatorToken, sendJSON, setToken,
+  setUnauthorizedHandler,
 } from './api.js';
 import { LiveFeed } from './live.js';
 import { loadFiles } from './files.js';
@@ -23,6 +29,9 @@ import {
   loadKeys, loadPlan, resetAccount, wireAccount,
 } from './account.js';
 import { loadWebhooks, resetWebhooks, wireWebhooks } from './webhooks.js';
+import {
+  checkOperatorToken, onLoopback, resetWorkers, startWorkers, wireWorkers,
+} from './ops.js';
 import { state } from './state.js';
 import {
   $, busy, showError, toast,
@@ -30,34 +39,63 @@ import {
 
 function showAuth(message) {
   $('app').hidden = true;
+  $('ops').hidden = true;
   $('who').hidden = true;
   $('auth').hidden = false;
   if (message) toast(message, 'info');
-  $('login-email').focus();
+  // The first field of the tab shown (the operator's, after its sign-out).
+  Object.values(AUTH_TABS).map($).find((f) => !f.hidden)?.querySelector('input')?.focus();
+}
+
+// The sign-in tabs and their forms; "operator" only on loopback.
+const AUTH_TABS = { login: 'login-form', signup: 'signup-form', operator: 'operator-form' };
+
+function authTabs() {
+  return Object.keys(AUTH_TABS).filter((t) => !$(`tab-${t}`).hidden);
 }
 
 function selectAuthTab(which) {
-  const login = which === 'login';
-  $('tab-login').setAttribute('aria-selected', String(login));
-  $('tab-signup').setAttribute('aria-selected', String(!login));
-  $('tab-login').tabIndex = login ? 0 : -1;
-  $('tab-signup').tabIndex = login ? -1 : 0;
-  $('login-form').hidden = !login;
-  $('signup-form').hidden = login;
+  for (const [tab, form] of Object.entries(AUTH_TABS)) {
+    const on = tab === which;
+    $(`tab-${tab}`).setAttribute('aria-selected', String(on));
+    $(`tab-${tab}`).tabIndex = on ? 0 : -1;
+    $(form).hidden = !on;
+  }
 }
 
 function wireAuth() {
-  $('tab-login').addEventListener('click', () => selectAuthTab('login'));
-  $('tab-signup').addEventListener('click', () => selectAuthTab('signup'));
-  for (const tab of [$('tab-login'), $('tab-signup')]) {
+  $('tab-operator').hidden = !onLoopback();
+  for (const name of Object.keys(AUTH_TABS)) {
+    const tab = $(`tab-${name}`);
+    tab.addEventListener('click', () => selectAuthTab(name));
     tab.addEventListener('keydown', (e) => {
-      if (e.key === 'ArrowRight' || e.key === 'ArrowLeft') {
-        const next = tab.id === 'tab-login' ? 'signup' : 'login';
-        selectAuthTab(next);
-        $(`tab-${next}`).focus();
-      }
+      if (e.key !== 'ArrowRight' && e.key !== 'ArrowLeft') return;
+      const tabs = authTabs();
+      const step = e.key === 'ArrowRight' ? 1 : -1;
+      const next = tabs[(tabs.indexOf(name) + step + tabs.length) % tabs.length];
+      selectAuthTab(next);
+      $(`tab-${next}`).focus();
     });
   }
+  $('operator-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    busy(e.submitter, async () => {
+      const token = $('operator-token').value.trim();
+      try {
+        await checkOperatorToken(token);
+      } catch (err) {
+        // The server answers any other token, and any caller off loopback,
+        // as if there were no such route.
+        if (err instanceof ApiError && err.status === 404) {
+          throw new Error('That is not this server’s operator token (or the page is not reached over loopback).');
+        }
+        throw err;
+      }
+      setToken(token, { operator: true });
+      $('operator-token').value = '';
+      enterOperator();
+    });
+  });
   $('login-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const button = e.submitter;
@@ -108,6 +146,7 @@ function signOut(message) {
   resetWebhooks();
   resetJobForm();
   resetJobView();
+  resetWorkers();
   showAuth(message);
 }
 
@@ -156,6 +195,22 @@ async function enterApp() {
   ].map((p) => p.catch(showError)));
 }
 
+/** The operator's page: the workers, nothing of any tenant. */
+function enterOperator() {
+  session += 1;
+  $('toasts').replaceChildren();
+  $('auth').hidden = true;
+  $('app').hidden = true;
+  $('who').hidden = false;
+  $('who-tenant').textContent = 'Operator';
+  $('who-tier').textContent = 'this server';
+  showConnection('stopped');
+  startWorkers({
+    refused: () => signOut('The server no longer accepts this operator token (it restarts with a new one): read operator.json again.'),
+  });
+  $('main').focus();
+}
+
 function showConnection(s, delay) {
   const el = $('conn');
   el.dataset.state = s;
@@ -173,5 +228,7 @@ wireJobs(catchUp);
 wireJobView();
 wireAccount();
 wireWebhooks();
-if (getToken()) enterApp();
+wireWorkers();
+if (isOperatorToken()) enterOperator();
+else if (getToken()) enterApp();
 else showAuth();

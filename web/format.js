@@ -85,3 +85,47 @@ export function beamLimit(limits) {
   const bound = limits?.max_beam_size;
   return Number.isInteger(bound) ? Math.min(Math.max(bound, 1), MAX_BEAM) : MAX_BEAM;
 }
+
+/**
+ * The columns of the operator's Workers table after the worker's index,
+ * as [key, header]; `workerCells` gives their text for one worker of
+ * GET /v1/ops/workers.
+ */
+export const WORKER_COLUMNS = [
+  ['node', 'Node'],
+  ['device', 'Device'],
+  ['compute', 'Compute type'],
+  ['state', 'State'],
+  ['job', 'Job'],
+  ['tenant', 'Tenant'],
+  ['stage', 'Stage'],
+  ['elapsed', 'Running for'],
+  ['jobs', 'Jobs completed'],
+  ['audio', 'Audio processed'],
+  ['models', 'Models loaded'],
+];
+
+/**
+ * One worker's cells by column key, "–" for what it does not report
+ * (`compute_type` and `models` are newer than the route). `now` (ms) is
+ * when the running job's time is counted to, from its `since`.
+ */
+export function workerCells(w, now = Date.now()) {
+  const job = w.job || null;
+  const since = job?.since ? Date.parse(job.since) : NaN;
+  let models = '–';
+  if (Array.isArray(w.models)) models = w.models.length ? w.models.join(', ') : 'none';
+  return {
+    node: w.node || '–',
+    device: w.device || '–',
+    compute: w.compute_type || '–',
+    state: w.state || '–',
+    job: job?.job_id || '–',
+    tenant: job?.tenant_id || '–',
+    stage: job ? job.stage || 'starting' : '–',
+    elapsed: Number.isNaN(since) ? '–' : duration(Math.max(0, (now - since) / 1000)),
+    jobs: w.jobs_completed == null ? '–' : String(w.jobs_completed),
+    audio: duration(w.audio_seconds),
+    models,
+  };
+}

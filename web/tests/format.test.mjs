@@ -52,3 +52,49 @@ test('the plan bounds the beam, absent meaning the widest any job may ask for', 
   assert.equal(fmt.beamLimit({ max_beam_size: 50 }), fmt.MAX_BEAM);
   assert.equal(fmt.beamLimit(null), fmt.MAX_BEAM);
 });
+
+test('a worker’s cells say what it reports and "–" for the rest', () => {
+  const now = Date.parse('2026-12-02T05:01:05Z');
+  const busy = fmt.workerCells({
+    index: 0,
+    node: 'local',
+    device: 'cpu',
+    state: 'busy',
+    job: {
+      job_id: 'j_1', tenant_id: 't_1', stage: 'transcribe', since: '2026-12-02T05:00:00.500Z',
+    },
+    jobs_completed: 12,
+    audio_seconds: 1830.5,
+    compute_type: 'int8',
+    models: ['tiny.en', 'silero-vad'],
+  }, now);
+  assert.deepEqual(busy, {
+    node: 'local',
+    device: 'cpu',
+    compute: 'int8',
+    state: 'busy',
+    job: 'j_1',
+    tenant: 't_1',
+    stage: 'transcribe',
+    elapsed: '1:05',
+    jobs: '12',
+    audio: '30:31',
+    models: 'tiny.en, silero-vad',
+  });
+  // As the route answered before compute_type and models: no error, "–".
+  const idle = fmt.workerCells({
+    index: 1, node: 'gpu-box-1', device: 'cuda:0', state: 'idle', job: null, jobs_completed: 0, audio_seconds: 0,
+  }, now);
+  assert.equal(idle.compute, '–');
+  assert.equal(idle.models, '–');
+  assert.equal(idle.job, '–');
+  assert.equal(idle.stage, '–');
+  assert.equal(idle.elapsed, '–');
+  assert.equal(idle.audio, '0:00');
+  // No model loaded yet is not the same as not reported.
+  assert.equal(fmt.workerCells({ models: [] }).models, 'none');
+  // A job taken before its first stage.
+  assert.equal(fmt.workerCells({ job: { job_id: 'j_2', stage: null, since: '2026-12-02T05:01:00Z' } }, now).stage, 'starting');
+  // Every column has its cell.
+  assert.deepEqual(Object.keys(busy).sort(), fmt.WORKER_COLUMNS.map(([k]) => k).sort());
+});
