@@ -283,6 +283,7 @@ pub async fn run_worker(
 
     let join = async {
         let mut wait = Duration::from_millis(250);
+        // Ends only with an error: otherwise joins again for ever.
         loop {
             let connected = match &connector {
                 Some(c) => {
@@ -321,11 +322,12 @@ pub async fn run_worker(
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
         }
-        #[allow(unreachable_code)]
-        Ok::<(), ClusterError>(())
     };
     tokio::select! {
-        r = join => r?,
+        r = join => {
+            let r: Result<std::convert::Infallible, ClusterError> = r;
+            r?;
+        }
         () = shutdown => {}
     }
     server.stop(None);
