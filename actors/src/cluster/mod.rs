@@ -263,7 +263,6 @@ pub async fn run_worker(
             node: name.clone(),
             device: engine.device(),
             slot: i as u32,
-            capacity: node.engines.len() as u32,
             compute_type: engine.compute_type(),
             models: Vec::new(),
         };

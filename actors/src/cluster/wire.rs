@@ -26,11 +26,9 @@ pub struct WorkerInfo {
     pub node: String,
     /// The device its engine runs on (`cpu`, `cuda:0`).
     pub device: String,
-    /// Its slot on that node (0 to `capacity` - 1).
+    /// Its slot on that node (0 to the node's `models.workers` - 1): a
+    /// node's capacity is its number of slots, each one run at a time.
     pub slot: u32,
-    /// How many runs the node takes at once: its slots (`models.workers`).
-    #[serde(default)]
-    pub capacity: u32,
     /// How its engine stores and multiplies weights (`int8`, `f16`, `f32`).
     #[serde(default)]
     pub compute_type: Option<String>,
