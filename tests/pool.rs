@@ -4,7 +4,7 @@
 //! job retried; a worker stuck past its deadline is abandoned and replaced;
 //! waiting work is shared by tier weight, so an enterprise job waiting
 //! beside a basic tenant's second job runs first (the fair queue's
-//! proportions themselves are unit-tested in `actors/src/pool.rs`).
+//! proportions themselves are unit-tested in `actors/src/pool/fair_queue.rs`).
 
 mod common;
 
