@@ -42,7 +42,7 @@ fn free_port() -> u16 {
 struct WorkerNode {
     child: Child,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl WorkerNode {
@@ -67,11 +67,14 @@ impl WorkerNode {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start murmur worker");
-        WorkerNode {
-            child,
-            log,
-            _dir: dir,
-        }
+        WorkerNode { child, log, dir }
+    }
+
+    /// The files in its audio spool.
+    fn spool_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path().join("spool"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to the process.
@@ -357,6 +360,12 @@ async fn a_hung_worker_node_is_given_up_its_job_runs_elsewhere_and_it_returns_wh
         (&w2, "node-one")
     };
     victim.signal("STOP");
+    // What it spooled of the tenant's audio is sealed, not a WAV.
+    let spooled = victim.spool_files();
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    let head = std::fs::read(&spooled[0]).unwrap();
+    assert!(murmur_seal::is_sealed_file(&head), "{:?}", &head[..16]);
+    assert!(!head.starts_with(b"RIFF"), "plain audio spooled");
     let done = assert_completed_once(&a.client, &job, 5).await;
     assert_eq!(done["attempts"], 2, "{done}");
     let frozen = worker_of(&op, &victim_name).await;

@@ -1,7 +1,8 @@
 //! A remote inference slot: on a worker node, the actor the control
 //! node's pool dispatches to. It pulls the job's audio from the control
-//! node in bounded chunks into a spool file, runs the engine on it on a
-//! blocking thread, and sends every report back to the control node's hub.
+//! node in bounded chunks into a spool file (sealed with a key of the
+//! run's own, kept in memory only), runs the engine on it on a blocking
+//! thread, and sends every report back to the control node's hub.
 //!
 //! One run at a time; while it lasts, the slot says so every
 //! [`HEARTBEAT`], so the control node can tell a slow run from a hung node.
@@ -17,10 +18,13 @@ use std::sync::Arc;
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use murmur_seal::{DataKey, SealWriter};
+
 use super::wire::{Outcome, ToControl, ToWorker, WorkerInfo};
 use super::{hub, CHUNK_BYTES, HEARTBEAT, HUB_GROUP};
 use crate::engine::{Engine, WorkError, WorkRequest, WorkSink};
 use crate::job::JobStage;
+use crate::sealed::Sealing;
 
 pub(crate) struct Slot;
 
@@ -49,7 +53,10 @@ struct Run {
     audio_bytes: u64,
     received: u64,
     spool: PathBuf,
-    file: Option<std::fs::File>,
+    /// The spool, sealed with a key of this run's own that lives only in
+    /// memory: the tenant's audio is never plain on the worker's disk, and
+    /// a spool left by a crash cannot be read.
+    file: Option<SealWriter<std::fs::File>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -176,8 +183,8 @@ impl Actor for Slot {
                     return Ok(());
                 }
                 // All of it: run the engine.
-                if let Some(mut f) = run.file.take() {
-                    f.flush()?;
+                if let Some(f) = run.file.take() {
+                    f.finish()?;
                 }
                 let request = run.request.take().expect("a run starts once");
                 let engine = state.args.engine.clone();
@@ -271,9 +278,14 @@ fn begin(
         .args
         .spool_dir
         .join(format!("slot{}-{ticket}.audio", state.args.info.slot));
-    let file = std::fs::File::create(&spool)?;
+    let key = Arc::new(DataKey::generate());
+    let context = format!("spool/{ticket}");
+    let file = SealWriter::new(std::fs::File::create(&spool)?, &key, context.as_bytes());
     request.audio = spool.clone();
-    request.sealing = None;
+    request.sealing = Some(Sealing {
+        key,
+        audio_context: context,
+    });
     // Stems and other files stay on the control node's disk (jobs that
     // separate are not sent here).
     request.artifacts = None;
