@@ -12,6 +12,8 @@
 //!   and one with another CA's, or none, is refused;
 //! - the control node restarts (SIGKILL) with a job running: the worker node
 //!   joins again by itself and the job completes;
+//! - a separation job runs on a worker node, and its stems come back to the
+//!   control node, sealed with the tenant's key, and download whole;
 //! - a node hangs mid-transcription (SIGSTOP: its session stays open): the
 //!   run is given up after `cluster.silence_secs`, the job completes once on
 //!   the other node, and the hung node takes work again once it answers
@@ -403,6 +405,90 @@ async fn a_hung_worker_node_is_given_up_its_job_runs_elsewhere_and_it_returns_wh
     assert!(thawed["jobs_completed"].as_u64().unwrap() >= 1, "{thawed}");
     let again = assert_completed_once(&a.client, &job, 5).await;
     assert_eq!(again["attempts"], 2, "{again}");
+}
+
+/// The sample rate, channels and seconds of a 16-bit PCM WAV with a
+/// 44-byte header (what a stem is).
+fn wav_shape(bytes: &[u8]) -> (u32, u16, f64) {
+    assert!(bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WAVE");
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]);
+    let rate = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let frames = (bytes.len() - 44) / (2 * channels as usize);
+    (rate, channels, frames as f64 / rate as f64)
+}
+
+#[tokio::test]
+async fn a_separation_job_runs_on_a_worker_node_and_its_stems_come_back_sealed() {
+    common::install_models(&["tiny.en", "silero-vad", "spleeter-2stems"]);
+    let port = free_port();
+    let server = control(port, &cookie());
+    let op = server.operator();
+    let worker = WorkerNode::start("sep-node", port, &cookie());
+    wait_workers(&op, &["sep-node"], 60).await;
+    let a = signup(&server, "Acme").await;
+    let b = signup(&server, "Bolt").await;
+    server.set_tier(&a.id, "premium");
+    let (wav, seconds) = common::jfk_repeated(1);
+    let fid = upload(&a.client, "jfk.wav", wav).await;
+    let job = a
+        .client
+        .post(
+            "/v1/jobs",
+            json!({"file_id": fid, "params": {"job_type": "bgm_separation"}}),
+        )
+        .await
+        .expect(202)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = wait_job(&a.client, &job, 600).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+    // It ran on the worker node: the control node has no worker.
+    let ran = worker_of(&op, "sep-node").await;
+    assert_eq!(ran["jobs_completed"], 1, "{ran}");
+
+    // Both stems download whole, from the control node's disk, where they
+    // are sealed with the tenant's key.
+    for name in ["vocals", "accompaniment"] {
+        let res = a
+            .client
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{job}/stems/{name}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{name}");
+        let bytes = res.bytes().await.unwrap();
+        let (rate, channels, secs) = wav_shape(&bytes);
+        assert_eq!((rate, channels), (44_100, 2), "{name}");
+        assert!(
+            (secs - seconds).abs() < 0.1,
+            "{name}: {secs} s of {seconds}"
+        );
+        let stored = std::fs::read(
+            server
+                .data_dir
+                .join("artifacts")
+                .join(&a.id)
+                .join(&job)
+                .join(format!("{name}.wav")),
+        )
+        .unwrap();
+        assert!(
+            murmur_seal::is_sealed_file(&stored),
+            "{name} stored in clear"
+        );
+        // Another tenant cannot reach them.
+        b.client
+            .get(&format!("/v1/jobs/{job}/stems/{name}"))
+            .await
+            .problem(404, "not_found");
+    }
+    // The worker node kept nothing: spool and stems are gone.
+    assert_eq!(worker.spool_files(), Vec::<PathBuf>::new());
 }
 
 /// A CA, and certificates it signed for `names` (PEM files in `dir`).

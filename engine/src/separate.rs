@@ -4,14 +4,12 @@
 //! renamed once whole so a crash never leaves half a stem; a resumed job
 //! finds its stems instead of separating again.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use murmur_models::audio::{self, AudioError};
 use murmur_models::separate::{SeparateError, SeparationStream, Separator, STEMS};
-use murmur_seal::SealWriter;
 use serde_json::json;
 
 use crate::decode::{audio_error, limited};
@@ -20,17 +18,19 @@ use crate::{Checkpoint, ModelEngine};
 use murmur_actors::engine::{WorkError, WorkRequest, WorkSink};
 use murmur_actors::job::JobStage;
 use murmur_actors::params::JobType;
-use murmur_actors::sealed::{artifact_context, StoredFile};
+use murmur_actors::sealed::{
+    artifact_context, artifact_part_path, artifact_path, ArtifactWriter, StoredFile,
+};
 
 /// Where a separation keeps the stem `name` (one of
 /// `murmur_models::separate::STEMS`) in a job's artifacts folder.
 pub fn stem_path(artifacts: &Path, name: &str) -> PathBuf {
-    artifacts.join(format!("{name}.wav"))
+    artifact_path(artifacts, name)
 }
 
 /// Where the stem `name` is written until it is whole.
 pub(crate) fn stem_part_path(folder: &Path, name: &str) -> PathBuf {
-    folder.join(format!(".{name}.part"))
+    artifact_part_path(folder, name)
 }
 
 /// The stem `name` of the job as stored: sealed with the tenant's key
@@ -43,55 +43,17 @@ fn stem_file(request: &WorkRequest, folder: &Path, name: &str) -> StoredFile {
     )
 }
 
-/// Where a stem's bytes go: sealed with the tenant's key, or plain (the
-/// CLI, which has none).
-enum StemOut {
-    Plain(BufWriter<File>),
-    Sealed(SealWriter<BufWriter<File>>),
-}
-
-impl Write for StemOut {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            StemOut::Plain(w) => w.write(buf),
-            StemOut::Sealed(w) => w.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            StemOut::Plain(w) => w.flush(),
-            StemOut::Sealed(w) => w.flush(),
-        }
-    }
-}
-
 /// Opens the output the stem `name` is written to, front to back and never
-/// sought (a 16-bit WAV whose header, with the length, comes first): a
-/// `.part` file in `folder` that [`commit_stem`] renames once whole, so a
-/// crash never leaves half a stem. The one place a stem's bytes meet the
-/// disk; sealed with the tenant's key when the job has one.
-fn create_stem(request: &WorkRequest, folder: &Path, name: &str) -> io::Result<StemOut> {
-    let file = BufWriter::with_capacity(1 << 20, File::create(stem_part_path(folder, name))?);
-    Ok(match &request.sealing {
-        Some(s) => StemOut::Sealed(SealWriter::new(
-            file,
-            &s.key,
-            artifact_context(&request.job_id, name).as_bytes(),
-        )),
-        None => StemOut::Plain(file),
-    })
-}
-
-/// Finishes the stem `name` that [`create_stem`] opened: seals its last
-/// chunk, flushes and closes its output, then renames it to [`stem_path`].
-fn commit_stem(folder: &Path, name: &str, out: StemOut) -> io::Result<()> {
-    let file = match out {
-        StemOut::Plain(w) => w,
-        StemOut::Sealed(w) => w.finish()?,
-    };
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(stem_part_path(folder, name), stem_path(folder, name))
+/// sought (a 16-bit WAV whose header, with the length, comes first),
+/// sealed with the tenant's key when the job has one; committed once whole,
+/// so a crash never leaves half a stem.
+fn create_stem(request: &WorkRequest, folder: &Path, name: &str) -> io::Result<ArtifactWriter> {
+    ArtifactWriter::create(
+        folder,
+        name,
+        request.sealing.as_ref().map(|s| &*s.key),
+        &request.job_id,
+    )
 }
 
 /// Removes the `.part` files an unfinished separation left (best effort: a
@@ -293,7 +255,7 @@ impl ModelEngine {
         for (name, output) in STEMS.iter().zip(outputs) {
             output
                 .finish()
-                .and_then(|out| commit_stem(folder, name, out))
+                .and_then(ArtifactWriter::commit)
                 .map_err(|e| write_error(name, e))?;
         }
         Ok(())

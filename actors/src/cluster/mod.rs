@@ -26,9 +26,10 @@
 //! tells the jobs they ran on it to retry from their last checkpoint. A
 //! worker node reconnects by itself, and its slots rejoin.
 //!
-//! What stays on the control node: the store, the HTTP API, the job actors,
-//! and any job that writes files beside its result (a separation's stems):
-//! those run on local workers only.
+//! What stays on the control node: the store, the HTTP API, the job actors.
+//! A job that writes files beside its result (a separation's stems) runs
+//! anywhere: the control node fetches the files, in chunks, before the run
+//! is reported done (see [`slot`]).
 
 pub(crate) mod slot;
 mod tls;

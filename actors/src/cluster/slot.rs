@@ -4,13 +4,18 @@
 //! run's own, kept in memory only), runs the engine on it on a blocking
 //! thread, and sends every report back to the control node's hub.
 //!
+//! A job that separates writes its stems beside the spool, sealed with the
+//! same key; when the engine succeeds, the slot names them (`Produced`),
+//! serves them in chunks as the control node asks, and reports the run
+//! finished once the control node says it has them (`Collected`).
+//!
 //! One run at a time; while it lasts, the slot says so every
 //! [`HEARTBEAT`], so the control node can tell a slow run from a hung node.
 //! If the hub leaves (the control node went away or the
 //! session broke), the run is cancelled: the control node retries the job
 //! from its last checkpoint, so nothing here needs to survive.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +29,9 @@ use super::wire::{Outcome, ToControl, ToWorker, WorkerInfo};
 use super::{hub, CHUNK_BYTES, HEARTBEAT, HUB_GROUP};
 use crate::engine::{Engine, WorkError, WorkRequest, WorkSink};
 use crate::job::JobStage;
-use crate::sealed::Sealing;
+use crate::sealed::{
+    artifact_context, artifact_names, artifact_path, is_artifact_name, Sealing, StoredFile,
+};
 
 pub(crate) struct Slot;
 
@@ -57,10 +64,77 @@ struct Run {
     /// memory: the tenant's audio is never plain on the worker's disk, and
     /// a spool left by a crash cannot be read.
     file: Option<SealWriter<std::fs::File>>,
+    /// That key; the run's artifacts are sealed with it too.
+    key: Arc<DataKey>,
+    /// The job's id (the artifacts' sealing context names it).
+    job_id: String,
+    /// Where the engine writes the run's artifacts (stems), for a job that
+    /// separates; removed with the spool.
+    artifacts: Option<PathBuf>,
+    /// The engine's outcome, held while the control node fetches the
+    /// artifacts; reported once it has them all.
+    collecting: Option<Outcome>,
     cancel: Arc<AtomicBool>,
 }
 
 impl Run {
+    /// Whether nothing runs that could end the run by itself: its audio is
+    /// still arriving, or its artifacts are being fetched.
+    fn waits_on_control(&self) -> bool {
+        self.request.is_some() || self.collecting.is_some()
+    }
+
+    /// Artifact `name` of the run, as stored (sealed with the run's key).
+    fn artifact(&self, name: &str) -> Option<StoredFile> {
+        let folder = self.artifacts.as_ref()?;
+        is_artifact_name(name).then(|| {
+            StoredFile::new(
+                &artifact_path(folder, name),
+                Some(self.key.clone()),
+                artifact_context(&self.job_id, name),
+            )
+        })
+    }
+
+    /// The run's artifacts and their lengths: what the engine left in its
+    /// folder.
+    fn produced(&self) -> std::io::Result<Vec<(String, u64)>> {
+        let Some(folder) = &self.artifacts else {
+            return Ok(Vec::new());
+        };
+        artifact_names(folder)
+            .into_iter()
+            .map(|name| {
+                let (_, len) = self.artifact(&name).expect("a listed name").open()?;
+                Ok((name, len))
+            })
+            .collect()
+    }
+
+    /// Up to `max` bytes of artifact `name` from `offset`.
+    fn read_artifact(&self, name: &str, offset: u64, max: u32) -> std::io::Result<Vec<u8>> {
+        let stored = self
+            .artifact(name)
+            .ok_or_else(|| std::io::Error::other(format!("no artifact {name:?} in this run")))?;
+        let (mut reader, _) = stored.open()?;
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::new();
+        reader
+            .take(u64::from(max.clamp(1, CHUNK_BYTES)))
+            .read_to_end(&mut data)?;
+        Ok(data)
+    }
+}
+
+impl Run {
+    /// Removes what the run wrote: its spool and its artifacts.
+    fn remove_files(&self) {
+        let _ = std::fs::remove_file(&self.spool);
+        if let Some(folder) = &self.artifacts {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+
     fn fetch_next(&self) {
         let _ = self.hub.send_message(ToControl::Fetch {
             ticket: self.ticket,
@@ -215,12 +289,72 @@ impl Actor for Slot {
                     return Ok(());
                 };
                 run.cancel.store(true, Ordering::SeqCst);
-                if run.request.is_some() {
-                    // Still receiving audio: nothing runs that could end it.
+                if run.waits_on_control() {
                     end(state, ticket, Outcome::Cancelled);
                 }
             }
-            ToWorker::Ended { ticket, outcome } => end(state, ticket, outcome),
+            ToWorker::Ended { ticket, outcome } => {
+                let Some(run) = state.run.as_mut().filter(|r| r.ticket == ticket) else {
+                    return Ok(());
+                };
+                if !matches!(outcome, Outcome::Done { .. }) {
+                    end(state, ticket, outcome);
+                    return Ok(());
+                }
+                match run.produced() {
+                    Ok(artifacts) if artifacts.is_empty() => end(state, ticket, outcome),
+                    Ok(artifacts) => {
+                        // Reported once the control node holds them.
+                        run.collecting = Some(outcome);
+                        let _ = run
+                            .hub
+                            .send_message(ToControl::Produced { ticket, artifacts });
+                    }
+                    Err(e) => {
+                        let outcome =
+                            Outcome::Transient(format!("reading the run's artifacts: {e}"));
+                        end(state, ticket, outcome);
+                    }
+                }
+            }
+            ToWorker::FetchArtifact {
+                ticket,
+                name,
+                offset,
+                max,
+            } => {
+                let Some(run) = state
+                    .run
+                    .as_ref()
+                    .filter(|r| r.ticket == ticket && r.collecting.is_some())
+                else {
+                    return Ok(());
+                };
+                match run.read_artifact(&name, offset, max) {
+                    Ok(data) => {
+                        let _ = run.hub.send_message(ToControl::ArtifactChunk {
+                            ticket,
+                            name,
+                            offset,
+                            data,
+                        });
+                    }
+                    Err(e) => {
+                        let outcome = Outcome::Transient(format!("reading artifact {name}: {e}"));
+                        end(state, ticket, outcome);
+                    }
+                }
+            }
+            ToWorker::Collected { ticket } => {
+                let outcome = state
+                    .run
+                    .as_mut()
+                    .filter(|r| r.ticket == ticket)
+                    .and_then(|r| r.collecting.take());
+                if let Some(outcome) = outcome {
+                    end(state, ticket, outcome);
+                }
+            }
             ToWorker::Malformed(why) => {
                 tracing::warn!(%why, "dropped a message from the control node that did not decode");
             }
@@ -243,7 +377,7 @@ impl Actor for Slot {
                         "the control node went away; cancelling the run it asked for"
                     );
                     run.cancel.store(true, Ordering::SeqCst);
-                    if run.request.is_some() {
+                    if run.waits_on_control() {
                         let ticket = run.ticket;
                         end(state, ticket, Outcome::Cancelled);
                     }
@@ -260,7 +394,7 @@ impl Actor for Slot {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(run) = state.run.take() {
             run.cancel.store(true, Ordering::SeqCst);
-            let _ = std::fs::remove_file(&run.spool);
+            run.remove_files();
         }
         Ok(())
     }
@@ -283,20 +417,30 @@ fn begin(
     let file = SealWriter::new(std::fs::File::create(&spool)?, &key, context.as_bytes());
     request.audio = spool.clone();
     request.sealing = Some(Sealing {
-        key,
+        key: key.clone(),
         audio_context: context,
     });
-    // Stems and other files stay on the control node's disk (jobs that
-    // separate are not sent here).
-    request.artifacts = None;
+    // A job that separates writes its stems here, sealed with the run's
+    // key; the control node fetches them before the run is reported done.
+    let artifacts = request.params.separates().then(|| {
+        state
+            .args
+            .spool_dir
+            .join(format!("slot{}-{ticket}.artifacts", state.args.info.slot))
+    });
+    request.artifacts = artifacts.clone();
     let run = Run {
         ticket,
         hub,
+        job_id: request.job_id.clone(),
         request: Some(request),
         audio_bytes,
         received: 0,
         spool,
         file: Some(file),
+        key,
+        artifacts,
+        collecting: None,
         cancel: Arc::new(AtomicBool::new(false)),
     };
     run.fetch_next();
@@ -304,13 +448,13 @@ fn begin(
     Ok(())
 }
 
-/// Reports the run's end, drops its spooled audio, and starts the run
-/// that waited for it, if any.
+/// Reports the run's end, drops its spooled audio and artifacts, and
+/// starts the run that waited for it, if any.
 fn end(state: &mut SlotState, ticket: u64, outcome: Outcome) {
     let Some(run) = state.run.take_if(|r| r.ticket == ticket) else {
         return;
     };
-    let _ = std::fs::remove_file(&run.spool);
+    run.remove_files();
     let _ = run
         .hub
         .send_message(ToControl::Finished { ticket, outcome });

@@ -103,6 +103,17 @@ pub enum ToWorker {
     },
     /// Stop the run at the engine's next check.
     Cancel { ticket: u64 },
+    /// Send bytes of the run's artifact `name` (a stem) from `offset`, at
+    /// most `max` ([`ToControl::ArtifactChunk`]).
+    FetchArtifact {
+        ticket: u64,
+        name: String,
+        offset: u64,
+        max: u32,
+    },
+    /// The control node holds every artifact of the run: end it
+    /// ([`ToControl::Finished`]) and drop them.
+    Collected { ticket: u64 },
     /// Local to the worker node: time to tell the control node that the
     /// run in progress, if any, is alive ([`ToControl::Alive`]).
     #[serde(skip)]
@@ -147,6 +158,21 @@ pub enum ToControl {
     Alive {
         ticket: u64,
     },
+    /// The run succeeded and produced these artifacts (stems, by name,
+    /// with their lengths): the control node fetches each, then says
+    /// [`ToWorker::Collected`]; `Finished` follows.
+    Produced {
+        ticket: u64,
+        artifacts: Vec<(String, u64)>,
+    },
+    /// Bytes of artifact `name` from `offset`; empty past its end.
+    #[serde(skip)]
+    ArtifactChunk {
+        ticket: u64,
+        name: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// The run ended; the last report of a ticket.
     Finished {
         ticket: u64,
@@ -157,11 +183,37 @@ pub enum ToControl {
     Malformed(String),
 }
 
-/// The header of a `chunk` cast.
+/// The header of a `chunk` cast (`name`: an artifact's, from a worker).
 #[derive(Serialize, Deserialize)]
 struct ChunkHeader {
     ticket: u64,
     offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+/// A `chunk` cast: its header's length, the header as JSON, the bytes.
+fn chunk_cast(header: &ChunkHeader, data: &[u8]) -> Result<SerializedMessage, BoxedDowncastErr> {
+    let header = serde_json::to_vec(header).map_err(|_| BoxedDowncastErr)?;
+    let mut args = Vec::with_capacity(4 + header.len() + data.len());
+    args.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    args.extend_from_slice(&header);
+    args.extend_from_slice(data);
+    Ok(cast("chunk", args))
+}
+
+/// The header and bytes of a `chunk` cast.
+fn split_chunk(mut args: Vec<u8>) -> Result<(ChunkHeader, Vec<u8>), String> {
+    let len = args
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("chunk shorter than its header length")?;
+    let header = args
+        .get(4..4 + len)
+        .ok_or("chunk shorter than its header")?;
+    let header: ChunkHeader = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let data = args.split_off(4 + len);
+    Ok((header, data))
 }
 
 fn cast(variant: &str, args: Vec<u8>) -> SerializedMessage {
@@ -189,15 +241,14 @@ impl ractor::Message for ToWorker {
                 ticket,
                 offset,
                 data,
-            } => {
-                let header = serde_json::to_vec(&ChunkHeader { ticket, offset })
-                    .map_err(|_| BoxedDowncastErr)?;
-                let mut args = Vec::with_capacity(4 + header.len() + data.len());
-                args.extend_from_slice(&(header.len() as u32).to_be_bytes());
-                args.extend_from_slice(&header);
-                args.extend_from_slice(&data);
-                Ok(cast("chunk", args))
-            }
+            } => chunk_cast(
+                &ChunkHeader {
+                    ticket,
+                    offset,
+                    name: None,
+                },
+                &data,
+            ),
             ToWorker::Ended { .. } | ToWorker::Beat | ToWorker::Malformed(_) => {
                 Err(BoxedDowncastErr)
             }
@@ -219,20 +270,11 @@ impl ractor::Message for ToWorker {
     }
 }
 
-fn decode_chunk(mut args: Vec<u8>) -> Result<ToWorker, String> {
-    let len = args
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or("chunk shorter than its header length")?;
-    let header = args
-        .get(4..4 + len)
-        .ok_or("chunk shorter than its header")?;
-    let ChunkHeader { ticket, offset } =
-        serde_json::from_slice(header).map_err(|e| e.to_string())?;
-    let data = args.split_off(4 + len);
+fn decode_chunk(args: Vec<u8>) -> Result<ToWorker, String> {
+    let (header, data) = split_chunk(args)?;
     Ok(ToWorker::Chunk {
-        ticket,
-        offset,
+        ticket: header.ticket,
+        offset: header.offset,
         data,
     })
 }
@@ -244,18 +286,49 @@ impl ractor::Message for ToControl {
 
     fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
         match self {
+            ToControl::ArtifactChunk {
+                ticket,
+                name,
+                offset,
+                data,
+            } => chunk_cast(
+                &ChunkHeader {
+                    ticket,
+                    offset,
+                    name: Some(name),
+                },
+                &data,
+            ),
             ToControl::Malformed(_) => Err(BoxedDowncastErr),
             other => json_cast(&other),
         }
     }
 
     fn deserialize(bytes: SerializedMessage) -> Result<Self, BoxedDowncastErr> {
-        Ok(match bytes {
-            SerializedMessage::Cast { variant, args, .. } if variant == "json" => {
-                serde_json::from_slice(&args)
-                    .unwrap_or_else(|e| ToControl::Malformed(e.to_string()))
-            }
-            _ => ToControl::Malformed("not a json cast".into()),
+        let SerializedMessage::Cast { variant, args, .. } = bytes else {
+            return Ok(ToControl::Malformed("not a cast".into()));
+        };
+        Ok(match variant.as_str() {
+            "json" => serde_json::from_slice(&args)
+                .unwrap_or_else(|e| ToControl::Malformed(e.to_string())),
+            "chunk" => match split_chunk(args) {
+                Ok((
+                    ChunkHeader {
+                        ticket,
+                        offset,
+                        name: Some(name),
+                    },
+                    data,
+                )) => ToControl::ArtifactChunk {
+                    ticket,
+                    name,
+                    offset,
+                    data,
+                },
+                Ok(_) => ToControl::Malformed("an artifact chunk without its name".into()),
+                Err(e) => ToControl::Malformed(e),
+            },
+            other => ToControl::Malformed(format!("unknown variant {other:?}")),
         })
     }
 }
@@ -289,6 +362,39 @@ mod tests {
         }
         let got =
             <ToControl as Message>::deserialize(cast("json", b"{\"Fetch\":1}".to_vec())).unwrap();
+        assert!(matches!(got, ToControl::Malformed(_)), "{got:?}");
+    }
+
+    #[test]
+    fn artifact_chunks_keep_their_name_and_bytes() {
+        let data: Vec<u8> = (0..=255).cycle().take(5_000).collect();
+        let wire = Message::serialize(ToControl::ArtifactChunk {
+            ticket: 9,
+            name: "vocals".into(),
+            offset: 1 << 20,
+            data: data.clone(),
+        })
+        .unwrap();
+        match <ToControl as Message>::deserialize(wire).unwrap() {
+            ToControl::ArtifactChunk {
+                ticket,
+                name,
+                offset,
+                data: got,
+            } => assert_eq!(
+                (ticket, name.as_str(), offset, got),
+                (9, "vocals", 1 << 20, data)
+            ),
+            other => panic!("{other:?}"),
+        }
+        // An audio chunk's header (no name) is not an artifact's.
+        let audio = Message::serialize(ToWorker::Chunk {
+            ticket: 1,
+            offset: 0,
+            data: vec![1, 2, 3],
+        })
+        .unwrap();
+        let got = <ToControl as Message>::deserialize(audio).unwrap();
         assert!(matches!(got, ToControl::Malformed(_)), "{got:?}");
     }
 

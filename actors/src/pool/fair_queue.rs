@@ -58,7 +58,7 @@ impl<T> FairQueue<T> {
         class.queue.push_back((cost.max(0.0), item));
     }
 
-    #[cfg(test)]
+    /// The next request in fair order.
     pub(super) fn pop(&mut self) -> Option<T> {
         self.pop_where(|_| true)
     }
@@ -66,9 +66,9 @@ impl<T> FairQueue<T> {
     /// Takes the next request `fits` accepts: the class with the smallest
     /// start tag among those holding one (ties: the higher tier), and in
     /// it the oldest such request. With every request fitting, that is
-    /// the class's head: plain start-time fair queueing. (A request only
-    /// some workers can run, such as one writing files on the control
-    /// node, waits for one of those without holding up the others.)
+    /// the class's head: plain start-time fair queueing. (So a request that
+    /// only some workers could run would wait for one of those without
+    /// holding up the others.)
     pub(super) fn pop_where(&mut self, mut fits: impl FnMut(&T) -> bool) -> Option<T> {
         let (_, class, at) = self
             .classes

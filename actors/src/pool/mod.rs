@@ -267,15 +267,6 @@ impl Slot {
             .absolute(self.audio_seconds.round() as u64);
     }
 
-    /// Whether this slot can run `request`: a job that separates writes
-    /// its stems beside its result, where the store is.
-    fn can_run(&self, request: &WorkRequest) -> bool {
-        match self.runner {
-            Runner::Local { .. } => true,
-            Runner::Remote(_) => !request.params.separates(),
-        }
-    }
-
     /// Whether the slot may take a request now: idle, and (a remote one)
     /// not silent since its last run.
     fn available(&self) -> bool {
@@ -534,7 +525,7 @@ impl Actor for InferencePool {
                 }
             }
             PoolMsg::Remote(report) => {
-                if !remote::report(state, report) {
+                if !remote::report(&me, state, report) {
                     // Progress of a run: nothing queued or freed.
                     return Ok(());
                 }
@@ -657,28 +648,20 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
             return;
         }
         let slots = &state.slots;
-        let Some(next) = state
-            .queue
-            .pop_where(|w| idle.iter().any(|i| slots[i].can_run(&w.request)))
-        else {
+        let Some(next) = state.queue.pop() else {
             return;
         };
         // A slot that holds the model loaded first, then one that last ran
         // it (its engine may hold it by the time it starts), then any.
         let model = &next.request.params.model;
-        let Some(index) = idle
-            .iter()
-            .copied()
-            .filter(|i| slots[i].can_run(&next.request))
-            .min_by_key(|i| {
-                let slot = &slots[i];
-                (
-                    !slot.models().contains(model),
-                    slot.last_model.as_ref() != Some(model),
-                    *i,
-                )
-            })
-        else {
+        let Some(index) = idle.iter().copied().min_by_key(|i| {
+            let slot = &slots[i];
+            (
+                !slot.models().contains(model),
+                slot.last_model.as_ref() != Some(model),
+                *i,
+            )
+        }) else {
             return;
         };
         let slot = state.slots.get_mut(&index).expect("an idle slot");

@@ -2,8 +2,12 @@
 //! join and leave with their worker nodes, the reports of their runs, and
 //! the task that serves each run's audio in chunks.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use murmur_seal::DataKey;
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -14,6 +18,7 @@ use super::{PoolMsg, PoolReply, PoolState, Runner, Slot};
 use crate::cluster::wire::{Outcome, ToControl, ToWorker};
 use crate::cluster::{CHUNK_BYTES, WORKER_GROUP};
 use crate::engine::{WorkError, WorkRequest};
+use crate::sealed::{is_artifact_name, ArtifactWriter};
 
 /// A worker node's slot, as the pool holds it.
 pub(super) struct RemoteSlot {
@@ -31,6 +36,25 @@ pub(super) struct RemoteRun {
     pub ticket: u64,
     /// Asks for audio go to the task serving it; dropping this ends it.
     feed: mpsc::UnboundedSender<(u64, u32)>,
+    /// Where the run's artifacts go on this node, for a job that
+    /// separates; taken by the task that fetches them.
+    dest: Option<ArtifactDest>,
+    /// Artifact chunks go to the task fetching them; dropping this ends it.
+    collect: Option<mpsc::UnboundedSender<ArtifactChunk>>,
+}
+
+/// The job's artifacts folder here, and how its artifacts are sealed.
+struct ArtifactDest {
+    folder: PathBuf,
+    key: Option<Arc<DataKey>>,
+    job_id: String,
+}
+
+/// A chunk of an artifact, as the slot sent it.
+struct ArtifactChunk {
+    name: String,
+    offset: u64,
+    data: Vec<u8>,
 }
 
 impl RemoteSlot {
@@ -43,6 +67,15 @@ impl RemoteSlot {
         request: Box<WorkRequest>,
     ) -> RemoteRun {
         let (feed, asks) = mpsc::unbounded_channel();
+        let dest = request
+            .artifacts
+            .clone()
+            .filter(|_| request.params.separates())
+            .map(|folder| ArtifactDest {
+                folder,
+                key: request.sealing.as_ref().map(|s| s.key.clone()),
+                job_id: request.job_id.clone(),
+            });
         tokio::spawn(serve_audio(
             self.actor.clone(),
             pool.clone(),
@@ -50,7 +83,12 @@ impl RemoteSlot {
             request,
             asks,
         ));
-        RemoteRun { ticket, feed }
+        RemoteRun {
+            ticket,
+            feed,
+            dest,
+            collect: None,
+        }
     }
 
     pub(super) fn cancel(&self, run: &RemoteRun) {
@@ -202,7 +240,7 @@ pub(super) fn group_changed(state: &mut PoolState, change: &GroupChangeMessage) 
 /// A slot's report. Answers whether it freed a worker (so the pool
 /// dispatches again). Reports of runs the pool no longer knows (abandoned,
 /// or from before a restart) are dropped: each job completes once.
-pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
+pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: ToControl) -> bool {
     match report {
         ToControl::Described { key, info } => {
             let Some(slot) = state.slots.get_mut(&(key as usize)) else {
@@ -265,6 +303,52 @@ pub(super) fn report(state: &mut PoolState, report: ToControl) -> bool {
             }
             false
         }
+        ToControl::Produced { ticket, artifacts } => {
+            let Some((index, slot)) = state.by_ticket(ticket) else {
+                return false;
+            };
+            let (Runner::Remote(remote), Some(r)) = (&slot.runner, slot.running.as_mut()) else {
+                return false;
+            };
+            r.heard = Instant::now();
+            let Some(run) = r.remote.as_mut() else {
+                return false;
+            };
+            let (tx, chunks) = mpsc::unbounded_channel();
+            run.collect = Some(tx);
+            let fetch = Fetch {
+                slot: remote.actor.clone(),
+                pool: pool.clone(),
+                ticket,
+            };
+            match run.dest.take() {
+                Some(dest) => {
+                    tokio::spawn(collect(fetch, dest, artifacts, chunks));
+                }
+                None => fetch.fail(format!(
+                    "worker {index} produced artifacts for a job that keeps none"
+                )),
+            }
+            false
+        }
+        ToControl::ArtifactChunk {
+            ticket,
+            name,
+            offset,
+            data,
+        } => {
+            if let Some(slot) = heard(state, ticket) {
+                let collect = slot
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.remote.as_ref())
+                    .and_then(|run| run.collect.as_ref());
+                if let Some(tx) = collect {
+                    let _ = tx.send(ArtifactChunk { name, offset, data });
+                }
+            }
+            false
+        }
         ToControl::Finished { ticket, outcome } => {
             let Some((index, slot)) = state.by_ticket(ticket) else {
                 return false;
@@ -317,4 +401,97 @@ pub(super) fn give_up_silent(state: &mut PoolState, silence: Duration) {
             remote.describe(index);
         }
     }
+}
+
+/// What the task fetching a run's artifacts talks to.
+struct Fetch {
+    slot: ActorRef<ToWorker>,
+    pool: ActorRef<PoolMsg>,
+    ticket: u64,
+}
+
+impl Fetch {
+    /// Ends the run with a transient error (its job is retried) and tells
+    /// the slot to drop it.
+    fn fail(&self, why: String) {
+        tracing::warn!(ticket = self.ticket, %why, "fetching a worker node's artifacts failed");
+        let outcome =
+            Outcome::Transient(format!("fetching the job's stems from its worker: {why}"));
+        let _ = self.pool.send_message(PoolMsg::Remote(ToControl::Finished {
+            ticket: self.ticket,
+            outcome,
+        }));
+        let _ = self.slot.send_message(ToWorker::Cancel {
+            ticket: self.ticket,
+        });
+    }
+}
+
+/// Fetches each artifact of a run from its slot, a chunk at a time, into
+/// the job's artifacts folder here (sealed with the tenant's key, as the
+/// engine writes them), then tells the slot it may report the run done.
+async fn collect(
+    fetch: Fetch,
+    dest: ArtifactDest,
+    artifacts: Vec<(String, u64)>,
+    mut chunks: mpsc::UnboundedReceiver<ArtifactChunk>,
+) {
+    if let Some((name, _)) = artifacts.iter().find(|(n, _)| !is_artifact_name(n)) {
+        return fetch.fail(format!("an artifact named {name:?}"));
+    }
+    let folder = dest.folder.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || std::fs::create_dir_all(folder))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    {
+        return fetch.fail(format!("creating the artifacts folder: {e}"));
+    }
+    for (name, len) in artifacts {
+        let (folder, key, job) = (dest.folder.clone(), dest.key.clone(), dest.job_id.clone());
+        let created = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || {
+                ArtifactWriter::create(&folder, &name, key.as_deref(), &job)
+            })
+            .await
+        };
+        let mut out = match created {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return fetch.fail(format!("creating {name}: {e}")),
+            Err(_) => return,
+        };
+        let mut offset = 0;
+        while offset < len {
+            let _ = fetch.slot.send_message(ToWorker::FetchArtifact {
+                ticket: fetch.ticket,
+                name: name.clone(),
+                offset,
+                max: CHUNK_BYTES,
+            });
+            // The run was dropped (cancelled, abandoned, its node gone).
+            let Some(chunk) = chunks.recv().await else {
+                return;
+            };
+            if chunk.name != name || chunk.offset != offset || chunk.data.is_empty() {
+                return fetch.fail(format!("{name} ended early at byte {offset} of {len}"));
+            }
+            offset += chunk.data.len() as u64;
+            let wrote =
+                tokio::task::spawn_blocking(move || out.write_all(&chunk.data).map(|_| out)).await;
+            out = match wrote {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => return fetch.fail(format!("writing {name}: {e}")),
+                Err(_) => return,
+            };
+        }
+        match tokio::task::spawn_blocking(move || out.commit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return fetch.fail(format!("writing {name}: {e}")),
+            Err(_) => return,
+        }
+        metrics::counter!("murmur_cluster_artifact_bytes_received_total").increment(len);
+    }
+    let _ = fetch.slot.send_message(ToWorker::Collected {
+        ticket: fetch.ticket,
+    });
 }
