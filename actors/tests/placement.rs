@@ -10,6 +10,18 @@ use common::{eventually, quick_config, MemStore, TestEngine};
 use murmur_actors::job::JobStatus;
 use murmur_actors::{Engine, System};
 
+/// The actor tree over `store`, one worker per engine, in order.
+async fn start(store: &Arc<MemStore>, engines: [&Arc<TestEngine>; 2]) -> System {
+    let engines = engines
+        .into_iter()
+        .map(|e| e.clone() as Arc<dyn Engine>)
+        .collect();
+    let (system, _root) = System::start(store.clone(), engines, quick_config())
+        .await
+        .expect("start");
+    system
+}
+
 #[tokio::test]
 async fn an_idle_worker_holding_the_jobs_model_is_chosen_first() {
     let store = Arc::new(MemStore::default());
@@ -19,16 +31,7 @@ async fn an_idle_worker_holding_the_jobs_model_is_chosen_first() {
     let model = store.get("probe").params.model.clone();
     *first.holds.lock().unwrap() = vec!["some-other-model".to_string()];
     *holder.holds.lock().unwrap() = vec![model.clone()];
-    let (system, _root) = System::start(
-        store.clone(),
-        vec![
-            first.clone() as Arc<dyn Engine>,
-            holder.clone() as Arc<dyn Engine>,
-        ],
-        quick_config(),
-    )
-    .await
-    .expect("start");
+    let system = start(&store, [&first, &holder]).await;
 
     // One at a time, so both workers are idle at every choice.
     system.submitted(probe);
@@ -53,16 +56,7 @@ async fn an_idle_worker_holding_the_jobs_model_is_chosen_first() {
     // With the model on neither, the lowest index takes it, as before.
     holder.holds.lock().unwrap().clear();
     let store = Arc::new(MemStore::default());
-    let (system, _root) = System::start(
-        store.clone(),
-        vec![
-            first.clone() as Arc<dyn Engine>,
-            holder.clone() as Arc<dyn Engine>,
-        ],
-        quick_config(),
-    )
-    .await
-    .expect("start");
+    let system = start(&store, [&first, &holder]).await;
     system.submitted(store.add_queued("t1", "k0"));
     assert!(eventually(|| store.status("k0") == JobStatus::Completed).await);
     system.shutdown().await;

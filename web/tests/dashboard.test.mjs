@@ -17,9 +17,9 @@ import { createServer } from 'node:http';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
 import { installModels, startMurmur, testAudio } from '../../tests/js/murmur.mjs';
+import { CHROMIUM_ARGS, axeViolations } from './browser.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const artifacts = join(repo, 'artifacts', 'dashboard');
@@ -49,36 +49,6 @@ function nearlyContains(text, phrase, maxEdits) {
     prev = row;
   }
   return Math.min(...prev) <= maxEdits;
-}
-
-// As the machine notes prescribe. Playwright's launch() itself starts
-// Chromium with a new, empty --user-data-dir of its own (and refuses one
-// in args), so every run gets a fresh profile.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-// axe-core, the accessibility rules engine, run inside the page. It is
-// evaluated through the DevTools protocol, which the page's CSP does not
-// govern, so the page needs no inline script for it.
-const AXE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
-
-/** WCAG 2.1 A and AA violations axe finds on the page as it is now. */
-async function axeViolations(page) {
-  await page.evaluate(AXE);
-  return page.evaluate(async () => {
-    const r = await window.axe.run(document, {
-      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
-    });
-    return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
-  });
 }
 
 /** Watches a page for reloads, uncaught errors and CSP violations. */
