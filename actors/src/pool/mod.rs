@@ -29,6 +29,7 @@ use serde::Serialize;
 mod fair_queue;
 mod hub;
 mod remote;
+mod transfer;
 mod worker;
 
 use fair_queue::FairQueue;

@@ -1,24 +1,19 @@
 //! The pool's side of remote workers (see [`crate::cluster`]): slots that
 //! join and leave with their worker nodes, the reports of their runs, and
-//! the task that serves each run's audio in chunks.
+//! runs that go silent. The bytes of a run move in [`super::transfer`].
 
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use murmur_seal::DataKey;
 
 use ractor::pg::GroupChangeMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 
 use super::hub::Hub;
+use super::transfer::{collect, serve_audio, ArtifactChunk, ArtifactDest, Fetch};
 use super::{PoolMsg, PoolReply, PoolState, Runner, Slot};
-use crate::cluster::wire::{Outcome, ToControl, ToWorker};
-use crate::cluster::{CHUNK_BYTES, WORKER_GROUP};
+use crate::cluster::wire::{ToControl, ToWorker};
+use crate::cluster::WORKER_GROUP;
 use crate::engine::{WorkError, WorkRequest};
-use crate::sealed::{is_artifact_name, ArtifactWriter};
 
 /// A worker node's slot, as the pool holds it.
 pub(super) struct RemoteSlot {
@@ -41,20 +36,6 @@ pub(super) struct RemoteRun {
     dest: Option<ArtifactDest>,
     /// Artifact chunks go to the task fetching them; dropping this ends it.
     collect: Option<mpsc::UnboundedSender<ArtifactChunk>>,
-}
-
-/// The job's artifacts folder here, and how its artifacts are sealed.
-struct ArtifactDest {
-    folder: PathBuf,
-    key: Option<Arc<DataKey>>,
-    job_id: String,
-}
-
-/// A chunk of an artifact, as the slot sent it.
-struct ArtifactChunk {
-    name: String,
-    offset: u64,
-    data: Vec<u8>,
 }
 
 impl RemoteSlot {
@@ -103,65 +84,6 @@ impl RemoteSlot {
         let _ = self
             .actor
             .send_message(ToWorker::Describe { key: key as u64 });
-    }
-}
-
-/// Opens the job's audio (through the seal when it is sealed), sends the
-/// run, and answers asks for chunks until the run ends.
-async fn serve_audio(
-    slot: ActorRef<ToWorker>,
-    pool: ActorRef<PoolMsg>,
-    ticket: u64,
-    mut request: Box<WorkRequest>,
-    mut asks: mpsc::UnboundedReceiver<(u64, u32)>,
-) {
-    let stored = request.stored_audio();
-    let opened = tokio::task::spawn_blocking(move || stored.open()).await;
-    let (mut reader, len) = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => {
-            let outcome = Outcome::Transient(format!("the job's audio could not be read: {e}"));
-            let _ = pool.send_message(PoolMsg::Remote(ToControl::Finished { ticket, outcome }));
-            return;
-        }
-        Err(_) => return,
-    };
-    // The control node's paths and keys stay here.
-    request.audio = Default::default();
-    request.sealing = None;
-    let _ = slot.send_message(ToWorker::Run {
-        ticket,
-        request,
-        audio_bytes: len,
-    });
-    while let Some((offset, max)) = asks.recv().await {
-        let max = max.clamp(1, CHUNK_BYTES) as usize;
-        let read = tokio::task::spawn_blocking(move || {
-            let mut data = Vec::with_capacity(max);
-            let got = reader
-                .seek(SeekFrom::Start(offset))
-                .and_then(|_| (&mut reader).take(max as u64).read_to_end(&mut data));
-            (reader, got.map(|_| data))
-        })
-        .await;
-        let Ok((back, data)) = read else { return };
-        reader = back;
-        match data {
-            Ok(data) => {
-                metrics::counter!("murmur_cluster_audio_bytes_sent_total")
-                    .increment(data.len() as u64);
-                let _ = slot.send_message(ToWorker::Chunk {
-                    ticket,
-                    offset,
-                    data,
-                });
-            }
-            Err(e) => {
-                let outcome = Outcome::Transient(format!("the job's audio could not be read: {e}"));
-                let _ = pool.send_message(PoolMsg::Remote(ToControl::Finished { ticket, outcome }));
-                return;
-            }
-        }
     }
 }
 
@@ -401,97 +323,4 @@ pub(super) fn give_up_silent(state: &mut PoolState, silence: Duration) {
             remote.describe(index);
         }
     }
-}
-
-/// What the task fetching a run's artifacts talks to.
-struct Fetch {
-    slot: ActorRef<ToWorker>,
-    pool: ActorRef<PoolMsg>,
-    ticket: u64,
-}
-
-impl Fetch {
-    /// Ends the run with a transient error (its job is retried) and tells
-    /// the slot to drop it.
-    fn fail(&self, why: String) {
-        tracing::warn!(ticket = self.ticket, %why, "fetching a worker node's artifacts failed");
-        let outcome =
-            Outcome::Transient(format!("fetching the job's stems from its worker: {why}"));
-        let _ = self.pool.send_message(PoolMsg::Remote(ToControl::Finished {
-            ticket: self.ticket,
-            outcome,
-        }));
-        let _ = self.slot.send_message(ToWorker::Cancel {
-            ticket: self.ticket,
-        });
-    }
-}
-
-/// Fetches each artifact of a run from its slot, a chunk at a time, into
-/// the job's artifacts folder here (sealed with the tenant's key, as the
-/// engine writes them), then tells the slot it may report the run done.
-async fn collect(
-    fetch: Fetch,
-    dest: ArtifactDest,
-    artifacts: Vec<(String, u64)>,
-    mut chunks: mpsc::UnboundedReceiver<ArtifactChunk>,
-) {
-    if let Some((name, _)) = artifacts.iter().find(|(n, _)| !is_artifact_name(n)) {
-        return fetch.fail(format!("an artifact named {name:?}"));
-    }
-    let folder = dest.folder.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || std::fs::create_dir_all(folder))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    {
-        return fetch.fail(format!("creating the artifacts folder: {e}"));
-    }
-    for (name, len) in artifacts {
-        let (folder, key, job) = (dest.folder.clone(), dest.key.clone(), dest.job_id.clone());
-        let created = {
-            let name = name.clone();
-            tokio::task::spawn_blocking(move || {
-                ArtifactWriter::create(&folder, &name, key.as_deref(), &job)
-            })
-            .await
-        };
-        let mut out = match created {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => return fetch.fail(format!("creating {name}: {e}")),
-            Err(_) => return,
-        };
-        let mut offset = 0;
-        while offset < len {
-            let _ = fetch.slot.send_message(ToWorker::FetchArtifact {
-                ticket: fetch.ticket,
-                name: name.clone(),
-                offset,
-                max: CHUNK_BYTES,
-            });
-            // The run was dropped (cancelled, abandoned, its node gone).
-            let Some(chunk) = chunks.recv().await else {
-                return;
-            };
-            if chunk.name != name || chunk.offset != offset || chunk.data.is_empty() {
-                return fetch.fail(format!("{name} ended early at byte {offset} of {len}"));
-            }
-            offset += chunk.data.len() as u64;
-            let wrote =
-                tokio::task::spawn_blocking(move || out.write_all(&chunk.data).map(|_| out)).await;
-            out = match wrote {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => return fetch.fail(format!("writing {name}: {e}")),
-                Err(_) => return,
-            };
-        }
-        match tokio::task::spawn_blocking(move || out.commit()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return fetch.fail(format!("writing {name}: {e}")),
-            Err(_) => return,
-        }
-        metrics::counter!("murmur_cluster_artifact_bytes_received_total").increment(len);
-    }
-    let _ = fetch.slot.send_message(ToWorker::Collected {
-        ticket: fetch.ticket,
-    });
 }
