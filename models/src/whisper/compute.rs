@@ -213,66 +213,19 @@ pub(super) enum TokenEmbedding {
     Quantized {
         table: Arc<QTensor>,
         projection: QMatMul,
-        /// On the CPU, the projection's first and second halves of rows
-        /// (see [`TokenEmbedding::split`]).
-        halves: Option<[QMatMul; 2]>,
         vocab: usize,
         d: usize,
     },
 }
 
-/// Rows of the output projection that candle's fastest int8 kernel
-/// computes together: the halves split on a multiple of it.
-const PROJECTION_TILE: usize = 16;
-
 impl TokenEmbedding {
     pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
-        let halves = if table.device().is_cpu() {
-            Self::split(&table)?
-        } else {
-            None
-        };
         Ok(Self::Quantized {
             projection: QMatMul::from_arc(table.clone())?,
-            halves,
             table,
             vocab,
             d,
         })
-    }
-
-    /// The output projection's rows in two halves, each its own quantized
-    /// matrix (a copy of the rows' bytes), so that a decoding step's
-    /// logits are computed on two threads: the largest product of every
-    /// step, which ran on the calling thread while the other core waited.
-    /// Each logit is the same dot product of the same bytes either way (the
-    /// kernel computes `PROJECTION_TILE` rows at a time, independently of
-    /// the others), so the logits are bit for bit those of the whole
-    /// matrix. `None` when the table is too small to split or not one row
-    /// per token.
-    fn split(table: &QTensor) -> Result<Option<[QMatMul; 2]>> {
-        let (rows, cols) = table.shape().dims2()?;
-        let dtype = table.dtype();
-        let first = (rows / 2).next_multiple_of(PROJECTION_TILE);
-        if first >= rows || cols % dtype.block_size() != 0 {
-            return Ok(None);
-        }
-        let row_bytes = cols / dtype.block_size() * dtype.type_size();
-        let data = table.data()?;
-        if data.len() != rows * row_bytes {
-            return Ok(None);
-        }
-        let device = table.device();
-        let half = |start: usize, n: usize| -> Result<QMatMul> {
-            let bytes = data[start * row_bytes..(start + n) * row_bytes].to_vec();
-            let storage = candle_core::quantized::QStorage::from_data(
-                std::borrow::Cow::Owned(bytes),
-                &device,
-                dtype,
-            )?;
-            QMatMul::from_arc(Arc::new(QTensor::new(storage, (n, cols))?))
-        };
-        Ok(Some([half(0, first)?, half(first, rows - first)?]))
     }
 
     /// Rows for `ids` (`[n]` u32) -> `[n, d]` in `dtype`.
@@ -298,7 +251,6 @@ impl TokenEmbedding {
             Self::Quantized {
                 table,
                 projection,
-                halves,
                 vocab,
                 d,
             } => {
@@ -309,13 +261,7 @@ impl TokenEmbedding {
                     let zeros = Tensor::zeros((n, cols - d), hidden.dtype(), hidden.device())?;
                     Tensor::cat(&[hidden, &zeros], 1)?
                 };
-                let logits = match halves {
-                    Some([a, b]) if rayon::current_num_threads() > 1 => {
-                        let (a, b) = rayon::join(|| a.forward(&hidden), || b.forward(&hidden));
-                        Tensor::cat(&[a?, b?], 1)?
-                    }
-                    _ => projection.forward(&hidden)?,
-                };
+                let logits = projection.forward(&hidden)?;
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {
@@ -477,37 +423,6 @@ mod tests {
             assert_eq!(a.dims(), c.dims());
             let err = (a - c)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 0.02, "max error {err}");
-        }
-        Ok(())
-    }
-
-    /// The output projection split over two threads gives the whole
-    /// matrix's logits bit for bit.
-    #[test]
-    fn split_projection_is_the_whole_one() -> Result<()> {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 0.05, (96, 256), &dev)?;
-        let table = Arc::new(QTensor::quantize(
-            &w,
-            candle_core::quantized::GgmlDType::Q8_0,
-        )?);
-        let embedding = TokenEmbedding::quantized(table.clone(), 90, 256)?;
-        let TokenEmbedding::Quantized { halves, .. } = &embedding else {
-            panic!("not quantized");
-        };
-        assert!(halves.is_some());
-        for rows in [1, 5] {
-            let hidden = Tensor::randn(0f32, 1.0, (rows, 256), &dev)?;
-            let ours = embedding.project(&hidden)?;
-            let whole = QMatMul::from_arc(table.clone())?
-                .forward(&hidden)?
-                .narrow(1, 0, 90)?;
-            let (a, b) = (ours.to_vec2::<f32>()?, whole.to_vec2::<f32>()?);
-            assert!(a
-                .iter()
-                .flatten()
-                .zip(b.iter().flatten())
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
         }
         Ok(())
     }
