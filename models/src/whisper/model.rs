@@ -81,44 +81,6 @@ fn read_file(dir: &Path, file: &str, name: &str) -> Result<PathBuf, WhisperError
     }
 }
 
-/// The weights in `path` (`model.safetensors`) on `device` for
-/// `compute_type`: for int8 the quantized linear layers (`quantize.rs`'s
-/// cache) and the rest in float32; otherwise all of them in the compute
-/// dtype. Only the tensors kept in floating point are converted.
-fn load_weights(
-    path: &Path,
-    device: &Device,
-    compute_type: ComputeType,
-) -> Result<Weights, WhisperError> {
-    use candle_core::safetensors::Load;
-    let bad = |detail: String| WhisperError::BadModelFile {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let quantized = match compute_type {
-        ComputeType::Int8 => Some(Arc::new(quantize::load_or_build(
-            path.parent().unwrap_or(Path::new(".")),
-            &bytes,
-            device,
-        )?)),
-        ComputeType::F16 | ComputeType::F32 => None,
-    };
-    let dtype = compute_type.float_dtype();
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let tensors = file
-        .tensors()
-        .into_iter()
-        .filter(|(k, _)| quantized.as_ref().is_none_or(|q| !q.contains_key(k)))
-        .map(|(k, v)| Ok((k, v.load(device)?.to_dtype(dtype)?)))
-        .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(Weights::new(
-        VarBuilder::from_tensors(tensors, dtype, device),
-        quantized,
-    ))
-}
-
 impl WhisperModel {
     /// Loads a model directory (see the module docs) onto `device` in
     /// float32, the reference precision; [`WhisperModel::load_as`] chooses.
@@ -152,21 +114,31 @@ impl WhisperModel {
             serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
         let extra: serde_json::Value =
             serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))?;
 
-        // The tokenizer (a 2 MB JSON file to parse) is read on a second
-        // thread while the weights load: on a short recording loading is a
-        // large part of the whole run.
-        let (tokenizer, weights) = std::thread::scope(|s| {
-            let tokenizer = s.spawn(|| {
-                Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))
-            });
-            let weights = load_weights(&weights_path, device, compute_type);
-            let tokenizer = tokenizer
-                .join()
-                .unwrap_or_else(|_| Err(bad(&tok_path, "reading the tokenizer panicked".into())));
-            (tokenizer, weights)
-        });
-        let (tokenizer, weights) = (tokenizer?, weights?);
+        let bytes = std::fs::read(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;
+        let quantized = match compute_type {
+            ComputeType::Int8 => {
+                let sha = quantize::sha256_hex(&bytes);
+                Some(Arc::new(quantize::load_or_build(
+                    dir, &bytes, &sha, device,
+                )?))
+            }
+            ComputeType::F16 | ComputeType::F32 => None,
+        };
+        // The tensors kept in floating point (all of them, or for int8 those
+        // not quantized), in the compute dtype.
+        let dtype = compute_type.float_dtype();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| bad(&weights_path, e.to_string()))?;
+        drop(bytes);
+        let tensors = tensors
+            .into_iter()
+            .filter(|(k, _)| quantized.as_ref().is_none_or(|q| !q.contains_key(k)))
+            .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
+            .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()?;
+        let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
         let encoder = AudioEncoder::load(&config, weights.pp("model.encoder"))
             .map_err(|e| bad(&weights_path, e.to_string()))?;
         let decoder = TextDecoder::load(&config, weights.pp("model.decoder"))

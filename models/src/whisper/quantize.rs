@@ -105,33 +105,16 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The quantized linear weights of the model in `dir`, on `device`: read
-/// from the cache when it is valid for `safetensors` (the weights' bytes,
-/// hashed here), otherwise quantized from them and cached.
-///
-/// The cache file is read, hashed and parsed on a second thread while this
-/// one hashes the weights: two files and two hashes that do not depend on
-/// each other, which were a fifth of loading tiny.en's time one after the
-/// other. Whether the cache is then used is decided as before.
+/// from the cache when it is valid for `source_sha256` (the safetensors'
+/// hash), otherwise quantized from `safetensors` (its bytes) and cached.
 pub(super) fn load_or_build(
     dir: &Path,
     safetensors: &[u8],
+    source_sha256: &str,
     device: &Device,
 ) -> Result<QuantizedWeights, WhisperError> {
-    let (source_sha256, cached) = std::thread::scope(|s| {
-        let cached = s.spawn(|| read_cache(dir, device));
-        let sha = sha256_hex(safetensors);
-        (sha, cached.join())
-    });
-    let path = dir.join(CACHE_FILE);
-    match cached {
-        Ok(Some((record, weights))) if record.source_sha256 == source_sha256 => return weights,
-        Ok(Some(_)) => {
-            tracing::info!(path = %path.display(), "int8 cache is stale or incomplete; rebuilding it");
-        }
-        Ok(None) => {}
-        Err(_) => {
-            tracing::warn!(path = %path.display(), "reading the int8 cache panicked; rebuilding it")
-        }
+    if let Some(gguf) = read_valid_cache(dir, source_sha256) {
+        return read_gguf(&dir.join(CACHE_FILE), &gguf, device);
     }
     let started = std::time::Instant::now();
     let gguf = quantize(safetensors).map_err(|e| WhisperError::BadModelFile {
@@ -144,26 +127,25 @@ pub(super) fn load_or_build(
         bytes = gguf.len(),
         "quantized the model's weights to int8"
     );
-    if let Err(e) = write_cache(dir, &gguf, &source_sha256) {
+    if let Err(e) = write_cache(dir, &gguf, source_sha256) {
         tracing::warn!(
             dir = %dir.display(),
             error = %e,
             "cannot cache the int8 weights; they will be quantized again at the next load"
         );
     }
-    read_gguf(&path, &gguf, device)
+    read_gguf(&dir.join(CACHE_FILE), &gguf, device)
 }
 
-/// The cache's record and its weights on `device` (parsed from the file's
-/// bytes), if the record is of this format and the file hashes to it;
-/// which weights the record says it was made from is the caller's check.
-type CachedWeights = (CacheRecord, Result<QuantizedWeights, WhisperError>);
-
-fn read_cache(dir: &Path, device: &Device) -> Option<CachedWeights> {
+/// The cache file's bytes if its record says it was made, in this format,
+/// from weights hashing to `source_sha256`, and the bytes hash to the record.
+fn read_valid_cache(dir: &Path, source_sha256: &str) -> Option<Vec<u8>> {
     let record: CacheRecord =
         serde_json::from_slice(&std::fs::read(dir.join(CACHE_RECORD)).ok()?).ok()?;
     let path = dir.join(CACHE_FILE);
-    let valid_record = record.format == FORMAT && record.dtype == format!("{DTYPE:?}");
+    let valid_record = record.format == FORMAT
+        && record.dtype == format!("{DTYPE:?}")
+        && record.source_sha256 == source_sha256;
     let size_matches = std::fs::metadata(&path).ok()?.len() == record.size;
     if !(valid_record && size_matches) {
         tracing::info!(path = %path.display(), "int8 cache is stale or incomplete; rebuilding it");
@@ -174,16 +156,7 @@ fn read_cache(dir: &Path, device: &Device) -> Option<CachedWeights> {
         tracing::warn!(path = %path.display(), "int8 cache does not match its sha256; rebuilding it");
         return None;
     }
-    let weights = read_gguf(&path, &bytes, device);
-    Some((record, weights))
-}
-
-/// Whether the cache is valid (of this format, hashing to its record) for
-/// weights hashing to `source_sha256`.
-#[cfg(test)]
-fn read_valid_cache(dir: &Path, source_sha256: &str) -> Option<()> {
-    let (record, _) = read_cache(dir, &Device::Cpu)?;
-    (record.source_sha256 == source_sha256).then_some(())
+    Some(bytes)
 }
 
 /// Quantizes the linear weights of a safetensors file into a gguf file's
@@ -338,7 +311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = tiny_safetensors();
         let sha = sha256_hex(&st);
-        let q = load_or_build(dir.path(), &st, &Device::Cpu).unwrap();
+        let q = load_or_build(dir.path(), &st, &sha, &Device::Cpu).unwrap();
         assert_eq!(q.len(), 1, "only the linear weight is quantized");
         assert_eq!(
             q["model.decoder.layers.0.fc1.weight"].dtype(),
@@ -353,7 +326,7 @@ mod tests {
         // Truncated: rebuilt by the next load.
         std::fs::write(&cache, &full[..full.len() / 2]).unwrap();
         assert!(read_valid_cache(dir.path(), &sha).is_none());
-        load_or_build(dir.path(), &st, &Device::Cpu).unwrap();
+        load_or_build(dir.path(), &st, &sha, &Device::Cpu).unwrap();
         assert_eq!(std::fs::read(&cache).unwrap(), full);
         // Same size, different bytes: caught by the hash.
         let mut flipped = full.clone();
