@@ -11,7 +11,7 @@
 //! sequence on its own tokens, as in the greedy loop.
 
 use super::decoder::DecoderState;
-use super::decoding::{argmax, log_softmax, sample, SplitMix64};
+use super::decoding::{argmax, log_sum_exp, sample, SplitMix64};
 use super::guards::repetition_loop;
 use super::{WhisperError, WhisperModel};
 
@@ -94,8 +94,12 @@ impl WhisperModel {
             for (i, &r) in live.iter().enumerate() {
                 let row = &mut rows[r];
                 let l = &mut logits[i];
-                self.apply_filters(l, &row.tokens, limits.max_initial);
-                let logprobs = log_softmax(l);
+                // `log_softmax(l)[t]` is `l[t] - lse`; only the chosen
+                // token's is needed.
+                let lse = self
+                    .apply_filters(l, &row.tokens, limits.max_initial)
+                    .unwrap_or_else(|| log_sum_exp(l));
+                let logprob = |t: u32| l[t as usize] - lse;
                 let next = if temperature <= 0.0 {
                     argmax(l)
                 } else {
@@ -103,11 +107,11 @@ impl WhisperModel {
                 };
                 if next == eot || row.tokens.len() >= limits.sample_len {
                     if next == eot {
-                        row.sum_logprob += logprobs[next as usize] as f64;
+                        row.sum_logprob += logprob(next) as f64;
                     }
                     continue;
                 }
-                row.sum_logprob += logprobs[next as usize] as f64;
+                row.sum_logprob += logprob(next) as f64;
                 row.tokens.push(next);
                 if limits.loop_guard {
                     if let Some(cut) = repetition_loop(&row.tokens, self.specials.timestamp_begin) {
@@ -170,8 +174,10 @@ impl WhisperModel {
                 Vec::with_capacity(beams.len() * (beam_size + 1));
             for (j, beam) in beams.iter().enumerate() {
                 let l = &mut logits[j];
-                self.apply_filters(l, &beam.tokens, limits.max_initial);
-                for (token, logprob) in top_k(&log_softmax(l), beam_size + 1) {
+                let lse = self
+                    .apply_filters(l, &beam.tokens, limits.max_initial)
+                    .unwrap_or_else(|| log_sum_exp(l));
+                for (token, logprob) in top_k(l, lse, beam_size + 1) {
                     proposals.push((j, token, beam.sum_logprob + logprob as f64));
                 }
             }
@@ -251,12 +257,13 @@ struct Beam {
     sum_logprob: f64,
 }
 
-/// The `k` largest finite values of `v` with their indices, largest first
-/// (equal values: lower index first). Suppressed tokens (-inf) are never
-/// proposed.
-fn top_k(v: &[f32], k: usize) -> Vec<(u32, f32)> {
+/// The `k` largest finite values of `v[i] - shift` (the log-probabilities
+/// `log_softmax(v)` would hold, for `shift` its `log_sum_exp`) with their
+/// indices, largest first (equal values: lower index first). Suppressed
+/// tokens (-inf) are never proposed.
+fn top_k(v: &[f32], shift: f32, k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &x) in v.iter().enumerate() {
+    for (i, x) in v.iter().map(|&x| x - shift).enumerate() {
         if !x.is_finite() || (best.len() == k && x <= best[k - 1].1) {
             continue;
         }
@@ -312,8 +319,9 @@ mod tests {
     #[test]
     fn top_k_takes_the_largest_finite_values_in_order() {
         let v = [0.1, f32::NEG_INFINITY, 0.7, 0.3, 0.7, -2.0];
-        assert_eq!(top_k(&v, 3), vec![(2, 0.7), (4, 0.7), (3, 0.3)]);
-        assert_eq!(top_k(&[f32::NEG_INFINITY, 1.0], 3), vec![(1, 1.0)]);
+        assert_eq!(top_k(&v, 0.0, 3), vec![(2, 0.7), (4, 0.7), (3, 0.3)]);
+        assert_eq!(top_k(&[f32::NEG_INFINITY, 1.0], 0.0, 3), vec![(1, 1.0)]);
+        assert_eq!(top_k(&[1.0, 3.0, 2.0], 1.0, 2), vec![(1, 2.0), (2, 1.0)]);
     }
 
     #[test]
