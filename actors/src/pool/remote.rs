@@ -56,6 +56,10 @@ impl RemoteSlot {
                 folder,
                 key: request.sealing.as_ref().map(|s| s.key.clone()),
                 job_id: request.job_id.clone(),
+                max_stem_bytes: request
+                    .audio_limit
+                    .as_ref()
+                    .map(|l| ArtifactDest::stem_bytes_for(l.max_s)),
             });
         tokio::spawn(serve_audio(
             self.actor.clone(),

@@ -22,6 +22,37 @@ pub(super) struct ArtifactDest {
     pub folder: PathBuf,
     pub key: Option<Arc<DataKey>>,
     pub job_id: String,
+    /// The longest stem the job can produce, in bytes; `None`: no limit
+    /// (a job without an audio limit).
+    pub max_stem_bytes: Option<u64>,
+}
+
+impl ArtifactDest {
+    /// Bytes of a stem of the longest audio a job may process (`max_s`):
+    /// a 16-bit stereo WAV at the separator's rate, with a second of slack
+    /// for resampling and the header.
+    pub fn stem_bytes_for(max_s: f64) -> u64 {
+        let bytes_per_s = u64::from(murmur_models::separate::SAMPLE_RATE) * 4;
+        (max_s.max(0.0).ceil() as u64 + 1) * bytes_per_s + 44
+    }
+
+    /// Why a worker's list of artifacts cannot be this job's, if it
+    /// cannot: the engine writes the separator's stems, each at most
+    /// `max_stem_bytes`. A worker is an authenticated peer, but one that
+    /// lies must not fill the control node's disk.
+    fn refuses(&self, artifacts: &[(String, u64)]) -> Option<String> {
+        artifacts.iter().find_map(|(name, len)| {
+            if !is_artifact_name(name) || !murmur_models::separate::STEMS.contains(&name.as_str()) {
+                Some(format!("an artifact named {name:?}"))
+            } else if self.max_stem_bytes.is_some_and(|max| *len > max) {
+                Some(format!(
+                    "{name} of {len} bytes, more than the job's audio can make"
+                ))
+            } else {
+                None
+            }
+        })
+    }
 }
 
 /// A chunk of an artifact, as the slot sent it.
@@ -123,8 +154,8 @@ pub(super) async fn collect(
     artifacts: Vec<(String, u64)>,
     mut chunks: mpsc::UnboundedReceiver<ArtifactChunk>,
 ) {
-    if let Some((name, _)) = artifacts.iter().find(|(n, _)| !is_artifact_name(n)) {
-        return fetch.fail(format!("an artifact named {name:?}"));
+    if let Some(why) = dest.refuses(&artifacts) {
+        return fetch.fail(why);
     }
     let folder = dest.folder.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || std::fs::create_dir_all(folder))
@@ -181,4 +212,38 @@ pub(super) async fn collect(
     let _ = fetch.slot.send_message(ToWorker::Collected {
         ticket: fetch.ticket,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(max_s: Option<f64>) -> ArtifactDest {
+        ArtifactDest {
+            folder: PathBuf::from("/nowhere"),
+            key: None,
+            job_id: "j1".into(),
+            max_stem_bytes: max_s.map(ArtifactDest::stem_bytes_for),
+        }
+    }
+
+    #[test]
+    fn only_the_stems_a_job_can_make_are_fetched() {
+        // 60 s of stereo 16-bit at 44.1 kHz, and its header.
+        let minute = 60 * 44_100 * 4 + 44;
+        let stems = |len: u64| {
+            vec![
+                ("vocals".to_string(), len),
+                ("accompaniment".to_string(), len),
+            ]
+        };
+        assert_eq!(dest(Some(60.0)).refuses(&stems(minute)), None);
+        assert_eq!(dest(None).refuses(&stems(u64::MAX)), None);
+        let too_long = dest(Some(60.0)).refuses(&stems(minute + 2 * 44_100 * 4));
+        assert!(too_long.is_some_and(|w| w.contains("more than")));
+        for name in ["../../etc/passwd", "model", "Vocals", ""] {
+            let got = dest(Some(60.0)).refuses(&[(name.to_string(), 10)]);
+            assert!(got.is_some(), "{name:?} accepted");
+        }
+    }
 }
