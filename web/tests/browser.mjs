@@ -1,7 +1,8 @@
-// What both browser suites share: how Chromium is started and the
-// accessibility check. Not a test file itself (node --test runs only
-// *.test.mjs here).
+// What both browser suites share: how Chromium is started, the
+// accessibility check and the no-sideways-scrolling check. Not a test
+// file itself (node --test runs only *.test.mjs here).
 
+import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 
@@ -33,4 +34,19 @@ export async function axeViolations(page) {
     });
     return r.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
   });
+}
+
+/**
+ * Fails unless the page fits `width` CSS pixels: nothing scrolls sideways.
+ * A mobile browser widens its layout viewport to content that overflows,
+ * so innerWidth must still be the device's width.
+ */
+export async function assertFitsWidth(page, width) {
+  const overflow = await page.evaluate(() => ({
+    doc: document.documentElement.scrollWidth,
+    body: document.body.scrollWidth,
+    inner: window.innerWidth,
+  }));
+  assert.ok(overflow.doc <= width && overflow.body <= width && overflow.inner === width,
+    `wider than the ${width} px screen: ${JSON.stringify(overflow)}`);
 }

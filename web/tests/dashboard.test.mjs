@@ -19,7 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { installModels, startMurmur, testAudio } from '../../tests/js/murmur.mjs';
-import { CHROMIUM_ARGS, axeViolations } from './browser.mjs';
+import { CHROMIUM_ARGS, assertFitsWidth, axeViolations } from './browser.mjs';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const artifacts = join(repo, 'artifacts', 'dashboard');
@@ -679,13 +679,7 @@ describe('dashboard', { timeout: 240_000 }, () => {
       await page.locator('#transcript li').first().waitFor();
       // A mobile browser widens its layout viewport to content that
       // overflows, so compare with the device width, not innerWidth.
-      const overflow = await page.evaluate(() => ({
-        doc: document.documentElement.scrollWidth,
-        body: document.body.scrollWidth,
-        inner: window.innerWidth,
-      }));
-      assert.ok(overflow.doc <= PHONE.width && overflow.body <= PHONE.width && overflow.inner === PHONE.width,
-        `wider than the phone's ${PHONE.width} px: ${JSON.stringify(overflow)}`);
+      await assertFitsWidth(page, PHONE.width);
       await page.screenshot({ path: join(artifacts, 'phone.png'), fullPage: true });
       assert.deepEqual(await axeViolations(page), [], 'on the phone');
       assert.deepEqual(w.errors, []);

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, axeViolations } from './browser.mjs';
+import { CHROMIUM_ARGS, assertFitsWidth, axeViolations } from './browser.mjs';
 import {
   installModels, setTier, signup, startMurmur, testAudio,
 } from '../../tests/js/murmur.mjs';
@@ -328,13 +328,7 @@ describe('operator view of the workers', { timeout: 300_000 }, () => {
       const job = await api('POST', '/v1/jobs', { file_id: files.body.items[0].id, params: { model: 'tiny.en' } });
       assert.equal(job.status, 202, JSON.stringify(job.body));
       await page.locator(`#worker-list tr[data-state="busy"][data-job-id="${job.body.id}"]`).waitFor({ timeout: 60_000 });
-      const overflow = await page.evaluate(() => ({
-        doc: document.documentElement.scrollWidth,
-        body: document.body.scrollWidth,
-        inner: window.innerWidth,
-      }));
-      assert.ok(overflow.doc <= PHONE.width && overflow.body <= PHONE.width && overflow.inner === PHONE.width,
-        `wider than the phone's ${PHONE.width} px: ${JSON.stringify(overflow)}`);
+      await assertFitsWidth(page, PHONE.width);
       // Each worker is a card of labelled lines, inside the screen.
       const box = await page.locator('#worker-list tr').first().boundingBox();
       assert.ok(box.x >= 0 && box.x + box.width <= PHONE.width, JSON.stringify(box));
