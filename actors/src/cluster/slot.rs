@@ -284,15 +284,7 @@ impl Actor for Slot {
                     });
                 });
             }
-            ToWorker::Cancel { ticket } => {
-                let Some(run) = state.run.as_ref().filter(|r| r.ticket == ticket) else {
-                    return Ok(());
-                };
-                run.cancel.store(true, Ordering::SeqCst);
-                if run.waits_on_control() {
-                    end(state, ticket, Outcome::Cancelled);
-                }
-            }
+            ToWorker::Cancel { ticket } => cancel(state, ticket),
             ToWorker::Ended { ticket, outcome } => {
                 let Some(run) = state.run.as_mut().filter(|r| r.ticket == ticket) else {
                     return Ok(());
@@ -371,16 +363,12 @@ impl Actor for Slot {
         if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, _)) = event
         {
             if group == HUB_GROUP {
-                if let Some(run) = &state.run {
+                if let Some(ticket) = state.run.as_ref().map(|r| r.ticket) {
                     tracing::warn!(
-                        ticket = run.ticket,
+                        ticket,
                         "the control node went away; cancelling the run it asked for"
                     );
-                    run.cancel.store(true, Ordering::SeqCst);
-                    if run.waits_on_control() {
-                        let ticket = run.ticket;
-                        end(state, ticket, Outcome::Cancelled);
-                    }
+                    cancel(state, ticket);
                 }
             }
         }
@@ -446,6 +434,19 @@ fn begin(
     run.fetch_next();
     state.run = Some(run);
     Ok(())
+}
+
+/// Stops run `ticket` at the engine's next check; a run with no engine
+/// running (its audio still arriving, or its artifacts being fetched) ends
+/// at once.
+fn cancel(state: &mut SlotState, ticket: u64) {
+    let Some(run) = state.run.as_ref().filter(|r| r.ticket == ticket) else {
+        return;
+    };
+    run.cancel.store(true, Ordering::SeqCst);
+    if run.waits_on_control() {
+        end(state, ticket, Outcome::Cancelled);
+    }
 }
 
 /// Reports the run's end, drops its spooled audio and artifacts, and

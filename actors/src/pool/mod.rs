@@ -216,6 +216,17 @@ enum Runner {
     Remote(remote::RemoteSlot),
 }
 
+impl Runner {
+    /// Tells `running` to stop at the engine's next check: its cancel flag
+    /// for a local worker, a `Cancel` to a worker node's slot.
+    fn stop(&self, running: &Running) {
+        running.cancel.store(true, AtomicOrdering::SeqCst);
+        if let (Runner::Remote(remote), Some(run)) = (self, &running.remote) {
+            remote.cancel(run);
+        }
+    }
+}
+
 /// One worker and what it runs.
 struct Slot {
     runner: Runner,
@@ -313,10 +324,7 @@ impl Slot {
     /// stuck, or gone): the job hears a transient error and retries.
     fn abandon(&mut self, index: usize, why: &str) {
         if let Some(r) = self.running.take() {
-            r.cancel.store(true, AtomicOrdering::SeqCst);
-            if let (Runner::Remote(slot), Some(run)) = (&self.runner, &r.remote) {
-                slot.cancel(run);
-            }
+            self.runner.stop(&r);
             tracing::warn!(job = %r.job_id, worker = index, node = %self.node, why, "inference worker's job abandoned");
             let _ = r
                 .reply
@@ -490,10 +498,7 @@ impl Actor for InferencePool {
                 if !was_waiting {
                     for slot in state.slots.values() {
                         if let Some(r) = slot.running.as_ref().filter(|r| r.job_id == job_id) {
-                            r.cancel.store(true, AtomicOrdering::SeqCst);
-                            if let (Runner::Remote(remote), Some(run)) = (&slot.runner, &r.remote) {
-                                remote.cancel(run);
-                            }
+                            slot.runner.stop(r);
                         }
                     }
                 }
@@ -597,10 +602,7 @@ impl Actor for InferencePool {
         // Let running work stop at its next cancellation check.
         for slot in state.slots.values() {
             if let Some(r) = &slot.running {
-                r.cancel.store(true, AtomicOrdering::SeqCst);
-                if let (Runner::Remote(remote), Some(run)) = (&slot.runner, &r.remote) {
-                    remote.cancel(run);
-                }
+                slot.runner.stop(r);
             }
         }
         Ok(())

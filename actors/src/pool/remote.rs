@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::hub::Hub;
 use super::transfer::{collect, serve_audio, ArtifactChunk, ArtifactDest, Fetch};
-use super::{PoolMsg, PoolReply, PoolState, Runner, Slot};
+use super::{PoolMsg, PoolReply, PoolState, Runner, Running, Slot};
 use crate::cluster::wire::{ToControl, ToWorker};
 use crate::cluster::WORKER_GROUP;
 use crate::engine::{WorkError, WorkRequest};
@@ -197,46 +197,34 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             offset,
             max,
         } => {
-            if let Some(slot) = heard(state, ticket) {
-                if let Some(run) = slot.running.as_ref().and_then(|r| r.remote.as_ref()) {
-                    let _ = run.feed.send((offset, max));
-                }
+            if let Some(run) = heard(state, ticket).and_then(|(_, r)| r.remote.as_ref()) {
+                let _ = run.feed.send((offset, max));
             }
             false
         }
         ToControl::Stage { ticket, stage } => {
-            if let Some(slot) = heard(state, ticket) {
-                if let Some(r) = slot.running.as_mut() {
-                    r.stage = Some(stage);
-                    let _ = r.reply.send_message(PoolReply::Stage(stage));
-                }
+            if let Some((_, r)) = heard(state, ticket) {
+                r.stage = Some(stage);
+                let _ = r.reply.send_message(PoolReply::Stage(stage));
             }
             false
         }
         ToControl::Progress { ticket, fraction } => {
-            if let Some(slot) = heard(state, ticket) {
-                if let Some(r) = slot.running.as_ref() {
-                    let _ = r.reply.send_message(PoolReply::Progress(fraction));
-                }
+            if let Some((_, r)) = heard(state, ticket) {
+                let _ = r.reply.send_message(PoolReply::Progress(fraction));
             }
             false
         }
         ToControl::Checkpoint { ticket, state: cp } => {
-            if let Some(slot) = heard(state, ticket) {
-                if let Some(r) = slot.running.as_ref() {
-                    let _ = r.reply.send_message(PoolReply::Checkpoint(cp));
-                }
+            if let Some((_, r)) = heard(state, ticket) {
+                let _ = r.reply.send_message(PoolReply::Checkpoint(cp));
             }
             false
         }
         ToControl::Produced { ticket, artifacts } => {
-            let Some((index, slot)) = state.by_ticket(ticket) else {
+            let Some((Runner::Remote(remote), r)) = heard(state, ticket) else {
                 return false;
             };
-            let (Runner::Remote(remote), Some(r)) = (&slot.runner, slot.running.as_mut()) else {
-                return false;
-            };
-            r.heard = Instant::now();
             let Some(run) = r.remote.as_mut() else {
                 return false;
             };
@@ -252,7 +240,7 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
                     tokio::spawn(collect(fetch, dest, artifacts, chunks));
                 }
                 None => fetch.fail(format!(
-                    "worker {index} produced artifacts for a job that keeps none"
+                    "run {ticket} produced artifacts for a job that keeps none"
                 )),
             }
             false
@@ -263,15 +251,11 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             offset,
             data,
         } => {
-            if let Some(slot) = heard(state, ticket) {
-                let collect = slot
-                    .running
-                    .as_ref()
-                    .and_then(|r| r.remote.as_ref())
-                    .and_then(|run| run.collect.as_ref());
-                if let Some(tx) = collect {
-                    let _ = tx.send(ArtifactChunk { name, offset, data });
-                }
+            let collect = heard(state, ticket)
+                .and_then(|(_, r)| r.remote.as_ref())
+                .and_then(|run| run.collect.as_ref());
+            if let Some(tx) = collect {
+                let _ = tx.send(ArtifactChunk { name, offset, data });
             }
             false
         }
@@ -298,13 +282,12 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
     }
 }
 
-/// The slot running remote run `ticket`, which has just been heard from.
-fn heard(state: &mut PoolState, ticket: u64) -> Option<&mut Slot> {
+/// Remote run `ticket`, which has just been heard from, and what runs it.
+fn heard(state: &mut PoolState, ticket: u64) -> Option<(&Runner, &mut Running)> {
     let (_, slot) = state.by_ticket(ticket)?;
-    if let Some(r) = slot.running.as_mut() {
-        r.heard = Instant::now();
-    }
-    Some(slot)
+    let running = slot.running.as_mut()?;
+    running.heard = Instant::now();
+    Some((&slot.runner, running))
 }
 
 /// Gives up remote runs whose slot has said nothing for `silence` (its
