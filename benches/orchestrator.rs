@@ -10,7 +10,9 @@
 //! 1. Throughput: N jobs submitted over HTTP (32 in flight), timed until
 //!    the tenant's usage counts every job completed.
 //! 2. Event latency: 500 WebSocket subscribers on the tenant topic while
-//!    jobs run; latency is receipt time minus the event's `at` stamp.
+//!    jobs run; latency is receipt time minus the event's `at` stamp. The
+//!    jobs are a burst (32 in flight, as fast as the server takes them),
+//!    or with `--latency-rate N` a steady N a second.
 //!    With `--other-tenants N`, N more tenants each submit as many jobs at
 //!    the same time (their own traffic, which the measured subscribers
 //!    must not see or wait behind).
@@ -69,6 +71,34 @@ struct Received<'a> {
     at: Option<&'a str>,
 }
 
+/// CPU seconds (user + system) the process `pid` has used so far, from
+/// `/proc` (Linux); `None` elsewhere.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th of them, in ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
+}
+
+/// "server CPU …" for a phase: how much of the cores the server used, and
+/// per job (steadier than jobs/s when other work shares the machine).
+fn server_cpu(before: Option<f64>, after: Option<f64>, wall: Duration, jobs: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "; server CPU {:.2} s ({:.2} of a core), {:.2} ms per job",
+            a - b,
+            (a - b) / wall.as_secs_f64(),
+            (a - b) * 1000.0 / jobs as f64
+        ),
+        _ => String::new(),
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -93,7 +123,28 @@ async fn ws(base: &str, token: &str) -> Ws {
 }
 
 async fn submit_all(http: &reqwest::Client, base: &str, token: &str, file_id: &str, n: usize) {
+    submit_at(http, base, token, file_id, n, 0).await
+}
+
+/// Submits `n` jobs, 32 in flight; with `rate` > 0, starting at most
+/// `rate` a second (a steady load rather than a burst).
+async fn submit_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    file_id: &str,
+    n: usize,
+    rate: usize,
+) {
+    let start = tokio::time::Instant::now();
     futures_util::stream::iter(0..n)
+        .then(|i| async move {
+            if rate > 0 {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate as f64))
+                    .await;
+            }
+            i
+        })
         .map(|_| {
             let http = http.clone();
             let url = format!("{base}/v1/jobs");
@@ -272,9 +323,11 @@ async fn clients() {
     let jobs = arg("--jobs", 1000);
     let subscribers = arg("--subscribers", 500);
     let latency_jobs = arg("--latency-jobs", 200);
+    let latency_rate = arg("--latency-rate", 0);
     let webhooks = arg("--webhooks", 0);
     let others = arg("--other-tenants", 0);
-    let (_child, base, mut stdin, mut lines) = spawn_server().await;
+    let (child, base, mut stdin, mut lines) = spawn_server().await;
+    let server_pid = child.id();
     let http = reqwest::Client::new();
     let bench = tenant(&http, &base, "Bench").await;
     make_enterprise(&bench, &mut stdin, &mut lines).await;
@@ -324,6 +377,7 @@ async fn clients() {
     // 1. Throughput: submit over HTTP, then wait until the tenant's usage
     // counts every job completed (a WebSocket watcher could lag behind
     // thousands of events; the usage counter cannot).
+    let cpu_before = cpu_seconds(server_pid);
     let started = Instant::now();
     submit_all(&http, &base, &token, &file_id, jobs).await;
     let accepted = started.elapsed();
@@ -341,11 +395,12 @@ async fn clients() {
     let elapsed = started.elapsed();
     println!(
         "throughput: {jobs} jobs accepted in {:.2} s ({:.0}/s); accepted, persisted, run and \
-         completed in {:.2} s = {:.0} jobs/s",
+         completed in {:.2} s = {:.0} jobs/s{}",
         accepted.as_secs_f64(),
         jobs as f64 / accepted.as_secs_f64(),
         elapsed.as_secs_f64(),
-        jobs as f64 / elapsed.as_secs_f64()
+        jobs as f64 / elapsed.as_secs_f64(),
+        server_cpu(cpu_before, cpu_seconds(server_pid), elapsed, jobs)
     );
 
     // 2. Event latency with many subscribers (and, with --other-tenants,
@@ -398,8 +453,10 @@ async fn clients() {
             })
         })
         .collect();
+    let cpu_before = cpu_seconds(server_pid);
+    let clients_before = cpu_seconds(Some(std::process::id()));
     let latency_started = Instant::now();
-    submit_all(&http, &base, &token, &file_id, latency_jobs).await;
+    submit_at(&http, &base, &token, &file_id, latency_jobs, latency_rate).await;
     let mut all = Vec::new();
     let (mut short, mut lagged) = (0, 0);
     for r in readers {
@@ -409,14 +466,34 @@ async fn clients() {
         lagged += lags;
     }
     let latency_elapsed = latency_started.elapsed();
+    let mut latency_cpu = server_cpu(
+        cpu_before,
+        cpu_seconds(server_pid),
+        latency_elapsed,
+        latency_jobs * (1 + others),
+    );
+    // The subscribers' side of the same cores: when it is near a whole
+    // core, the clients' reading is what the latency waits on.
+    if let (Some(b), Some(a)) = (clients_before, cpu_seconds(Some(std::process::id()))) {
+        latency_cpu += &format!(
+            "; clients CPU {:.2} s ({:.2} of a core)",
+            a - b,
+            (a - b) / latency_elapsed.as_secs_f64()
+        );
+    }
     for n in noise {
         n.await.unwrap();
     }
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
-        "event latency with {subscribers} subscribers{}: {} events received in {:.2} s, \
+        "event latency with {subscribers} subscribers{}{}: {} events received in {:.2} s, \
          p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {short} subscriber(s) missed a completion, \
-         {lagged} lag notice(s)",
+         {lagged} lag notice(s){latency_cpu}",
+        if latency_rate > 0 {
+            format!(", {latency_rate} jobs/s")
+        } else {
+            String::new()
+        },
         if others > 0 {
             format!(" ({others} other tenant(s) submitting {latency_jobs} jobs each)")
         } else {
