@@ -40,7 +40,7 @@ pub use crate::auth::Caller;
 pub use errors::ApiError;
 
 use crate::admission::Rules;
-use crate::auth::{Operation, PasswordCost, TokenKeys};
+use crate::auth::{Operation, PasswordCost, Principal, TokenKeys};
 use crate::billing::TierTable;
 use crate::config::Settings;
 use crate::store::{Role, Store};
@@ -101,7 +101,9 @@ impl AppState {
     /// [`AppState::token_checks`] at once: however a token is crafted,
     /// verifying it never holds an async worker thread, and a caller who
     /// cannot get a slot within [`TOKEN_CHECK_WAIT`] is told the server is
-    /// busy (503) rather than queued without bound.
+    /// busy (503) rather than queued without bound. A token verified for
+    /// `op` within the last minute skips that (see [`TokenKeys::verify`]):
+    /// only its store checks run, here.
     pub async fn authenticate(
         &self,
         header: Option<&str>,
@@ -116,18 +118,32 @@ impl AppState {
         if token.len() > crate::auth::tokens::MAX_TOKEN_BYTES {
             return Err(crate::auth::TokenError::TooLarge.into());
         }
-        let permit =
-            tokio::time::timeout(TOKEN_CHECK_WAIT, self.token_checks.clone().acquire_owned())
+        let remembered = self.keys.remembered(token, op, |scope_block| {
+            self.store
+                .is_minted_key(scope_block)
+                .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
+        });
+        let (caller, lapsed) = match remembered {
+            // Verified lately: only the store's part is left, and it is a
+            // few reads, done here.
+            Some(principal) => self.admit(principal?, op)?,
+            None => {
+                let permit = tokio::time::timeout(
+                    TOKEN_CHECK_WAIT,
+                    self.token_checks.clone().acquire_owned(),
+                )
                 .await
                 .map_err(|_| ApiError::from(crate::auth::TokenError::Busy))?
                 .map_err(ApiError::internal)?;
-        let (state, token) = (self.clone(), token.to_string());
-        let (caller, lapsed) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            state.authenticate_now(&token, op)
-        })
-        .await
-        .map_err(ApiError::internal)??;
+                let (state, token) = (self.clone(), token.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    state.authenticate_now(&token, op)
+                })
+                .await
+                .map_err(ApiError::internal)??
+            }
+        };
         if lapsed {
             let (store, tiers, id) = (
                 self.store.clone(),
@@ -144,15 +160,25 @@ impl AppState {
         Ok(caller)
     }
 
-    /// [`Self::authenticate`]'s work, on a blocking thread. Also answers
-    /// whether the tenant's paid tier lapsed and is yet to be recorded.
+    /// [`Self::authenticate`]'s work for a token not verified lately, on a
+    /// blocking thread.
     fn authenticate_now(&self, token: &str, op: Operation) -> Result<(Caller, bool), ApiError> {
         let store = &self.store;
-        let mut principal = self.keys.verify(token, op, |scope_block| {
+        let principal = self.keys.verify(token, op, |scope_block| {
             store
                 .is_minted_key(scope_block)
                 .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
         })?;
+        self.admit(principal, op)
+    }
+
+    /// The store's part of a token check, for a principal whose token was
+    /// verified: the key not revoked, tenant and user still there, the
+    /// session not ended, the user's role now and the tenant's tier now.
+    /// Also answers whether the tenant's paid tier lapsed and is yet to be
+    /// recorded.
+    fn admit(&self, mut principal: Principal, op: Operation) -> Result<(Caller, bool), ApiError> {
+        let store = &self.store;
         if store.is_revoked(&principal.revocation_ids)? {
             return Err(ApiError::unauthorized("this API key has been revoked"));
         }
