@@ -103,7 +103,8 @@ impl AppState {
     /// cannot get a slot within [`TOKEN_CHECK_WAIT`] is told the server is
     /// busy (503) rather than queued without bound. A token verified for
     /// `op` within the last minute skips that (see [`TokenKeys::verify`]):
-    /// only its store checks run, here.
+    /// the memo lookup and the store checks (a few reads) run here, on the
+    /// async worker; no signature or Datalog work ever does.
     pub async fn authenticate(
         &self,
         header: Option<&str>,

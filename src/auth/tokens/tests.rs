@@ -334,6 +334,19 @@ fn only_answers_that_stay_true_are_remembered() {
     assert!(keys.remembered(&altered, READ, minted).is_none());
     assert!(keys.verify(&altered, READ, minted).is_err());
 
+    // Another spelling of the same signed token (an unknown protobuf
+    // field appended, which the decoder skips) is never remembered,
+    // whether or not it verifies: one token must not fill the memo.
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE;
+    let mut bytes = url.decode(viewer.trim()).unwrap();
+    bytes.extend_from_slice(&[0x78, 0x01]); // field 15, varint 1
+    let respelled = url.encode(&bytes);
+    assert_ne!(respelled, viewer);
+    let _ = keys.verify(&respelled, READ, minted);
+    assert!(keys.remembered(&respelled, READ, minted).is_none());
+    assert_eq!(keys.verified.len(), 1);
+
     // A token that ends within the minute is checked every time, so it is
     // refused from the second it expires.
     let soon = Utc::now() + chrono::Duration::seconds(2);

@@ -2,7 +2,7 @@
 //! operation, and a job's tier gates.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use biscuit_auth::builder::{fact, string};
 use biscuit_auth::macros::{authorizer, rule};
@@ -72,13 +72,22 @@ impl TokenKeys {
         // Authorized as of the end of the time it would be remembered: a
         // token valid then is valid all the way there (see `cache`).
         let now = SystemTime::now();
-        let remembered_until = Instant::now() + cache::REMEMBER;
+        let until = cache::Until::remember_from(now);
         match self.authorize(&checked, op, now + cache::REMEMBER) {
             Ok(principal) => {
-                self.verified.put(key, principal.clone(), remembered_until);
+                // Only the text this server writes for the token: any
+                // other spelling that decodes the same is checked each
+                // time rather than filling the memo (see `cache`).
+                if checked.biscuit.to_base64().ok().as_deref() == Some(token.trim()) {
+                    let tenant = principal.tenant.clone();
+                    self.verified.put(key, &tenant, principal.clone(), until);
+                }
                 Ok(principal)
             }
-            // It expires sooner: decided now, and not remembered.
+            // It expires sooner (or a check failed on time and on something
+            // else): decided as of now, and not remembered. A token in its
+            // last minute, or expired, so costs two authorizer runs, both
+            // bounded by `limits`.
             Err(TokenError::Expired) => self.authorize(&checked, op, now),
             Err(e) => Err(e),
         }
@@ -187,11 +196,11 @@ impl TokenKeys {
         // As in `verify`: passed as of the end of the time it would be
         // remembered, it passes all the way there.
         let now = SystemTime::now();
-        let remembered_until = Instant::now() + cache::REMEMBER;
+        let until = cache::Until::remember_from(now);
         let at = now + cache::REMEMBER;
         match self.run_gates(principal, current, current_epoch, needs, at) {
             Ok(()) => {
-                self.gates_passed.put(key, (), remembered_until);
+                self.gates_passed.put(key, &principal.tenant, (), until);
                 Ok(())
             }
             Err(GateError::Token(TokenError::Expired)) => {
