@@ -18,8 +18,6 @@ fn is_translation(job: &Job) -> bool {
     job.params.translates()
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
 /// Counts a job's change in its tenant's usage (see `transition_job`).
 pub(super) fn meter(
     tenant: &TenantId,

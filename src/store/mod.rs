@@ -27,6 +27,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use accounts::UserChangeError;
+pub use jobs::TranslationLimit;
 pub use keyring::{
     master_key_source, read_master_key, write_key_file, MasterKeySource, MASTER_KEY_ENV,
 };
@@ -36,7 +37,6 @@ pub use records::*;
 use scoped::Scoped;
 pub use scoped::{Page, PageRequest};
 pub use storage::{QuotaFull, Reservation, ReserveError};
-pub use jobs::TranslationLimit;
 pub use tenants::SubscriptionChange;
 pub use webhooks::{
     event_payload, webhook_event_name, Delivery, DeliveryAttempt, DeliveryTarget, JobCallback,
@@ -199,6 +199,8 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
         TransactionError::Storage(e) => StoreError::Sled(e),
     }
 }
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl Store {
     /// Opens (or creates) the store under `data_dir` with the master key
