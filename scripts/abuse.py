@@ -156,6 +156,62 @@ def garbage_token(ctx):
     return ok, "; ".join(out)
 
 
+RESPELLINGS = 2000
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def respelled(token, i):
+    """`token` with an unknown protobuf field (15, varint i) appended: the
+    same signed token in another spelling, which biscuit's decoder skips."""
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    return base64.urlsafe_b64encode(raw + b"\x78" + _varint(i)).decode()
+
+
+@check(
+    "1d",
+    f"one valid token sent in {RESPELLINGS} spellings (an unknown protobuf field appended), 16 at once",
+    "each 200 or 401, none > 2 s; another tenant's /v1/jobs < 1 s meanwhile; server peak memory +< 50 MiB",
+)
+def respelled_tokens(ctx):
+    # Verified tokens are remembered for a minute, but only in the exact
+    # text the server writes: each spelling here must be checked in full,
+    # and must neither fill the memo nor slow anyone else.
+    srv = ctx.server()
+    a, b = srv.signup("Speller"), srv.signup("Bystander")
+    rss0, _ = srv.memory()
+    peak_reset = srv.reset_peak()
+    probe = Probe(srv, b.token, period=0.05)
+    probe.start()
+    resps = []
+    for start in range(0, RESPELLINGS, 16):
+        resps += parallel(16, lambda i: srv.get("/v1/jobs", respelled(a.token, start + i), timeout=10))
+    probe.finish()
+    rss1, hwm = srv.memory()
+    growth = (hwm if peak_reset else rss1) - rss0
+    slowest = max(r.elapsed for r in resps)
+    own = srv.get("/v1/jobs", a.token)
+    ok = (
+        all(r.status in (200, 401) for r in resps)
+        and slowest < 2.0
+        and growth < 50 * MB
+        and own.status == 200
+        and probe.worst() < 1.0
+        and not probe.failures()
+    )
+    return ok, (
+        f"{counts(resps)}, slowest {ms(slowest)}; peak growth {mib(growth)}; the token itself "
+        f"{own.brief()}; {probe.summary()}"
+    )
+
+
 @check(
     "2",
     "basic tenant uploads a 3 h FLAC of silence (~140 KB; tier max_audio_seconds 60)",
