@@ -119,11 +119,9 @@ impl AppState {
         if token.len() > crate::auth::tokens::MAX_TOKEN_BYTES {
             return Err(crate::auth::TokenError::TooLarge.into());
         }
-        let remembered = self.keys.remembered(token, op, |scope_block| {
-            self.store
-                .is_minted_key(scope_block)
-                .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
-        });
+        let remembered = self
+            .keys
+            .remembered(token, op, |block| self.is_minted_key(block));
         let (caller, lapsed) = match remembered {
             // Verified lately: only the store's part is left, and it is a
             // few reads, done here.
@@ -164,13 +162,18 @@ impl AppState {
     /// [`Self::authenticate`]'s work for a token not verified lately, on a
     /// blocking thread.
     fn authenticate_now(&self, token: &str, op: Operation) -> Result<(Caller, bool), ApiError> {
-        let store = &self.store;
-        let principal = self.keys.verify(token, op, |scope_block| {
-            store
-                .is_minted_key(scope_block)
-                .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
-        })?;
+        let principal = self
+            .keys
+            .verify(token, op, |block| self.is_minted_key(block))?;
         self.admit(principal, op)
+    }
+
+    /// Whether the store recorded minting this API-key scope block, as
+    /// token verification asks it.
+    fn is_minted_key(&self, scope_block: &[u8]) -> Result<bool, crate::auth::TokenError> {
+        self.store
+            .is_minted_key(scope_block)
+            .map_err(|e| crate::auth::TokenError::Store(e.to_string()))
     }
 
     /// The store's part of a token check, for a principal whose token was

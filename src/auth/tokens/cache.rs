@@ -110,6 +110,25 @@ pub(super) fn gates_key(principal: &Principal, tier: &Tier, epoch: u64, needs: &
     h.finalize().into()
 }
 
+/// Runs `decide` as of [`REMEMBER`] from now. If that passes, the answer
+/// holds all the way there (every time check this server mints is an
+/// upper bound) and comes with how long it may be kept. If it fails only
+/// by a time check (`expired`), it is decided again as of now and is not
+/// to be kept: a token in its last minute, or expired, so costs two
+/// runs, each bounded by the authorizer's limits.
+pub(super) fn decide_for_a_while<T, E>(
+    decide: impl Fn(SystemTime) -> Result<T, E>,
+    expired: impl Fn(&E) -> bool,
+) -> (Result<T, E>, Option<Until>) {
+    let now = SystemTime::now();
+    let until = Until::remember_from(now);
+    match decide(now + REMEMBER) {
+        Ok(answer) => (Ok(answer), Some(until)),
+        Err(e) if expired(&e) => (decide(now), None),
+        Err(e) => (Err(e), None),
+    }
+}
+
 /// Until when an entry holds, by both clocks.
 #[derive(Clone, Copy)]
 pub(super) struct Until {
@@ -120,7 +139,7 @@ pub(super) struct Until {
 impl Until {
     /// [`REMEMBER`] from `wall_now` (the time the answer was decided as of
     /// `wall_now` + [`REMEMBER`]).
-    pub(super) fn remember_from(wall_now: SystemTime) -> Until {
+    fn remember_from(wall_now: SystemTime) -> Until {
         Until {
             instant: Instant::now() + REMEMBER,
             wall: wall_now + REMEMBER,

@@ -69,28 +69,20 @@ impl TokenKeys {
                 return Err(TokenError::Attenuated);
             }
         }
-        // Authorized as of the end of the time it would be remembered: a
-        // token valid then is valid all the way there (see `cache`).
-        let now = SystemTime::now();
-        let until = cache::Until::remember_from(now);
-        match self.authorize(&checked, op, now + cache::REMEMBER) {
-            Ok(principal) => {
-                // Only the text this server writes for the token: any
-                // other spelling that decodes the same is checked each
-                // time rather than filling the memo (see `cache`).
-                if checked.biscuit.to_base64().ok().as_deref() == Some(token.trim()) {
-                    let tenant = principal.tenant.clone();
-                    self.verified.put(key, &tenant, principal.clone(), until);
-                }
-                Ok(principal)
+        let (answer, until) = cache::decide_for_a_while(
+            |at| self.authorize(&checked, op, at),
+            |e| matches!(e, TokenError::Expired),
+        );
+        if let (Ok(principal), Some(until)) = (&answer, until) {
+            // Only the text this server writes for the token: any other
+            // spelling that decodes the same is checked each time rather
+            // than filling the memo (see `cache`).
+            if checked.biscuit.to_base64().ok().as_deref() == Some(token.trim()) {
+                self.verified
+                    .put(key, &principal.tenant, principal.clone(), until);
             }
-            // It expires sooner (or a check failed on time and on something
-            // else): decided as of now, and not remembered. A token in its
-            // last minute, or expired, so costs two authorizer runs, both
-            // bounded by `limits`.
-            Err(TokenError::Expired) => self.authorize(&checked, op, now),
-            Err(e) => Err(e),
         }
+        answer
     }
 
     /// [`Self::verify`]'s answer if `token` was verified for `op` lately
@@ -193,21 +185,14 @@ impl TokenKeys {
         if self.gates_passed.get(&key).is_some() {
             return Ok(());
         }
-        // As in `verify`: passed as of the end of the time it would be
-        // remembered, it passes all the way there.
-        let now = SystemTime::now();
-        let until = cache::Until::remember_from(now);
-        let at = now + cache::REMEMBER;
-        match self.run_gates(principal, current, current_epoch, needs, at) {
-            Ok(()) => {
-                self.gates_passed.put(key, &principal.tenant, (), until);
-                Ok(())
-            }
-            Err(GateError::Token(TokenError::Expired)) => {
-                self.run_gates(principal, current, current_epoch, needs, now)
-            }
-            Err(e) => Err(e),
+        let (answer, until) = cache::decide_for_a_while(
+            |at| self.run_gates(principal, current, current_epoch, needs, at),
+            |e| matches!(e, GateError::Token(TokenError::Expired)),
+        );
+        if let (Ok(()), Some(until)) = (&answer, until) {
+            self.gates_passed.put(key, &principal.tenant, (), until);
         }
+        answer
     }
 
     /// [`Self::authorize_gates`]'s authorizer run, as of `at`.
