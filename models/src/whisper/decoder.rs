@@ -63,27 +63,28 @@ impl Attention {
         ))
     }
 
-    /// Scaled dot-product attention of `x`'s queries over `k`/`v`
-    /// (`[b, heads, t, head_dim]`); `mask` is `[n, t]` additive.
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.attend_with_scores(x, k, v, mask)?.0)
+    /// Scaled dot-product attention of `x`'s queries over keys `kt`
+    /// (transposed: `[b, heads, head_dim, t]`) and values `v` (`[b, heads,
+    /// t, head_dim]`); `mask` is `[n, t]` additive.
+    fn attend(&self, x: &Tensor, kt: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.attend_with_scores(x, kt, v, mask)?.0)
     }
 
-    /// Attention of `b` sequences' queries (`x`: `[b, n, d]`) over keys and
-    /// values they share (`[1, heads, t, head_dim]`, the audio): the
-    /// sequences become query rows of one product instead of `b` copies
-    /// of the audio's keys and values.
-    fn attend_shared(&self, x: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    /// Attention of `b` sequences' queries (`x`: `[b, n, d]`) over keys
+    /// (transposed, as in [`Attention::attend`]) and values they share
+    /// (`[1, heads, ...]`, the audio): the sequences become query rows of
+    /// one product instead of `b` copies of the audio's keys and values.
+    fn attend_shared(&self, x: &Tensor, kt: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         if b == 1 {
-            return self.attend(x, k, v, None);
+            return self.attend(x, kt, v, None);
         }
         let q = self.heads(&self.q.forward(x)?)?; // [b, heads, n, hd]
         let q = (q
             .transpose(0, 1)?
             .reshape((1, self.n_head, b * n, self.head_dim))?
             * (self.head_dim as f64).powf(-0.5))?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?;
+        let scores = q.matmul(kt)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = weights
             .matmul(v)? // [1, heads, b * n, hd]
@@ -99,12 +100,12 @@ impl Attention {
     fn attend_with_scores(
         &self,
         x: &Tensor,
-        k: &Tensor,
+        kt: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let q = (self.heads(&self.q.forward(x)?)? * (self.head_dim as f64).powf(-0.5))?;
-        let mut scores = q.matmul(&k.transpose(2, 3)?)?;
+        let mut scores = q.matmul(kt)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
@@ -152,8 +153,12 @@ pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     /// Cross-attention keys/values of the audio, per layer: `[1, heads,
     /// frames, head_dim]` shared by the `b` sequences, or `[b, ...]`, one
-    /// window per sequence.
+    /// window per sequence; the keys `[.., head_dim, frames]` instead while
+    /// `keys_transposed`.
     cross_kv: Vec<(Tensor, Tensor)>,
+    /// The audio's keys are stored transposed, contiguous: see
+    /// [`DecoderState::lay_out_keys`].
+    keys_transposed: bool,
     /// Tokens fed so far per sequence (the position of the next one).
     len: usize,
 }
@@ -180,6 +185,16 @@ impl DecoderState {
     /// becomes what sequence `rows[i]` was. A row may repeat (a beam that
     /// spawns two) or be left out (a finished sample).
     pub fn select(&mut self, rows: &[usize]) -> Result<()> {
+        // On the steps' thread, which also grows the caches: their memory
+        // then comes from one malloc arena, not two.
+        let cpu = self
+            .cross_kv
+            .first()
+            .is_none_or(|(k, _)| k.device().is_cpu());
+        on_one_thread(cpu, || self.select_rows(rows))
+    }
+
+    fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
         let per_row_audio = self.per_row_audio()?;
         let current = match self.self_kv.first() {
             Some(Some((k, _))) => k.dim(0)?,
@@ -205,6 +220,62 @@ impl DecoderState {
             }
         }
         Ok(())
+    }
+
+    /// Stores the audio's keys transposed (`transposed`) or as computed.
+    /// A product of several query rows with keys read through a transposed
+    /// view first copies every key into candle's matrix layout (a 30 s
+    /// window: 1,500 keys a head, each step); stored transposed they are
+    /// read as they are, which halves tiny.en's cross-attention scores per
+    /// step of a beam search, with the same sums in the same order (a
+    /// probe compared every element). A product of one query row is a
+    /// matrix-vector product whose sums run in another order depending on
+    /// the layout, so for those the keys go back as computed: each layout
+    /// gives the numbers it always gave, and only one is kept at a time.
+    fn lay_out_keys(&mut self, transposed: bool) -> Result<()> {
+        if self.keys_transposed != transposed {
+            for (k, _) in &mut self.cross_kv {
+                *k = k.transpose(2, 3)?.contiguous()?;
+            }
+            self.keys_transposed = transposed;
+        }
+        Ok(())
+    }
+
+    /// The keys' layout for feeding `n` tokens to each of `batch`
+    /// sequences: transposed for the steps of a search (several sequences
+    /// over one window), as computed for products of one query row, kept
+    /// as it is otherwise (both give the same numbers).
+    fn lay_out_keys_for(&mut self, batch: usize, n: usize) -> Result<()> {
+        // A GPU's matrix products read a transposed view as it is.
+        if self
+            .cross_kv
+            .first()
+            .is_some_and(|(k, _)| !k.device().is_cpu())
+        {
+            return Ok(());
+        }
+        // Query rows per head of the cross-attention products.
+        let shared = !self.per_row_audio()?;
+        let rows = if shared { batch * n } else { n };
+        if rows == 1 {
+            self.lay_out_keys(false)
+        } else if shared && batch > 1 {
+            self.lay_out_keys(true)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Layer `i`'s audio keys, transposed (`[.., head_dim, frames]`: a
+    /// view when stored as computed).
+    fn keys_t(&self, i: usize) -> Result<Tensor> {
+        let k = &self.cross_kv[i].0;
+        if self.keys_transposed {
+            Ok(k.clone())
+        } else {
+            k.transpose(2, 3)
+        }
     }
 
     /// Whether each sequence attends to its own window (`[b, ...]` audio
@@ -271,6 +342,7 @@ impl TextDecoder {
         Ok(DecoderState {
             self_kv,
             cross_kv,
+            keys_transposed: false,
             len: 0,
         })
     }
@@ -298,8 +370,15 @@ impl TextDecoder {
     /// as there are tokens) and returns the final hidden states
     /// `[tokens.len(), d]`.
     pub fn forward_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
-        self.forward_inner(tokens, tokens.len(), state, None)?
-            .squeeze(1)
+        // Here rather than on the step's thread: the copy then reuses the
+        // memory the keys were computed in (another thread's allocations
+        // come from another malloc arena).
+        state.lay_out_keys_for(tokens.len(), 1)?;
+        let cpu = self.embed_tokens.device().is_cpu();
+        on_one_thread(cpu, || {
+            self.forward_inner(tokens, tokens.len(), state, None)
+        })?
+        .squeeze(1)
     }
 
     /// [`TextDecoder::forward`] that also returns, for each `(layer, head)`
@@ -347,11 +426,15 @@ impl TextDecoder {
         } else {
             None
         };
-        for (i, ((layer, kv), (ck, cv))) in self
+        state.lay_out_keys_for(batch, n)?;
+        let keys_t = (0..self.layers.len())
+            .map(|i| state.keys_t(i))
+            .collect::<Result<Vec<_>>>()?;
+        for (i, ((layer, kv), ((_, cv), ck))) in self
             .layers
             .iter()
             .zip(state.self_kv.iter_mut())
-            .zip(state.cross_kv.iter())
+            .zip(state.cross_kv.iter().zip(&keys_t))
             .enumerate()
         {
             let h = layer.self_attn_ln.forward(&x)?;
@@ -361,7 +444,9 @@ impl TextDecoder {
                 None => (k, v),
             };
             *kv = Some((k.clone(), v.clone()));
-            x = (x + layer.self_attn.attend(&h, &k, &v, mask.as_ref())?)?;
+            x = (x + layer
+                .self_attn
+                .attend(&h, &k.transpose(2, 3)?, &v, mask.as_ref())?)?;
             let h = layer.cross_attn_ln.forward(&x)?;
             let cross = match capture.as_mut() {
                 Some((heads, out)) if heads.iter().any(|&(l, _)| l == i) => {
@@ -388,6 +473,33 @@ impl TextDecoder {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.embed_tokens.project(hidden)?.to_dtype(DType::F32)
     }
+}
+
+/// Runs `f` with every rayon-parallel operation in it (candle's float
+/// products, softmax, layer norm, GELU) on one thread. A decoding step's
+/// tensors are a few rows: handing each operation to the pool's threads and
+/// waiting for them cost more than the work (a step of tiny.en with 5 beams
+/// is some 150 such operations). Each row's result is the same on one
+/// thread as on many, so the numbers do not change. The thread is a
+/// one-thread rayon pool of the calling thread's own (made on first use,
+/// gone with the calling thread), so concurrent decodings do not queue
+/// behind one another; the calling thread waits while it works. Only on a
+/// CPU (`cpu`): a GPU's work stays on the thread that holds its context.
+fn on_one_thread<T: Send>(cpu: bool, f: impl FnOnce() -> T + Send) -> T {
+    if !cpu {
+        return f();
+    }
+    thread_local! {
+        static ONE: Option<rayon::ThreadPool> = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "murmur-step".into())
+            .build()
+            .ok();
+    }
+    ONE.with(|pool| match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    })
 }
 
 /// Additive mask `[n, offset + n]`: new token i sees cached tokens and new
@@ -417,4 +529,52 @@ pub fn last_row(hidden: &Tensor) -> Result<Tensor> {
 /// Row `i` of `[1, n, d]` as `[1, d]`.
 pub fn row(hidden: &Tensor, i: usize) -> Result<Tensor> {
     hidden.narrow(1, i, 1)?.squeeze(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What [`DecoderState::lay_out_keys`] relies on: with two query rows
+    /// or more, scores over keys stored transposed are the very numbers
+    /// scores over a transposed view of them give (a candle or gemm
+    /// upgrade that breaks this would change transcripts); with one row,
+    /// the keys go back as computed.
+    #[test]
+    fn transposed_keys_give_the_same_scores() -> Result<()> {
+        let device = Device::Cpu;
+        let (heads, frames, head_dim) = (6, 1500, 64);
+        let k = Tensor::randn(0f32, 1.0, (1, heads, frames, head_dim), &device)?;
+        let v = Tensor::randn(0f32, 1.0, (1, heads, frames, head_dim), &device)?;
+        let kt = k.transpose(2, 3)?.contiguous()?;
+        for rows in [2, 3, 5, 10, 100, 224] {
+            let q = Tensor::randn(0f32, 1.0, (1, heads, rows, head_dim), &device)?;
+            let viewed = q
+                .matmul(&k.transpose(2, 3)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let stored = q.matmul(&kt)?.flatten_all()?.to_vec1::<f32>()?;
+            let same = viewed
+                .iter()
+                .zip(&stored)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{rows} rows: scores differ between the key layouts");
+        }
+
+        let mut state = DecoderState {
+            self_kv: vec![None],
+            cross_kv: vec![(k.clone(), v)],
+            keys_transposed: false,
+            len: 0,
+        };
+        state.lay_out_keys(true)?;
+        assert_eq!(state.cross_kv[0].0.dims(), &[1, heads, head_dim, frames]);
+        assert!(state.cross_kv[0].0.is_contiguous());
+        assert_eq!(state.keys_t(0)?.dims(), &[1, heads, head_dim, frames]);
+        state.lay_out_keys(false)?;
+        let back = state.cross_kv[0].0.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(back, k.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(state.keys_t(0)?.dims(), &[1, heads, head_dim, frames]);
+        Ok(())
+    }
 }
