@@ -187,11 +187,7 @@ impl DecoderState {
     pub fn select(&mut self, rows: &[usize]) -> Result<()> {
         // On the steps' thread, which also grows the caches: their memory
         // then comes from one malloc arena, not two.
-        let cpu = self
-            .cross_kv
-            .first()
-            .is_none_or(|(k, _)| k.device().is_cpu());
-        on_one_thread(cpu, || self.select_rows(rows))
+        on_one_thread(self.on_cpu(), || self.select_rows(rows))
     }
 
     fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
@@ -248,11 +244,7 @@ impl DecoderState {
     /// as it is otherwise (both give the same numbers).
     fn lay_out_keys_for(&mut self, batch: usize, n: usize) -> Result<()> {
         // A GPU's matrix products read a transposed view as it is.
-        if self
-            .cross_kv
-            .first()
-            .is_some_and(|(k, _)| !k.device().is_cpu())
-        {
+        if !self.on_cpu() {
             return Ok(());
         }
         // Query rows per head of the cross-attention products.
@@ -267,15 +259,11 @@ impl DecoderState {
         }
     }
 
-    /// Layer `i`'s audio keys, transposed (`[.., head_dim, frames]`: a
-    /// view when stored as computed).
-    fn keys_t(&self, i: usize) -> Result<Tensor> {
-        let k = &self.cross_kv[i].0;
-        if self.keys_transposed {
-            Ok(k.clone())
-        } else {
-            k.transpose(2, 3)
-        }
+    /// Whether the state's tensors are on the CPU.
+    fn on_cpu(&self) -> bool {
+        self.cross_kv
+            .first()
+            .is_none_or(|(k, _)| k.device().is_cpu())
     }
 
     /// Whether each sequence attends to its own window (`[b, ...]` audio
@@ -374,8 +362,7 @@ impl TextDecoder {
         // memory the keys were computed in (another thread's allocations
         // come from another malloc arena).
         state.lay_out_keys_for(tokens.len(), 1)?;
-        let cpu = self.embed_tokens.device().is_cpu();
-        on_one_thread(cpu, || {
+        on_one_thread(state.on_cpu(), || {
             self.forward_inner(tokens, tokens.len(), state, None)
         })?
         .squeeze(1)
@@ -427,16 +414,20 @@ impl TextDecoder {
             None
         };
         state.lay_out_keys_for(batch, n)?;
-        let keys_t = (0..self.layers.len())
-            .map(|i| state.keys_t(i))
-            .collect::<Result<Vec<_>>>()?;
-        for (i, ((layer, kv), ((_, cv), ck))) in self
+        let keys_transposed = state.keys_transposed;
+        for (i, ((layer, kv), (ck, cv))) in self
             .layers
             .iter()
             .zip(state.self_kv.iter_mut())
-            .zip(state.cross_kv.iter().zip(&keys_t))
+            .zip(state.cross_kv.iter())
             .enumerate()
         {
+            // The audio's keys transposed: as stored, or a view.
+            let ck = &if keys_transposed {
+                ck.clone()
+            } else {
+                ck.transpose(2, 3)?
+            };
             let h = layer.self_attn_ln.forward(&x)?;
             let (k, v) = layer.self_attn.keys_values(&h)?;
             let (k, v) = match kv.take() {
@@ -570,11 +561,11 @@ mod tests {
         state.lay_out_keys(true)?;
         assert_eq!(state.cross_kv[0].0.dims(), &[1, heads, head_dim, frames]);
         assert!(state.cross_kv[0].0.is_contiguous());
-        assert_eq!(state.keys_t(0)?.dims(), &[1, heads, head_dim, frames]);
+        assert!(state.keys_transposed);
         state.lay_out_keys(false)?;
         let back = state.cross_kv[0].0.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(back, k.flatten_all()?.to_vec1::<f32>()?);
-        assert_eq!(state.keys_t(0)?.dims(), &[1, heads, head_dim, frames]);
+        assert!(!state.keys_transposed);
         Ok(())
     }
 }
