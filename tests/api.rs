@@ -1087,6 +1087,8 @@ async fn cors_is_off_by_default_and_follows_the_allow_list() {
 /// names none decodes greedily, sequentially.
 #[tokio::test]
 async fn search_params_are_validated_and_bounded_by_the_tier() {
+    // Jobs name no model, so admission wants the default (base) installed.
+    common::install_models(&["base"]);
     let server = Server::start();
     let a = signup(&server, "Acme").await;
     let file = a
