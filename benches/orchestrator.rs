@@ -85,6 +85,33 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / per_second)
 }
 
+/// The server's store flushes so far (`murmur_store_flushes_total`).
+async fn store_flushes(http: &reqwest::Client, base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("murmur_store_flushes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// "; N store flushes (per job)" for a phase.
+fn flushes_line(before: Option<f64>, after: Option<f64>, jobs: usize) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!(
+            "; {:.0} store flushes ({:.2} per job)",
+            a - b,
+            (a - b) / jobs as f64
+        ),
+        _ => String::new(),
+    }
+}
+
 /// "server CPU …" for a phase: how much of the cores the server used, and
 /// per job (steadier than jobs/s when other work shares the machine).
 fn server_cpu(before: Option<f64>, after: Option<f64>, wall: Duration, jobs: usize) -> String {
@@ -378,6 +405,7 @@ async fn clients() {
     // counts every job completed (a WebSocket watcher could lag behind
     // thousands of events; the usage counter cannot).
     let cpu_before = cpu_seconds(server_pid);
+    let flushes_before = store_flushes(&http, &base).await;
     let started = Instant::now();
     submit_all(&http, &base, &token, &file_id, jobs).await;
     let accepted = started.elapsed();
@@ -395,12 +423,13 @@ async fn clients() {
     let elapsed = started.elapsed();
     println!(
         "throughput: {jobs} jobs accepted in {:.2} s ({:.0}/s); accepted, persisted, run and \
-         completed in {:.2} s = {:.0} jobs/s{}",
+         completed in {:.2} s = {:.0} jobs/s{}{}",
         accepted.as_secs_f64(),
         jobs as f64 / accepted.as_secs_f64(),
         elapsed.as_secs_f64(),
         jobs as f64 / elapsed.as_secs_f64(),
-        server_cpu(cpu_before, cpu_seconds(server_pid), elapsed, jobs)
+        server_cpu(cpu_before, cpu_seconds(server_pid), elapsed, jobs),
+        flushes_line(flushes_before, store_flushes(&http, &base).await, jobs)
     );
 
     // 2. Event latency with many subscribers (and, with --other-tenants,
@@ -454,6 +483,7 @@ async fn clients() {
         })
         .collect();
     let cpu_before = cpu_seconds(server_pid);
+    let flushes_before = store_flushes(&http, &base).await;
     let clients_before = cpu_seconds(Some(std::process::id()));
     let latency_started = Instant::now();
     submit_at(&http, &base, &token, &file_id, latency_jobs, latency_rate).await;
@@ -470,6 +500,11 @@ async fn clients() {
         cpu_before,
         cpu_seconds(server_pid),
         latency_elapsed,
+        latency_jobs * (1 + others),
+    );
+    latency_cpu += &flushes_line(
+        flushes_before,
+        store_flushes(&http, &base).await,
         latency_jobs * (1 + others),
     );
     // The subscribers' side of the same cores: when it is near a whole

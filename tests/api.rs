@@ -999,6 +999,15 @@ async fn operations_endpoints() {
         .text
         .contains("murmur_http_request_duration_seconds"));
     assert!(metrics.text.contains("murmur_store_bytes_on_disk"));
+    // The upload waited for a store flush, which is counted and timed.
+    let flushes: f64 = metrics
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("murmur_store_flushes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no flush count: {}", metrics.text));
+    assert!(flushes >= 1.0, "{flushes}");
+    assert!(metrics.text.contains("murmur_store_flush_seconds"));
 }
 
 /// Browser front-ends on other origins: nothing is readable cross-origin

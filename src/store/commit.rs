@@ -112,8 +112,11 @@ impl GroupCommit {
         let mut number = first;
         loop {
             // A panic in sled must not leave callers waiting forever.
+            let began = std::time::Instant::now();
             let outcome =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.db.flush()));
+            metrics::counter!("murmur_store_flushes_total").increment(1);
+            metrics::histogram!("murmur_store_flush_seconds").record(began.elapsed().as_secs_f64());
             let error = match outcome {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(Arc::from(e.to_string())),
