@@ -26,6 +26,7 @@
 //! A model directory holds `model.safetensors` (HF names, see [`crate::ct2`]),
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
+mod align;
 mod batch;
 mod compute;
 pub mod decoder;

@@ -112,14 +112,14 @@ fn beam_search_is_deterministic_and_never_worse_than_greedy() {
     assert!(worse.is_empty(), "beam 5 worse than greedy: {worse:?}");
 }
 
-/// Known to fail (measured: greedy 25.9%, beam 5 77.8%): on the call, base's
-/// beam puts the first window's segments one second apart, so the window
-/// ends at 14 s with the whole call's text and the next window transcribes
-/// 14-30 s again. faster-whisper 1.2.1 on the same weights repeats part of
-/// the call too (greedy and beam 5). Kept as a test to run by hand
-/// (`--ignored`) until the long-form loop guards against it.
+/// The case that made the long-form loop check searched windows' timestamps:
+/// on the call, base's beam puts the first window's segments one second
+/// apart, so its last timestamp says 14 s while its text runs to the end of
+/// the call. Seeking to 14 s transcribed 14-30 s a second time (beam 5
+/// scored 77.8% against greedy's 25.9%; faster-whisper 1.2.1 on the same
+/// weights repeats part of the call too). The window's words now time its
+/// segments and the next window starts after its last word.
 #[test]
-#[ignore = "known: base beam 5 re-transcribes the call's second half"]
 fn base_beam_search_on_the_call_is_no_worse_than_greedy() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let worse = compare(&[("base", "call")]);

@@ -69,7 +69,7 @@ pub fn plan_chunks(regions: &[SpeechRegion], n_samples: usize) -> Vec<Range<usiz
 
 /// Shortest rest of a piece decoded again after the model stopped early
 /// (1 s): less is the tail of a word or a breath.
-const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
+pub(super) const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
 
 /// Audio waiting to be decoded: a chunk, or the rest of one.
 struct Piece {
@@ -220,25 +220,34 @@ impl WhisperModel {
                 // leaving the rest for a next window (as the sequential loop
                 // seeks): that rest is decoded as a piece of its own.
                 let mut consumed = split.consumed_frames.map_or(len, |f| f * HOP_LENGTH);
-                if opts.word_timestamps {
+                let frames = (len / HOP_LENGTH).min(N_FRAMES);
+                let searched = result.temperature > 0.0 || opts.beam_size > 1;
+                let rehear = searched
+                    && !split.single_timestamp_ending
+                    && split.consumed_frames.is_some_and(|c| c < frames);
+                if opts.word_timestamps || rehear {
                     let mut state = self.decoder.start(&audio.i(i..i + 1)?)?;
-                    let frames = (len / HOP_LENGTH).min(N_FRAMES);
                     let last = &mut last_speech_timestamp[piece.chunk];
                     // Word edges are kept within the piece's own timeline.
-                    let (last_speech, words_end) = self.time_words(
+                    if let Some((last_speech, words_end)) = self.time_window(
                         &mut window,
+                        split.single_timestamp_ending,
+                        split.consumed_frames,
                         &mut state,
                         &sot_sequence,
                         frames,
                         &language,
                         0.0,
                         (*last - offset).max(0.0),
-                    )?;
-                    *last = last_speech + offset;
-                    // As openai-whisper: the rest starts after the last word.
-                    if let (Some(end), false) = (words_end, split.single_timestamp_ending) {
-                        if split.consumed_frames.is_some() {
-                            consumed = ((end * sr) as usize).clamp(1, len);
+                        opts.word_timestamps,
+                        searched,
+                    )? {
+                        *last = last_speech + offset;
+                        // As openai-whisper: the rest starts after the last word.
+                        if let (Some(end), false) = (words_end, split.single_timestamp_ending) {
+                            if split.consumed_frames.is_some() {
+                                consumed = ((end * sr) as usize).clamp(1, len);
+                            }
                         }
                     }
                 }

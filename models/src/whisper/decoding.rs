@@ -107,6 +107,16 @@ impl WhisperModel {
         let mut best: Option<WindowResult> = tried;
         for &t in temperatures {
             let result = self.decode_window(state, prompt, sot_sequence, t, opts, rng, check)?;
+            tracing::debug!(
+                temperature = t,
+                avg_logprob = result.avg_logprob,
+                compression_ratio = result.compression_ratio,
+                no_speech_prob = result.no_speech_prob,
+                looped = result.looped,
+                tokens = result.tokens.len(),
+                text = %self.decode_text(&result.tokens).unwrap_or_default(),
+                "window decoded"
+            );
             if !needs_fallback(&result, opts) {
                 return Ok(result);
             }

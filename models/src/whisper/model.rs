@@ -204,7 +204,7 @@ impl WhisperModel {
             suppress_begin.push(specials.eot);
         }
         let filters = MelFilters::slaney(config.num_mel_bins, mel::N_FFT, SAMPLE_RATE);
-        let alignment_heads = super::timing::alignment_heads(
+        let alignment_heads = super::align::alignment_heads(
             &extra,
             &name,
             config.decoder_layers,

@@ -5,6 +5,7 @@
 //! applied per window. Input is a whole signal, speech regions joined
 //! (`regions.rs`), or a recording streamed twice ([`ChunkSource`]).
 
+use super::batch::MIN_TAIL_SAMPLES;
 use super::decoding::{SplitMix64, WindowResult};
 use super::guards::copies_prompt;
 use super::regions::{RegionMap, SampleSource};
@@ -161,7 +162,16 @@ impl WhisperModel {
         let mut seek = 0usize;
         // Where the last word ended, for the word duration heuristics.
         let mut last_speech_timestamp = 0.0;
+        // The last window's words moved `seek` to where its text ends.
+        let mut seek_by_words = false;
         while seek < content_frames {
+            // What is left after the last word of a window that reached
+            // near the end is the tail of a word or a breath, as in the
+            // batched pipeline: decoded alone, Whisper makes words up.
+            if seek_by_words && (content_frames - seek) * HOP_LENGTH < MIN_TAIL_SAMPLES {
+                break;
+            }
+            seek_by_words = false;
             let time_offset = seek as f64 * frame_s;
             if !on_progress(Progress {
                 processed_s: to_original(time_offset, false),
@@ -231,16 +241,19 @@ impl WhisperModel {
             let single_timestamp_ending = split.single_timestamp_ending;
             seek += split.consumed_frames.unwrap_or(segment_size);
             let mut window = split.segments;
-            if opts.word_timestamps {
-                let (last_speech, words_end) = self.time_words(
-                    &mut window,
-                    &mut state,
-                    &sot_sequence,
-                    segment_size,
-                    &language,
-                    time_offset,
-                    last_speech_timestamp,
-                )?;
+            if let Some((last_speech, words_end)) = self.time_window(
+                &mut window,
+                single_timestamp_ending,
+                split.consumed_frames,
+                &mut state,
+                &sot_sequence,
+                segment_size,
+                &language,
+                time_offset,
+                last_speech_timestamp,
+                opts.word_timestamps,
+                result.temperature > 0.0 || opts.beam_size > 1,
+            )? {
                 last_speech_timestamp = last_speech;
                 // Seek to the end of the last word rather than the last
                 // timestamp token (openai-whisper and faster-whisper do).
@@ -248,6 +261,7 @@ impl WhisperModel {
                 if let Some(end) = last_word_end {
                     if !single_timestamp_ending && end > time_offset {
                         seek = (end / frame_s).round() as usize;
+                        seek_by_words = true;
                     }
                     last_speech_timestamp = end;
                 }
