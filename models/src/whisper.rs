@@ -9,6 +9,7 @@
 //!   layer and token embedding that follow it;
 //! - [`quantize`]: the int8 weights, quantized once and cached beside the
 //!   safetensors (`model.int8.gguf`, checked by sha256);
+//! - `weights_file.rs`: `model.safetensors` read tensor by tensor;
 //! - `encoder.rs`: the audio encoder (stateless, shared by every job);
 //! - [`decoder`]: the text decoder layers and their key/value cache;
 //! - `decoding.rs`: one window at one temperature, language detection, and
@@ -18,7 +19,10 @@
 //! - `filters.rs`: OpenAI's logit filters (suppression, timestamp rules);
 //! - `guards.rs`: hallucination guards (compression ratio, repetition loops,
 //!   prompt copies);
-//! - `timing.rs`: word timestamps (alignment heads, DTW, word grouping);
+//! - `align.rs`: the window's text aligned to its audio (alignment heads,
+//!   DTW);
+//! - `timing.rs`: word timestamps from that alignment, and the retiming of
+//!   windows whose timestamps end early;
 //! - `transcribe.rs`: the long-form loop (30 s windows, seeking, segments);
 //! - `regions.rs`: speech regions joined for decoding and times mapped back.
 //!
@@ -40,6 +44,7 @@ mod regions;
 mod search;
 mod timing;
 mod transcribe;
+mod weights_file;
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@ use super::compute::{ComputeType, Weights};
 use super::decoder::TextDecoder;
 use super::encoder::AudioEncoder;
 use super::quantize;
+use super::weights_file::WeightsFile;
 use super::{Config, WhisperError};
 use crate::mel::{self, MelFilters, N_FRAMES, SAMPLE_RATE};
 
@@ -114,35 +115,20 @@ impl WhisperModel {
             serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
         let extra: serde_json::Value =
             serde_json::from_str(&cfg_text).map_err(|e| bad(&cfg_path, e.to_string()))?;
-        let tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))?;
-
-        let bytes = std::fs::read(&weights_path).map_err(|e| bad(&weights_path, e.to_string()))?;
-        let quantized = match compute_type {
-            ComputeType::Int8 => {
-                let sha = quantize::sha256_hex(&bytes);
-                Some(Arc::new(quantize::load_or_build(
-                    dir, &bytes, &sha, device,
-                )?))
-            }
-            ComputeType::F16 | ComputeType::F32 => None,
-        };
-        // The tensors kept in floating point (all of them, or for int8 those
-        // not quantized), in the compute dtype.
-        let dtype = compute_type.float_dtype();
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-            .map_err(|e| bad(&weights_path, e.to_string()))?;
-        drop(bytes);
-        let tensors = tensors
-            .into_iter()
-            .filter(|(k, _)| quantized.as_ref().is_none_or(|q| !q.contains_key(k)))
-            .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
-            .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()?;
-        let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
-        let encoder = AudioEncoder::load(&config, weights.pp("model.encoder"))
-            .map_err(|e| bad(&weights_path, e.to_string()))?;
-        let decoder = TextDecoder::load(&config, weights.pp("model.decoder"))
-            .map_err(|e| bad(&weights_path, e.to_string()))?;
+        // Parsing tokenizer.json (the vocabulary, 50,000 merges, 1,600
+        // special tokens) takes as long as reading the weights: it runs on
+        // a thread of its own meanwhile.
+        let (tokenizer, layers) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| {
+                Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))
+            });
+            let layers = Self::load_layers(dir, &weights_path, &config, device, compute_type);
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| Err(bad(&tok_path, "the tokenizer's parser panicked".into())));
+            (tokenizer, layers)
+        });
+        let (tokenizer, (encoder, decoder)) = (tokenizer?, layers?);
 
         let token = |t: &str| {
             tokenizer
@@ -224,6 +210,40 @@ impl WhisperModel {
             filters,
             device: device.clone(),
         })
+    }
+
+    /// Encoder and decoder from `model.safetensors` (and, for `int8`, the
+    /// quantized cache beside it).
+    fn load_layers(
+        dir: &Path,
+        weights_path: &Path,
+        config: &Config,
+        device: &Device,
+        compute_type: ComputeType,
+    ) -> Result<(AudioEncoder, TextDecoder), WhisperError> {
+        let file = WeightsFile::open(weights_path)?;
+        let quantized = match compute_type {
+            ComputeType::Int8 => Some(Arc::new(quantize::load_or_build(dir, &file, device)?)),
+            ComputeType::F16 | ComputeType::F32 => None,
+        };
+        // The tensors kept in floating point (all of them, or for int8 those
+        // not quantized), in the compute dtype; the quantized ones are not
+        // even read.
+        let dtype = compute_type.float_dtype();
+        let tensors = file.tensors(
+            |name| quantized.as_ref().is_none_or(|q| !q.contains_key(name)),
+            dtype,
+            device,
+        )?;
+        drop(file);
+        let bad = |e: candle_core::Error| WhisperError::BadModelFile {
+            path: weights_path.to_path_buf(),
+            detail: e.to_string(),
+        };
+        let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
+        let encoder = AudioEncoder::load(config, weights.pp("model.encoder")).map_err(bad)?;
+        let decoder = TextDecoder::load(config, weights.pp("model.decoder")).map_err(bad)?;
+        Ok((encoder, decoder))
     }
 
     pub fn config(&self) -> &Config {

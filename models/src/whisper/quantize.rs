@@ -11,9 +11,12 @@
 //! it was made from and the size and sha256 of the gguf file itself, and a
 //! cache whose record is missing, from other weights, of another format or
 //! whose file does not hash to the record (a truncated write, a disk error)
-//! is rebuilt. Files are written under temporary names and renamed into
-//! place, so a reader never sees half a file and two processes quantizing
-//! at once both end with a complete one (quantizing is deterministic).
+//! is rebuilt. The safetensors are hashed again only when their file's
+//! identity (size, times, inode: [`WeightsFile::stamp`]) differs from the
+//! one recorded: hashing them at every load cost more than reading the
+//! cache. Files are written under temporary names and renamed into place,
+//! so a reader never sees half a file and two processes quantizing at once
+//! both end with a complete one (quantizing is deterministic).
 //!
 //! Limits: a model directory that cannot be written (a read-only mount)
 //! still loads as int8, quantizing in memory at every load, with a warning.
@@ -29,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::compute::QuantizedWeights;
+use super::weights_file::WeightsFile;
 use super::WhisperError;
 
 /// The quantized weights' file, in the model directory.
@@ -45,6 +49,11 @@ struct CacheRecord {
     dtype: String,
     /// sha256 of the `model.safetensors` quantized.
     source_sha256: String,
+    /// That file's identity when it was last hashed ([`WeightsFile::stamp`]);
+    /// while it is the same the file is not hashed again. Absent in records
+    /// written before it was kept, and where the platform has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_stamp: Option<String>,
     /// Size and sha256 of `model.int8.gguf`.
     size: u64,
     sha256: String,
@@ -100,34 +109,50 @@ fn is_linear_weight(name: &str) -> bool {
         && LAYERS.contains(&layer)
 }
 
-pub(super) fn sha256_hex(bytes: &[u8]) -> String {
+fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
 /// The quantized linear weights of the model in `dir`, on `device`: read
-/// from the cache when it is valid for `source_sha256` (the safetensors'
-/// hash), otherwise quantized from `safetensors` (its bytes) and cached.
+/// from the cache when it is valid for `source` (the model's safetensors),
+/// otherwise quantized from it and cached.
 pub(super) fn load_or_build(
     dir: &Path,
-    safetensors: &[u8],
-    source_sha256: &str,
+    source: &WeightsFile,
     device: &Device,
 ) -> Result<QuantizedWeights, WhisperError> {
-    if let Some(gguf) = read_valid_cache(dir, source_sha256) {
-        return read_gguf(&dir.join(CACHE_FILE), &gguf, device);
+    let record = read_record(dir);
+    let known = record
+        .as_ref()
+        .filter(|r| r.source_stamp.is_some() && r.source_stamp.as_deref() == source.stamp())
+        .map(|r| r.source_sha256.clone());
+    let stamp_known = known.is_some();
+    let source_sha256 = match known {
+        Some(sha) => sha,
+        None => source.sha256()?,
+    };
+    if let Some(record) = record {
+        if let Some(gguf) = read_valid_cache(dir, &record, &source_sha256) {
+            if !stamp_known {
+                remember_stamp(dir, record, source.stamp());
+            }
+            return read_gguf(&dir.join(CACHE_FILE), &gguf, device);
+        }
     }
     let started = std::time::Instant::now();
-    let gguf = quantize(safetensors).map_err(|e| WhisperError::BadModelFile {
-        path: dir.join("model.safetensors"),
+    let safetensors = source.bytes()?;
+    let gguf = quantize(&safetensors).map_err(|e| WhisperError::BadModelFile {
+        path: source.path().to_path_buf(),
         detail: format!("cannot quantize to int8: {e}"),
     })?;
+    drop(safetensors);
     tracing::info!(
         dir = %dir.display(),
         seconds = started.elapsed().as_secs_f64(),
         bytes = gguf.len(),
         "quantized the model's weights to int8"
     );
-    if let Err(e) = write_cache(dir, &gguf, source_sha256) {
+    if let Err(e) = write_cache(dir, &gguf, &source_sha256, source.stamp()) {
         tracing::warn!(
             dir = %dir.display(),
             error = %e,
@@ -137,11 +162,25 @@ pub(super) fn load_or_build(
     read_gguf(&dir.join(CACHE_FILE), &gguf, device)
 }
 
-/// The cache file's bytes if its record says it was made, in this format,
+/// The cache's record, if there is one that parses.
+fn read_record(dir: &Path) -> Option<CacheRecord> {
+    serde_json::from_slice(&std::fs::read(dir.join(CACHE_RECORD)).ok()?).ok()
+}
+
+/// Writes `record` again with the safetensors' current `stamp`, so the
+/// next load need not hash them (best effort: a read-only directory hashes
+/// at every load).
+fn remember_stamp(dir: &Path, mut record: CacheRecord, stamp: Option<&str>) {
+    let Some(stamp) = stamp else { return };
+    record.source_stamp = Some(stamp.to_string());
+    if let Ok(json) = serde_json::to_vec_pretty(&record) {
+        let _ = write_atomically(&dir.join(CACHE_RECORD), &json);
+    }
+}
+
+/// The cache file's bytes if `record` says it was made, in this format,
 /// from weights hashing to `source_sha256`, and the bytes hash to the record.
-fn read_valid_cache(dir: &Path, source_sha256: &str) -> Option<Vec<u8>> {
-    let record: CacheRecord =
-        serde_json::from_slice(&std::fs::read(dir.join(CACHE_RECORD)).ok()?).ok()?;
+fn read_valid_cache(dir: &Path, record: &CacheRecord, source_sha256: &str) -> Option<Vec<u8>> {
     let path = dir.join(CACHE_FILE);
     let valid_record = record.format == FORMAT
         && record.dtype == format!("{DTYPE:?}")
@@ -226,11 +265,17 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn write_cache(dir: &Path, gguf: &[u8], source_sha256: &str) -> std::io::Result<()> {
+fn write_cache(
+    dir: &Path,
+    gguf: &[u8],
+    source_sha256: &str,
+    source_stamp: Option<&str>,
+) -> std::io::Result<()> {
     let record = CacheRecord {
         format: FORMAT,
         dtype: format!("{DTYPE:?}"),
         source_sha256: source_sha256.to_string(),
+        source_stamp: source_stamp.map(str::to_string),
         size: gguf.len() as u64,
         sha256: sha256_hex(gguf),
     };
@@ -289,8 +334,9 @@ mod tests {
         }
     }
 
-    /// A small safetensors file with one linear weight and one bias.
-    fn tiny_safetensors() -> Vec<u8> {
+    /// A small safetensors file with one linear weight and one bias, as
+    /// `model.safetensors` in `dir`.
+    fn write_safetensors(dir: &Path) -> WeightsFile {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (64, 64), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 64, &dev).unwrap();
@@ -298,10 +344,12 @@ mod tests {
             ("model.decoder.layers.0.fc1.weight".to_string(), w),
             ("model.decoder.layers.0.fc1.bias".to_string(), b),
         ]);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.safetensors");
-        candle_core::safetensors::save(&tensors, &path).unwrap();
-        std::fs::read(path).unwrap()
+        let path = dir.join("model.safetensors");
+        // Renamed into place, as installs do.
+        let tmp = dir.join("model.safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        WeightsFile::open(&path).unwrap()
     }
 
     /// The cache is written once, reused while valid, and rebuilt when the
@@ -309,9 +357,9 @@ mod tests {
     #[test]
     fn cache_is_reused_only_while_valid() {
         let dir = tempfile::tempdir().unwrap();
-        let st = tiny_safetensors();
-        let sha = sha256_hex(&st);
-        let q = load_or_build(dir.path(), &st, &sha, &Device::Cpu).unwrap();
+        let st = write_safetensors(dir.path());
+        let sha = st.sha256().unwrap();
+        let q = load_or_build(dir.path(), &st, &Device::Cpu).unwrap();
         assert_eq!(q.len(), 1, "only the linear weight is quantized");
         assert_eq!(
             q["model.decoder.layers.0.fc1.weight"].dtype(),
@@ -319,20 +367,77 @@ mod tests {
         );
         let cache = dir.path().join(CACHE_FILE);
         let full = std::fs::read(&cache).unwrap();
-        assert!(read_valid_cache(dir.path(), &sha).is_some());
+        let record = read_record(dir.path()).unwrap();
+        assert_eq!(record.source_sha256, sha);
+        assert_eq!(record.source_stamp.as_deref(), st.stamp());
+        assert!(read_valid_cache(dir.path(), &record, &sha).is_some());
 
         // Other weights: stale.
-        assert!(read_valid_cache(dir.path(), "0000").is_none());
+        assert!(read_valid_cache(dir.path(), &record, "0000").is_none());
         // Truncated: rebuilt by the next load.
         std::fs::write(&cache, &full[..full.len() / 2]).unwrap();
-        assert!(read_valid_cache(dir.path(), &sha).is_none());
-        load_or_build(dir.path(), &st, &sha, &Device::Cpu).unwrap();
+        assert!(read_valid_cache(dir.path(), &record, &sha).is_none());
+        load_or_build(dir.path(), &st, &Device::Cpu).unwrap();
         assert_eq!(std::fs::read(&cache).unwrap(), full);
         // Same size, different bytes: caught by the hash.
         let mut flipped = full.clone();
         let last = flipped.len() - 40;
         flipped[last] ^= 0xff;
         std::fs::write(&cache, &flipped).unwrap();
-        assert!(read_valid_cache(dir.path(), &sha).is_none());
+        assert!(read_valid_cache(dir.path(), &record, &sha).is_none());
+    }
+
+    /// New weights renamed over the old ones are hashed and quantized
+    /// again; a record from before stamps were kept is checked by hashing
+    /// and then given the stamp.
+    #[test]
+    fn the_weights_are_hashed_again_only_when_their_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = write_safetensors(dir.path());
+        let first = load_or_build(dir.path(), &st, &Device::Cpu).unwrap();
+        let first_cache = std::fs::read(dir.path().join(CACHE_FILE)).unwrap();
+
+        let other = write_safetensors(dir.path());
+        assert_ne!(other.stamp(), st.stamp());
+        let second = load_or_build(dir.path(), &other, &Device::Cpu).unwrap();
+        let record = read_record(dir.path()).unwrap();
+        assert_eq!(record.source_sha256, other.sha256().unwrap());
+        assert_eq!(record.source_stamp.as_deref(), other.stamp());
+        assert_ne!(
+            std::fs::read(dir.path().join(CACHE_FILE)).unwrap(),
+            first_cache
+        );
+        let name = "model.decoder.layers.0.fc1.weight";
+        let values = |q: &QuantizedWeights| -> Vec<f32> {
+            q[name]
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_ne!(values(&first), values(&second), "the new weights were used");
+
+        // A record without a stamp (written by an older Murmur).
+        let mut old = record;
+        old.source_stamp = None;
+        std::fs::write(
+            dir.path().join(CACHE_RECORD),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let cache_before = std::fs::read(dir.path().join(CACHE_FILE)).unwrap();
+        load_or_build(dir.path(), &other, &Device::Cpu).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join(CACHE_FILE)).unwrap(),
+            cache_before,
+            "the cache is valid and kept"
+        );
+        assert_eq!(
+            read_record(dir.path()).unwrap().source_stamp.as_deref(),
+            other.stamp(),
+            "and its record now knows the file"
+        );
     }
 }
