@@ -257,6 +257,26 @@ impl WhisperModel {
 /// [`WhisperModel::time_window`]).
 const SQUEEZED_TIMESTAMPS_S: f64 = 4.0;
 
+/// Whether a window's timestamp tokens, at least three besides a start at
+/// 0.00, all fall on whole seconds (every 50th of Whisper's 20 ms steps).
+/// Every squeezed window seen so far wrote its timestamps on whole seconds.
+/// Some ordinary windows do too (base on the long test recording: 4 of 22,
+/// their text ending 0.5-1.1 s after the last timestamp): they cost an
+/// alignment pass each and keep their times.
+fn on_whole_seconds(window: &[WindowSegment], timestamp_begin: u32) -> bool {
+    const STEPS_PER_SECOND: u32 = 50;
+    let mut stamps = window
+        .iter()
+        .flat_map(|s| s.tokens.iter())
+        .filter(|&&t| t > timestamp_begin)
+        .map(|&t| t - timestamp_begin);
+    let mut count = 0;
+    stamps.all(|step| {
+        count += 1;
+        step % STEPS_PER_SECOND == 0
+    }) && count >= 3
+}
+
 impl WhisperModel {
     /// Times a window's segments after [`WhisperModel::split_window`], for
     /// the long-form loops: their words when `word_timestamps` asks for them
@@ -266,9 +286,13 @@ impl WhisperModel {
     /// ends more than [`SQUEEZED_TIMESTAMPS_S`] after that timestamp.
     ///
     /// That is a window whose timestamp tokens were squeezed together (a
-    /// sampled fallback, or a beam, that put a whole window's speech in its
-    /// first seconds): seeking to its last timestamp would transcribe the
-    /// rest of its speech a second time. Its segments then take their times
+    /// sampled fallback, a beam, or a greedy pass that put a whole window's
+    /// speech in its first seconds): seeking to its last timestamp would
+    /// transcribe the rest of its speech a second time. The alignment pass
+    /// costs a decoder forward over the window's text, so it runs only for
+    /// windows that are `searched` (a fallback temperature or a beam) or
+    /// whose timestamps all fall on whole seconds ([`on_whole_seconds`]),
+    /// as every squeezed window seen so far did. Its segments then take their times
     /// from their words, which are dropped again, and the caller seeks to
     /// the end of the last word as it does under word timestamps.
     ///
@@ -290,9 +314,11 @@ impl WhisperModel {
         searched: bool,
     ) -> Result<Option<(f64, Option<f64>)>, WhisperError> {
         if !word_timestamps {
-            let Some(consumed) =
-                consumed_frames.filter(|&c| searched && !single_timestamp_ending && c < frames)
-            else {
+            let Some(consumed) = consumed_frames.filter(|&c| {
+                (searched || on_whole_seconds(window, self.specials.timestamp_begin))
+                    && !single_timestamp_ending
+                    && c < frames
+            }) else {
                 return Ok(None);
             };
             let eot = self.specials.eot;
@@ -446,6 +472,35 @@ mod tests {
             end,
             probability: 0.9,
         }
+    }
+
+    #[test]
+    fn whole_second_timestamps_are_told_from_timed_ones() {
+        const TB: u32 = 50_364;
+        let window = |stamps: &[(u32, u32)]| -> Vec<WindowSegment> {
+            stamps
+                .iter()
+                .map(|&(a, b)| WindowSegment {
+                    start: 0.0,
+                    end: 0.0,
+                    tokens: vec![TB + a, 100, 200, TB + b],
+                    words: None,
+                })
+                .collect()
+        };
+        // As base wrote the call's first window: 0-1 s, 1-2 s, 2-3 s...
+        assert!(on_whole_seconds(
+            &window(&[(0, 50), (50, 100), (100, 150)]),
+            TB
+        ));
+        // Timed from the audio: 0.00-1.24, 1.50-3.00, 3.20-4.00.
+        assert!(!on_whole_seconds(
+            &window(&[(0, 62), (75, 150), (160, 200)]),
+            TB
+        ));
+        // Too few to tell: one segment 0.00-2.00 (its start does not count).
+        assert!(!on_whole_seconds(&window(&[(0, 100)]), TB));
+        assert!(!on_whole_seconds(&[], TB));
     }
 
     #[test]
