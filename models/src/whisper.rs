@@ -10,6 +10,7 @@
 //! - [`quantize`]: the int8 weights, quantized once and cached beside the
 //!   safetensors (`model.int8.gguf`, checked by sha256);
 //! - `weights_file.rs`: `model.safetensors` read tensor by tensor;
+//! - `activations.rs`: the encoder's softmax and GELU, vectorised;
 //! - `encoder.rs`: the audio encoder (stateless, shared by every job);
 //! - [`decoder`]: the text decoder layers and their key/value cache;
 //! - `decoding.rs`: one window at one temperature, language detection, and
@@ -30,6 +31,7 @@
 //! A model directory holds `model.safetensors` (HF names, see [`crate::ct2`]),
 //! `config.json` and `tokenizer.json`, as installed by [`crate::fetch`].
 
+mod activations;
 mod align;
 mod batch;
 mod compute;

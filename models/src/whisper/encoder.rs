@@ -2,15 +2,16 @@
 //! sinusoidal positions, pre-norm self-attention blocks.
 //!
 //! The same computation as candle-transformers' `AudioEncoder` (tanh GELU,
-//! keys and queries each scaled by `head_dim^-1/4`), so the float32 path
-//! gives the same numbers it did; ours because its linear layers follow the
-//! compute type (float or int8, see `compute.rs`) and its `forward` takes
+//! keys and queries each scaled by `head_dim^-1/4`), with its softmax and
+//! GELU vectorised (`activations.rs`, within 2 ulp of libm's); ours because
+//! its linear layers follow the compute type (float or int8, see `compute.rs`) and its `forward` takes
 //! `&self`: the encoder keeps no state, so one loaded model encodes for any
 //! number of jobs at once. Loads the weight names `model.encoder.*`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
+use super::activations::{gelu, softmax_last_dim};
 use super::compute::{Linear, Weights};
 use super::Config;
 
@@ -57,7 +58,7 @@ impl SelfAttention {
         let ctx = (0..self.n_head)
             .map(|h| {
                 let scores = q.narrow(1, h, 1)?.matmul(&k.narrow(1, h, 1)?)?;
-                candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.narrow(1, h, 1)?)
+                softmax_last_dim(&scores)?.matmul(&v.narrow(1, h, 1)?)
             })
             .collect::<Result<Vec<_>>>()?;
         let ctx = Tensor::cat(&ctx, 1)?.transpose(1, 2)?.flatten_from(2)?;
@@ -165,86 +166,5 @@ impl AudioEncoder {
             x = block.forward(&x)?;
         }
         self.ln_post.forward(&x)
-    }
-}
-
-/// candle's tanh GELU ([`Tensor::gelu`]), the same float32 formula, on all
-/// of rayon's threads. candle's own runs on its element-wise pool, which
-/// `murmur` keeps at the calling thread alone (see
-/// `compute::quantized_kernels_on_calling_thread`), so the encoder's GELUs
-/// (one `tanh` per value, 2.3 million per layer for tiny) ran on one core
-/// while the other waited: 8.6% of tiny.en's time. Other dtypes and
-/// devices go to candle's.
-fn gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
-        x.apply_op1_no_bwd(&ParGelu)
-    } else {
-        x.gelu()
-    }
-}
-
-/// Values per rayon task: large enough that a task's work (a few hundred
-/// microseconds of `tanh`) outweighs handing it out.
-const GELU_CHUNK: usize = 16 * 1024;
-
-struct ParGelu;
-
-impl candle_core::CustomOp1 for ParGelu {
-    fn name(&self) -> &'static str {
-        "par-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let candle_core::CpuStorage::F32(src) = storage else {
-            candle_core::bail!("par-gelu: float32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("par-gelu: contiguous input only");
-        };
-        let src = &src[start..end];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(GELU_CHUNK)
-            .zip(src.par_chunks(GELU_CHUNK))
-            .for_each(|(d, s)| {
-                for (d, &v) in d.iter_mut().zip(s) {
-                    *d = gelu_f32(v);
-                }
-            });
-        Ok((candle_core::CpuStorage::F32(dst), layout.shape().clone()))
-    }
-}
-
-/// candle's `Gelu::f32`, operation for operation (same constant, same
-/// order), so the results are bit for bit candle's.
-#[inline(always)]
-fn gelu_f32(v: f32) -> f32 {
-    #[allow(clippy::excessive_precision)]
-    const SQRT_TWO_OVER_PI: f32 = 0.79788456080286535587989211986876373;
-    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The parallel GELU gives candle's numbers bit for bit, on a tensor
-    /// large enough to be split and on a small one.
-    #[test]
-    fn parallel_gelu_is_candles() -> Result<()> {
-        for n in [1000, 3 * GELU_CHUNK + 17] {
-            let x = (Tensor::randn(0f32, 3.0, n, &Device::Cpu)? - 0.5)?;
-            let ours = gelu(&x)?.to_vec1::<f32>()?;
-            let theirs = x.gelu()?.to_vec1::<f32>()?;
-            assert!(ours
-                .iter()
-                .zip(&theirs)
-                .all(|(a, b)| a.to_bits() == b.to_bits()));
-        }
-        Ok(())
     }
 }
