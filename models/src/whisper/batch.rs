@@ -26,7 +26,7 @@ use std::ops::Range;
 use candle_core::{IndexOp, Tensor};
 
 use super::decoding::{needs_fallback, SplitMix64, WindowResult};
-use super::transcribe::{finish, reported_language, ChunkSource};
+use super::transcribe::{finish, reported_language, ChunkSource, MIN_TAIL_SAMPLES};
 use super::{DecodeOptions, Progress, WhisperError, WhisperModel};
 use crate::mel::{self, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::transcript::{LanguageCandidate, Segment, SpeechRegion, Transcript};
@@ -66,10 +66,6 @@ pub fn plan_chunks(regions: &[SpeechRegion], n_samples: usize) -> Vec<Range<usiz
     }
     out
 }
-
-/// Shortest rest of a piece decoded again after the model stopped early
-/// (1 s): less is the tail of a word or a breath.
-pub(super) const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
 
 /// Audio waiting to be decoded: a chunk, or the rest of one.
 struct Piece {

@@ -5,7 +5,6 @@
 //! applied per window. Input is a whole signal, speech regions joined
 //! (`regions.rs`), or a recording streamed twice ([`ChunkSource`]).
 
-use super::batch::MIN_TAIL_SAMPLES;
 use super::decoding::{SplitMix64, WindowResult};
 use super::guards::copies_prompt;
 use super::regions::{RegionMap, SampleSource};
@@ -554,6 +553,11 @@ type Decoded = (Option<String>, Option<Vec<LanguageCandidate>>, Vec<Segment>);
 
 /// Languages reported beside the detected one.
 const LANGUAGE_CANDIDATES: usize = 5;
+
+/// Shortest rest of audio decoded again after a window that stopped early
+/// (1 s), in both long-form loops: less is the tail of a word or a breath,
+/// and decoded alone Whisper makes words up.
+pub(super) const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
 
 /// The language a transcript reports: none when nothing was said, unless
 /// the caller named one.
