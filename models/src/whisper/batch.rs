@@ -217,11 +217,17 @@ impl WhisperModel {
                 // seeks): that rest is decoded as a piece of its own.
                 let mut consumed = split.consumed_frames.map_or(len, |f| f * HOP_LENGTH);
                 let frames = (len / HOP_LENGTH).min(N_FRAMES);
-                let searched = result.temperature > 0.0 || opts.beam_size > 1;
-                let rehear = searched
-                    && !split.single_timestamp_ending
-                    && split.consumed_frames.is_some_and(|c| c < frames);
-                if opts.word_timestamps || rehear {
+                let searched = result.searched(opts);
+                let may_be_squeezed = self
+                    .may_be_squeezed(
+                        &window,
+                        split.single_timestamp_ending,
+                        split.consumed_frames,
+                        frames,
+                        searched,
+                    )
+                    .is_some();
+                if opts.word_timestamps || may_be_squeezed {
                     let mut state = self.decoder.start(&audio.i(i..i + 1)?)?;
                     let last = &mut last_speech_timestamp[piece.chunk];
                     // Word edges are kept within the piece's own timeline.

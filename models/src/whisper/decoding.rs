@@ -24,6 +24,14 @@ pub(super) struct WindowResult {
     pub(super) looped: bool,
 }
 
+impl WindowResult {
+    /// Whether it came from a search (a fallback temperature or a beam)
+    /// rather than greedy decoding at temperature 0.
+    pub(super) fn searched(&self, opts: &DecodeOptions) -> bool {
+        self.temperature > 0.0 || opts.beam_size > 1
+    }
+}
+
 impl WhisperModel {
     /// The language tokens with their probabilities after `<|startoftranscript|>`,
     /// most likely first: a softmax over the language tokens only, as

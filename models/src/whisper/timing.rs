@@ -56,27 +56,21 @@ pub(super) struct WindowSegment {
 }
 
 impl WhisperModel {
-    /// Aligns `text_tokens` (a window's text, all its segments) with the
-    /// audio in `state` (the window's encoder output; `num_frames` mel
-    /// frames of it hold audio). `state`'s tokens are reset before and after.
-    pub(super) fn find_alignment(
+    /// The words of `text_tokens` (a window's text, all its segments) with
+    /// their times and probabilities, from their alignment with the audio
+    /// ([`WhisperModel::align_tokens`]; `sot_len` tokens before the text).
+    fn word_timings(
         &self,
-        state: &mut DecoderState,
-        sot_sequence: &[u32],
+        aligned: Aligned,
+        sot_len: usize,
         text_tokens: &[u32],
-        num_frames: usize,
         language: &str,
     ) -> Result<Vec<WordTiming>, WhisperError> {
-        let Some(Aligned { hidden, jump_times }) =
-            self.align_tokens(state, sot_sequence, text_tokens, num_frames)?
-        else {
-            return Ok(Vec::new());
-        };
+        let Aligned { hidden, jump_times } = aligned;
         let eot = self.specials.eot;
 
         // Probability of each text token among the text tokens, read at the
         // position that predicts it (the first at `<|notimestamps|>`).
-        let sot_len = sot_sequence.len();
         let n_text = text_tokens.len();
         let rows = hidden.narrow(1, sot_len, n_text)?.squeeze(0)?;
         let logits = self
@@ -218,38 +212,12 @@ fn merge_punctuations(words: &mut [WordTiming]) {
     }
 }
 
-impl WhisperModel {
-    /// Times the words of one window's segments: their text tokens aligned
-    /// to the audio in `state` ([`WhisperModel::find_alignment`] over
-    /// `frames` spectrogram frames), then openai-whisper's heuristics
-    /// ([`add_word_timestamps`]). `time_offset` is where the window starts
-    /// on the segments' timeline and `last_speech` where speech last ended
-    /// on it. Returns where speech last ended after this window, and the end
-    /// of its last word when it has words.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn time_words(
-        &self,
-        window: &mut [WindowSegment],
-        state: &mut DecoderState,
-        sot_sequence: &[u32],
-        frames: usize,
-        language: &str,
-        time_offset: f64,
-        last_speech: f64,
-    ) -> Result<(f64, Option<f64>), WhisperError> {
-        let eot = self.specials.eot;
-        let text_tokens: Vec<u32> = window
-            .iter()
-            .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
-            .collect();
-        let alignment = self.find_alignment(state, sot_sequence, &text_tokens, frames, language)?;
-        let last_speech = add_word_timestamps(window, alignment, time_offset, eot, last_speech);
-        let words_end = window
-            .iter()
-            .rev()
-            .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end));
-        Ok((last_speech, words_end))
-    }
+/// A window's text tokens, all its segments', without timestamps.
+fn text_tokens(window: &[WindowSegment], eot: u32) -> Vec<u32> {
+    window
+        .iter()
+        .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
+        .collect()
 }
 
 /// How far (seconds) the aligned text of a window may run past its last
@@ -278,26 +246,51 @@ fn on_whole_seconds(window: &[WindowSegment], timestamp_begin: u32) -> bool {
 }
 
 impl WhisperModel {
+    /// The frames a window consumed (up to its last timestamp token) if it
+    /// may have squeezed timestamps and must be aligned to tell: it would
+    /// be heard again from that timestamp (it ends on a timestamp pair
+    /// before `frames`), and it is `searched` (a fallback temperature or a
+    /// beam) or its timestamps all fall on whole seconds
+    /// ([`on_whole_seconds`]), as every squeezed window seen so far did.
+    /// The alignment costs a decoder forward over the window's text, which
+    /// is why other windows are not checked. Both long-form loops ask this.
+    pub(super) fn may_be_squeezed(
+        &self,
+        window: &[WindowSegment],
+        single_timestamp_ending: bool,
+        consumed_frames: Option<usize>,
+        frames: usize,
+        searched: bool,
+    ) -> Option<usize> {
+        consumed_frames.filter(|&c| {
+            (searched || on_whole_seconds(window, self.specials.timestamp_begin))
+                && !single_timestamp_ending
+                && c < frames
+        })
+    }
+
     /// Times a window's segments after [`WhisperModel::split_window`], for
     /// the long-form loops: their words when `word_timestamps` asks for them
-    /// (as [`WhisperModel::time_words`]); otherwise only when the window
-    /// would be heard again from its last timestamp token (it ends on a
-    /// timestamp pair before `frames`) and its text, aligned with the audio,
-    /// ends more than [`SQUEEZED_TIMESTAMPS_S`] after that timestamp.
+    /// (the window's text aligned to the audio in `state` over `frames`
+    /// spectrogram frames, then openai-whisper's heuristics,
+    /// [`add_word_timestamps`]); otherwise only when the window
+    /// [`WhisperModel::may_be_squeezed`] and its aligned text ends more
+    /// than [`SQUEEZED_TIMESTAMPS_S`] after its last timestamp token.
     ///
     /// That is a window whose timestamp tokens were squeezed together (a
     /// sampled fallback, a beam, or a greedy pass that put a whole window's
     /// speech in its first seconds): seeking to its last timestamp would
-    /// transcribe the rest of its speech a second time. The alignment pass
-    /// costs a decoder forward over the window's text, so it runs only for
-    /// windows that are `searched` (a fallback temperature or a beam) or
-    /// whose timestamps all fall on whole seconds ([`on_whole_seconds`]),
-    /// as every squeezed window seen so far did. Its segments then take their times
-    /// from their words, which are dropped again, and the caller seeks to
-    /// the end of the last word as it does under word timestamps.
+    /// transcribe the rest of its speech a second time. Its segments then
+    /// take their times from their words, which are dropped again, and the
+    /// caller seeks to the end of the last word as it does under word
+    /// timestamps. The alignment is computed once for the check and the
+    /// words.
     ///
-    /// Returns where speech last ended and where the last word ends, or
-    /// `None` when the words were not timed (the segments are unchanged).
+    /// `time_offset` is where the window starts on the segments' timeline
+    /// and `last_speech` where speech last ended on it. Returns where
+    /// speech last ended after this window and where its last word ends,
+    /// or `None` when the words were not timed (the segments are
+    /// unchanged).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn time_window(
         &self,
@@ -313,20 +306,25 @@ impl WhisperModel {
         word_timestamps: bool,
         searched: bool,
     ) -> Result<Option<(f64, Option<f64>)>, WhisperError> {
-        if !word_timestamps {
-            let Some(consumed) = consumed_frames.filter(|&c| {
-                (searched || on_whole_seconds(window, self.specials.timestamp_begin))
-                    && !single_timestamp_ending
-                    && c < frames
-            }) else {
-                return Ok(None);
-            };
-            let eot = self.specials.eot;
-            let text: Vec<u32> = window
-                .iter()
-                .flat_map(|s| s.tokens.iter().copied().filter(|&t| t < eot))
-                .collect();
-            let Some(aligned) = self.align_tokens(state, sot_sequence, &text, frames)? else {
+        let check = if word_timestamps {
+            None
+        } else {
+            match self.may_be_squeezed(
+                window,
+                single_timestamp_ending,
+                consumed_frames,
+                frames,
+                searched,
+            ) {
+                Some(consumed) => Some(consumed),
+                None => return Ok(None),
+            }
+        };
+        let eot = self.specials.eot;
+        let text = text_tokens(window, eot);
+        let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
+        if let Some(consumed) = check {
+            let Some(aligned) = &aligned else {
                 return Ok(None);
             };
             let text_end = aligned.jump_times[text.len()];
@@ -342,26 +340,26 @@ impl WhisperModel {
                 "squeezed timestamps: the window's segments are timed by their words"
             );
         }
-        let timed = self.time_words(
-            window,
-            state,
-            sot_sequence,
-            frames,
-            language,
-            time_offset,
-            last_speech,
-        )?;
+        let alignment = match aligned {
+            Some(aligned) => self.word_timings(aligned, sot_sequence.len(), &text, language)?,
+            None => Vec::new(),
+        };
+        let last_speech = add_word_timestamps(window, alignment, time_offset, eot, last_speech);
+        let words_end = window
+            .iter()
+            .rev()
+            .find_map(|s| s.words.as_ref().and_then(|w| w.last()).map(|w| w.end));
         if !word_timestamps {
             for segment in window.iter_mut() {
                 segment.words = None;
             }
         }
-        Ok(Some(timed))
+        Ok(Some((last_speech, words_end)))
     }
 }
 
 /// Places the words of `alignment` (one window's, from
-/// [`WhisperModel::find_alignment`]; times from `time_offset`) into the
+/// [`WhisperModel::word_timings`]; times from `time_offset`) into the
 /// window's `segments`, with the upstream duration heuristics: words at
 /// sentence ends no longer than twice the median word duration, the first
 /// words after a pause clamped, and segment edges taken from the words

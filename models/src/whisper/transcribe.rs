@@ -251,7 +251,7 @@ impl WhisperModel {
                 time_offset,
                 last_speech_timestamp,
                 opts.word_timestamps,
-                result.temperature > 0.0 || opts.beam_size > 1,
+                result.searched(opts),
             )? {
                 last_speech_timestamp = last_speech;
                 // Seek to the end of the last word rather than the last
