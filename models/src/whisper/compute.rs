@@ -143,18 +143,91 @@ const SPLIT_ROWS: usize = 32;
 #[derive(Debug, Clone)]
 pub(super) enum Linear {
     Float(candle_nn::Linear),
+    /// `weight` may have `pad` zero columns past the input width (see
+    /// [`widened`]), met by as many zeros appended to the input.
     Quantized {
         weight: QMatMul,
         bias: Option<Tensor>,
+        pad: usize,
     },
 }
 
 impl Linear {
     pub(super) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        let (weight, pad) = match widened(&weight)? {
+            Some((wide, pad)) => (Arc::new(wide), pad),
+            None => (weight, 0),
+        };
         Ok(Self::Quantized {
             weight: QMatMul::from_arc(weight)?,
             bias,
+            pad,
         })
+    }
+}
+
+/// candle's fastest int8 kernels (weights repacked for the CPU's 512-bit
+/// integer dot products, AVX-512 VNNI) take a product only when its input
+/// width is a multiple of this and its output width a multiple of
+/// [`PACKED_ROWS`]; other products take its generic kernels.
+pub(super) const PACKED_WIDTH: usize = 256;
+/// See [`PACKED_WIDTH`].
+pub(super) const PACKED_ROWS: usize = 16;
+
+/// A CPU `Q8_0` weight whose input width misses [`PACKED_WIDTH`] (tiny's
+/// 384), widened with zero blocks to the next multiple, and how many
+/// columns were added: the repacked kernels then take it. tiny.en's
+/// decoder spent a quarter of a long recording's time in the generic
+/// kernel, most of it computing each window's cross-attention keys and
+/// values (1,500 rows). A zero block (scale 0, values 0) is what
+/// quantizing zeros gives, so the weight's values are unchanged; the
+/// products are a third larger.
+fn widened(weight: &QTensor) -> Result<Option<(QTensor, usize)>> {
+    use candle_core::quantized::{GgmlDType, QStorage};
+    let dtype = weight.dtype();
+    let (rows, cols) = weight.shape().dims2()?;
+    let wide = cols.next_multiple_of(PACKED_WIDTH);
+    if !weight.device().is_cpu()
+        || !packed_kernels()
+        || dtype != GgmlDType::Q8_0
+        || wide == cols
+        || !rows.is_multiple_of(PACKED_ROWS)
+    {
+        return Ok(None);
+    }
+    let (block, block_bytes) = (dtype.block_size(), dtype.type_size());
+    let (row_bytes, wide_bytes) = (cols / block * block_bytes, wide / block * block_bytes);
+    let data = weight.data()?;
+    if data.len() != rows * row_bytes {
+        candle_core::bail!(
+            "quantized weight of {} bytes for {rows} x {cols}",
+            data.len()
+        );
+    }
+    let mut out = vec![0u8; rows * wide_bytes];
+    for (src, dst) in data
+        .chunks_exact(row_bytes)
+        .zip(out.chunks_exact_mut(wide_bytes))
+    {
+        dst[..row_bytes].copy_from_slice(src);
+    }
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &Device::Cpu, dtype)?;
+    Ok(Some((QTensor::new(storage, (rows, wide))?, wide - cols)))
+}
+
+/// Whether this CPU has the integer dot products candle's repacked int8
+/// kernels need (x86 with AVX-512 VNNI or AVX-VNNI, as candle checks).
+/// Elsewhere a widened weight would only make the generic kernels'
+/// products larger.
+fn packed_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -162,10 +235,15 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(x),
-            Self::Quantized { weight, bias, .. } => {
+            Self::Quantized { weight, bias, pad } => {
                 // The quantized kernels read their input as one contiguous
                 // row-major block.
-                let y = forward_split(weight, &x.contiguous()?)?;
+                let x = if *pad > 0 {
+                    x.pad_with_zeros(candle_core::D::Minus1, 0, *pad)?
+                } else {
+                    x.contiguous()?
+                };
+                let y = forward_split(weight, &x)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -417,6 +495,9 @@ mod tests {
             )?),
             Some(b),
         )?;
+        // 64 wide: widened to the repacked kernels' 256 where they run.
+        let widened = if packed_kernels() { 192 } else { 0 };
+        assert!(matches!(q, Linear::Quantized { pad, .. } if pad == widened));
         // 10 rows in one product, 64 split over threads.
         for x in [x, Tensor::randn(0f32, 1.0, (2, SPLIT_ROWS, 64), &dev)?] {
             let (a, c) = (float.forward(&x)?, q.forward(&x)?);

@@ -114,8 +114,10 @@ impl WhisperModel {
     ) -> Result<WindowResult, WhisperError> {
         let mut best: Option<WindowResult> = tried;
         for &t in temperatures {
+            let started = std::time::Instant::now();
             let result = self.decode_window(state, prompt, sot_sequence, t, opts, rng, check)?;
             tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
                 temperature = t,
                 avg_logprob = result.avg_logprob,
                 compression_ratio = result.compression_ratio,

@@ -281,8 +281,11 @@ impl WhisperModel {
 
     /// Encoder output `[1, 1500, d]` for a `[n_mels, N_FRAMES]` window.
     pub(super) fn encode(&self, window: Vec<f32>, n_mels: usize) -> Result<Tensor, WhisperError> {
+        let started = std::time::Instant::now();
         let input = Tensor::from_vec(window, (1, n_mels, N_FRAMES), &self.device)?;
-        self.encode_input(&input)
+        let encoded = self.encode_input(&input)?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "window encoded");
+        Ok(encoded)
     }
 
     /// Encoder output `[1, 1500, d]` for one 30 s log-mel window

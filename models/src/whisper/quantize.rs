@@ -31,7 +31,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::compute::QuantizedWeights;
+use super::compute::{QuantizedWeights, PACKED_ROWS, PACKED_WIDTH};
 use super::weights_file::WeightsFile;
 use super::WhisperError;
 
@@ -59,17 +59,16 @@ struct CacheRecord {
     sha256: String,
 }
 
-/// The token embedding, quantized with its rows padded (see [`PACKED_ROWS`]).
+/// The token embedding, quantized with padding. candle's fastest int8
+/// kernels need the output width to be a multiple of [`PACKED_ROWS`] and
+/// the input width a multiple of [`PACKED_WIDTH`]. The vocabularies (51,864
+/// and 51,865) are not, nor is tiny's width (384), so the output
+/// projection, the largest product of every decoding step, is padded with
+/// zero rows (whose logits are cut off again) and zero columns (met by
+/// zeros appended to the hidden state): 7x faster than float32 per step
+/// instead of no faster. The other layers are widened at load instead
+/// (`compute::widened`), which keeps the cache's layout.
 const EMBED_TOKENS: &str = "model.decoder.embed_tokens.weight";
-/// candle's fastest int8 kernels (weights repacked for the CPU's integer
-/// dot products) need the output width to be a multiple of 16 and the
-/// input width a multiple of 256. The vocabularies (51,864 and 51,865) are
-/// not, nor is tiny's width (384), so the output projection, the largest
-/// product of every decoding step, is padded with zero rows (whose logits
-/// are cut off again) and zero columns (met by zeros appended to the
-/// hidden state): 7x faster than float32 per step instead of no faster.
-const PACKED_ROWS: usize = 16;
-const PACKED_COLS: usize = 256;
 
 /// Whether the encoder's linear layers are quantized too. Measured on a
 /// 2-core AVX-512 VNNI CPU (docs/models.md, "Compute types"): the encoder
@@ -213,7 +212,7 @@ fn quantize(safetensors: &[u8]) -> candle_core::Result<Vec<u8>> {
             let mut t = tensors[*n].to_dtype(DType::F32)?;
             if n.as_str() == EMBED_TOKENS {
                 t = pad_rows(&t, PACKED_ROWS)?;
-                t = pad_rows(&t.t()?, PACKED_COLS)?.t()?.contiguous()?;
+                t = pad_rows(&t.t()?, PACKED_WIDTH)?.t()?.contiguous()?;
             }
             QTensor::quantize(&t, DTYPE)
         })
