@@ -236,14 +236,7 @@ impl Module for Linear {
         match self {
             Self::Float(l) => l.forward(x),
             Self::Quantized { weight, bias, pad } => {
-                // The quantized kernels read their input as one contiguous
-                // row-major block.
-                let x = if *pad > 0 {
-                    x.pad_with_zeros(candle_core::D::Minus1, 0, *pad)?
-                } else {
-                    x.contiguous()?
-                };
-                let y = forward_split(weight, &x)?;
+                let y = forward_split(weight, &with_zero_columns(x, *pad)?)?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -251,6 +244,14 @@ impl Module for Linear {
             }
         }
     }
+}
+
+/// What a quantized product reads: `x` as one contiguous row-major block,
+/// with `pad` zero columns appended to meet a weight's zero columns (a
+/// widened layer's, [`widened`], or the padded token embedding's).
+fn with_zero_columns(x: &Tensor, pad: usize) -> Result<Tensor> {
+    x.pad_with_zeros(candle_core::D::Minus1, 0, pad)?
+        .contiguous()
 }
 
 /// `weight` applied to the contiguous `x` (`[..., k]`), its rows split
@@ -332,14 +333,8 @@ impl TokenEmbedding {
                 vocab,
                 d,
             } => {
-                let (n, cols) = (hidden.dim(0)?, table.shape().dims2()?.1);
-                let hidden = if cols == *d {
-                    hidden.contiguous()?
-                } else {
-                    let zeros = Tensor::zeros((n, cols - d), hidden.dtype(), hidden.device())?;
-                    Tensor::cat(&[hidden, &zeros], 1)?
-                };
-                let logits = projection.forward(&hidden)?;
+                let cols = table.shape().dims2()?.1;
+                let logits = projection.forward(&with_zero_columns(hidden, cols - d)?)?;
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {
