@@ -254,14 +254,32 @@ async fn an_openai_request_whose_client_hangs_up_leaves_no_upload() {
     let form = reqwest::multipart::Form::new()
         .part("file", part)
         .text("model", "tiny.en");
-    let gone = a
+    // The client hangs up once its job is listed (not after a fixed time,
+    // which a slow machine may spend uploading).
+    let request = a
         .client
         .request(reqwest::Method::POST, "/v1/audio/transcriptions")
         .multipart(form)
-        .timeout(std::time::Duration::from_millis(400))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the job should outlast the client: {gone:?}");
+        .send();
+    let request = tokio::spawn(request);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let jobs = a.client.get("/v1/jobs").await.expect(200);
+        if !jobs["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            !request.is_finished(),
+            "the request ended before its job was listed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no job was listed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    request.abort();
+    assert!(
+        request.await.is_err_and(|e| e.is_cancelled()),
+        "the job should outlast the client"
+    );
     // The job was submitted and runs to its end without the client.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let job = loop {
@@ -291,4 +309,68 @@ async fn an_openai_request_whose_client_hangs_up_leaves_no_upload() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(common::files_under(&server.data_dir.join("files").join(&a.id)).is_empty());
+}
+
+/// A client that hangs up after its file part, before the rest of the form,
+/// leaves no upload and no job (the file was stored when it went).
+#[tokio::test]
+async fn a_client_that_hangs_up_after_the_file_part_leaves_no_upload() {
+    use std::io::Write;
+    setup();
+    let server = Server::start();
+    let a = signup(&server, "Acme").await;
+    let token = a.client.token.clone().unwrap();
+    let jfk = std::fs::read(murmur_models::testaudio::jfk().expect("fetch jfk.wav")).unwrap();
+    let boundary = "murmur-hangs-up";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+         filename=\"jfk.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&jfk);
+    // The next part begins and the client goes: the file part is whole.
+    body.extend_from_slice(
+        format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nti")
+            .as_bytes(),
+    );
+    let head = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: murmur\r\n\
+         Authorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len() + 4096
+    );
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    // The file part is stored (listed) while the request waits for more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let files = a.client.get("/v1/files").await.expect(200);
+        if files["items"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file part was not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let files = a.client.get("/v1/files").await.expect(200);
+        let on_disk = common::files_under(&server.data_dir.join("files").join(&a.id));
+        if files["items"].as_array().unwrap().is_empty() && on_disk.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload outlived its request: {files} {on_disk:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let jobs = a.client.get("/v1/jobs").await.expect(200);
+    assert_eq!(jobs["items"], serde_json::json!([]), "{jobs}");
 }

@@ -29,6 +29,7 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
+use super::pending::PendingUpload;
 use super::{
     auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState, Caller,
 };
@@ -282,7 +283,8 @@ async fn upload(
         form,
     )
     .await?;
-    let (record, _fields) = receive_form(&state, &caller, content_length, form, &[]).await?;
+    let (upload, _fields) = receive_form(&state, &caller, content_length, form, &[]).await?;
+    let record = upload.keep();
     Ok(tag_tenant(
         json_reply(StatusCode::CREATED, &file_view(&record)),
         &caller,
@@ -300,14 +302,15 @@ pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 /// arrive, probed as audio, renamed into place, recorded); its other parts,
 /// which must be named in `text_fields`, each at most once (an array field,
 /// named `...[]`, may repeat: its values are joined with commas), are
-/// answered as text. Any failure leaves no file and no row.
+/// answered as text. Any failure leaves no file and no row, and so does a
+/// request dropped before it keeps the upload (see [`PendingUpload`]).
 pub async fn receive_form(
     state: &AppState,
     caller: &Caller,
     content_length: Option<u64>,
     mut form: FormData,
     text_fields: &[&str],
-) -> Result<(FileRecord, HashMap<String, String>), ApiError> {
+) -> Result<(PendingUpload, HashMap<String, String>), ApiError> {
     let tier = &caller.tier;
     if content_length.is_some_and(|len| len > tier.max_file_bytes.saturating_add(MULTIPART_SLACK)) {
         // Refuse before storing a byte: the client said how much is coming.
@@ -315,7 +318,7 @@ pub async fn receive_form(
         return Err(too_large(tier.max_file_bytes, &tier.name));
     }
     let mut fields: HashMap<String, String> = HashMap::new();
-    let mut stored: Option<FileRecord> = None;
+    let mut stored: Option<PendingUpload> = None;
     let outcome: Result<(), ApiError> = async {
         let mut parts = 0;
         let mut text_left = MAX_TEXT_BYTES;
@@ -335,7 +338,8 @@ pub async fn receive_form(
                         "send one field named \"file\", not several",
                     ));
                 }
-                stored = Some(store_part(state, caller, content_length, part).await?);
+                let record = store_part(state, caller, content_length, part).await?;
+                stored = Some(PendingUpload::new(state, caller.tenant_id(), record));
             } else if !text_fields.contains(&name.as_str()) {
                 return Err(unknown_field(&name, text_fields));
             } else if name.ends_with("[]") && fields.contains_key(&name) {
@@ -366,11 +370,8 @@ pub async fn receive_form(
             "the multipart body has no field named \"file\"",
         )),
         (Err(e), stored) => {
-            if let Some(record) = stored {
-                let _ = state
-                    .store
-                    .delete_file(caller.tenant_id(), &record.id)
-                    .await;
+            if let Some(mut upload) = stored {
+                upload.delete().await;
             }
             // Let the client finish sending so it reads the answer.
             drain(form, DRAIN_BUDGET).await;

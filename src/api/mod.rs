@@ -16,6 +16,7 @@ mod keys;
 mod models;
 mod openai;
 mod ops;
+mod pending;
 mod session;
 mod tenant;
 pub mod url_input;

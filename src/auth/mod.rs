@@ -13,6 +13,7 @@ use crate::billing::Tier;
 use crate::store::{Tenant, TenantId};
 
 /// A verified caller with its tenant's current row and tier.
+#[derive(Clone)]
 pub struct Caller {
     pub principal: Principal,
     pub tenant: Tenant,

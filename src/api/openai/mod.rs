@@ -28,7 +28,6 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use super::files::{authenticate_upload, multipart_form, receive_form};
-use super::jobs::submit_job;
 use super::{auth_header, json_reply, op, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{JobStatus, Role};
 
@@ -72,62 +71,6 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     transcriptions.or(translations).unify().boxed()
 }
 
-/// Deletes an OpenAI-endpoint upload once its job has ended, when the
-/// request ends before the job does: dropped with the request's future
-/// (the client disconnected) or left on an early answer. The task belongs
-/// to the server's background tracker and stops at shutdown (the file is
-/// then left to the tier's retention).
-struct UploadCleanup {
-    state: AppState,
-    tenant: crate::store::TenantId,
-    file_id: String,
-    job_id: String,
-    armed: bool,
-}
-
-impl Drop for UploadCleanup {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (state, tenant) = (self.state.clone(), self.tenant.clone());
-        let (file_id, job_id) = (self.file_id.clone(), self.job_id.clone());
-        self.state.background.spawn(async move {
-            loop {
-                match state.store.job(&tenant, &job_id) {
-                    Ok(Some(j)) if !j.status.is_finished() => {}
-                    _ => break,
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = state.stopping.cancelled() => return,
-                }
-            }
-            if let Err(e) = state.store.delete_file(&tenant, &file_id).await {
-                tracing::warn!(error = %e, file = %file_id, "could not remove an OpenAI-endpoint upload");
-            }
-        });
-    }
-}
-
-/// Deletes `file_id` once `job_id` has ended (in the background; see
-/// [`UploadCleanup`]): for compatibility routes whose uploads, as at the
-/// services they mimic, are not kept.
-pub(super) fn delete_upload_when_done(
-    state: &AppState,
-    tenant: &crate::store::TenantId,
-    file_id: &str,
-    job_id: &str,
-) {
-    drop(UploadCleanup {
-        state: state.clone(),
-        tenant: tenant.clone(),
-        file_id: file_id.to_string(),
-        job_id: job_id.to_string(),
-        armed: true,
-    });
-}
-
 /// Errors carry OpenAI's `error` object beside the problem fields.
 fn openai_respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_openai_response)
@@ -147,33 +90,29 @@ async fn speech(
         form,
     )
     .await?;
-    let (file, fields) = receive_form(&state, &caller, content_length, form, OPENAI_FIELDS).await?;
-    let submitted = async {
+    let (mut upload, fields) =
+        receive_form(&state, &caller, content_length, form, OPENAI_FIELDS).await?;
+    let settings = async {
         let format = response_format(&fields)?;
         let streaming = streaming(&fields, task, format)?;
         let params = job_params(&state, &fields, task, format)?;
-        let job = submit_job(&state, &caller, &file.id, None, &params, None).await?;
-        Ok::<_, ApiError>((format, streaming, job))
+        Ok::<_, ApiError>((format, streaming, params))
     }
     .await;
-    let (format, streaming, job) = match submitted {
+    let (format, streaming, params) = match settings {
         Ok(ok) => ok,
         Err(e) => {
-            // Refused (bad fields, a gate): keep nothing of the request.
-            let _ = state.store.delete_file(caller.tenant_id(), &file.id).await;
+            // Refused (bad fields): keep nothing of the request.
+            upload.delete().await;
             return Err(e);
         }
     };
-    let mut cleanup = UploadCleanup {
-        state: state.clone(),
-        tenant: caller.tenant_id().clone(),
-        file_id: file.id.clone(),
-        job_id: job.id.clone(),
-        armed: true,
-    };
+    // A refused job (a gate) deletes the upload; an accepted one keeps it
+    // until the job ends, also if this request ends first.
+    let (job, mut upload) = upload.submit(&caller, &params).await?;
     if streaming {
         let tenant = caller.tenant_id().clone();
-        let events = stream::transcript_events(state.clone(), tenant, job.id.clone(), cleanup);
+        let events = stream::transcript_events(state.clone(), tenant, job.id.clone(), upload);
         return Ok(tag_tenant(events, &caller));
     }
     let started = std::time::Instant::now();
@@ -194,10 +133,7 @@ async fn speech(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // The job's result is stored with the job; the audio is not needed.
-    cleanup.armed = false;
-    if let Err(e) = state.store.delete_file(caller.tenant_id(), &file.id).await {
-        tracing::warn!(error = %e, file = %file.id, "could not remove an OpenAI-endpoint upload");
-    }
+    upload.delete().await;
     if job.status != JobStatus::Completed {
         let detail = job
             .error

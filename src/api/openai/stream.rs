@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use warp::http::{header, HeaderValue};
 use warp::reply::Response;
 
-use super::UploadCleanup;
+use crate::api::pending::PendingUpload;
 use crate::api::AppState;
 use crate::store::{Job, JobStatus, TenantId};
 
@@ -38,13 +38,13 @@ pub(super) fn transcript_events(
     state: AppState,
     tenant: TenantId,
     job_id: String,
-    cleanup: UploadCleanup,
+    upload: PendingUpload,
 ) -> Response {
     let follow = Follow {
         state,
         tenant,
         job_id,
-        cleanup,
+        upload,
         sent: 0,
         text_sent: false,
         phase: Phase::Running,
@@ -79,8 +79,8 @@ struct Follow {
     state: AppState,
     tenant: TenantId,
     job_id: String,
-    /// Deletes the upload if the stream is dropped before the job ends.
-    cleanup: UploadCleanup,
+    /// Deleted when the job ends, or after, if the stream is dropped first.
+    upload: PendingUpload,
     /// Segments already sent as deltas.
     sent: usize,
     /// Whether any text went out yet.
@@ -198,11 +198,7 @@ impl Follow {
 
     /// The closing event of an ended job; the upload is deleted first.
     async fn close(&mut self, job: Job) -> Bytes {
-        self.cleanup.armed = false;
-        let file_id = &self.cleanup.file_id;
-        if let Err(e) = self.state.store.delete_file(&self.tenant, file_id).await {
-            tracing::warn!(error = %e, file = %file_id, "could not remove an OpenAI-endpoint upload");
-        }
+        self.upload.delete().await;
         if job.status != JobStatus::Completed {
             let detail = job
                 .error

@@ -6,10 +6,10 @@
 //! Each submission is a Murmur job of the caller's tenant and tier: the
 //! upload goes through [`files::receive_form`] (sealed at rest, size and
 //! storage limits as bytes arrive) and the job through
-//! [`jobs::submit_job`] (every gate, quota and error of `/v1/jobs`). A
+//! [`submit_job`](super::jobs::submit_job) (every gate, quota and error of `/v1/jobs`). A
 //! task's identifier is the job's id, so the job is also under `/v1/jobs`.
 //! As at that backend, the upload is not kept: it is deleted once its job
-//! ends.
+//! ends ([`PendingUpload`](super::pending::PendingUpload)).
 //!
 //! What maps and what does not is in `params.rs` and docs/API.md,
 //! "Whisper-WebUI compatibility". Errors are Murmur's problem bodies, whose
@@ -28,7 +28,6 @@ use warp::Filter;
 
 use self::params::Route;
 use super::files::{self, authenticate_upload, multipart_form, receive_form};
-use super::jobs::submit_job;
 use super::{auth_header, json_reply, op, respond, tag_tenant, with_state, ApiError, AppState};
 use crate::store::{Job, JobStatus, Role};
 
@@ -110,15 +109,9 @@ async fn submit(
         }
     };
     // The file is the only part that backend reads from the body.
-    let (file, _) = receive_form(&state, &caller, content_length, form, &[]).await?;
-    let job = match submit_job(&state, &caller, &file.id, None, &mapped.params, None).await {
-        Ok(job) => job,
-        Err(e) => {
-            let _ = state.store.delete_file(caller.tenant_id(), &file.id).await;
-            return Err(e);
-        }
-    };
-    super::openai::delete_upload_when_done(&state, caller.tenant_id(), &file.id, &job.id);
+    // That backend keeps no upload: it goes once the job ends.
+    let (upload, _) = receive_form(&state, &caller, content_length, form, &[]).await?;
+    let (job, _upload) = upload.submit(&caller, &mapped.params).await?;
     let mut message = queued_message(route).to_string();
     if !mapped.notes.is_empty() {
         message.push_str("; not applied as asked: ");
