@@ -39,10 +39,6 @@ impl PendingUpload {
         }
     }
 
-    pub fn file(&self) -> &FileRecord {
-        &self.file
-    }
-
     /// The upload stays, as a tenant's file.
     pub fn keep(mut self) -> FileRecord {
         self.armed = false;
