@@ -207,9 +207,6 @@ impl DecoderState {
         if current == rows.len() && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok(());
         }
-        let Some((first, _)) = self.cross_kv.first() else {
-            return Ok(());
-        };
         if self.self_kv.iter().any(Option::is_some) {
             // A selection after a selection: row i is what `rows[i]` was
             // to become.
@@ -219,9 +216,11 @@ impl DecoderState {
             };
             self.pending_rows = Some(composed);
         }
-        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let ids = Tensor::from_vec(ids, rows.len(), first.device())?;
         if per_row_audio {
+            // Each sequence's own window: gathered now (only the
+            // self-attention caches wait for the step).
+            let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let ids = Tensor::from_vec(ids, rows.len(), self.cross_kv[0].0.device())?;
             for (k, v) in &mut self.cross_kv {
                 *k = k.index_select(&ids, 0)?;
                 *v = v.index_select(&ids, 0)?;
