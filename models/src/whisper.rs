@@ -39,6 +39,7 @@ pub mod decoder;
 mod decoding;
 mod encoder;
 mod filters;
+mod gemm_i8;
 mod guards;
 mod model;
 pub mod quantize;

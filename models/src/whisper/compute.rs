@@ -10,9 +10,12 @@
 //!   are 8-bit blocks with one scale per 32 values (ggml's `Q8_0`), multiplied
 //!   by candle's quantized kernels, which quantize the activations on the fly
 //!   and use the CPU's integer dot products (AVX-VNNI, AVX-512 VNNI, NEON
-//!   dot). Everything else (convolutions, layer norms, position embeddings,
-//!   biases, attention over the audio) stays float32. The quantized weights
-//!   come from `quantize.rs`'s cache.
+//!   dot). The quantized weights come from `quantize.rs`'s cache. On a CPU
+//!   with AVX-512 VNNI the encoder's linear layers are int8 too, quantized
+//!   per output channel at load and multiplied by `gemm_i8.rs` (1,500 rows
+//!   per window, where candle's int8 kernels are no faster than float32).
+//!   Everything else (convolutions, layer norms, position embeddings,
+//!   biases, attention over the audio) stays float32.
 //!
 //! Limits: `int8` activations stay float32 on every device (faster-whisper's
 //! `int8_float16` on a GPU is not offered).
@@ -23,6 +26,8 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
+
+use super::gemm_i8::{self, PackedI8};
 
 /// A model's compute type; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -143,6 +148,12 @@ const SPLIT_ROWS: usize = 32;
 #[derive(Debug, Clone)]
 pub(super) enum Linear {
     Float(candle_nn::Linear),
+    /// int8 weights quantized per output channel, for products of many
+    /// rows (the encoder's; see `gemm_i8.rs`).
+    Rows {
+        weight: Arc<PackedI8>,
+        bias: Option<Vec<f32>>,
+    },
     /// `weight` may have `pad` zero columns past the input width (see
     /// [`widened`]), met by as many zeros appended to the input.
     Quantized {
@@ -235,6 +246,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(x),
+            Self::Rows { weight, bias } => weight.forward(x, bias.as_deref()),
             Self::Quantized { weight, bias, pad } => {
                 let y = forward_split(weight, &with_zero_columns(x, *pad)?)?;
                 match bias {
@@ -362,17 +374,39 @@ pub(super) type QuantizedWeights = HashMap<String, Arc<QTensor>>;
 pub(super) struct Weights {
     vb: VarBuilder<'static>,
     quantized: Option<Arc<QuantizedWeights>>,
+    /// Float linear weights are quantized per output channel at load, for
+    /// [`Linear::Rows`]; see [`Weights::with_int8_rows`].
+    int8_rows: bool,
 }
 
 impl Weights {
     pub(super) fn new(vb: VarBuilder<'static>, quantized: Option<Arc<QuantizedWeights>>) -> Self {
-        Self { vb, quantized }
+        Self {
+            vb,
+            quantized,
+            int8_rows: false,
+        }
     }
 
     pub(super) fn pp(&self, name: impl ToString) -> Self {
         Self {
             vb: self.vb.pp(name),
             quantized: self.quantized.clone(),
+            int8_rows: self.int8_rows,
+        }
+    }
+
+    /// These weights, with their float linear layers (those without a
+    /// cached quantized weight) quantized to int8 per output channel at
+    /// load and multiplied by `gemm_i8.rs`, when the device is this CPU and
+    /// the CPU has the instructions; otherwise unchanged. For layers that
+    /// multiply many rows at a time (the encoder's 1,500 per window).
+    pub(super) fn with_int8_rows(&self) -> Self {
+        Self {
+            int8_rows: self.vb.device().is_cpu()
+                && self.vb.dtype() == DType::F32
+                && gemm_i8::available(),
+            ..self.clone()
         }
     }
 
@@ -412,6 +446,10 @@ impl Weights {
                 }
                 Linear::quantized(w, b)
             }
+            None if self.int8_rows && gemm_i8::fits(d_out, d_in) => Ok(Linear::Rows {
+                weight: Arc::new(PackedI8::new(&self.vb.get((d_out, d_in), "weight")?)?),
+                bias: b.map(|b| b.to_vec1::<f32>()).transpose()?,
+            }),
             None => Ok(Linear::Float(candle_nn::Linear::new(
                 self.vb.get((d_out, d_in), "weight")?,
                 b,

@@ -241,7 +241,14 @@ impl WhisperModel {
             detail: e.to_string(),
         };
         let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
-        let encoder = AudioEncoder::load(config, weights.pp("model.encoder")).map_err(bad)?;
+        // int8's encoder multiplies 1,500 rows per window: its weights are
+        // quantized per output channel here, as CTranslate2's are (see
+        // gemm_i8.rs), where the CPU has the instructions for it.
+        let encoder_weights = match compute_type {
+            ComputeType::Int8 => weights.pp("model.encoder").with_int8_rows(),
+            ComputeType::F16 | ComputeType::F32 => weights.pp("model.encoder"),
+        };
+        let encoder = AudioEncoder::load(config, encoder_weights).map_err(bad)?;
         let decoder = TextDecoder::load(config, weights.pp("model.decoder")).map_err(bad)?;
         Ok((encoder, decoder))
     }
