@@ -24,7 +24,11 @@ pub(super) fn compression_ratio(text: &str) -> f64 {
 /// one token, 8 for two, 4 for longer blocks), or their last
 /// [`PROMPT_COPY_TOKENS`] tokens already appeared earlier in the window (a
 /// whole sentence said twice, typically with new timestamps: Whisper
-/// re-reading itself). Returns where to cut `tokens` so one copy is kept.
+/// re-reading itself), or their last [`THRICE_TOKENS`] already appeared
+/// twice (a short sentence said three times, other words between the
+/// copies: base, int8, on the test call, wrote "I don't hear that in New
+/// Jersey now." three times with "Oh," before the second). Returns where
+/// to cut `tokens` so one copy is kept.
 pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<usize> {
     let text: Vec<(usize, u32)> = tokens
         .iter()
@@ -52,21 +56,29 @@ pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<usize> {
             return Some(tail[p - 1].0 + 1);
         }
     }
-    let k = PROMPT_COPY_TOKENS;
-    if n > k {
+    for (k, copies) in [(PROMPT_COPY_TOKENS, 1), (THRICE_TOKENS, 2)] {
+        if n <= k {
+            continue;
+        }
         let tail = &text[n - k..];
-        let earlier = (0..n - k).any(|start| {
-            text[start..start + k]
-                .iter()
-                .zip(tail)
-                .all(|(a, b)| a.1 == b.1)
-        });
-        if earlier {
+        let earlier = (0..n - k)
+            .filter(|&start| {
+                text[start..start + k]
+                    .iter()
+                    .zip(tail)
+                    .all(|(a, b)| a.1 == b.1)
+            })
+            .count();
+        if earlier >= copies {
             return Some(tail[0].0);
         }
     }
     None
 }
+
+/// Length of a run of text tokens that, said a third time in one window,
+/// counts as a loop (about six words).
+const THRICE_TOKENS: usize = 8;
 
 /// Whether the text tokens of `tokens` repeat a run of at least
 /// [`PROMPT_COPY_TOKENS`] consecutive text tokens of `prompt`.
@@ -121,6 +133,19 @@ mod tests {
         tokens.extend(&sentence[..12]);
         let cut = repetition_loop(&tokens, ts).expect("repeat");
         assert_eq!(cut, second);
+
+        // A sentence of 8 tokens said three times, other tokens between:
+        // the third copy is the loop; twice is not.
+        let short: Vec<u32> = (300..308).collect();
+        let mut tokens = vec![1, 2];
+        tokens.extend(&short);
+        tokens.extend([ts + 20, 7]);
+        tokens.extend(&short);
+        assert_eq!(repetition_loop(&tokens, ts), None);
+        tokens.push(ts + 40);
+        let third = tokens.len();
+        tokens.extend(&short);
+        assert_eq!(repetition_loop(&tokens, ts), Some(third));
     }
 
     #[test]

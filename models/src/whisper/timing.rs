@@ -358,6 +358,24 @@ impl WhisperModel {
     }
 }
 
+impl WhisperModel {
+    /// Where a window's text ends in its audio, in seconds from the
+    /// window's start: its text aligned to the audio in `state` over
+    /// `frames` spectrogram frames (a decoder forward over the text, as for
+    /// word timestamps). `None` when it cannot be aligned.
+    pub(super) fn aligned_text_end(
+        &self,
+        window: &[WindowSegment],
+        state: &mut DecoderState,
+        sot_sequence: &[u32],
+        frames: usize,
+    ) -> Result<Option<f64>, WhisperError> {
+        let text = text_tokens(window, self.specials.eot);
+        let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
+        Ok(aligned.map(|a| a.jump_times[text.len()]))
+    }
+}
+
 /// Places the words of `alignment` (one window's, from
 /// [`WhisperModel::word_timings`]; times from `time_offset`) into the
 /// window's `segments`, with the upstream duration heuristics: words at

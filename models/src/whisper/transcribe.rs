@@ -163,6 +163,8 @@ impl WhisperModel {
         let mut last_speech_timestamp = 0.0;
         // The last window's words moved `seek` to where its text ends.
         let mut seek_by_words = false;
+        // The last window stopped short and this one hears its rest.
+        let mut hearing_rest = false;
         while seek < content_frames {
             // What is left after the last word of a window that reached
             // near the end is the tail of a word or a breath, as in the
@@ -171,6 +173,8 @@ impl WhisperModel {
                 break;
             }
             seek_by_words = false;
+            let rest_of_stopped = std::mem::take(&mut hearing_rest);
+            let window_start = seek;
             let time_offset = seek as f64 * frame_s;
             if !on_progress(Progress {
                 processed_s: to_original(time_offset, false),
@@ -263,6 +267,34 @@ impl WhisperModel {
                         seek_by_words = true;
                     }
                     last_speech_timestamp = end;
+                }
+            }
+
+            // A window whose text stops well before its end would be
+            // skipped whole: the rest of it is heard as the next window,
+            // from where the text ends in the audio (its timestamps may end
+            // earlier). Not the last window: what follows its text is the
+            // recording's end, where a second hearing makes words up
+            // ("Thank you." after a speech over music). And once: the
+            // rest's own window is skipped as usual.
+            let more_follows = window_start + segment_size < content_frames;
+            if !seek_by_words && !rest_of_stopped && more_follows {
+                let stamped_end = window.last().map(|s| s.end - time_offset);
+                if stopped_short(split.consumed_frames, stamped_end, segment_duration).is_some() {
+                    let text_end =
+                        self.aligned_text_end(&window, &mut state, &sot_sequence, segment_size)?;
+                    tracing::debug!(
+                        window_start = time_offset,
+                        stamped_end,
+                        text_end,
+                        "the window's text stopped short"
+                    );
+                    if let Some(frames) =
+                        stopped_short(split.consumed_frames, text_end, segment_duration)
+                    {
+                        seek = window_start + frames;
+                        hearing_rest = true;
+                    }
                 }
             }
 
@@ -559,6 +591,36 @@ const LANGUAGE_CANDIDATES: usize = 5;
 /// and decoded alone Whisper makes words up.
 pub(super) const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
 
+/// How much of a window may follow its text and still be skipped with it.
+const STOPPED_SHORT_S: f64 = 5.0;
+
+/// Where a window that would be skipped whole (it ended on a single
+/// timestamp, or had no timestamp pair: `consumed_frames` is `None`) goes
+/// on from, when its text ends `text_end` seconds into it and that is
+/// [`STOPPED_SHORT_S`] or more before its `duration`: the text's end, in
+/// frames from the window's start; `None` to skip the window as openai-whisper
+/// and faster-whisper do.
+///
+/// The model ends a window early when it hears nothing more, and sometimes
+/// when there is: base, int8, on a recording of read prose, ended a window
+/// after "should do this." (1.5 s) and the loop skipped the other 28 s of
+/// speech. Heard again as the next window, the rest is transcribed, or, if
+/// it is silence, skipped by the no-speech check at the cost of one more
+/// window. The loop asks with the last timestamp first, then with where
+/// the aligned text ends: a timestamp that ends before the speech it
+/// closes would have the next window hear that speech again. It does not
+/// ask for the last window, nor for a window that is itself such a rest.
+fn stopped_short(
+    consumed_frames: Option<usize>,
+    text_end: Option<f64>,
+    duration: f64,
+) -> Option<usize> {
+    let end = text_end?;
+    let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
+    (consumed_frames.is_none() && end > 0.0 && duration - end >= STOPPED_SHORT_S)
+        .then(|| (end / frame_s).round() as usize)
+}
+
 /// The language a transcript reports: none when nothing was said, unless
 /// the caller named one.
 pub(super) fn reported_language(
@@ -601,4 +663,24 @@ pub(super) fn finish(
 
 fn round_ms(t: f64) -> f64 {
     (t * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_that_stops_short_is_heard_again_from_its_text_end() {
+        // Ended on a single timestamp 1.5 s into a full window: go on from
+        // there (150 frames of 10 ms).
+        assert_eq!(stopped_short(None, Some(1.5), 30.0), Some(150));
+        // A last, partial window too.
+        assert_eq!(stopped_short(None, Some(2.0), 12.0), Some(200));
+        // Text to within 5 s of the end, none at all, or a timestamp pair
+        // (the loop seeks to it already): skipped or seeked as before.
+        assert_eq!(stopped_short(None, Some(25.5), 30.0), None);
+        assert_eq!(stopped_short(None, None, 30.0), None);
+        assert_eq!(stopped_short(None, Some(0.0), 30.0), None);
+        assert_eq!(stopped_short(Some(150), Some(1.5), 30.0), None);
+    }
 }
