@@ -57,6 +57,11 @@ pub struct TranscribeArgs {
     /// `models.compute_type`.
     #[arg(long)]
     compute_type: Option<String>,
+    /// Under int8, the encoder's linear layers in int8 too, on a CPU with
+    /// AVX-512 VNNI: faster, a little less accurate (docs/models.md).
+    /// Overrides `models.int8_encoder`.
+    #[arg(long)]
+    int8_encoder: bool,
     /// Decode by faster-whisper's rules alone, without Murmur's repetition
     /// guard (for comparing the two).
     #[arg(long)]
@@ -161,6 +166,7 @@ async fn run_engine(
             max_loaded_models: 1,
             fetch_missing: true,
             compute_type,
+            int8_encoder: settings.models.int8_encoder,
         },
         device,
     ));
@@ -215,6 +221,9 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     let mut settings = settings.clone();
     if let Some(compute_type) = &args.compute_type {
         settings.models.compute_type = compute_type.clone();
+    }
+    if args.int8_encoder {
+        settings.models.int8_encoder = true;
     }
     let settings = &settings;
     let subtitles = SubtitleOptions {

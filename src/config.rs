@@ -129,6 +129,9 @@ pub struct ModelSettings {
     pub device: String,
     /// `int8`, `f16`, `f32` or `default`; see [`Settings::compute_type`].
     pub compute_type: String,
+    /// Under `int8` on a CPU with AVX-512 VNNI, the encoder's linear layers
+    /// in int8 too (docs/models.md, "The encoder in int8").
+    pub int8_encoder: bool,
     pub default_model: String,
     pub workers: usize,
     pub max_loaded_models: usize,

@@ -33,6 +33,7 @@ pub fn engines(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
             max_loaded_models: settings.models.max_loaded_models,
             fetch_missing: settings.models.fetch_missing,
             compute_type,
+            int8_encoder: settings.models.int8_encoder,
         },
         device,
     )));

@@ -86,6 +86,9 @@ pub struct ModelEngineConfig {
     /// How Whisper weights are stored and multiplied on this device
     /// (`models.compute_type`).
     pub compute_type: ComputeType,
+    /// Under `int8`, the encoder's linear layers in int8 too where the CPU
+    /// can (`models.int8_encoder`; `WhisperModel::load_with`).
+    pub int8_encoder: bool,
 }
 
 /// A loaded Whisper model, shared by every job that uses it at the same
@@ -190,8 +193,13 @@ impl ModelEngine {
             return Ok(model);
         }
         let dir = self.model_dir(name)?;
-        let model = WhisperModel::load_as(&dir, &self.device, self.config.compute_type)
-            .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
+        let model = WhisperModel::load_with(
+            &dir,
+            &self.device,
+            self.config.compute_type,
+            self.config.int8_encoder,
+        )
+        .map_err(|e| WorkError::Transient(format!("cannot load model {name}: {e}")))?;
         let model = Arc::new(model);
         let mut cache = lock(&self.whisper);
         while cache.len() >= self.config.max_loaded_models.max(1) {

@@ -75,6 +75,7 @@ fn engine_over(dir: &Path, models: &Path) -> ModelEngine {
             max_loaded_models: 1,
             fetch_missing: false,
             compute_type: ComputeType::F32,
+            int8_encoder: false,
         },
         Device::Cpu,
     )

@@ -10,7 +10,11 @@
 //! type at a time (`--compute int8`) under `/usr/bin/time -v`.
 //!
 //! Usage: bench_compute [--runs N] [--models tiny.en,base]
-//! [--compute f32,int8] [--beam N] [--clips jfk,call]
+//! [--compute f32,int8] [--beam N] [--clips jfk,call] [--int8-encoder]
+//!
+//! `--int8-encoder` loads int8 with the encoder's linear layers in int8
+//! (`models.int8_encoder`; on a CPU without AVX-512 VNNI it says so and
+//! the encoder stays float32).
 
 use std::time::Instant;
 
@@ -31,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut computes = vec![ComputeType::F32, ComputeType::Int8];
     let mut beam = 1usize;
     let mut clips = vec!["jfk".to_string(), "call".to_string()];
+    let mut int8_encoder = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -45,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--beam" => beam = value()?.parse()?,
             "--clips" => clips = value()?.split(',').map(str::to_string).collect(),
+            "--int8-encoder" => int8_encoder = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -74,7 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|&c| {
                 let t0 = Instant::now();
-                let m = WhisperModel::load_as(&dir, &candle_core::Device::Cpu, c)?;
+                let m = WhisperModel::load_with(&dir, &candle_core::Device::Cpu, c, int8_encoder)?;
+                if int8_encoder && c == ComputeType::Int8 && !m.int8_encoder() {
+                    eprintln!("no AVX-512 VNNI on this CPU: the encoder stays float32");
+                }
                 Ok((m, t0.elapsed().as_secs_f64()))
             })
             .collect::<Result<Vec<_>, murmur_models::whisper::WhisperError>>()?;

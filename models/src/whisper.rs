@@ -56,7 +56,9 @@ pub use candle_transformers::models::whisper::Config;
 use crate::mel::SAMPLE_RATE;
 use crate::transcript::Segment;
 pub use batch::{plan_chunks, MAX_BATCH_SIZE};
-pub use compute::{quantized_kernels_on_calling_thread, ComputeType, UnknownComputeType};
+pub use compute::{
+    int8_encoder_available, quantized_kernels_on_calling_thread, ComputeType, UnknownComputeType,
+};
 pub use model::WhisperModel;
 pub use regions::SampleSource;
 pub use transcribe::ChunkSource;

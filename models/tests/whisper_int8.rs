@@ -177,6 +177,45 @@ fn int8_word_timestamps_follow_f32() {
     }
 }
 
+/// The encoder in int8 (`models.int8_encoder`): used where the CPU has
+/// AVX-512 VNNI, never elsewhere nor under another compute type, and JFK's
+/// clip comes out as under float32 with tiny.en and base. (The kernel's
+/// numbers against a scalar reference are `gemm_i8.rs`'s unit test.)
+#[test]
+fn int8_encoder_where_the_cpu_can() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cpu = candle_core::Device::Cpu;
+    let audio = samples(&testaudio::jfk().expect("fetch jfk"));
+    for name in ["tiny.en", "base"] {
+        let dir = model_dir(name);
+        let f32_only = WhisperModel::load_with(&dir, &cpu, ComputeType::F32, true).expect("load");
+        assert!(!f32_only.int8_encoder(), "f32 keeps a float encoder");
+        assert!(
+            !load(&dir, ComputeType::Int8).int8_encoder(),
+            "off unless asked"
+        );
+        let m = WhisperModel::load_with(&dir, &cpu, ComputeType::Int8, true).expect("load");
+        assert_eq!(
+            m.int8_encoder(),
+            murmur_models::whisper::int8_encoder_available()
+        );
+        if !m.int8_encoder() {
+            eprintln!("no AVX-512 VNNI on this CPU: the encoder stays float32");
+            continue;
+        }
+        let opts = DecodeOptions::default();
+        let reference = transcribe(&f32_only, &audio, &opts);
+        let t = transcribe(&m, &audio, &opts);
+        eprintln!("{name} int8 encoder: {}", t.text);
+        assert!(
+            wer(&reference.text, &t.text) <= 0.05,
+            "{name}: {} against f32's {}",
+            t.text,
+            reference.text
+        );
+    }
+}
+
 /// A truncated cache is rebuilt by the next load, not trusted.
 #[test]
 fn truncated_int8_cache_is_rebuilt() {

@@ -10,10 +10,11 @@
 //!   are 8-bit blocks with one scale per 32 values (ggml's `Q8_0`), multiplied
 //!   by candle's quantized kernels, which quantize the activations on the fly
 //!   and use the CPU's integer dot products (AVX-VNNI, AVX-512 VNNI, NEON
-//!   dot). The quantized weights come from `quantize.rs`'s cache. On a CPU
-//!   with AVX-512 VNNI the encoder's linear layers are int8 too, quantized
-//!   per output channel at load and multiplied by `gemm_i8.rs` (1,500 rows
-//!   per window, where candle's int8 kernels are no faster than float32).
+//!   dot). The quantized weights come from `quantize.rs`'s cache. Asked for
+//!   (`models.int8_encoder`), on a CPU with AVX-512 VNNI, the encoder's
+//!   linear layers are int8 too, quantized per output channel at load and
+//!   multiplied by `gemm_i8.rs` (1,500 rows per window, where candle's int8
+//!   kernels are no faster than float32).
 //!   Everything else (convolutions, layer norms, position embeddings,
 //!   biases, attention over the audio) stays float32.
 //!
@@ -28,6 +29,12 @@ use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::gemm_i8::{self, PackedI8};
+
+/// Whether this CPU can run the encoder's linear layers in int8
+/// (AVX-512 F, BW and VNNI; see `gemm_i8.rs`).
+pub fn int8_encoder_available() -> bool {
+    gemm_i8::available()
+}
 
 /// A model's compute type; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
-use super::compute::{ComputeType, Weights};
+use super::compute::{int8_encoder_available, ComputeType, Weights};
 use super::decoder::TextDecoder;
 use super::encoder::AudioEncoder;
 use super::quantize;
@@ -44,6 +44,8 @@ pub struct WhisperModel {
     pub(super) name: String,
     pub(super) config: Config,
     pub(super) compute_type: ComputeType,
+    /// The encoder's linear layers are int8 ([`WhisperModel::load_with`]).
+    pub(super) int8_encoder: bool,
     pub(super) encoder: AudioEncoder,
     pub(super) decoder: TextDecoder,
     pub(super) tokenizer: Tokenizer,
@@ -65,6 +67,7 @@ impl std::fmt::Debug for WhisperModel {
             .field("name", &self.name)
             .field("config", &self.config)
             .field("compute_type", &self.compute_type)
+            .field("int8_encoder", &self.int8_encoder)
             .field("device", &self.device)
             .finish_non_exhaustive()
     }
@@ -91,12 +94,32 @@ impl WhisperModel {
 
     /// Loads a model directory onto `device` with `compute_type`'s weights
     /// (see `compute.rs`). `int8` quantizes the weights the first time and
-    /// caches them in the directory (`quantize.rs`).
+    /// caches them in the directory (`quantize.rs`). The encoder stays
+    /// float32.
     pub fn load_as(
         dir: &Path,
         device: &Device,
         compute_type: ComputeType,
     ) -> Result<Self, WhisperError> {
+        Self::load_with(dir, device, compute_type, false)
+    }
+
+    /// [`WhisperModel::load_as`], and with `int8_encoder` under `int8`
+    /// the encoder's linear layers are int8 too, quantized per output
+    /// channel at load and multiplied by `gemm_i8.rs`, where this CPU can
+    /// ([`int8_encoder_available`]; elsewhere the encoder stays float32).
+    /// Faster, and a little further from float32 than the float encoder
+    /// (docs/models.md, "The encoder in int8"). `models.int8_encoder`.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        compute_type: ComputeType,
+        int8_encoder: bool,
+    ) -> Result<Self, WhisperError> {
+        let int8_encoder = int8_encoder
+            && compute_type == ComputeType::Int8
+            && device.is_cpu()
+            && int8_encoder_available();
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -122,7 +145,14 @@ impl WhisperModel {
             let tokenizer = scope.spawn(|| {
                 Tokenizer::from_file(&tok_path).map_err(|e| bad(&tok_path, e.to_string()))
             });
-            let layers = Self::load_layers(dir, &weights_path, &config, device, compute_type);
+            let layers = Self::load_layers(
+                dir,
+                &weights_path,
+                &config,
+                device,
+                compute_type,
+                int8_encoder,
+            );
             let tokenizer = tokenizer
                 .join()
                 .unwrap_or_else(|_| Err(bad(&tok_path, "the tokenizer's parser panicked".into())));
@@ -200,6 +230,7 @@ impl WhisperModel {
             name,
             config,
             compute_type,
+            int8_encoder,
             encoder,
             decoder,
             tokenizer,
@@ -213,13 +244,15 @@ impl WhisperModel {
     }
 
     /// Encoder and decoder from `model.safetensors` (and, for `int8`, the
-    /// quantized cache beside it).
+    /// quantized cache beside it), the encoder's linear layers quantized at
+    /// load when `int8_encoder`.
     fn load_layers(
         dir: &Path,
         weights_path: &Path,
         config: &Config,
         device: &Device,
         compute_type: ComputeType,
+        int8_encoder: bool,
     ) -> Result<(AudioEncoder, TextDecoder), WhisperError> {
         let file = WeightsFile::open(weights_path)?;
         let quantized = match compute_type {
@@ -241,12 +274,13 @@ impl WhisperModel {
             detail: e.to_string(),
         };
         let weights = Weights::new(VarBuilder::from_tensors(tensors, dtype, device), quantized);
-        // int8's encoder multiplies 1,500 rows per window: its weights are
-        // quantized per output channel here, as CTranslate2's are (see
-        // gemm_i8.rs), where the CPU has the instructions for it.
-        let encoder_weights = match compute_type {
-            ComputeType::Int8 => weights.pp("model.encoder").with_int8_rows(),
-            ComputeType::F16 | ComputeType::F32 => weights.pp("model.encoder"),
+        // The encoder multiplies 1,500 rows per window: asked for, its
+        // weights are quantized per output channel here, as CTranslate2's
+        // are (see gemm_i8.rs).
+        let encoder_weights = if int8_encoder {
+            weights.pp("model.encoder").with_int8_rows()
+        } else {
+            weights.pp("model.encoder")
         };
         let encoder = AudioEncoder::load(config, encoder_weights).map_err(bad)?;
         let decoder = TextDecoder::load(config, weights.pp("model.decoder")).map_err(bad)?;
@@ -260,6 +294,12 @@ impl WhisperModel {
     /// How the weights are stored and multiplied.
     pub fn compute_type(&self) -> ComputeType {
         self.compute_type
+    }
+
+    /// Whether the encoder's linear layers are int8
+    /// ([`WhisperModel::load_with`]).
+    pub fn int8_encoder(&self) -> bool {
+        self.int8_encoder
     }
 
     /// Whether the model knows languages other than English.
