@@ -405,14 +405,13 @@ impl Weights {
 
     /// These weights, with their float linear layers (those without a
     /// cached quantized weight) quantized to int8 per output channel at
-    /// load and multiplied by `gemm_i8.rs`, when the device is this CPU and
-    /// the CPU has the instructions; otherwise unchanged. For layers that
-    /// multiply many rows at a time (the encoder's 1,500 per window).
+    /// load and multiplied by `gemm_i8.rs`. For layers that multiply many
+    /// rows at a time (the encoder's 1,500 per window); the caller has
+    /// checked that the weights are float32 on this CPU and that it has the
+    /// instructions (`WhisperModel::load_with`, [`int8_encoder_available`]).
     pub(super) fn with_int8_rows(&self) -> Self {
         Self {
-            int8_rows: self.vb.device().is_cpu()
-                && self.vb.dtype() == DType::F32
-                && gemm_i8::available(),
+            int8_rows: true,
             ..self.clone()
         }
     }

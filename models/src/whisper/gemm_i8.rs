@@ -4,11 +4,12 @@
 //! products summed exactly in 32-bit integers by the CPU's 8-bit dot
 //! products (AVX-512 VNNI), and scaled back to float32.
 //!
-//! Used for the encoder's linear layers under `int8` on a CPU that has
-//! AVX-512 VNNI: a 30 s window multiplies 1,500 rows by each weight, where
-//! candle's int8 kernels (built for a few rows at a time) were no faster
-//! than its float32 GEMM. Elsewhere the encoder stays float32
-//! ([`available`] says which).
+//! Used for the encoder's linear layers under `int8` when
+//! `models.int8_encoder` asks, on a CPU that has AVX-512 VNNI: a 30 s
+//! window multiplies 1,500 rows by each weight, where candle's int8
+//! kernels (built for a few rows at a time) were no faster than its
+//! float32 GEMM. Elsewhere the encoder stays float32 ([`available`] says
+//! which).
 //!
 //! The arithmetic, for an input row `x` and a weight row `w`: the weight
 //! symmetric, `sw = max|w| / 127`, `wq = round(w / sw)`; the input over its
@@ -17,8 +18,8 @@
 //! `z = round(-min / sx)`, `xu = round(x / sx + z)` in `0..=255`. Then
 //! `y = sx * sw * (sum(xu * wq) - z * sum(wq)) + b`, with `sum(wq)` kept per
 //! weight row. 256 levels over the row's range rather than CTranslate2's
-//! 255 symmetric ones (`-127..=127`) halve the rounding of one-sided inputs (the MLP's second layer reads GELU's
-//! output, nearly all of it positive). Integer sums are exact, and the
+//! 255 symmetric ones (`-127..=127`) halve the rounding of one-sided inputs
+//! (the MLP's second layer reads GELU's output, nearly all of it positive). Integer sums are exact, and the
 //! scaling is done in one order, so a result depends on its own row and
 //! column alone: splitting the rows over threads gives the same numbers.
 

@@ -674,7 +674,8 @@ mod tests {
         // Ended on a single timestamp 1.5 s into a full window: go on from
         // there (150 frames of 10 ms).
         assert_eq!(stopped_short(None, Some(1.5), 30.0), Some(150));
-        // A last, partial window too.
+        // A shorter window too (the loop asks only for windows that more
+        // audio follows, so never for a last, partial one).
         assert_eq!(stopped_short(None, Some(2.0), 12.0), Some(200));
         // Text to within 5 s of the end, none at all, or a timestamp pair
         // (the loop seeks to it already): skipped or seeked as before.
