@@ -17,7 +17,11 @@
 //! - a node hangs mid-transcription (SIGSTOP: its session stays open): the
 //!   run is given up after `cluster.silence_secs`, the job completes once on
 //!   the other node, and the hung node takes work again once it answers
-//!   (SIGCONT).
+//!   (SIGCONT);
+//! - a node's engine hangs mid-transcription while the node stays alive
+//!   and keeps its heartbeat: the run is given up after
+//!   `cluster.stall_secs`, the job completes on another node, and the stuck
+//!   slot gets no more work.
 
 mod common;
 
@@ -50,8 +54,8 @@ struct WorkerNode {
 impl WorkerNode {
     fn start(name: &str, port: u16, env: &[(&str, String)]) -> WorkerNode {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("worker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_murmur"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_murmur"));
+        command
             .args([
                 "worker",
                 "--join",
@@ -63,12 +67,35 @@ impl WorkerNode {
             .env("MURMUR__MODELS__FETCH_MISSING", "false")
             .env("MURMUR__MODELS__WORKERS", "1")
             .env("MURMUR__MODELS__CACHE_DIR", dir.path())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        WorkerNode::spawn(command, dir)
+    }
+
+    /// A worker node whose engine hangs in its first run while the node
+    /// stays alive (`examples/hung_worker.rs`, which `cargo test` builds
+    /// beside the test binaries).
+    fn start_hung(name: &str, port: u16) -> WorkerNode {
+        let dir = tempfile::tempdir().unwrap();
+        let deps = std::env::current_exe().unwrap();
+        let bin = deps.parent().unwrap().parent().unwrap().join("examples/hung_worker");
+        assert!(bin.exists(), "{} is not built", bin.display());
+        let mut command = Command::new(bin);
+        command
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(name)
+            .arg(dir.path().join("spool"))
+            .envs(cookie());
+        WorkerNode::spawn(command, dir)
+    }
+
+    fn spawn(mut command: Command, dir: tempfile::TempDir) -> WorkerNode {
+        let log = dir.path().join("worker.log");
+        let child = command
             .env("RUST_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start murmur worker");
+            .expect("start the worker node");
         WorkerNode { child, log, dir }
     }
 
@@ -405,6 +432,50 @@ async fn a_hung_worker_node_is_given_up_its_job_runs_elsewhere_and_it_returns_wh
     assert!(thawed["jobs_completed"].as_u64().unwrap() >= 1, "{thawed}");
     let again = assert_completed_once(&a.client, &job, 5).await;
     assert_eq!(again["attempts"], 2, "{again}");
+}
+
+#[tokio::test]
+async fn an_engine_that_hangs_in_a_live_node_is_given_up_and_its_slot_held_back() {
+    common::install_models(&["tiny.en", "silero-vad"]);
+    let port = free_port();
+    let mut env = cookie();
+    env.push(("MURMUR__CLUSTER__SILENCE_SECS", "5".to_string()));
+    env.push(("MURMUR__CLUSTER__STALL_SECS", "8".to_string()));
+    let server = control(port, &env);
+    let op = server.operator();
+    let _stuck = WorkerNode::start_hung("stuck", port);
+    wait_workers(&op, &["stuck"], 60).await;
+    let a = signup(&server, "Acme").await;
+    let fid = upload(&a.client, "jfk.wav", common::jfk_repeated(1).0).await;
+    let job = submit(&a.client, &fid).await;
+    assert_eq!(
+        node_transcribing(&op, std::slice::from_ref(&job)).await,
+        "stuck"
+    );
+
+    // A real node joins; the stuck run's heartbeat goes on, but its engine
+    // reports nothing more: given up after stall_secs, the job runs there.
+    let _steady = WorkerNode::start("steady", port, &cookie());
+    wait_workers(&op, &["stuck", "steady"], 60).await;
+    let done = assert_completed_once(&a.client, &job, 1).await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    let stuck = worker_of(&op, "stuck").await;
+    assert_eq!(stuck["state"], "unresponsive", "{stuck}");
+    assert_eq!(stuck["jobs_completed"], 0, "{stuck}");
+
+    // It says it holds tiny.en and its index is the lower, so the pool
+    // would pick it first: held back, it gets none of the next jobs.
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(submit(&a.client, &fid).await);
+    }
+    for j in &jobs {
+        let job = assert_completed_once(&a.client, j, 1).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    let stuck = worker_of(&op, "stuck").await;
+    assert_eq!(stuck["state"], "unresponsive", "{stuck}");
+    assert_eq!(worker_of(&op, "steady").await["jobs_completed"], 4);
 }
 
 /// The sample rate, channels and seconds of a 16-bit PCM WAV with a

@@ -87,6 +87,15 @@ pub struct ClusterSettings {
     /// job retried elsewhere; the slot gets no more work until it answers
     /// again. At least 5.
     pub silence_secs: u64,
+    /// A remote run whose engine reports nothing for this long (no stage,
+    /// progress or checkpoint, while the node's heartbeat goes on: the
+    /// engine hangs in a live process) is given up the same way, and the
+    /// slot takes no work until it says the run has ended. Every stage
+    /// reports at least at its start and end, transcription after every
+    /// window: set it above the longest stage a job may have without a
+    /// report (VAD or decoding of the longest file a tier allows). At
+    /// least `silence_secs`.
+    pub stall_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -100,6 +109,7 @@ impl Default for ClusterSettings {
             tls_ca: String::new(),
             tls_server_name: String::new(),
             silence_secs: 15,
+            stall_secs: 600,
         }
     }
 }
@@ -109,6 +119,9 @@ impl Default for ClusterSettings {
 pub struct RemoteWorkers {
     /// How long a remote run may stay silent (`cluster.silence_secs`).
     pub silence: Duration,
+    /// How long a remote run's engine may go without a report
+    /// (`cluster.stall_secs`).
+    pub stall: Duration,
 }
 
 /// Why a node could not start or join.
@@ -162,6 +175,13 @@ pub async fn start_control(
             HEARTBEAT.as_secs()
         )));
     }
+    let stall = Duration::from_secs(settings.stall_secs);
+    if stall < silence {
+        return Err(ClusterError::Config(format!(
+            "cluster.stall_secs = {}: at least cluster.silence_secs ({})",
+            settings.stall_secs, settings.silence_secs
+        )));
+    }
     let addr: SocketAddr = settings.listen.trim().parse().map_err(|e| {
         ClusterError::Config(format!("cluster.listen = {:?}: {e}", settings.listen))
     })?;
@@ -182,7 +202,7 @@ pub async fn start_control(
         "on"
     };
     tracing::info!(%addr, tls, "accepting worker nodes");
-    Ok(Some(RemoteWorkers { silence }))
+    Ok(Some(RemoteWorkers { silence, stall }))
 }
 
 /// A worker node: what it joins with and what it runs.
@@ -266,6 +286,7 @@ pub async fn run_worker(
             slot: i as u32,
             compute_type: engine.compute_type(),
             models: Vec::new(),
+            busy: false,
         };
         let (slot, _) = Actor::spawn(
             None,

@@ -204,6 +204,7 @@ impl Actor for Slot {
                 if let Some(hub) = hub() {
                     let mut info = state.args.info.clone();
                     info.models = state.args.engine.loaded_models();
+                    info.busy = state.run.is_some() || state.next.is_some();
                     let _ = hub.send_message(ToControl::Described { key, info });
                 }
             }
@@ -212,6 +213,14 @@ impl Actor for Slot {
                     let _ = run
                         .hub
                         .send_message(ToControl::Alive { ticket: run.ticket });
+                    // The run waiting for this one to stop is alive too:
+                    // stopping an engine may take longer than the silence
+                    // the control node allows.
+                    // (It came from the hub of now, which may not be the
+                    // old run's.)
+                    if let (Some((ticket, ..)), Some(hub)) = (&state.next, hub()) {
+                        let _ = hub.send_message(ToControl::Alive { ticket: *ticket });
+                    }
                 }
             }
             ToWorker::Run {

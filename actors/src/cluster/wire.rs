@@ -35,6 +35,11 @@ pub struct WorkerInfo {
     /// The models its engine holds loaded, as of this answer.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Whether it still holds a run, as of this answer: a slot whose run
+    /// the control node gave up (it went silent, stopped making progress,
+    /// or ran past its deadline) takes no new work while this is true.
+    #[serde(default)]
+    pub busy: bool,
 }
 
 /// A finished request as it travels back: the output, or why not.

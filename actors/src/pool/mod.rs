@@ -157,8 +157,9 @@ pub struct WorkerView {
     /// The models its engine holds loaded (a remote slot's as of its last
     /// description, refreshed after each run).
     pub models: Vec<String>,
-    /// `idle`, `busy`, or `unresponsive` (a worker node's slot that went
-    /// silent mid-run: it gets no work until it answers again).
+    /// `idle`, `busy`, or `unresponsive` (a worker node's slot whose run
+    /// the pool gave up because it went silent, stalled or ran past its
+    /// deadline: it gets no work until it says that run has ended).
     pub state: &'static str,
     /// What it runs, when busy.
     pub job: Option<RunningView>,
@@ -197,6 +198,10 @@ struct Running {
     cancel: Arc<AtomicBool>,
     /// When a remote run's slot last reported (any report or heartbeat).
     heard: Instant,
+    /// When a remote run's engine last moved on (a report other than a
+    /// heartbeat: stage, progress, checkpoint, a fetch of audio or the
+    /// sending of an artifact).
+    advanced: Instant,
     /// Where its reports go (the pool answers for a replaced worker).
     reply: ReplyTo,
     /// A remote run's name in the worker node's reports, and the task that
@@ -280,12 +285,12 @@ impl Slot {
     }
 
     /// Whether the slot may take a request now: idle, and (a remote one)
-    /// not silent since its last run.
+    /// not held back since a run the pool gave up on it.
     fn available(&self) -> bool {
         self.running.is_none()
             && match &self.runner {
                 Runner::Local { .. } => true,
-                Runner::Remote(r) => !r.silent,
+                Runner::Remote(r) => !r.held,
             }
     }
 
@@ -306,7 +311,7 @@ impl Slot {
             models: self.models(),
             state: match &self.runner {
                 _ if self.running.is_some() => "busy",
-                Runner::Remote(r) if r.silent => "unresponsive",
+                Runner::Remote(r) if r.held => "unresponsive",
                 _ => "idle",
             },
             job: self.running.as_ref().map(|r| RunningView {
@@ -354,6 +359,9 @@ pub(crate) struct PoolState {
     /// How long a remote run may stay silent; `None` when no worker node
     /// can join.
     silence: Option<Duration>,
+    /// How long a remote run's engine may go without a report; `None`
+    /// when no worker node can join.
+    stall: Option<Duration>,
 }
 
 impl PoolState {
@@ -435,6 +443,7 @@ impl Actor for InferencePool {
             tiers: BTreeMap::new(),
             next_ticket: 1,
             silence: args.remote_workers.map(|r| r.silence),
+            stall: args.remote_workers.map(|r| r.stall),
         };
         for engine in args.engines {
             let index = state.next_index;
@@ -554,8 +563,8 @@ impl Actor for InferencePool {
                 for index in stuck {
                     replace_worker(&me, state, index, "ran past its deadline").await?;
                 }
-                if let Some(silence) = state.silence {
-                    remote::give_up_silent(state, silence);
+                if let (Some(silence), Some(stall)) = (state.silence, state.stall) {
+                    remote::give_up_silent(state, silence, stall);
                 }
             }
         }
@@ -629,10 +638,15 @@ async fn replace_worker(
         return Ok(());
     };
     slot.abandon(index, why);
-    if let Runner::Local { worker, engine } = &mut slot.runner {
-        worker.unlink(me.get_cell());
-        worker.kill();
-        *worker = spawn_worker(me, index, engine.clone()).await?;
+    match &mut slot.runner {
+        Runner::Local { worker, engine } => {
+            worker.unlink(me.get_cell());
+            worker.kill();
+            *worker = spawn_worker(me, index, engine.clone()).await?;
+        }
+        // It keeps its slot but takes no work until it says the run has
+        // stopped: an engine past its deadline may never stop.
+        Runner::Remote(remote) => remote.hold_back(index),
     }
     Ok(())
 }
@@ -678,6 +692,7 @@ fn dispatch(me: &ActorRef<PoolMsg>, state: &mut PoolState) {
             deadline: next.deadline,
             cancel: cancel.clone(),
             heard: Instant::now(),
+            advanced: Instant::now(),
             reply: next.reply.clone(),
             remote: None,
         };

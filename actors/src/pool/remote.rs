@@ -1,6 +1,7 @@
 //! The pool's side of remote workers (see [`crate::cluster`]): slots that
 //! join and leave with their worker nodes, the reports of their runs, and
-//! runs that go silent. The bytes of a run move in [`super::transfer`].
+//! runs that go silent or stall. The bytes of a run move in
+//! [`super::transfer`].
 
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,12 @@ pub(super) struct RemoteSlot {
     actor: ActorRef<ToWorker>,
     /// The models its engine holds, as of its last description.
     pub models: Vec<String>,
-    /// Its last run went silent and was given up: no work until the slot
-    /// answers a description request again.
-    pub silent: bool,
+    /// The pool gave up its last run (silent, stalled, or past its
+    /// deadline): no work until the slot answers a description request
+    /// saying it holds no run.
+    pub held: bool,
+    /// A description request is on its way and not answered yet.
+    asked: bool,
 }
 
 /// A run on a remote slot.
@@ -82,12 +86,21 @@ impl RemoteSlot {
             .send_message(ToWorker::Cancel { ticket: run.ticket });
     }
 
-    /// Asks the slot to describe itself (device, compute type, models):
-    /// it answers with [`ToControl::Described`] naming `key`.
-    fn describe(&self, key: usize) {
+    /// Asks the slot to describe itself (device, compute type, models,
+    /// whether it holds a run): it answers with [`ToControl::Described`]
+    /// naming `key`.
+    fn describe(&mut self, key: usize) {
+        self.asked = true;
         let _ = self
             .actor
             .send_message(ToWorker::Describe { key: key as u64 });
+    }
+
+    /// Holds the slot back after the pool gave up its run, until it says
+    /// the run has ended; asks it now.
+    pub(super) fn hold_back(&mut self, key: usize) {
+        self.held = true;
+        self.describe(key);
     }
 }
 
@@ -114,10 +127,11 @@ fn join(state: &mut PoolState, cells: Vec<ractor::ActorCell>) {
         if cell.get_id().is_local() || known {
             continue;
         }
-        let remote = RemoteSlot {
+        let mut remote = RemoteSlot {
             actor: cell.into(),
             models: Vec::new(),
-            silent: false,
+            held: false,
+            asked: false,
         };
         remote.describe(state.next_index);
         let index = state.add_slot(Slot {
@@ -176,10 +190,12 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
                 return false;
             };
             remote.models = info.models;
-            // It answers: a slot that had gone silent takes work again.
-            let woke = std::mem::take(&mut remote.silent);
+            remote.asked = false;
+            // A held-back slot takes work again once its run has ended.
+            let woke = remote.held && !info.busy;
+            remote.held &= info.busy;
             if woke {
-                tracing::info!(worker = key, node = %slot.node, "a silent worker slot answers again");
+                tracing::info!(worker = key, node = %slot.node, "a held-back worker slot is free again");
             }
             slot.node = info.node;
             slot.device = info.device;
@@ -189,7 +205,7 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             woke
         }
         ToControl::Alive { ticket } => {
-            heard(state, ticket);
+            heard(state, ticket, false);
             false
         }
         ToControl::Fetch {
@@ -197,32 +213,32 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             offset,
             max,
         } => {
-            if let Some(run) = heard(state, ticket).and_then(|(_, r)| r.remote.as_ref()) {
+            if let Some(run) = heard(state, ticket, true).and_then(|(_, r)| r.remote.as_ref()) {
                 let _ = run.feed.send((offset, max));
             }
             false
         }
         ToControl::Stage { ticket, stage } => {
-            if let Some((_, r)) = heard(state, ticket) {
+            if let Some((_, r)) = heard(state, ticket, true) {
                 r.stage = Some(stage);
                 let _ = r.reply.send_message(PoolReply::Stage(stage));
             }
             false
         }
         ToControl::Progress { ticket, fraction } => {
-            if let Some((_, r)) = heard(state, ticket) {
+            if let Some((_, r)) = heard(state, ticket, true) {
                 let _ = r.reply.send_message(PoolReply::Progress(fraction));
             }
             false
         }
         ToControl::Checkpoint { ticket, state: cp } => {
-            if let Some((_, r)) = heard(state, ticket) {
+            if let Some((_, r)) = heard(state, ticket, true) {
                 let _ = r.reply.send_message(PoolReply::Checkpoint(cp));
             }
             false
         }
         ToControl::Produced { ticket, artifacts } => {
-            let Some((Runner::Remote(remote), r)) = heard(state, ticket) else {
+            let Some((Runner::Remote(remote), r)) = heard(state, ticket, true) else {
                 return false;
             };
             let Some(run) = r.remote.as_mut() else {
@@ -251,7 +267,7 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             offset,
             data,
         } => {
-            let collect = heard(state, ticket)
+            let collect = heard(state, ticket, true)
                 .and_then(|(_, r)| r.remote.as_ref())
                 .and_then(|run| run.collect.as_ref());
             if let Some(tx) = collect {
@@ -273,7 +289,7 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
             let _ = r.reply.send_message(PoolReply::Finished(result));
             slot.report_busy(index);
             // What it holds now (the run may have loaded a model).
-            if let Runner::Remote(remote) = &slot.runner {
+            if let Runner::Remote(remote) = &mut slot.runner {
                 remote.describe(index);
             }
             true
@@ -282,32 +298,45 @@ pub(super) fn report(pool: &ActorRef<PoolMsg>, state: &mut PoolState, report: To
     }
 }
 
-/// Remote run `ticket`, which has just been heard from, and what runs it.
-fn heard(state: &mut PoolState, ticket: u64) -> Option<(&Runner, &mut Running)> {
+/// Remote run `ticket`, which has just been heard from (`advanced`: a
+/// report of its engine moving on, not a heartbeat), and what runs it.
+fn heard(state: &mut PoolState, ticket: u64, advanced: bool) -> Option<(&Runner, &mut Running)> {
     let (_, slot) = state.by_ticket(ticket)?;
     let running = slot.running.as_mut()?;
     running.heard = Instant::now();
+    if advanced {
+        running.advanced = running.heard;
+    }
     Some((&slot.runner, running))
 }
 
 /// Gives up remote runs whose slot has said nothing for `silence` (its
 /// node hangs, or the network between the nodes does, while the session
-/// stays open): each job hears a transient error and is retried on
-/// another worker. The slot takes no more work until it answers a
-/// description request, which is sent now and waits in its mailbox.
-pub(super) fn give_up_silent(state: &mut PoolState, silence: Duration) {
+/// stays open), or whose engine has reported nothing for `stall` while the
+/// heartbeat goes on (the engine hangs in a live process): each job hears
+/// a transient error and is retried on another worker. The slot is held
+/// back until it says it holds no run; a held-back slot is asked again at
+/// every call, one request at a time.
+pub(super) fn give_up_silent(state: &mut PoolState, silence: Duration, stall: Duration) {
     for (&index, slot) in state.slots.iter_mut() {
-        let silent = slot
-            .running
-            .as_ref()
-            .is_some_and(|r| r.remote.is_some() && r.heard.elapsed() > silence);
-        if !silent {
-            continue;
-        }
-        slot.abandon(index, &format!("said nothing for {} s", silence.as_secs()));
-        if let Runner::Remote(remote) = &mut slot.runner {
-            remote.silent = true;
-            remote.describe(index);
+        let why = match slot.running.as_ref().filter(|r| r.remote.is_some()) {
+            Some(r) if r.heard.elapsed() > silence => {
+                Some(format!("said nothing for {} s", silence.as_secs()))
+            }
+            Some(r) if r.advanced.elapsed() > stall => {
+                Some(format!("made no progress for {} s", stall.as_secs()))
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            slot.abandon(index, &why);
+            if let Runner::Remote(remote) = &mut slot.runner {
+                remote.hold_back(index);
+            }
+        } else if let Runner::Remote(remote) = &mut slot.runner {
+            if remote.held && !remote.asked {
+                remote.describe(index);
+            }
         }
     }
 }
