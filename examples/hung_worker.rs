@@ -42,8 +42,7 @@ impl Engine for Hung {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(join), Some(name), Some(spool_dir)) = (args.next(), args.next(), args.next())
-    else {
+    let (Some(join), Some(name), Some(spool_dir)) = (args.next(), args.next(), args.next()) else {
         eprintln!("usage: hung_worker HOST:PORT NAME SPOOL_DIR");
         std::process::exit(2);
     };

@@ -10,8 +10,9 @@
 //!   run by a node that joins later;
 //! - with mutual TLS, a node with a certificate from the cluster's CA joins
 //!   and one with another CA's, or none, is refused;
-//! - the control node restarts (SIGKILL) with a job running: the worker node
-//!   joins again by itself and the job completes;
+//! - the control node restarts (SIGKILL) with a job running past its first
+//!   window: the worker node joins again by itself and the job completes,
+//!   resumed from the checkpoint the control node kept;
 //! - a separation job runs on a worker node, and its stems come back to the
 //!   control node, sealed with the tenant's key, and download whole;
 //! - a node hangs mid-transcription (SIGSTOP: its session stays open): the
@@ -67,6 +68,7 @@ impl WorkerNode {
             .env("MURMUR__MODELS__FETCH_MISSING", "false")
             .env("MURMUR__MODELS__WORKERS", "1")
             .env("MURMUR__MODELS__CACHE_DIR", dir.path())
+            .env("RUST_LOG", "warn,murmur_engine=info")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         WorkerNode::spawn(command, dir)
     }
@@ -77,13 +79,19 @@ impl WorkerNode {
     fn start_hung(name: &str, port: u16) -> WorkerNode {
         let dir = tempfile::tempdir().unwrap();
         let deps = std::env::current_exe().unwrap();
-        let bin = deps.parent().unwrap().parent().unwrap().join("examples/hung_worker");
+        let bin = deps
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/hung_worker");
         assert!(bin.exists(), "{} is not built", bin.display());
         let mut command = Command::new(bin);
         command
             .arg(format!("127.0.0.1:{port}"))
             .arg(name)
             .arg(dir.path().join("spool"))
+            .env("RUST_LOG", "warn")
             .envs(cookie());
         WorkerNode::spawn(command, dir)
     }
@@ -91,7 +99,6 @@ impl WorkerNode {
     fn spawn(mut command: Command, dir: tempfile::TempDir) -> WorkerNode {
         let log = dir.path().join("worker.log");
         let child = command
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -646,13 +653,30 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     common::install_models(&["tiny.en", "silero-vad"]);
     let port = free_port();
     let server = control(port, &cookie());
-    let _w = WorkerNode::start("steady", port, &cookie());
+    let w = WorkerNode::start("steady", port, &cookie());
     wait_workers(&server.operator(), &["steady"], 60).await;
     let a = signup(&server, "Acme").await;
     server.set_tier(&a.id, "premium");
     let fid = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
     let job = submit(&a.client, &fid).await;
-    node_transcribing(&server.operator(), std::slice::from_ref(&job)).await;
+    // Past the first 30 s window: its checkpoint is kept (a job's
+    // checkpoint is stored before the progress that follows it).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = a.client.get(&format!("/v1/jobs/{job}")).await.expect(200);
+        assert_eq!(
+            status["status"], "running",
+            "finished before the restart: {status}"
+        );
+        if status["progress"].as_f64().unwrap() > 0.2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never past the first window: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let server = server.restart_after_kill9();
     wait_workers(&server.operator(), &["steady"], 60).await;
@@ -663,4 +687,11 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     };
     let done = assert_completed_once(&client, &job, 5).await;
     assert!(done["attempts"].as_u64().unwrap() >= 2, "{done}");
+    // The worker node ran it again from the checkpoint the control node
+    // kept, not from the start.
+    assert!(
+        w.log().contains("transcription resumes from a checkpoint"),
+        "{}",
+        w.log()
+    );
 }

@@ -42,6 +42,35 @@ pub(crate) fn decode_options(p: &JobParams) -> DecodeOptions {
     opts
 }
 
+/// Prompts a transcription resumed after `earlier` (a checkpoint's
+/// segments) as the uninterrupted long-form loop would have prompted its
+/// next window: with the earlier segments' tokens since the prompt was last
+/// reset (after a window decoded above temperature 0.5, or after every
+/// window without `condition_on_previous_text`), and with the initial
+/// prompt only if no reset happened. Without this a resumed job decoded
+/// the rest of its audio unprompted, and its words came out differently
+/// from an uninterrupted run's.
+pub(crate) fn resume_prompt(opts: &mut DecodeOptions, earlier: &[Segment]) {
+    if earlier.is_empty() {
+        return;
+    }
+    if !opts.condition_on_previous_text {
+        opts.initial_prompt = None;
+        return;
+    }
+    let since = earlier
+        .iter()
+        .rposition(|s| s.temperature.is_some_and(|t| t > 0.5))
+        .map_or(0, |i| i + 1);
+    if since > 0 {
+        opts.initial_prompt = None;
+    }
+    opts.previous_tokens = earlier[since..]
+        .iter()
+        .flat_map(|s| s.tokens.iter().copied())
+        .collect();
+}
+
 /// The part of `regions` after `t` (seconds).
 pub(crate) fn regions_after(regions: &[SpeechRegion], t: f64) -> Vec<SpeechRegion> {
     regions
@@ -78,6 +107,15 @@ impl ModelEngine {
             opts.language = checkpoint.language.clone();
         }
         let resume_at = checkpoint.resume_at;
+        resume_prompt(&mut opts, &checkpoint.segments);
+        if resume_at > 0.0 {
+            tracing::info!(
+                job = %request.job_id,
+                resume_at,
+                segments = checkpoint.segments.len(),
+                "transcription resumes from a checkpoint"
+            );
+        }
         let todo = match regions {
             Some(r) => regions_after(r, resume_at),
             None => vec![SpeechRegion {
@@ -183,5 +221,57 @@ fn joined(
         text,
         segments: done,
         speakers: None,
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    fn segment(tokens: &[u32], temperature: f64) -> Segment {
+        Segment {
+            tokens: tokens.to_vec(),
+            temperature: Some(temperature),
+            ..Segment::default()
+        }
+    }
+
+    #[test]
+    fn a_resumed_transcription_is_prompted_as_the_loop_would_have_been() {
+        let asked = DecodeOptions {
+            initial_prompt: Some("Murmur, ractor".into()),
+            ..DecodeOptions::default()
+        };
+        // Nothing earlier: the options stay as asked.
+        let mut opts = asked.clone();
+        resume_prompt(&mut opts, &[]);
+        assert_eq!(opts.initial_prompt.as_deref(), Some("Murmur, ractor"));
+        assert!(opts.previous_tokens.is_empty());
+
+        // Every earlier token, after the initial prompt.
+        let mut opts = asked.clone();
+        resume_prompt(&mut opts, &[segment(&[1, 2], 0.0), segment(&[3], 0.2)]);
+        assert_eq!(opts.initial_prompt.as_deref(), Some("Murmur, ractor"));
+        assert_eq!(opts.previous_tokens, [1, 2, 3]);
+
+        // A window above 0.5 reset the prompt: only what came after it.
+        let mut opts = asked.clone();
+        let earlier = [
+            segment(&[1, 2], 0.0),
+            segment(&[3], 0.8),
+            segment(&[4, 5], 0.0),
+        ];
+        resume_prompt(&mut opts, &earlier);
+        assert_eq!(opts.initial_prompt, None);
+        assert_eq!(opts.previous_tokens, [4, 5]);
+
+        // Not conditioned on previous text: no prompt after the first window.
+        let mut opts = DecodeOptions {
+            condition_on_previous_text: false,
+            ..asked
+        };
+        resume_prompt(&mut opts, &earlier);
+        assert_eq!(opts.initial_prompt, None);
+        assert!(opts.previous_tokens.is_empty());
     }
 }

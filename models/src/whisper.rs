@@ -141,6 +141,12 @@ pub struct DecodeOptions {
     pub condition_on_previous_text: bool,
     /// Text to prompt the first window with (spellings, names, style).
     pub initial_prompt: Option<String>,
+    /// For a transcription resumed part way (from a job's checkpoint): the
+    /// tokens of what was transcribed before this audio since the prompt
+    /// was last reset, as the long-form loop keeps them (text and
+    /// timestamps). The first window is prompted with them after
+    /// `initial_prompt`, as it would have been had the loop gone on.
+    pub previous_tokens: Vec<u32>,
     /// Latest allowed first timestamp of a window, in seconds.
     pub max_initial_timestamp: f64,
     /// Stop and retry a window whose text ends in the same phrase repeated
@@ -169,6 +175,7 @@ impl Default for DecodeOptions {
             no_speech_threshold: Some(0.6),
             condition_on_previous_text: true,
             initial_prompt: None,
+            previous_tokens: Vec::new(),
             max_initial_timestamp: 1.0,
             suppress_repetition_loops: true,
             seed: 0x6d75_726d_7572,

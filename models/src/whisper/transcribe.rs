@@ -156,6 +156,7 @@ impl WhisperModel {
                 all_tokens.extend(self.encode_text(&format!(" {prompt}"))?);
             }
         }
+        all_tokens.extend_from_slice(&opts.previous_tokens);
         let mut prompt_reset_since = 0;
         let mut segments: Vec<Segment> = Vec::new();
         let mut seek = 0usize;
