@@ -40,6 +40,7 @@ mod decoding;
 mod encoder;
 mod filters;
 mod gemm_i8;
+mod gemm_q8;
 mod guards;
 mod model;
 pub mod quantize;

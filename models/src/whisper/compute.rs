@@ -7,10 +7,12 @@
 //!   correct but slower than `f32`: candle has no fast float16 CPU kernels).
 //! - `int8`: the linear layers' weights (attention projections, MLPs, and the
 //!   token embedding that doubles as the vocabulary-wide output projection)
-//!   are 8-bit blocks with one scale per 32 values (ggml's `Q8_0`), multiplied
-//!   by candle's quantized kernels, which quantize the activations on the fly
-//!   and use the CPU's integer dot products (AVX-VNNI, AVX-512 VNNI, NEON
-//!   dot). The quantized weights come from `quantize.rs`'s cache. Asked for
+//!   are 8-bit blocks with one scale per 32 values (ggml's `Q8_0`), and the
+//!   activations are quantized on the fly in the same blocks: on a CPU with
+//!   AVX-512 VNNI by `gemm_q8.rs`, elsewhere by candle's generic kernels
+//!   (never by candle's repacked ones, which quantize the activations per
+//!   256 values and cost Whisper accuracy; `gemm_q8.rs` says how much).
+//!   The quantized weights come from `quantize.rs`'s cache. Asked for
 //!   (`models.int8_encoder`), on a CPU with AVX-512 VNNI, the encoder's
 //!   linear layers are int8 too, quantized per output channel at load and
 //!   multiplied by `gemm_i8.rs` (1,500 rows per window, where candle's int8
@@ -29,6 +31,7 @@ use candle_core::{DType, Device, Module, Result, Shape, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use super::gemm_i8::{self, PackedI8};
+use super::gemm_q8::{self, PackedQ8};
 
 /// Whether this CPU can run the encoder's linear layers in int8
 /// (AVX-512 F, BW and VNNI; see `gemm_i8.rs`).
@@ -161,6 +164,11 @@ pub(super) enum Linear {
         weight: Arc<PackedI8>,
         bias: Option<Vec<f32>>,
     },
+    /// `Q8_0` weights multiplied by `gemm_q8.rs` (a CPU with AVX-512 VNNI).
+    Blocks {
+        weight: Arc<PackedQ8>,
+        bias: Option<Vec<f32>>,
+    },
     /// `weight` may have `pad` zero columns past the input width (see
     /// [`widened`]), met by as many zeros appended to the input.
     Quantized {
@@ -172,6 +180,12 @@ pub(super) enum Linear {
 
 impl Linear {
     pub(super) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        if let Some(packed) = blocks(&weight)? {
+            return Ok(Self::Blocks {
+                weight: Arc::new(packed),
+                bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+            });
+        }
         let (weight, pad) = match widened(&weight)? {
             Some((wide, pad)) => (Arc::new(wide), pad),
             None => (weight, 0),
@@ -184,31 +198,50 @@ impl Linear {
     }
 }
 
-/// candle's fastest int8 kernels (weights repacked for the CPU's 512-bit
-/// integer dot products, AVX-512 VNNI) take a product only when its input
-/// width is a multiple of this and its output width a multiple of
-/// [`PACKED_ROWS`]; other products take its generic kernels.
+/// The output widths of the padded token embedding in the cache are a
+/// multiple of this (`quantize.rs`), which `gemm_q8.rs`'s panels need.
+pub(super) const PACKED_ROWS: usize = gemm_q8::LANES;
+/// The cache pads the token embedding's input width to a multiple of this
+/// (a layout kept from when candle's repacked kernels were used; the
+/// padding columns are zero and `gemm_q8.rs` skips them).
 pub(super) const PACKED_WIDTH: usize = 256;
-/// See [`PACKED_WIDTH`].
-pub(super) const PACKED_ROWS: usize = 16;
 
-/// A CPU `Q8_0` weight whose input width misses [`PACKED_WIDTH`] (tiny's
-/// 384), widened with zero blocks to the next multiple, and how many
-/// columns were added: the repacked kernels then take it. tiny.en's
-/// decoder spent a quarter of a long recording's time in the generic
-/// kernel, most of it computing each window's cross-attention keys and
-/// values (1,500 rows). A zero block (scale 0, values 0) is what
-/// quantizing zeros gives, so the weight's values are unchanged; the
-/// products are a third larger.
+/// A CPU `Q8_0` weight repacked for `gemm_q8.rs`, where this CPU has the
+/// instructions and the weight the shape; its first `rows` rows.
+fn blocks_of(weight: &QTensor, rows: usize, cols: usize) -> Result<Option<PackedQ8>> {
+    use candle_core::quantized::GgmlDType;
+    if !weight.device().is_cpu()
+        || weight.dtype() != GgmlDType::Q8_0
+        || !gemm_q8::available()
+        || !gemm_q8::fits(rows, cols)
+    {
+        return Ok(None);
+    }
+    PackedQ8::from_q8_0(weight, rows, cols).map(Some)
+}
+
+/// [`blocks_of`] the whole weight.
+fn blocks(weight: &QTensor) -> Result<Option<PackedQ8>> {
+    let (rows, cols) = weight.shape().dims2()?;
+    blocks_of(weight, rows, cols)
+}
+
+/// A CPU `Q8_0` weight that candle's repacked kernels would take (input
+/// width a multiple of 256, output width of 16, on a CPU with AVX-512 VNNI
+/// or AVX-VNNI), widened by one zero block so that its generic kernels take
+/// it instead, and how many columns were added (see the module docs for
+/// why). A zero block (scale 0, values 0) is what quantizing zeros gives,
+/// so the weight's values are unchanged. Only a CPU with AVX-VNNI and no
+/// AVX-512 gets here: with AVX-512 VNNI `gemm_q8.rs` takes the weight.
 fn widened(weight: &QTensor) -> Result<Option<(QTensor, usize)>> {
     use candle_core::quantized::{GgmlDType, QStorage};
     let dtype = weight.dtype();
     let (rows, cols) = weight.shape().dims2()?;
-    let wide = cols.next_multiple_of(PACKED_WIDTH);
+    let wide = cols + dtype.block_size();
     if !weight.device().is_cpu()
         || !packed_kernels()
         || dtype != GgmlDType::Q8_0
-        || wide == cols
+        || !cols.is_multiple_of(PACKED_WIDTH)
         || !rows.is_multiple_of(PACKED_ROWS)
     {
         return Ok(None);
@@ -233,10 +266,9 @@ fn widened(weight: &QTensor) -> Result<Option<(QTensor, usize)>> {
     Ok(Some((QTensor::new(storage, (rows, wide))?, wide - cols)))
 }
 
-/// Whether this CPU has the integer dot products candle's repacked int8
-/// kernels need (x86 with AVX-512 VNNI or AVX-VNNI, as candle checks).
-/// Elsewhere a widened weight would only make the generic kernels'
-/// products larger.
+/// Whether candle would take a `Q8_0` product of the right widths to its
+/// repacked kernels on this CPU (x86 with AVX-512 VNNI or AVX-VNNI, as
+/// candle checks).
 fn packed_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -254,6 +286,7 @@ impl Module for Linear {
         match self {
             Self::Float(l) => l.forward(x),
             Self::Rows { weight, bias } => weight.forward(x, bias.as_deref()),
+            Self::Blocks { weight, bias } => weight.forward(x, bias.as_deref()),
             Self::Quantized { weight, bias, pad } => {
                 let y = forward_split(weight, &with_zero_columns(x, *pad)?)?;
                 match bias {
@@ -310,16 +343,37 @@ pub(super) enum TokenEmbedding {
     /// their logits and embedding values are cut off.
     Quantized {
         table: Arc<QTensor>,
-        projection: QMatMul,
+        projection: Projection,
         vocab: usize,
         d: usize,
     },
 }
 
+/// How a quantized token embedding multiplies: candle's generic kernels
+/// (the table widened, if candle would repack it, as [`widened`] says), or
+/// `gemm_q8.rs` on the table's first `d` columns.
+#[derive(Debug, Clone)]
+pub(super) enum Projection {
+    Candle(QMatMul),
+    Blocks(Arc<PackedQ8>),
+}
+
 impl TokenEmbedding {
     pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
+        let rows = table.shape().dims2()?.0;
+        let (table, projection) = match blocks_of(&table, rows, d)? {
+            Some(packed) => (table, Projection::Blocks(Arc::new(packed))),
+            None => {
+                let table = match widened(&table)? {
+                    Some((wide, _)) => Arc::new(wide),
+                    None => table,
+                };
+                let projection = Projection::Candle(QMatMul::from_arc(table.clone())?);
+                (table, projection)
+            }
+        };
         Ok(Self::Quantized {
-            projection: QMatMul::from_arc(table.clone())?,
+            projection,
             table,
             vocab,
             d,
@@ -352,8 +406,13 @@ impl TokenEmbedding {
                 vocab,
                 d,
             } => {
-                let cols = table.shape().dims2()?.1;
-                let logits = projection.forward(&with_zero_columns(hidden, cols - d)?)?;
+                let logits = match projection {
+                    Projection::Blocks(p) => p.forward(hidden, None)?,
+                    Projection::Candle(p) => {
+                        let cols = table.shape().dims2()?.1;
+                        p.forward(&with_zero_columns(hidden, cols - d)?)?
+                    }
+                };
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {
@@ -534,9 +593,12 @@ mod tests {
             )?),
             Some(b),
         )?;
-        // 64 wide: widened to the repacked kernels' 256 where they run.
-        let widened = if packed_kernels() { 192 } else { 0 };
-        assert!(matches!(q, Linear::Quantized { pad, .. } if pad == widened));
+        // 64 wide: candle's generic kernels, or gemm_q8.rs where it runs.
+        if gemm_q8::available() {
+            assert!(matches!(q, Linear::Blocks { .. }));
+        } else {
+            assert!(matches!(q, Linear::Quantized { pad: 0, .. }));
+        }
         // 10 rows in one product, 64 split over threads.
         for x in [x, Tensor::randn(0f32, 1.0, (2, SPLIT_ROWS, 64), &dev)?] {
             let (a, c) = (float.forward(&x)?, q.forward(&x)?);

@@ -59,15 +59,13 @@ struct CacheRecord {
     sha256: String,
 }
 
-/// The token embedding, quantized with padding. candle's fastest int8
-/// kernels need the output width to be a multiple of [`PACKED_ROWS`] and
-/// the input width a multiple of [`PACKED_WIDTH`]. The vocabularies (51,864
-/// and 51,865) are not, nor is tiny's width (384), so the output
-/// projection, the largest product of every decoding step, is padded with
-/// zero rows (whose logits are cut off again) and zero columns (met by
-/// zeros appended to the hidden state): 7x faster than float32 per step
-/// instead of no faster. The other layers are widened at load instead
-/// (`compute::widened`), which keeps the cache's layout.
+/// The token embedding, quantized with padding: zero rows up to a multiple
+/// of [`PACKED_ROWS`] (their logits are cut off again) and zero columns up to
+/// a multiple of [`PACKED_WIDTH`]. The rows are what `gemm_q8.rs`'s panels
+/// need (the vocabularies, 51,864 and 51,865, are not whole panels); the
+/// columns were for candle's repacked kernels, which are no longer used
+/// (`compute.rs` says why), and are kept so that caches already written
+/// stay valid.
 const EMBED_TOKENS: &str = "model.decoder.embed_tokens.weight";
 
 /// Whether the encoder's linear layers are quantized too. Measured on a
