@@ -608,4 +608,33 @@ mod tests {
         }
         Ok(())
     }
+
+    /// A weight candle would take to its repacked kernels (256 wide) is
+    /// widened by one zero block where those kernels exist, and a layer on
+    /// the widened weight gives what candle's generic kernels give on the
+    /// weight itself: the same blocks, the zero block adding nothing.
+    #[test]
+    fn a_weight_candle_would_repack_is_widened_by_one_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (32, 256), &dev)?;
+        let q = QTensor::quantize(&w, candle_core::quantized::GgmlDType::Q8_0)?;
+        let Some((wide, pad)) = widened(&q)? else {
+            assert!(!packed_kernels(), "no widening where candle repacks");
+            return Ok(());
+        };
+        assert_eq!((wide.shape().dims2()?, pad), ((32, 288), 32));
+        let layer = Linear::Quantized {
+            weight: QMatMul::from_arc(Arc::new(wide))?,
+            bias: None,
+            pad,
+        };
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &dev)?;
+        let got = layer.forward(&x)?;
+        // The float product with the stored (quantized) weights: only the
+        // inputs' rounding, per 32 values, is left.
+        let want = x.matmul(&q.dequantize(&dev)?.t()?)?;
+        let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 0.03, "max error {err}");
+        Ok(())
+    }
 }
