@@ -124,14 +124,26 @@ impl ModelEngine {
             }],
         };
         let earlier = checkpoint.segments.clone();
+        // Segments wait for the point where the model says a run could
+        // resume (the next window's start): a checkpoint taken there is
+        // resumed into the same windows with the same prompt as the
+        // uninterrupted run. From a segment's end instead, the windows
+        // after a resume fell elsewhere and tiny.en dropped phrases at
+        // the seams of JFK x5 that the uninterrupted run heard.
+        let mut pending: Vec<Segment> = Vec::new();
         let mut on_progress = |p: whisper::Progress| {
             if cancelled() {
                 return false;
             }
             if let Some(seg) = p.segment {
-                checkpoint.resume_at = checkpoint.resume_at.max(seg.end);
-                checkpoint.segments.push(seg);
-                sink.checkpoint(json!(checkpoint));
+                pending.push(seg);
+            }
+            if let Some(at) = p.resumable_at {
+                if !pending.is_empty() || at > checkpoint.resume_at {
+                    checkpoint.resume_at = checkpoint.resume_at.max(at);
+                    checkpoint.segments.append(&mut pending);
+                    sink.checkpoint(json!(checkpoint));
+                }
             }
             let fraction = if p.total_s > 0.0 {
                 p.processed_s / p.total_s

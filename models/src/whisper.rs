@@ -194,4 +194,10 @@ pub struct Progress {
     pub total_s: f64,
     /// The segment just decoded, when this report is about one.
     pub segment: Option<Segment>,
+    /// Set when every segment reported so far is final and a run started
+    /// here (original timeline), prompted with those segments' tokens,
+    /// would decode the windows this one goes on to: where a checkpoint
+    /// resumes. The long-form loop says so at each window's start (its
+    /// `seek`), the batched pipeline after each chunk, both at the end.
+    pub resumable_at: Option<f64>,
 }

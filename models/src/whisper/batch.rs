@@ -173,6 +173,7 @@ impl WhisperModel {
                     processed_s: group_start,
                     total_s,
                     segment: None,
+                    resumable_at: None,
                 })
             };
             if !check() {
@@ -288,9 +289,20 @@ impl WhisperModel {
                         processed_s: end_s.min(total_s),
                         total_s,
                         segment: Some(segment),
+                        resumable_at: None,
                     }) {
                         return Err(WhisperError::Cancelled);
                     }
+                }
+                // Every chunk is decoded on its own: a run from its end
+                // goes on as this one.
+                if !on_progress(Progress {
+                    processed_s: end_s.min(total_s),
+                    total_s,
+                    segment: None,
+                    resumable_at: Some(end_s.min(total_s)),
+                }) {
+                    return Err(WhisperError::Cancelled);
                 }
                 handed += 1;
             }
@@ -299,6 +311,7 @@ impl WhisperModel {
             processed_s: total_s,
             total_s,
             segment: None,
+            resumable_at: Some(total_s),
         });
         let (language, detected) = reported_language(&segments, opts, language, detected);
         Ok(finish(language, detected, total_s, segments))

@@ -95,6 +95,7 @@ impl WhisperModel {
                     processed_s: 0.0,
                     total_s,
                     segment: None,
+                    resumable_at: None,
                 })
             {
                 return Err(WhisperError::Cancelled);
@@ -181,6 +182,11 @@ impl WhisperModel {
                 processed_s: to_original(time_offset, false),
                 total_s,
                 segment: None,
+                // (A run started here does not know whether this window
+                // hears a stopped window's rest, nor whether the last one
+                // moved `seek` by its words: it hears the window as a
+                // first one.)
+                resumable_at: Some(to_original(time_offset, false)),
             }) {
                 return Err(WhisperError::Cancelled);
             }
@@ -202,6 +208,7 @@ impl WhisperModel {
                     processed_s: to_original(time_offset, false),
                     total_s,
                     segment: None,
+                    resumable_at: None,
                 })
             };
             let mut result = self.decode_with_fallback(
@@ -313,6 +320,7 @@ impl WhisperModel {
                     processed_s: processed,
                     total_s,
                     segment: Some(segment),
+                    resumable_at: None,
                 }) {
                     return Err(WhisperError::Cancelled);
                 }
@@ -330,6 +338,7 @@ impl WhisperModel {
             processed_s: total_s,
             total_s,
             segment: None,
+            resumable_at: Some(total_s),
         });
         let (language, detected) = reported_language(&segments, opts, language, detected);
         Ok((language, detected, segments))
