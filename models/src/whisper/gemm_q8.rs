@@ -328,8 +328,8 @@ unsafe fn kernel<const R: usize, const NP: usize>(t: &Tile, x: &[u8], s: &[f32],
                 acc[i][p] = _mm512_fmadd_ps(exact, ds, acc[i][p]);
             }
         }
-        for i in 0..R {
-            sp[i] = sp[i].add(1);
+        for p in sp.iter_mut() {
+            *p = p.add(1);
         }
         dwp = dwp.add(n);
         offp = offp.add(n);
@@ -360,7 +360,7 @@ mod tests {
         let mut xq = vec![0u8; BLOCK];
         let mut out = Vec::new();
         for row in x.chunks_exact(k) {
-            for c in 0..n {
+            for (c, bias_c) in bias.iter().enumerate().take(n) {
                 let mut acc = 0f32;
                 for b in 0..k / BLOCK {
                     let dx = quantize_block(&row[b * BLOCK..][..BLOCK], &mut xq);
@@ -374,7 +374,7 @@ mod tests {
                         .sum();
                     acc = (sum as f32).mul_add(dw * dx, acc);
                 }
-                out.push(acc + bias[c]);
+                out.push(acc + bias_c);
             }
         }
         out
