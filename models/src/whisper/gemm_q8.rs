@@ -245,6 +245,7 @@ fn quantize_block(x: &[f32], out: &mut [u8]) -> f32 {
 
 /// A group's packed weights and per-block numbers, starting at its first
 /// channel (`scale` and `offset` keep the weight's stride `n`).
+#[cfg(target_arch = "x86_64")]
 struct Tile<'a> {
     w: &'a [i8],
     scale: &'a [f32],
