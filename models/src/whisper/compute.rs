@@ -180,20 +180,30 @@ pub(super) enum Linear {
 
 impl Linear {
     pub(super) fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        if let Some(packed) = blocks(&weight)? {
+        let k = weight.shape().dims2()?.1;
+        Self::quantized_columns(weight, k, bias)
+    }
+
+    /// A layer on the first `k` columns of a quantized weight (a padded
+    /// table's columns past them are zero): `gemm_q8.rs` where it runs,
+    /// else candle's generic kernels, the input met by zeros for the
+    /// columns past `k` (and for a [`widened`] weight's extra block).
+    fn quantized_columns(weight: Arc<QTensor>, k: usize, bias: Option<Tensor>) -> Result<Self> {
+        let (rows, cols) = weight.shape().dims2()?;
+        if let Some(packed) = blocks_of(&weight, rows, k)? {
             return Ok(Self::Blocks {
                 weight: Arc::new(packed),
                 bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
             });
         }
-        let (weight, pad) = match widened(&weight)? {
-            Some((wide, pad)) => (Arc::new(wide), pad),
+        let (weight, wider) = match widened(&weight)? {
+            Some((wide, wider)) => (Arc::new(wide), wider),
             None => (weight, 0),
         };
         Ok(Self::Quantized {
             weight: QMatMul::from_arc(weight)?,
             bias,
-            pad,
+            pad: cols - k + wider,
         })
     }
 }
@@ -218,12 +228,6 @@ fn blocks_of(weight: &QTensor, rows: usize, cols: usize) -> Result<Option<Packed
         return Ok(None);
     }
     PackedQ8::from_q8_0(weight, rows, cols).map(Some)
-}
-
-/// [`blocks_of`] the whole weight.
-fn blocks(weight: &QTensor) -> Result<Option<PackedQ8>> {
-    let (rows, cols) = weight.shape().dims2()?;
-    blocks_of(weight, rows, cols)
 }
 
 /// A CPU `Q8_0` weight that candle's repacked kernels would take (input
@@ -343,37 +347,17 @@ pub(super) enum TokenEmbedding {
     /// their logits and embedding values are cut off.
     Quantized {
         table: Arc<QTensor>,
-        projection: Projection,
+        /// The table as a linear layer on its first `d` columns.
+        projection: Linear,
         vocab: usize,
         d: usize,
     },
 }
 
-/// How a quantized token embedding multiplies: candle's generic kernels
-/// (the table widened, if candle would repack it, as [`widened`] says), or
-/// `gemm_q8.rs` on the table's first `d` columns.
-#[derive(Debug, Clone)]
-pub(super) enum Projection {
-    Candle(QMatMul),
-    Blocks(Arc<PackedQ8>),
-}
-
 impl TokenEmbedding {
     pub(super) fn quantized(table: Arc<QTensor>, vocab: usize, d: usize) -> Result<Self> {
-        let rows = table.shape().dims2()?.0;
-        let (table, projection) = match blocks_of(&table, rows, d)? {
-            Some(packed) => (table, Projection::Blocks(Arc::new(packed))),
-            None => {
-                let table = match widened(&table)? {
-                    Some((wide, _)) => Arc::new(wide),
-                    None => table,
-                };
-                let projection = Projection::Candle(QMatMul::from_arc(table.clone())?);
-                (table, projection)
-            }
-        };
         Ok(Self::Quantized {
-            projection,
+            projection: Linear::quantized_columns(table.clone(), d, None)?,
             table,
             vocab,
             d,
@@ -401,18 +385,9 @@ impl TokenEmbedding {
         match self {
             Self::Float(t) => hidden.matmul(&t.t()?),
             Self::Quantized {
-                table,
-                projection,
-                vocab,
-                d,
+                projection, vocab, ..
             } => {
-                let logits = match projection {
-                    Projection::Blocks(p) => p.forward(hidden, None)?,
-                    Projection::Candle(p) => {
-                        let cols = table.shape().dims2()?.1;
-                        p.forward(&with_zero_columns(hidden, cols - d)?)?
-                    }
-                };
+                let logits = projection.forward(hidden)?;
                 if logits.dim(1)? == *vocab {
                     Ok(logits)
                 } else {

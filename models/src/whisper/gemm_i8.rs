@@ -49,6 +49,40 @@ pub(super) fn available() -> bool {
     }
 }
 
+/// The frame of a product of `x` (`[..., k]`) by a weight `[n, k]` packed
+/// for one of the int8 kernels (this file's, `gemm_q8.rs`'s): checks `x`'s
+/// width and that this CPU has the instructions ([`available`]), hands
+/// `product` the rows of `x` in float32 (`rows * k`) and the output to fill
+/// (`rows * n`, zeros), and returns the output in `x`'s shape (last
+/// dimension `n`) and dtype. `what` names the kernel in errors.
+pub(super) fn rows_product(
+    x: &Tensor,
+    n: usize,
+    k: usize,
+    what: &str,
+    product: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<Tensor> {
+    let width = x.dim(candle_core::D::Minus1)?;
+    if width != k {
+        candle_core::bail!("{what}: input width {width}, weight takes {k}");
+    }
+    if !available() {
+        candle_core::bail!("{what}: this CPU has no AVX-512 VNNI");
+    }
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / k;
+    let input = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut out = vec![0f32; rows * n];
+    product(&input, &mut out);
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+}
+
 /// A weight `[n, k]` quantized per row and packed for the kernel: panels of
 /// [`LANES`] rows, grouped by [`GROUP`], each group stored `k / 4` steps of
 /// `panels x LANES x 4` bytes (four consecutive inputs of each channel).
@@ -199,28 +233,12 @@ impl PackedI8 {
     /// returned in `x`'s dtype), its rows split over rayon's threads.
     pub(super) fn forward(&self, x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
         use rayon::prelude::*;
-        let k = x.dim(candle_core::D::Minus1)?;
-        if k != self.k {
-            candle_core::bail!("int8 rows: input width {k}, weight takes {}", self.k);
-        }
-        if !available() {
-            candle_core::bail!("int8 rows: this CPU has no AVX-512 VNNI");
-        }
-        let mut dims = x.dims().to_vec();
-        let rows = x.elem_count() / k;
-        let input = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut out = vec![0f32; rows * self.n];
-        out.par_chunks_mut(PART_ROWS * self.n)
-            .zip(input.par_chunks(PART_ROWS * k))
-            // SAFETY: `available()` holds (checked above).
-            .for_each(|(out, input)| unsafe { self.part(input, out, bias) });
-        if let Some(last) = dims.last_mut() {
-            *last = self.n;
-        }
-        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+        rows_product(x, self.n, self.k, "int8 rows", |input, out| {
+            out.par_chunks_mut(PART_ROWS * self.n)
+                .zip(input.par_chunks(PART_ROWS * self.k))
+                // SAFETY: `available()` holds (`rows_product` checked).
+                .for_each(|(out, input)| unsafe { self.part(input, out, bias) })
+        })
     }
 
     /// One part's rows: quantize them, then every group of channels against

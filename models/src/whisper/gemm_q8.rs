@@ -139,35 +139,21 @@ impl PackedQ8 {
     /// in `x`'s dtype).
     pub(super) fn forward(&self, x: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
         use rayon::prelude::*;
-        let k = x.dim(candle_core::D::Minus1)?;
-        if k != self.k {
-            candle_core::bail!("q8 blocks: input width {k}, weight takes {}", self.k);
-        }
-        if !available() {
-            candle_core::bail!("q8 blocks: this CPU has no AVX-512 VNNI");
-        }
-        let mut dims = x.dims().to_vec();
-        let rows = x.elem_count() / k;
-        let input = x
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut out = vec![0f32; rows * self.n];
-        let threads = rayon::current_num_threads();
-        if rows < SPLIT_ROWS || threads < 2 {
-            // SAFETY: `available()` holds (checked above).
-            unsafe { self.part(&input, &mut out, bias) };
-        } else {
-            let chunk = rows.div_ceil(threads).next_multiple_of(ROWS);
-            out.par_chunks_mut(chunk * self.n)
-                .zip(input.par_chunks(chunk * k))
-                // SAFETY: as above.
-                .for_each(|(out, input)| unsafe { self.part(input, out, bias) });
-        }
-        if let Some(last) = dims.last_mut() {
-            *last = self.n;
-        }
-        Tensor::from_vec(out, dims, x.device())?.to_dtype(x.dtype())
+        let (n, k) = (self.n, self.k);
+        super::gemm_i8::rows_product(x, n, k, "q8 blocks", |input, out| {
+            let rows = input.len() / k;
+            let threads = rayon::current_num_threads();
+            if rows < SPLIT_ROWS || threads < 2 {
+                // SAFETY: `available()` holds (`rows_product` checked).
+                unsafe { self.part(input, out, bias) };
+            } else {
+                let chunk = rows.div_ceil(threads).next_multiple_of(ROWS);
+                out.par_chunks_mut(chunk * n)
+                    .zip(input.par_chunks(chunk * k))
+                    // SAFETY: as above.
+                    .for_each(|(out, input)| unsafe { self.part(input, out, bias) });
+            }
+        })
     }
 
     /// Some rows: quantize them, then every group of channels against every
@@ -442,7 +428,9 @@ mod tests {
         // The float product with the stored weights: what is left is the
         // inputs' rounding alone.
         let w = q.dequantize(&dev)?;
-        let mut x = Tensor::randn(0f32, 1.0, (4, k), &dev)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = Tensor::randn(0f32, 1.0, (4, k), &dev)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for row in x.chunks_exact_mut(k) {
             row[100] = 300.0;
         }
@@ -467,7 +455,11 @@ mod tests {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let rms = |a: &[f32]| {
-            let sq = a.iter().zip(&want).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+            let sq = a
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>();
             (sq / a.len() as f32).sqrt()
         };
         // 31 inputs rounded coarsely against 255: sqrt(255 / 31) = 2.9.
