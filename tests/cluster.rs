@@ -243,11 +243,7 @@ async fn assert_completed_once(client: &Client, job_id: &str, times: usize) -> V
     let expected = [murmur_models::testaudio::JFK_TEXT; 5][..times].join(" ");
     let wer = murmur_models::wer::wer(&expected, &text);
     assert!(wer <= 0.1, "{job_id}: WER {wer}: {text}");
-    assert_eq!(
-        text.matches(JFK_OPENING).count(),
-        times,
-        "{job_id}: {text}"
-    );
+    assert_eq!(text.matches(JFK_OPENING).count(), times, "{job_id}: {text}");
     let events = client
         .get(&format!("/v1/jobs/{job_id}/events"))
         .await
@@ -259,6 +255,19 @@ async fn assert_completed_once(client: &Client, job_id: &str, times: usize) -> V
     let completed = events.iter().filter(|e| e["type"] == "completed").count();
     assert_eq!(completed, 1, "{job_id}: {events:?}");
     job
+}
+
+/// Three jobs of the file `fid` (JFK's clip `times` over), submitted at
+/// once: each completes once, on its first attempt.
+async fn three_jobs_complete_first_time(client: &Client, fid: &str, times: usize) {
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(submit(client, fid).await);
+    }
+    for j in &jobs {
+        let job = assert_completed_once(client, j, times).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
 }
 
 /// A completed job's transcript, lower case, without commas and full
@@ -446,14 +455,7 @@ async fn a_hung_worker_node_is_given_up_its_job_runs_elsewhere_and_it_returns_wh
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let short = upload(&a.client, "jfk2.wav", common::jfk_repeated(2).0).await;
-    let mut jobs = Vec::new();
-    for _ in 0..3 {
-        jobs.push(submit(&a.client, &short).await);
-    }
-    for j in &jobs {
-        let job = assert_completed_once(&a.client, j, 2).await;
-        assert_eq!(job["attempts"], 1, "{job}");
-    }
+    three_jobs_complete_first_time(&a.client, &short, 2).await;
     let thawed = worker_of(&op, &victim_name).await;
     assert!(thawed["jobs_completed"].as_u64().unwrap() >= 1, "{thawed}");
     let again = assert_completed_once(&a.client, &job, 5).await;
@@ -491,14 +493,7 @@ async fn an_engine_that_hangs_in_a_live_node_is_given_up_and_its_slot_held_back(
 
     // It says it holds tiny.en and its index is the lower, so the pool
     // would pick it first: held back, it gets none of the next jobs.
-    let mut jobs = Vec::new();
-    for _ in 0..3 {
-        jobs.push(submit(&a.client, &fid).await);
-    }
-    for j in &jobs {
-        let job = assert_completed_once(&a.client, j, 1).await;
-        assert_eq!(job["attempts"], 1, "{job}");
-    }
+    three_jobs_complete_first_time(&a.client, &fid, 1).await;
     let stuck = worker_of(&op, "stuck").await;
     assert_eq!(stuck["state"], "unresponsive", "{stuck}");
     assert_eq!(worker_of(&op, "steady").await["jobs_completed"], 4);
@@ -683,8 +678,10 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let status = a.client.get(&format!("/v1/jobs/{job}")).await.expect(200);
-        assert_eq!(
-            status["status"], "running",
+        // Queued at first (the pool has not handed it out yet), then
+        // running; never ended before the restart.
+        assert!(
+            ["queued", "running"].contains(&status["status"].as_str().unwrap_or("")),
             "finished before the restart: {status}"
         );
         if status["progress"].as_f64().unwrap() > 0.2 {
