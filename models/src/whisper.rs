@@ -39,6 +39,7 @@ pub mod decoder;
 mod decoding;
 mod encoder;
 mod filters;
+mod fused_attention;
 mod gemm_i8;
 mod gemm_q8;
 mod guards;

@@ -130,6 +130,16 @@ const LANES: usize = 16;
 
 #[inline(always)]
 fn softmax_row(src: &[f32], dst: &mut [f32]) {
+    let sum = exp_minus_max(src, dst);
+    for d in dst.iter_mut() {
+        *d /= sum;
+    }
+}
+
+/// `dst[i] = e^(src[i] - max(src))`; returns the sum of `dst`: a softmax
+/// row before its division.
+#[inline(always)]
+fn exp_minus_max(src: &[f32], dst: &mut [f32]) -> f32 {
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = src.chunks_exact(LANES);
     for c in &mut chunks {
@@ -155,9 +165,7 @@ fn softmax_row(src: &[f32], dst: &mut [f32]) {
     for &v in chunks.remainder() {
         sum += v;
     }
-    for d in dst.iter_mut() {
-        *d /= sum;
-    }
+    sum
 }
 
 #[inline(always)]

@@ -3,7 +3,8 @@
 //!
 //! The same computation as candle-transformers' `AudioEncoder` (tanh GELU,
 //! keys and queries each scaled by `head_dim^-1/4`), with its softmax and
-//! GELU vectorised (`activations.rs`, within 2 ulp of libm's); ours because
+//! GELU vectorised (`activations.rs`, within 2 ulp of libm's) and, on a
+//! CPU with AVX-512, its attention fused (`fused_attention.rs`); ours because
 //! its linear layers follow the compute type (float or int8, see `compute.rs`) and its `forward` takes
 //! `&self`: the encoder keeps no state, so one loaded model encodes for any
 //! number of jobs at once. Loads the weight names `model.encoder.*`.
@@ -13,6 +14,7 @@ use candle_nn::{Conv1d, Conv1dConfig, LayerNorm};
 
 use super::activations::{gelu, softmax_last_dim};
 use super::compute::{Linear, Weights};
+use super::fused_attention;
 use super::Config;
 
 #[derive(Debug, Clone)]
@@ -45,6 +47,12 @@ impl SelfAttention {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, d) = x.dims3()?;
+        if fused_attention::applies(x, self.n_head) {
+            let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+            return self
+                .out
+                .forward(&fused_attention::self_attention(&q, &k, &v, self.n_head)?);
+        }
         let scale = ((d / self.n_head) as f64).powf(-0.25);
         let q = (self.heads(&self.q.forward(x)?)? * scale)?;
         let k = (self.heads(&self.k.forward(x)?)?.transpose(2, 3)? * scale)?;
