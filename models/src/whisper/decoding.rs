@@ -130,16 +130,8 @@ impl WhisperModel {
             if !needs_fallback(&result, opts) {
                 return Ok(result);
             }
-            // Keep the least bad attempt in case every temperature fails:
-            // prefer one that did not loop, then the higher log-probability.
-            let better = match &best {
-                None => true,
-                Some(b) => {
-                    (b.looped && !result.looped)
-                        || (b.looped == result.looped && result.avg_logprob > b.avg_logprob)
-                }
-            };
-            if better {
+            // Keep the least bad attempt in case every temperature fails.
+            if best.as_ref().is_none_or(|b| less_bad(&result, b, opts)) {
                 best = Some(result);
             }
         }
@@ -239,6 +231,26 @@ impl WhisperModel {
 /// Whether a window's result fails the thresholds (so the next temperature
 /// is tried): it looped, its text compresses too well, or its tokens are
 /// too unlikely; unless the window is silence anyway.
+/// Whether failed attempt `a` at a window is less bad than `b`, when every
+/// temperature fails, by faster-whisper's rule: the likelier (average
+/// log-probability) of those whose text does not compress as repetitive,
+/// else of all. An attempt the repetition guard cut competes with its cut
+/// text: one copy is kept, and the loop goes on from its last timestamp,
+/// so the audio after the cut is heard again.
+///
+/// (Preferring any attempt that was not cut lost speech: on JFK's clip
+/// five times over, where every attempt at a window is cut where the
+/// sentence comes round again, a sample at temperature 1.0 reading
+/// "America ask", average log-probability -3.4, won over cut attempts at
+/// -0.3, and the rest of the recording's last window was never heard.)
+pub(super) fn less_bad(a: &WindowResult, b: &WindowResult, opts: &DecodeOptions) -> bool {
+    let plain = |r: &WindowResult| {
+        opts.compression_ratio_threshold
+            .is_none_or(|cr| r.compression_ratio <= cr)
+    };
+    (plain(a) && !plain(b)) || (plain(a) == plain(b) && a.avg_logprob > b.avg_logprob)
+}
+
 pub(super) fn needs_fallback(result: &WindowResult, opts: &DecodeOptions) -> bool {
     if let Some(ns) = opts.no_speech_threshold {
         if result.no_speech_prob > ns {
@@ -309,5 +321,44 @@ impl SplitMix64 {
 
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(avg_logprob: f64, compression_ratio: f64, looped: bool) -> WindowResult {
+        WindowResult {
+            tokens: vec![1, 2, 3],
+            avg_logprob,
+            no_speech_prob: 0.1,
+            temperature: 0.0,
+            compression_ratio,
+            looped,
+        }
+    }
+
+    #[test]
+    fn the_least_bad_failure_is_the_likeliest_plain_one() {
+        let opts = DecodeOptions::default();
+        // The case that lost speech: a cut attempt at -0.33 against an
+        // uncut sample at -3.37; the cut one is kept.
+        let cut = attempt(-0.33, 1.4, true);
+        let garbled = attempt(-3.37, 0.58, false);
+        assert!(less_bad(&cut, &garbled, &opts));
+        assert!(!less_bad(&garbled, &cut, &opts));
+        // Text that compresses as repetitive loses to any that does not,
+        // however likely.
+        let repetitive = attempt(-0.1, 3.0, false);
+        assert!(less_bad(&garbled, &repetitive, &opts));
+        assert!(!less_bad(&attempt(-0.2, 2.6, false), &repetitive, &opts));
+        assert!(less_bad(&attempt(-0.05, 2.6, false), &repetitive, &opts));
+        // Without a compression threshold, likelihood alone decides.
+        let no_cr = DecodeOptions {
+            compression_ratio_threshold: None,
+            ..DecodeOptions::default()
+        };
+        assert!(less_bad(&repetitive, &garbled, &no_cr));
     }
 }
