@@ -44,7 +44,11 @@ pub(super) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The float32 values of a contiguous CPU tensor.
-fn values<'a>(name: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(super) fn values<'a>(
+    name: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(src) = storage else {
         candle_core::bail!("{name}: float32 only");
     };

@@ -80,16 +80,6 @@ struct FusedAttention {
     n_head: usize,
 }
 
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("fused attention: float32 only");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("fused attention: contiguous inputs only");
-    };
-    Ok(&data[start..end])
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-encoder-attention"
@@ -111,7 +101,13 @@ impl CustomOp3 for FusedAttention {
                 self.n_head
             );
         }
-        let (q, k, v) = (values(s1, l1)?, values(s2, l2)?, values(s3, l3)?);
+        use super::activations::values;
+        let name = self.name();
+        let (q, k, v) = (
+            values(name, s1, l1)?,
+            values(name, s2, l2)?,
+            values(name, s3, l3)?,
+        );
         let mut out = vec![0f32; b * t * d];
         #[cfg(target_arch = "x86_64")]
         attend(q, k, v, b, t, self.n_head, &mut out);

@@ -151,20 +151,26 @@ fn row_range(row: &[f32]) -> (f32, f32) {
     (lo, hi)
 }
 
-/// An input row quantized into `out` as unsigned bytes; returns its scale
-/// and zero point (see the module docs).
-#[cfg(any(test, not(target_arch = "x86_64")))]
+/// An input row's scale, its inverse and its zero point (a whole number
+/// in `[0, 255]`) from its range `(lo, hi)`, 0 within it. As for weights,
+/// a scale whose inverse would overflow is 1.
 #[inline(always)]
-fn quantize_input_with(row: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let (lo, hi) = row_range(row);
-    // As for weights: a scale whose inverse would overflow is 1.
+fn input_scale((lo, hi): (f32, f32)) -> (f32, f32, f32) {
     let scale = if ((hi - lo) / 255.0).is_normal() {
         (hi - lo) / 255.0
     } else {
         1.0
     };
     let inv = 1.0 / scale;
-    let zero = (-lo * inv).round().clamp(0.0, 255.0);
+    (scale, inv, (-lo * inv).round().clamp(0.0, 255.0))
+}
+
+/// An input row quantized into `out` as unsigned bytes; returns its scale
+/// and zero point (see the module docs).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline(always)]
+fn quantize_input_with(row: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let (scale, inv, zero) = input_scale(row_range(row));
     for (o, &v) in out.iter_mut().zip(row) {
         *o = (v * inv + zero).round().clamp(0.0, 255.0) as u8;
     }
@@ -204,14 +210,7 @@ unsafe fn quantize_input(row: &[f32], out: &mut [u8]) -> (f32, i32) {
         lo = _mm512_min_ps(v, lo);
         hi = _mm512_max_ps(v, hi);
     }
-    let (lo, hi) = (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
-    let scale = if ((hi - lo) / 255.0).is_normal() {
-        (hi - lo) / 255.0
-    } else {
-        1.0
-    };
-    let inv = 1.0 / scale;
-    let zero = (-lo * inv).round().clamp(0.0, 255.0);
+    let (scale, inv, zero) = input_scale((_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)));
     let (vinv, vzero) = (_mm512_set1_ps(inv), _mm512_set1_ps(zero));
     let (floor, ceiling) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
     let below_half = _mm512_set1_ps(f32::from_bits(0.5f32.to_bits() - 1));
