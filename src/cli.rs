@@ -58,10 +58,18 @@ pub struct TranscribeArgs {
     #[arg(long)]
     compute_type: Option<String>,
     /// Under int8, the encoder's linear layers in int8 too, on a CPU with
-    /// AVX-512 VNNI: faster, a little less accurate (docs/models.md).
-    /// Overrides `models.int8_encoder`.
-    #[arg(long)]
-    int8_encoder: bool,
+    /// AVX-512 VNNI (the default there): `--int8-encoder=false` keeps them
+    /// in float32 (docs/models.md). Overrides `models.int8_encoder`.
+    // `=` required, so that `--int8-encoder FILE` still reads FILE as the
+    // audio.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    int8_encoder: Option<bool>,
     /// Decode by faster-whisper's rules alone, without Murmur's repetition
     /// guard (for comparing the two).
     #[arg(long)]
@@ -222,8 +230,8 @@ pub async fn transcribe(settings: &Settings, args: TranscribeArgs) -> anyhow::Re
     if let Some(compute_type) = &args.compute_type {
         settings.models.compute_type = compute_type.clone();
     }
-    if args.int8_encoder {
-        settings.models.int8_encoder = true;
+    if let Some(int8_encoder) = args.int8_encoder {
+        settings.models.int8_encoder = int8_encoder;
     }
     let settings = &settings;
     let subtitles = SubtitleOptions {
