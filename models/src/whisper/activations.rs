@@ -132,6 +132,19 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
 /// fixed by this, not by the CPU's vector width.
 const LANES: usize = 16;
 
+/// The mask of the [`LANES`] values from `j` that are below `len`: all of
+/// them inside, the first `len - j` at the end, none past it; for the
+/// masked loads and stores of the AVX-512 kernels (`fused_attention.rs`,
+/// `gemm_i8.rs`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn lanes(j: usize, len: usize) -> u16 {
+    match len.saturating_sub(j) {
+        n if n >= LANES => u16::MAX,
+        n => ((1u32 << n) - 1) as u16,
+    }
+}
+
 #[inline(always)]
 fn softmax_row(src: &[f32], dst: &mut [f32]) {
     let sum = exp_minus_max(src, dst);

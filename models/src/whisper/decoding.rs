@@ -228,9 +228,6 @@ impl WhisperModel {
     }
 }
 
-/// Whether a window's result fails the thresholds (so the next temperature
-/// is tried): it looped, its text compresses too well, or its tokens are
-/// too unlikely; unless the window is silence anyway.
 /// Whether failed attempt `a` at a window is less bad than `b`, when every
 /// temperature fails, by faster-whisper's rule: the likelier (average
 /// log-probability) of those whose text does not compress as repetitive,
@@ -251,6 +248,9 @@ pub(super) fn less_bad(a: &WindowResult, b: &WindowResult, opts: &DecodeOptions)
     (plain(a) && !plain(b)) || (plain(a) == plain(b) && a.avg_logprob > b.avg_logprob)
 }
 
+/// Whether a window's result fails the thresholds (so the next temperature
+/// is tried): it looped, its text compresses too well, or its tokens are
+/// too unlikely; unless the window is silence anyway.
 pub(super) fn needs_fallback(result: &WindowResult, opts: &DecodeOptions) -> bool {
     if let Some(ns) = opts.no_speech_threshold {
         if result.no_speech_prob > ns {

@@ -25,8 +25,11 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::activations::lanes;
+
 /// Every Whisper model's attention head width.
-pub(super) const HEAD_DIM: usize = 64;
+const HEAD_DIM: usize = 64;
 
 /// Query rows per task: their scores and exponentials (two `BLOCK x t`
 /// buffers, 576 KB at `t` = 1,500) stay in a core's L2.
@@ -322,16 +325,6 @@ unsafe fn exp(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
         _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, k(88.0)),
         k(f32::INFINITY),
     )
-}
-
-/// The mask of the lanes of the 16 columns from `j` that are below `t`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn lanes(j: usize, t: usize) -> u16 {
-    match t.saturating_sub(j) {
-        n if n >= 16 => u16::MAX,
-        n => ((1u32 << n) - 1) as u16,
-    }
 }
 
 /// Scores of `R` query rows (at `q`, stride `d`) against all `t` keys,

@@ -195,12 +195,7 @@ unsafe fn quantize_input(row: &[f32], out: &mut [u8]) -> (f32, i32) {
     use std::arch::x86_64::*;
     let n = row.len();
     debug_assert_eq!(out.len(), n);
-    let mask = |i: usize| -> __mmask16 {
-        match n - i {
-            r if r >= 16 => u16::MAX,
-            r => ((1u32 << r) - 1) as u16,
-        }
-    };
+    let mask = |i: usize| super::activations::lanes(i, n);
     // Lanes past the row's end load as 0, which is always in range.
     let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for i in (0..n).step_by(16) {
