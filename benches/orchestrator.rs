@@ -85,8 +85,9 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / per_second)
 }
 
-/// The server's store flushes so far (`murmur_store_flushes_total`).
-async fn store_flushes(http: &reqwest::Client, base: &str) -> Option<f64> {
+/// The server's store flushes so far and the seconds they took
+/// (`murmur_store_flushes_total`, `murmur_store_flush_seconds_sum`).
+async fn store_flushes(http: &reqwest::Client, base: &str) -> Option<(f64, f64)> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -95,18 +96,26 @@ async fn store_flushes(http: &reqwest::Client, base: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("murmur_store_flushes_total "))
-        .and_then(|v| v.trim().parse().ok())
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        value("murmur_store_flushes_total")?,
+        value("murmur_store_flush_seconds_sum")?,
+    ))
 }
 
-/// "; N store flushes (per job)" for a phase.
-fn flushes_line(before: Option<f64>, after: Option<f64>, jobs: usize) -> String {
+/// "; N store flushes (per job, mean time)" for a phase: an event waits
+/// for about two flushes before it is announced.
+fn flushes_line(before: Option<(f64, f64)>, after: Option<(f64, f64)>, jobs: usize) -> String {
     match (before, after) {
-        (Some(b), Some(a)) => format!(
-            "; {:.0} store flushes ({:.2} per job)",
+        (Some((b, bs)), Some((a, as_))) if a > b => format!(
+            "; {:.0} store flushes ({:.2} per job, {:.2} ms each)",
             a - b,
-            (a - b) / jobs as f64
+            (a - b) / jobs as f64,
+            (as_ - bs) * 1000.0 / (a - b)
         ),
         _ => String::new(),
     }
@@ -463,7 +472,7 @@ async fn clients() {
                     let Some(at) = v.at else { continue };
                     let at: chrono::DateTime<chrono::Utc> = at.parse().unwrap();
                     let ms = (now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-                    latencies.push(ms);
+                    latencies.push((v.kind.to_string(), ms));
                     if v.kind == "completed" {
                         completed += 1;
                     }
@@ -488,10 +497,14 @@ async fn clients() {
     let latency_started = Instant::now();
     submit_at(&http, &base, &token, &file_id, latency_jobs, latency_rate).await;
     let mut all = Vec::new();
+    let mut by_kind = std::collections::BTreeMap::<String, Vec<f64>>::new();
     let (mut short, mut lagged) = (0, 0);
     for r in readers {
         let (latencies, completed, lags) = r.await.unwrap();
-        all.extend(latencies);
+        for (kind, ms) in latencies {
+            by_kind.entry(kind).or_default().push(ms);
+            all.push(ms);
+        }
         short += usize::from(completed < expected_completed);
         lagged += lags;
     }
@@ -540,6 +553,20 @@ async fn clients() {
         percentile(&all, 0.99),
         all.last().copied().unwrap_or(f64::NAN)
     );
+    // Which events are late: the API announces `queued`, the job actors
+    // the rest.
+    let kinds: Vec<String> = by_kind
+        .iter_mut()
+        .map(|(kind, ms)| {
+            ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            format!(
+                "{kind} p50 {:.1} p99 {:.1}",
+                percentile(ms, 0.50),
+                percentile(ms, 0.99)
+            )
+        })
+        .collect();
+    println!("  by event (ms): {}", kinds.join("; "));
 
     if webhooks > 0 {
         // Each job announces queued, started and completed.

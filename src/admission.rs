@@ -23,7 +23,7 @@ use crate::billing::gates::{Capability, TierGate};
 use crate::billing::Translation;
 use crate::config::Settings;
 use crate::ids::new_id;
-use crate::store::{EventType, Job, JobCallback, Store, StoreError, TranslationLimit};
+use crate::store::{EventType, Job, JobCallback, NewJob, Store, StoreError, TranslationLimit};
 
 /// Why a job (or a workflow's parameters) is refused. Each says what to do
 /// about it; none names another tenant's data.
@@ -223,13 +223,16 @@ impl Rules<'_> {
         );
         let created = self
             .store
-            .create_job_with_callback(
+            .create_job_announced(
                 tenant,
                 &job,
                 EventType::Queued,
-                limit,
-                tier.max_queued_jobs,
-                request.callback,
+                NewJob {
+                    limit,
+                    max_open: tier.max_queued_jobs,
+                    callback: request.callback,
+                },
+                self.jobs.announcer(),
             )
             .await;
         let event = match created {
@@ -259,7 +262,7 @@ impl Rules<'_> {
             metrics::counter!("murmur_usage_translation_jobs_total", "tier" => tier.name.clone())
                 .increment(1);
         }
-        self.jobs.submitted(event);
+        self.jobs.submitted(&event);
         Ok(job)
     }
 

@@ -88,15 +88,20 @@ impl System {
         ))
     }
 
-    /// A job was created (its `queued` event is durable): announce it and
-    /// queue it for its tenant.
-    pub fn submitted(&self, queued: Event) {
-        let tenant = queued.tenant_id.clone();
-        let job_id = queued.job_id.clone();
-        self.publish(queued);
-        let _ = self
-            .orchestrator
-            .send_message(OrchMsg::Enqueue { tenant, job_id });
+    /// What announces a new job's `queued` event once it is durable, on
+    /// the store's flushing thread (before [`System::submitted`]).
+    pub fn announcer(&self) -> Box<dyn FnOnce(&Event) + Send> {
+        let bus = self.bus.clone();
+        Box::new(move |queued| bus.publish(queued.clone()))
+    }
+
+    /// A job was created and its `queued` event announced (see
+    /// [`System::announcer`]): queue it for its tenant.
+    pub fn submitted(&self, queued: &Event) {
+        let _ = self.orchestrator.send_message(OrchMsg::Enqueue {
+            tenant: queued.tenant_id.clone(),
+            job_id: queued.job_id.clone(),
+        });
     }
 
     /// Announces an event the service wrote itself (a queued job cancelled).

@@ -34,12 +34,12 @@ async fn an_idle_worker_holding_the_jobs_model_is_chosen_first() {
     let system = start(&store, [&first, &holder]).await;
 
     // One at a time, so both workers are idle at every choice.
-    system.submitted(probe);
+    system.submitted(&probe);
     let mut ids = vec!["probe".to_string()];
     for i in 0..3 {
         let id = format!("j{i}");
         assert!(eventually(|| store.status(&ids[ids.len() - 1]) == JobStatus::Completed).await);
-        system.submitted(store.add_queued("t1", &id));
+        system.submitted(&store.add_queued("t1", &id));
         ids.push(id);
     }
     assert!(eventually(|| store.status(&ids[ids.len() - 1]) == JobStatus::Completed).await);
@@ -57,7 +57,7 @@ async fn an_idle_worker_holding_the_jobs_model_is_chosen_first() {
     holder.holds.lock().unwrap().clear();
     let store = Arc::new(MemStore::default());
     let system = start(&store, [&first, &holder]).await;
-    system.submitted(store.add_queued("t1", "k0"));
+    system.submitted(&store.add_queued("t1", "k0"));
     assert!(eventually(|| store.status("k0") == JobStatus::Completed).await);
     system.shutdown().await;
     assert_eq!(first.runs_of("k0").len(), 1);

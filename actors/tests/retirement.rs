@@ -73,7 +73,7 @@ async fn an_idle_tenant_supervisor_retires_and_a_later_job_starts_another() {
         MOST.store(0, Ordering::SeqCst);
         let ids: Vec<String> = tenants.iter().map(|t| format!("{t}-{round}")).collect();
         for (tenant, id) in tenants.iter().zip(&ids) {
-            system.submitted(store.add_queued(tenant, id));
+            system.submitted(&store.add_queued(tenant, id));
         }
         let done = eventually(|| {
             ids.iter()

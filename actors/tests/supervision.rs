@@ -28,7 +28,7 @@ async fn start(store: &Arc<MemStore>, engine: &Arc<TestEngine>, config: SystemCo
 async fn one_job(engine: &Arc<TestEngine>, config: SystemConfig, end: JobStatus) -> Arc<MemStore> {
     let store = Arc::new(MemStore::default());
     let system = start(&store, engine, config).await;
-    system.submitted(store.add_queued("t1", "j1"));
+    system.submitted(&store.add_queued("t1", "j1"));
     let done = eventually(|| store.status("j1") == end).await;
     system.shutdown().await;
     assert!(done, "status {:?}", store.status("j1"));

@@ -14,6 +14,19 @@ pub struct TranslationLimit {
     pub per_month: u64,
 }
 
+/// What a new job's transaction checks and writes besides its row
+/// (see [`Store::create_job`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NewJob<'a> {
+    /// At most this many translation jobs in the job's month.
+    pub limit: Option<TranslationLimit>,
+    /// At most this many of the tenant's jobs queued or running.
+    pub max_open: Option<u64>,
+    /// The job's `callback_url`, written in the same transaction, so its
+    /// first event is already owed to it.
+    pub callback: Option<&'a JobCallback>,
+}
+
 fn is_translation(job: &Job) -> bool {
     job.params.translates()
 }
@@ -166,33 +179,43 @@ impl Store {
         limit: Option<TranslationLimit>,
         max_open: Option<u64>,
     ) -> Result<Event, StoreError> {
-        self.create_job_with_callback(tenant, job, kind, limit, max_open, None)
+        let rules = NewJob {
+            limit,
+            max_open,
+            callback: None,
+        };
+        self.create_job_announced(tenant, job, kind, rules, Box::new(|_| {}))
             .await
     }
 
-    /// [`Store::create_job`] for a job with a `callback_url`: the callback
-    /// is written in the same transaction, so the job's first event is
-    /// already delivered to it.
-    pub async fn create_job_with_callback(
+    /// [`Store::create_job`] under `rules`, calling `announce` with the
+    /// job's first event on the flushing thread once it is durable, before
+    /// this answers (see `commit`): the service announces `queued` there,
+    /// as the job actors announce their events, rather than after this
+    /// caller's task is woken again, which under load waits behind every
+    /// other ready task.
+    pub async fn create_job_announced(
         &self,
         tenant: &TenantId,
         job: &Job,
         kind: EventType,
-        limit: Option<TranslationLimit>,
-        max_open: Option<u64>,
-        callback: Option<&JobCallback>,
+        rules: NewJob<'_>,
+        announce: Box<dyn FnOnce(&Event) + Send>,
     ) -> Result<Event, StoreError> {
-        let created = self
-            .transition(
-                tenant,
-                &job.id,
-                Some(job.clone()),
-                kind,
-                (limit, max_open, callback),
-                |_| true,
-            )
-            .await?;
-        created.map(|(_, event)| event).ok_or(StoreError::NotFound)
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, &job.id, Some(job.clone()), kind, rules, |_| true)?;
+        let (_, event) = outcome.ok_or(StoreError::NotFound)?;
+        let durable = event.clone();
+        self.commit.then(Box::new(move |flushed| {
+            if flushed.is_ok() {
+                announce(&durable);
+            }
+        }));
+        self.flush().await?;
+        if enqueued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(event)
     }
 
     /// Changes a job and appends the event that announces the change, in
@@ -213,8 +236,15 @@ impl Store {
         kind: EventType,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
-        self.transition(tenant, id, insert, kind, (None, None, None), change)
-            .await
+        let (outcome, enqueued) =
+            self.commit_transition(tenant, id, insert, kind, NewJob::default(), change)?;
+        if outcome.is_some() {
+            self.flush().await?;
+        }
+        if outcome.is_some() && enqueued > 0 {
+            self.outbox_signal.notify_one();
+        }
+        Ok(outcome)
     }
 
     /// [`Store::transition_job`] of an existing job without waiting for
@@ -231,7 +261,7 @@ impl Store {
         then: Box<dyn FnOnce(Result<Event, StoreError>) + Send>,
     ) -> Result<Option<Job>, StoreError> {
         let (outcome, enqueued) =
-            self.commit_transition(tenant, id, None, kind, (None, None, None), change)?;
+            self.commit_transition(tenant, id, None, kind, NewJob::default(), change)?;
         let Some((job, event)) = outcome else {
             return Ok(None);
         };
@@ -248,27 +278,7 @@ impl Store {
         Ok(Some(job))
     }
 
-    async fn transition(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        insert: Option<Job>,
-        kind: EventType,
-        rules: (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
-        change: impl FnMut(&mut Job) -> bool,
-    ) -> Result<Option<(Job, Event)>, StoreError> {
-        let (outcome, enqueued) =
-            self.commit_transition(tenant, id, insert, kind, rules, change)?;
-        if outcome.is_some() {
-            self.flush().await?;
-        }
-        if outcome.is_some() && enqueued > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(outcome)
-    }
-
-    /// The transaction of [`Store::transition`], not flushed; answers its
+    /// The transaction of [`Store::transition_job`], not flushed; answers its
     /// outcome and how many webhook deliveries it wrote.
     fn commit_transition(
         &self,
@@ -276,7 +286,11 @@ impl Store {
         id: &str,
         insert: Option<Job>,
         kind: EventType,
-        (limit, max_open, callback): (Option<TranslationLimit>, Option<u64>, Option<&JobCallback>),
+        NewJob {
+            limit,
+            max_open,
+            callback,
+        }: NewJob<'_>,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<(Option<(Job, Event)>, usize), StoreError> {
         let key = scoped_key(tenant, id);
@@ -440,6 +454,56 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use murmur_actors::params::JobParams;
+
+    /// A new job's first event is announced once, before its creation
+    /// answers, and it is the event written; a refused job announces nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_created_job_is_announced_before_creation_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = TenantId::trusted("t1");
+        let heard = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let announce = |heard: &Arc<std::sync::Mutex<Vec<Event>>>| {
+            let heard = heard.clone();
+            Box::new(move |e: &Event| heard.lock().unwrap().push(e.clone()))
+                as Box<dyn FnOnce(&Event) + Send>
+        };
+        let params = JobParams::defaults("base");
+        let rules = NewJob {
+            max_open: Some(1),
+            ..NewJob::default()
+        };
+        let event = store
+            .create_job_announced(
+                &t,
+                &job(&t, "j1", params.clone()),
+                EventType::Queued,
+                rules,
+                announce(&heard),
+            )
+            .await
+            .unwrap();
+        {
+            let heard = heard.lock().unwrap();
+            assert_eq!(heard.len(), 1);
+            assert_eq!((heard[0].seq, heard[0].kind), (1, EventType::Queued));
+            assert_eq!(heard[0].job_id, "j1");
+            assert_eq!(heard[0].at, event.at);
+        }
+        let refused = store
+            .create_job_announced(
+                &t,
+                &job(&t, "j2", params),
+                EventType::Queued,
+                rules,
+                announce(&heard),
+            )
+            .await;
+        assert!(matches!(refused, Err(StoreError::QueueFull { .. })));
+        // A later flush runs every callback due: none was left for j2.
+        store.flush().await.unwrap();
+        assert_eq!(heard.lock().unwrap().len(), 1);
+    }
 
     /// A file recorded with a header's 1 s whose job decoded 700 s counts
     /// 700 s: usage follows what the engine decoded.

@@ -27,7 +27,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 pub use accounts::UserChangeError;
-pub use jobs::TranslationLimit;
+pub use jobs::{NewJob, TranslationLimit};
 pub use keyring::{
     master_key_source, read_master_key, write_key_file, MasterKeySource, MASTER_KEY_ENV,
 };

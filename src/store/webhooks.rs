@@ -1,7 +1,7 @@
 //! Webhook endpoints, job callbacks and the durable outbox of deliveries.
 //!
 //! A job event that endpoints subscribe to is turned into outbox rows in
-//! the same transaction that writes the event (see `Store::transition`):
+//! the same transaction that writes the event (see `Store::transition_job`):
 //! once a state change is durable, so is every delivery it owes, and a
 //! crash cannot lose one. The delivery worker (`crate::webhooks`) takes due
 //! rows from `outbox_due` (ordered by due time), sends them, and removes or
@@ -444,6 +444,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewJob;
     use murmur_actors::job::JobStatus;
     use murmur_actors::params::JobParams;
 
@@ -489,13 +490,15 @@ mod tests {
             secret: "whsec_BBBB".into(),
         };
         store
-            .create_job_with_callback(
+            .create_job_announced(
                 &a,
                 &job(&a, "j1"),
                 EventType::Queued,
-                None,
-                None,
-                Some(&callback),
+                NewJob {
+                    callback: Some(&callback),
+                    ..NewJob::default()
+                },
+                Box::new(|_| {}),
             )
             .await
             .unwrap();
