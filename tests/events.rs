@@ -207,6 +207,38 @@ async fn until_completed(ws: &mut Ws, jobs: &HashSet<String>, within: Duration) 
     got
 }
 
+/// A connection on its tenant topic alone (a dashboard's) receives every
+/// event of its tenant's jobs exactly once, each job's in seq order: it
+/// skips the duplicate check that connections with job topics make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_topic_alone_gets_each_event_once_in_order() {
+    let svc = service().await;
+    let a = svc.tenant("Dashboard").await;
+    let mut ws = svc.ws(&a.token, &["tenant".into()]).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(10)).await.unwrap()["type"],
+        "subscribed"
+    );
+    let jobs: HashSet<String> = svc.submit(&a, 40).await.into_iter().collect();
+    let mut got = until_completed(&mut ws, &jobs, Duration::from_secs(120)).await;
+    while let Some(m) = next(&mut ws, Duration::from_millis(500)).await {
+        got.push(m);
+    }
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in &got {
+        let job = m["job_id"].as_str().unwrap_or_else(|| panic!("{m}"));
+        assert!(jobs.contains(job), "{m}");
+        seqs.entry(job.to_string())
+            .or_default()
+            .push(m["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs.len(), jobs.len());
+    for (job, seqs) in seqs {
+        // queued, started, stage, progress, completed
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5], "job {job}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_b_subscriber_receives_none_of_tenant_a_events_under_load() {
     let svc = service().await;
