@@ -90,9 +90,9 @@ impl System {
 
     /// What announces a new job's `queued` event once it is durable, on
     /// the store's flushing thread (before [`System::submitted`]).
-    pub fn announcer(&self) -> Box<dyn FnOnce(&Event) + Send> {
+    pub fn announcer(&self) -> Box<dyn FnOnce(Event) + Send> {
         let bus = self.bus.clone();
-        Box::new(move |queued| bus.publish(queued.clone()))
+        Box::new(move |queued| bus.publish(queued))
     }
 
     /// A job was created and its `queued` event announced (see

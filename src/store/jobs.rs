@@ -200,7 +200,7 @@ impl Store {
         job: &Job,
         kind: EventType,
         rules: NewJob<'_>,
-        announce: Box<dyn FnOnce(&Event) + Send>,
+        announce: Box<dyn FnOnce(Event) + Send>,
     ) -> Result<Event, StoreError> {
         let (outcome, enqueued) =
             self.commit_transition(tenant, &job.id, Some(job.clone()), kind, rules, |_| true)?;
@@ -208,7 +208,7 @@ impl Store {
         let durable = event.clone();
         self.commit.then(Box::new(move |flushed| {
             if flushed.is_ok() {
-                announce(&durable);
+                announce(durable);
             }
         }));
         self.flush().await?;
@@ -465,8 +465,7 @@ mod tests {
         let heard = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
         let announce = |heard: &Arc<std::sync::Mutex<Vec<Event>>>| {
             let heard = heard.clone();
-            Box::new(move |e: &Event| heard.lock().unwrap().push(e.clone()))
-                as Box<dyn FnOnce(&Event) + Send>
+            Box::new(move |e: Event| heard.lock().unwrap().push(e)) as Box<dyn FnOnce(Event) + Send>
         };
         let params = JobParams::defaults("base");
         let rules = NewJob {
