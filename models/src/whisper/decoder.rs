@@ -21,6 +21,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::LayerNorm;
 
+use super::activations::{gelu_erf, softmax_last_dim};
 use super::compute::{Linear, TokenEmbedding, Weights};
 use super::Config;
 
@@ -85,7 +86,7 @@ impl Attention {
             .reshape((1, self.n_head, b * n, self.head_dim))?
             * (self.head_dim as f64).powf(-0.5))?;
         let scores = q.matmul(kt)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = softmax_last_dim(&scores)?;
         let ctx = weights
             .matmul(v)? // [1, heads, b * n, hd]
             .reshape((self.n_head, b, n, self.head_dim))?
@@ -109,7 +110,7 @@ impl Attention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = softmax_last_dim(&scores)?;
         let ctx = weights.matmul(v)?.transpose(1, 2)?.flatten_from(2)?;
         Ok((self.out.forward(&ctx)?, scores))
     }
@@ -473,7 +474,7 @@ impl TextDecoder {
             x = (x + cross)?;
             let h = layer.mlp_ln.forward(&x)?;
             // Whisper's MLP uses the exact (erf) GELU.
-            x = (x + layer.fc2.forward(&layer.fc1.forward(&h)?.gelu_erf()?)?)?;
+            x = (x + layer.fc2.forward(&gelu_erf(&layer.fc1.forward(&h)?)?)?)?;
         }
         state.len += n;
         self.ln.forward(&x)
