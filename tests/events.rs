@@ -153,15 +153,18 @@ impl Service {
             .await
     }
 
-    async fn ws(&self, token: &str, topics: &[String]) -> Ws {
+    /// A connection on `token`'s tenant topic, its acknowledgement read.
+    async fn watch_tenant(&self, token: &str) -> Ws {
         let url = format!(
             "{}/v1/ws?token={token}",
             self.base.replace("http://", "ws://")
         );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        for topic in topics {
-            send(&mut ws, json!({"op": "subscribe", "topic": topic})).await;
-        }
+        send(&mut ws, json!({"op": "subscribe", "topic": "tenant"})).await;
+        assert_eq!(
+            next(&mut ws, Duration::from_secs(10)).await.unwrap()["type"],
+            "subscribed"
+        );
         ws
     }
 }
@@ -214,11 +217,7 @@ async fn until_completed(ws: &mut Ws, jobs: &HashSet<String>, within: Duration) 
 async fn a_tenant_topic_alone_gets_each_event_once_in_order() {
     let svc = service().await;
     let a = svc.tenant("Dashboard").await;
-    let mut ws = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(
-        next(&mut ws, Duration::from_secs(10)).await.unwrap()["type"],
-        "subscribed"
-    );
+    let mut ws = svc.watch_tenant(&a.token).await;
     let jobs: HashSet<String> = svc.submit(&a, 40).await.into_iter().collect();
     let mut got = until_completed(&mut ws, &jobs, Duration::from_secs(120)).await;
     while let Some(m) = next(&mut ws, Duration::from_millis(500)).await {
@@ -246,16 +245,8 @@ async fn a_tenant_b_subscriber_receives_none_of_tenant_a_events_under_load() {
     let b = svc.tenant("Quiet").await;
     // A's first job, so B can try to watch it by id as well.
     let a_first = svc.submit(&a, 1).await.remove(0);
-    let mut watcher_a = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(
-        next(&mut watcher_a, Duration::from_secs(10)).await.unwrap()["type"],
-        "subscribed"
-    );
-    let mut watcher_b = svc.ws(&b.token, &["tenant".into()]).await;
-    assert_eq!(
-        next(&mut watcher_b, Duration::from_secs(10)).await.unwrap()["type"],
-        "subscribed"
-    );
+    let mut watcher_a = svc.watch_tenant(&a.token).await;
+    let mut watcher_b = svc.watch_tenant(&b.token).await;
     send(
         &mut watcher_b,
         json!({"op": "subscribe", "topic": format!("job:{a_first}"), "after": 0}),
@@ -298,11 +289,7 @@ async fn a_tenant_b_subscriber_receives_none_of_tenant_a_events_under_load() {
 async fn a_subscriber_that_stops_reading_holds_up_neither_jobs_nor_others() {
     let svc = service().await;
     let a = svc.tenant("Watched").await;
-    let mut fast = svc.ws(&a.token, &["tenant".into()]).await;
-    assert_eq!(
-        next(&mut fast, Duration::from_secs(10)).await.unwrap()["type"],
-        "subscribed"
-    );
+    let mut fast = svc.watch_tenant(&a.token).await;
     // Reads its acknowledgement, then nothing while the jobs run; its
     // socket's receive buffer is small, so the server's writes to it stop
     // soon and its session falls behind the bus.
