@@ -31,7 +31,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{signup, wait_job, Base, Client, Server};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const COOKIE: &str = "cluster-test-cookie-0123456789";
 /// Each repetition of JFK's clip says it once.
@@ -220,6 +225,24 @@ async fn submit(client: &Client, file_id: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A WebSocket on the tenant topic of `token`, its acknowledgement read.
+async fn watch_tenant(server: &Server, token: &str) -> Ws {
+    let url = format!(
+        "{}/v1/ws?token={token}",
+        server.base().replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let subscribe = json!({"op": "subscribe", "topic": "tenant"}).to_string();
+    ws.send(Message::Text(subscribe.into())).await.unwrap();
+    loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
+            let ack: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(ack["type"], "subscribed", "{ack}");
+            return ws;
+        }
+    }
 }
 
 async fn upload(client: &Client, name: &str, wav: Vec<u8>) -> String {
@@ -672,26 +695,32 @@ async fn a_worker_node_joins_a_restarted_control_node_and_the_job_resumes() {
     let a = signup(&server, "Acme").await;
     server.set_tier(&a.id, "premium");
     let fid = upload(&a.client, "jfk5.wav", common::jfk_repeated(5).0).await;
+    // Events are sent once durable, so a progress event past the first
+    // 30 s window means its checkpoint is durable too (a job's checkpoint
+    // is committed before the progress that follows it). A GET shows
+    // progress once committed: a kill right then could lose both.
+    let mut ws = watch_tenant(&server, a.client.token.as_deref().unwrap()).await;
     let job = submit(&a.client, &fid).await;
-    // Past the first 30 s window: its checkpoint is kept (a job's
-    // checkpoint is stored before the progress that follows it).
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let status = a.client.get(&format!("/v1/jobs/{job}")).await.expect(200);
-        // Queued at first (the pool has not handed it out yet), then
-        // running; never ended before the restart.
-        assert!(
-            ["queued", "running"].contains(&status["status"].as_str().unwrap_or("")),
-            "finished before the restart: {status}"
-        );
-        if status["progress"].as_f64().unwrap() > 0.2 {
-            break;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .expect("never past the first window")
+            .expect("the socket ended")
+            .unwrap();
+        let Message::Text(text) = msg else { continue };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["job_id"] != job.as_str() {
+            continue;
         }
         assert!(
-            Instant::now() < deadline,
-            "never past the first window: {status}"
+            !["completed", "failed", "cancelled"].contains(&event["type"].as_str().unwrap()),
+            "finished before the restart: {event}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if event["type"] == "progress" && event["progress"].as_f64().unwrap() > 0.2 {
+            break;
+        }
     }
 
     let server = server.restart_after_kill9();

@@ -317,3 +317,68 @@ fn decode_options_start_at_the_asked_temperature() {
     p.repetition_guard = false;
     assert!(!decode_options(&p).suppress_repetition_loops);
 }
+
+/// What a job told its sink, in order: progress, and each checkpoint's
+/// resume point.
+#[derive(Default)]
+struct Recorder(Vec<(&'static str, f64)>);
+impl WorkSink for Recorder {
+    fn stage(&mut self, _: JobStage) {}
+    fn progress(&mut self, p: f64) {
+        self.0.push(("progress", p));
+    }
+    fn checkpoint(&mut self, value: serde_json::Value) {
+        let c: Checkpoint = serde_json::from_value(value).unwrap();
+        self.0.push(("checkpoint", c.resume_at));
+    }
+}
+
+/// A restart between a progress report and the checkpoint keeping what
+/// it reports would show progress that the retry throws away: no report
+/// may get ahead of the last checkpoint, in the long-form loop and in the
+/// batched pipeline.
+#[test]
+fn transcription_progress_never_gets_ahead_of_its_checkpoint() {
+    let models = cached_models(&["tiny.en"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Three JFKs, 33 s: two windows.
+    let jfk = audio::decode_file(&murmur_models::testaudio::jfk().unwrap()).unwrap();
+    let thrice: Vec<f32> = jfk.samples.repeat(3);
+    let total_s = thrice.len() as f64 / 16_000.0;
+    let upload = dir.path().join("jfk3.wav");
+    audio::write_wav_16bit(&upload, &thrice, 16_000, 1).unwrap();
+    let plan = ProgressPlan::new(JobType::Transcription, false, false);
+    for batch in [1, 2] {
+        let request = job(
+            upload.clone(),
+            json!({"model": "tiny.en", "vad": {"enabled": false}, "batch_size": batch}),
+            None,
+        );
+        let mut sink = Recorder::default();
+        engine_over(dir.path(), &models)
+            .run(&request, &mut sink, &AtomicBool::new(false))
+            .unwrap();
+        let mut kept = 0.0;
+        let mut checkpoints = 0;
+        for &(what, value) in &sink.0 {
+            if what == "checkpoint" {
+                kept = value;
+                checkpoints += 1;
+            } else if value > plan.vad_done && value <= plan.transcribed {
+                let reported_s =
+                    (value - plan.vad_done) / (plan.transcribed - plan.vad_done) * total_s;
+                assert!(
+                    reported_s <= kept + 1e-3,
+                    "batch {batch}: progress at {reported_s:.2} s, checkpoint at {kept:.2} s: {:?}",
+                    sink.0
+                );
+            }
+        }
+        // One within the recording, one at its end, at least.
+        assert!(checkpoints >= 2, "batch {batch}: {:?}", sink.0);
+        assert!(
+            (kept - total_s).abs() < 1e-3,
+            "batch {batch}: ends at {kept}"
+        );
+    }
+}

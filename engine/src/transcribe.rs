@@ -135,8 +135,14 @@ impl ModelEngine {
             if cancelled() {
                 return false;
             }
+            // A decoded segment's progress is reported with the checkpoint
+            // that keeps it (the model's next resume point comes right
+            // after a window's segments): reported first, a restart
+            // between the two showed progress that the retry, with no
+            // checkpoint, ran again from the start.
             if let Some(seg) = p.segment {
                 pending.push(seg);
+                return true;
             }
             if let Some(at) = p.resumable_at {
                 if !pending.is_empty() || at > checkpoint.resume_at {

@@ -167,10 +167,15 @@ impl WhisperModel {
                 break;
             }
             let group: Vec<Piece> = queue.drain(..batch_size.min(queue.len())).collect();
-            let group_start = group[0].start as f64 / sr;
+            // Fully handled: the chunks handed on (a group may hold the
+            // rest of a chunk not yet complete, whose start is ahead).
+            let handled_s = match handed {
+                0 => chunks[0].start as f64 / sr,
+                n => chunks[n - 1].end as f64 / sr,
+            };
             let mut check = || {
                 on_progress(Progress {
-                    processed_s: group_start,
+                    processed_s: handled_s,
                     total_s,
                     segment: None,
                     resumable_at: None,
