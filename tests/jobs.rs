@@ -76,8 +76,13 @@ async fn upload_jfk(c: &Client) -> String {
 }
 
 /// Submits a job long enough to interrupt (tiny.en, no VAD) and answers
-/// its id once it is transcribing.
-async fn transcribing_job(c: &Client, file_id: &str) -> String {
+/// its id once its `transcribe` stage is durable: events are sent once
+/// durable, while a GET shows a change once committed, which a `kill -9`
+/// right then could still lose (and the job's start with it).
+async fn transcribing_job(server: &Server, c: &Client, file_id: &str) -> String {
+    let mut ws = connect(server, c.token.as_deref().unwrap()).await;
+    send(&mut ws, json!({"op": "subscribe", "topic": "tenant"})).await;
+    assert_eq!(next(&mut ws, 10).await["type"], "subscribed");
     let jid = submit(
         c,
         file_id,
@@ -85,15 +90,17 @@ async fn transcribing_job(c: &Client, file_id: &str) -> String {
     )
     .await;
     loop {
-        let job = c.get(&format!("/v1/jobs/{jid}")).await.expect(200);
-        if job["stage"] == "transcribe" {
+        let event = next(&mut ws, 120).await;
+        if event["job_id"] != jid.as_str() {
+            continue;
+        }
+        if event["type"] == "stage" && event["stage"] == "transcribe" {
             return jid;
         }
         assert_ne!(
-            job["status"], "completed",
+            event["type"], "completed",
             "finished before it could be interrupted"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -681,7 +688,7 @@ async fn kill9_mid_job_then_restart_completes_it_exactly_once() {
     let server = Server::start();
     let a = signup(&server, "Acme").await;
     let fid = upload_jfk(&a.client).await;
-    let jid = transcribing_job(&a.client, &fid).await;
+    let jid = transcribing_job(&server, &a.client, &fid).await;
     let server = server.restart_after_kill9();
     let client = Client {
         base: server.base.clone(),
@@ -719,7 +726,7 @@ async fn sigterm_checkpoints_and_the_job_resumes_after_restart() {
     let server = Server::start();
     let a = signup(&server, "Acme").await;
     let fid = upload_jfk(&a.client).await;
-    let jid = transcribing_job(&a.client, &fid).await;
+    let jid = transcribing_job(&server, &a.client, &fid).await;
     // Graceful stop: the job is left running (not cancelled) for next time.
     let server = server.restart_graceful();
     let client = Client {
