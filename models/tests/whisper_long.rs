@@ -185,3 +185,44 @@ fn streamed_transcription_equals_the_in_memory_one() {
         .expect_err("short source");
     assert!(err.to_string().contains("ended"), "{err}");
 }
+
+/// A sentence said again within a window is speech, not a loop: JFK's
+/// sentence twice (22 s, one window) and five times (55 s), with the
+/// repetition guard on, greedy and beam 5. base lost copies here (on the
+/// five times, beam 5 kept 69 words of 110, VAD on), as the guard cut the
+/// second copy and the window went on past it.
+#[test]
+fn a_sentence_said_again_is_heard_again() {
+    let jfk = audio::decode_file(&testaudio::jfk().expect("fetch jfk")).expect("decode");
+    let m = WhisperModel::load(&model("base"), &candle_core::Device::Cpu).expect("load");
+    for times in [2, 5] {
+        let samples = jfk.samples.repeat(times);
+        let reference = vec![testaudio::JFK_TEXT; times].join(" ");
+        let duration = samples.len() as f64 / 16_000.0;
+        for beam_size in [1, 5] {
+            let opts = DecodeOptions {
+                beam_size,
+                ..DecodeOptions::default()
+            };
+            assert!(opts.suppress_repetition_loops);
+            let t = m
+                .transcribe(&samples, &opts, &mut |_| true)
+                .expect("transcribe");
+            let w = wer(&reference, &t.text);
+            assert!(
+                w <= 0.05,
+                "JFK x{times}, beam {beam_size}: WER {w}: {}",
+                t.text
+            );
+            let mut last = 0.0;
+            for s in &t.segments {
+                assert!(
+                    s.start >= last - 1e-6 && s.end >= s.start && s.end <= duration + 0.01,
+                    "JFK x{times}, beam {beam_size}: {:#?}",
+                    t.segments
+                );
+                last = s.end;
+            }
+        }
+    }
+}

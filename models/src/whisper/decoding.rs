@@ -7,7 +7,7 @@
 use candle_core::IndexOp;
 
 use super::decoder::{self, DecoderState};
-use super::guards::compression_ratio;
+use super::guards::{compression_ratio, Cut};
 use super::search::{best_candidate, Candidate, Limits};
 use super::{DecodeOptions, WhisperError, WhisperModel, TIME_PRECISION};
 
@@ -20,8 +20,8 @@ pub(super) struct WindowResult {
     pub(super) no_speech_prob: f64,
     pub(super) temperature: f64,
     pub(super) compression_ratio: f64,
-    /// Decoding stopped on a repetition loop.
-    pub(super) looped: bool,
+    /// Decoding stopped at a repetition (see `guards.rs`).
+    pub(super) cut: Option<Cut>,
 }
 
 impl WindowResult {
@@ -122,7 +122,7 @@ impl WhisperModel {
                 avg_logprob = result.avg_logprob,
                 compression_ratio = result.compression_ratio,
                 no_speech_prob = result.no_speech_prob,
-                looped = result.looped,
+                cut = ?result.cut,
                 tokens = result.tokens.len(),
                 text = %self.decode_text(&result.tokens).unwrap_or_default(),
                 "window decoded"
@@ -179,7 +179,7 @@ impl WhisperModel {
             None => Candidate {
                 tokens: Vec::new(),
                 sum_logprob: 0.0,
-                looped: false,
+                cut: None,
             },
         };
         self.window_result(chosen, no_speech_prob, temperature)
@@ -223,7 +223,7 @@ impl WhisperModel {
             temperature,
             compression_ratio: compression_ratio(&text),
             tokens: chosen.tokens,
-            looped: chosen.looped,
+            cut: chosen.cut,
         })
     }
 }
@@ -249,7 +249,8 @@ pub(super) fn less_bad(a: &WindowResult, b: &WindowResult, opts: &DecodeOptions)
 }
 
 /// Whether a window's result fails the thresholds (so the next temperature
-/// is tried): it looped, its text compresses too well, or its tokens are
+/// is tried): it looped ([`Cut::Loop`]; a sentence said again is kept:
+/// [`Cut::Repeat`]), its text compresses too well, or its tokens are
 /// too unlikely; unless the window is silence anyway.
 pub(super) fn needs_fallback(result: &WindowResult, opts: &DecodeOptions) -> bool {
     if let Some(ns) = opts.no_speech_threshold {
@@ -263,7 +264,7 @@ pub(super) fn needs_fallback(result: &WindowResult, opts: &DecodeOptions) -> boo
     let unlikely = opts
         .logprob_threshold
         .is_some_and(|lp| result.avg_logprob < lp);
-    result.looped || repetitive || unlikely
+    result.cut == Some(Cut::Loop) || repetitive || unlikely
 }
 
 pub(super) fn argmax(v: &[f32]) -> u32 {
@@ -328,14 +329,14 @@ impl SplitMix64 {
 mod tests {
     use super::*;
 
-    fn attempt(avg_logprob: f64, compression_ratio: f64, looped: bool) -> WindowResult {
+    fn attempt(avg_logprob: f64, compression_ratio: f64, cut: Option<Cut>) -> WindowResult {
         WindowResult {
             tokens: vec![1, 2, 3],
             avg_logprob,
             no_speech_prob: 0.1,
             temperature: 0.0,
             compression_ratio,
-            looped,
+            cut,
         }
     }
 
@@ -344,21 +345,37 @@ mod tests {
         let opts = DecodeOptions::default();
         // The case that lost speech: a cut attempt at -0.33 against an
         // uncut sample at -3.37; the cut one is kept.
-        let cut = attempt(-0.33, 1.4, true);
-        let garbled = attempt(-3.37, 0.58, false);
+        let cut = attempt(-0.33, 1.4, Some(Cut::Loop));
+        let garbled = attempt(-3.37, 0.58, None);
         assert!(less_bad(&cut, &garbled, &opts));
         assert!(!less_bad(&garbled, &cut, &opts));
         // Text that compresses as repetitive loses to any that does not,
         // however likely.
-        let repetitive = attempt(-0.1, 3.0, false);
+        let repetitive = attempt(-0.1, 3.0, None);
         assert!(less_bad(&garbled, &repetitive, &opts));
-        assert!(!less_bad(&attempt(-0.2, 2.6, false), &repetitive, &opts));
-        assert!(less_bad(&attempt(-0.05, 2.6, false), &repetitive, &opts));
+        assert!(!less_bad(&attempt(-0.2, 2.6, None), &repetitive, &opts));
+        assert!(less_bad(&attempt(-0.05, 2.6, None), &repetitive, &opts));
         // Without a compression threshold, likelihood alone decides.
         let no_cr = DecodeOptions {
             compression_ratio_threshold: None,
             ..DecodeOptions::default()
         };
         assert!(less_bad(&repetitive, &garbled, &no_cr));
+    }
+
+    #[test]
+    fn a_loop_falls_back_and_a_sentence_said_again_does_not() {
+        let opts = DecodeOptions::default();
+        assert!(needs_fallback(&attempt(-0.3, 1.4, Some(Cut::Loop)), &opts));
+        assert!(!needs_fallback(
+            &attempt(-0.3, 1.4, Some(Cut::Repeat { copy: vec![7] })),
+            &opts
+        ));
+        assert!(!needs_fallback(&attempt(-0.3, 1.4, None), &opts));
+        // The thresholds still apply to a cut window.
+        assert!(needs_fallback(
+            &attempt(-1.5, 1.4, Some(Cut::Repeat { copy: vec![7] })),
+            &opts
+        ));
     }
 }

@@ -19,17 +19,37 @@ pub(super) fn compression_ratio(text: &str) -> f64 {
     }
 }
 
-/// Detects a decoding loop in the text tokens (timestamps ignored): either
-/// they end with the same block of `p` tokens repeated enough times (16 for
-/// one token, 8 for two, 4 for longer blocks), or their last
-/// [`PROMPT_COPY_TOKENS`] tokens already appeared earlier in the window (a
-/// whole sentence said twice, typically with new timestamps: Whisper
-/// re-reading itself), or their last [`THRICE_TOKENS`] already appeared
-/// twice (a short sentence said three times, other words between the
-/// copies: base, int8, on the test call, wrote "I don't hear that in New
-/// Jersey now." three times with "Oh," before the second). Returns where
-/// to cut `tokens` so one copy is kept.
-pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<usize> {
+/// How the repetition guard cut a window's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Cut {
+    /// A block of tokens said over and over, back to back: the model is
+    /// stuck, and the window is decoded again at the next temperature.
+    Loop,
+    /// A sentence said again, other words between the copies. Whisper
+    /// re-reading itself looks like this, but so does a speaker saying
+    /// the same thing twice (JFK's sentence, heard twice within one
+    /// window, lost its second copy: every temperature was cut there
+    /// too). The first copy is kept, not decoded again, and the window's
+    /// audio from where `copy` starts is heard as the next window, where a
+    /// copy of the prompt is decoded again without it ([`copies_prompt`]).
+    Repeat {
+        /// The tokens cut off: the start of the copy (to find where it
+        /// starts in the audio).
+        copy: Vec<u32>,
+    },
+}
+
+/// Detects repetition in the text tokens (timestamps ignored): either
+/// they end with the same block of `p` tokens repeated enough times (16
+/// for one token, 8 for two, 4 for longer blocks: [`Cut::Loop`]), or
+/// their last [`PROMPT_COPY_TOKENS`] tokens already appeared earlier in
+/// the window (a whole sentence said twice, typically with new
+/// timestamps), or their last [`THRICE_TOKENS`] already appeared twice (a
+/// short sentence said three times, other words between the copies: base,
+/// int8, on the test call, wrote "I don't hear that in New Jersey now."
+/// three times with "Oh," before the second): [`Cut::Repeat`]. Returns
+/// where to cut `tokens` so one copy is kept, and which it was.
+pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<(usize, Cut)> {
     let text: Vec<(usize, u32)> = tokens
         .iter()
         .copied()
@@ -53,7 +73,7 @@ pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<usize> {
             .all(|c| c.iter().zip(block).all(|(a, b)| a.1 == b.1))
         {
             // Keep everything up to the end of the first copy.
-            return Some(tail[p - 1].0 + 1);
+            return Some((tail[p - 1].0 + 1, Cut::Loop));
         }
     }
     for (k, copies) in [(PROMPT_COPY_TOKENS, 1), (THRICE_TOKENS, 2)] {
@@ -70,7 +90,9 @@ pub(super) fn repetition_loop(tokens: &[u32], ts_begin: u32) -> Option<usize> {
             })
             .count();
         if earlier >= copies {
-            return Some(tail[0].0);
+            let at = tail[0].0;
+            let copy = tokens[at..].to_vec();
+            return Some((at, Cut::Repeat { copy }));
         }
     }
     None
@@ -120,8 +142,9 @@ mod tests {
         for _ in 0..4 {
             tokens.extend([7, 8, 9]);
         }
-        let cut = repetition_loop(&tokens, ts).expect("loop");
+        let (cut, kind) = repetition_loop(&tokens, ts).expect("loop");
         assert_eq!(&tokens[..cut], &[1, 2, 3, 7, 8, 9]);
+        assert_eq!(kind, Cut::Loop);
         assert_eq!(repetition_loop(&[1, 2, 3, 1, 2, 3], ts), None);
 
         // A sentence of 12+ tokens said again later, with timestamps around.
@@ -131,8 +154,12 @@ mod tests {
         tokens.extend([ts + 50, ts + 50, 5, 6]);
         let second = tokens.len();
         tokens.extend(&sentence[..12]);
-        let cut = repetition_loop(&tokens, ts).expect("repeat");
-        assert_eq!(cut, second);
+        let copy = tokens[second..].to_vec();
+        assert_eq!(copy, &sentence[..12]);
+        assert_eq!(
+            repetition_loop(&tokens, ts),
+            Some((second, Cut::Repeat { copy }))
+        );
 
         // A sentence of 8 tokens said three times, other tokens between:
         // the third copy is the loop; twice is not.
@@ -145,7 +172,10 @@ mod tests {
         tokens.push(ts + 40);
         let third = tokens.len();
         tokens.extend(&short);
-        assert_eq!(repetition_loop(&tokens, ts), Some(third));
+        assert_eq!(
+            repetition_loop(&tokens, ts),
+            Some((third, Cut::Repeat { copy: short }))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::decoder::DecoderState;
 use super::decoding::{argmax, log_sum_exp, sample, SplitMix64};
-use super::guards::repetition_loop;
+use super::guards::{repetition_loop, Cut};
 use super::{WhisperError, WhisperModel};
 
 /// A finished (or cut off) token sequence of one window.
@@ -23,8 +23,8 @@ pub(super) struct Candidate {
     /// Sum of the chosen tokens' log-probabilities (EOT's included when
     /// the sequence ended on it).
     pub(super) sum_logprob: f64,
-    /// Cut at a repetition loop (see `guards.rs`).
-    pub(super) looped: bool,
+    /// Cut by the repetition guard, and how (see `guards.rs`).
+    pub(super) cut: Option<Cut>,
 }
 
 /// What bounds every search of a window.
@@ -81,7 +81,7 @@ impl WhisperModel {
             .map(|_| Candidate {
                 tokens: Vec::new(),
                 sum_logprob: 0.0,
-                looped: false,
+                cut: None,
             })
             .collect();
         // `live[i]`: which row batch row `i` of `state` and `logits` is.
@@ -114,9 +114,11 @@ impl WhisperModel {
                 row.sum_logprob += logprob(next) as f64;
                 row.tokens.push(next);
                 if limits.loop_guard {
-                    if let Some(cut) = repetition_loop(&row.tokens, self.specials.timestamp_begin) {
-                        row.tokens.truncate(cut);
-                        row.looped = true;
+                    if let Some((at, cut)) =
+                        repetition_loop(&row.tokens, self.specials.timestamp_begin)
+                    {
+                        row.tokens.truncate(at);
+                        row.cut = Some(cut);
                         continue;
                     }
                 }
@@ -193,20 +195,21 @@ impl WhisperModel {
                         finished.push(Candidate {
                             tokens,
                             sum_logprob: score,
-                            looped: false,
+                            cut: None,
                         });
                     }
                     continue;
                 }
                 tokens.push(token);
                 if limits.loop_guard {
-                    if let Some(cut) = repetition_loop(&tokens, self.specials.timestamp_begin) {
-                        tokens.truncate(cut);
+                    if let Some((at, cut)) = repetition_loop(&tokens, self.specials.timestamp_begin)
+                    {
+                        tokens.truncate(at);
                         if finished.len() < max_candidates {
                             finished.push(Candidate {
                                 tokens,
                                 sum_logprob: score,
-                                looped: true,
+                                cut: Some(cut),
                             });
                         }
                         continue;
@@ -244,7 +247,7 @@ impl WhisperModel {
             finished.extend(beams.into_iter().take(missing).map(|b| Candidate {
                 tokens: b.tokens,
                 sum_logprob: b.sum_logprob,
-                looped: false,
+                cut: None,
             }));
         }
         Ok(finished)
@@ -312,7 +315,7 @@ mod tests {
         Candidate {
             tokens: vec![1; len],
             sum_logprob,
-            looped: false,
+            cut: None,
         }
     }
 

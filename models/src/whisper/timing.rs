@@ -374,6 +374,31 @@ impl WhisperModel {
         let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
         Ok(aligned.map(|a| a.jump_times[text.len()]))
     }
+
+    /// Where `copy`, the start of a sentence said again that the
+    /// repetition guard cut off a window's text, starts in the window's
+    /// audio (seconds from the window's start): the text and the copy
+    /// aligned together. Aligned alone, a text that stops before the
+    /// audio does is stretched over the rest (JFK's sentence, said five
+    /// times: one copy timed over 30 s).
+    pub(super) fn aligned_copy_start(
+        &self,
+        window: &[WindowSegment],
+        copy: &[u32],
+        state: &mut DecoderState,
+        sot_sequence: &[u32],
+        frames: usize,
+    ) -> Result<Option<f64>, WhisperError> {
+        let eot = self.specials.eot;
+        let mut text = text_tokens(window, eot);
+        let kept = text.len();
+        text.extend(copy.iter().copied().filter(|&t| t < eot));
+        if kept == 0 || text.len() == kept {
+            return Ok(None);
+        }
+        let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
+        Ok(aligned.map(|a| a.jump_times[kept]))
+    }
 }
 
 /// Places the words of `alignment` (one window's, from

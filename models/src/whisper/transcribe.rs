@@ -6,7 +6,7 @@
 //! (`regions.rs`), or a recording streamed twice ([`ChunkSource`]).
 
 use super::decoding::{SplitMix64, WindowResult};
-use super::guards::copies_prompt;
+use super::guards::{copies_prompt, Cut};
 use super::regions::{RegionMap, SampleSource};
 use super::timing::WindowSegment;
 use super::{
@@ -278,17 +278,49 @@ impl WhisperModel {
                 }
             }
 
+            // A sentence said again: the window goes on where the copy
+            // starts in its audio, its text's times kept before that.
+            let mut heard_to_copy = false;
+            if let Some(Cut::Repeat { copy }) = &result.cut {
+                let start = self.aligned_copy_start(
+                    &window,
+                    copy,
+                    &mut state,
+                    &sot_sequence,
+                    segment_size,
+                )?;
+                let frames = start.map_or(0, |s| (s / frame_s).round() as usize);
+                // Answered: the window's text is not aligned alone below.
+                heard_to_copy = frames >= MIN_ADVANCE_FRAMES;
+                tracing::debug!(
+                    window_start = time_offset,
+                    copy_start = start,
+                    "a sentence said again"
+                );
+                if heard_to_copy && window_start + frames < seek {
+                    seek = window_start + frames;
+                    seek_by_words = false;
+                    hearing_rest = true;
+                    end_window_at(&mut window, time_offset + frames as f64 * frame_s);
+                }
+            }
+
             // A window whose text stops well before its end would be
             // skipped whole: the rest of it is heard as the next window,
             // from where the text ends in the audio (its timestamps may end
             // earlier). Not the last window: what follows its text is the
             // recording's end, where a second hearing makes words up
             // ("Thank you." after a speech over music). And once: the
-            // rest's own window is skipped as usual.
+            // rest's own window is skipped as usual. A window the
+            // repetition guard cut is always heard on from its text's end:
+            // there was more to hear, the last window included.
             let more_follows = window_start + segment_size < content_frames;
-            if !seek_by_words && !rest_of_stopped && more_follows {
+            let cut = result.cut.is_some();
+            if !seek_by_words && !heard_to_copy && (cut || (!rest_of_stopped && more_follows)) {
                 let stamped_end = window.last().map(|s| s.end - time_offset);
-                if stopped_short(split.consumed_frames, stamped_end, segment_duration).is_some() {
+                if cut
+                    || stopped_short(split.consumed_frames, stamped_end, segment_duration).is_some()
+                {
                     let text_end =
                         self.aligned_text_end(&window, &mut state, &sot_sequence, segment_size)?;
                     tracing::debug!(
@@ -302,6 +334,9 @@ impl WhisperModel {
                     {
                         seek = window_start + frames;
                         hearing_rest = true;
+                        // Its last segment, without a closing timestamp,
+                        // would run to the window's end, over the rest.
+                        end_window_at(&mut window, time_offset + frames as f64 * frame_s);
                     }
                 }
             }
@@ -604,6 +639,24 @@ pub(super) const MIN_TAIL_SAMPLES: usize = SAMPLE_RATE;
 /// How much of a window may follow its text and still be skipped with it.
 const STOPPED_SHORT_S: f64 = 5.0;
 
+/// The least a window heard on from within itself (a rest, or where a
+/// sentence is said again) moves the loop on: 1 s, so that no recording,
+/// however made, has the loop decode a window per few frames.
+const MIN_ADVANCE_FRAMES: usize = MIN_TAIL_SAMPLES / HOP_LENGTH;
+
+/// Ends a window's segments, and their words, by `at` (seconds): the
+/// window goes on from there.
+fn end_window_at(window: &mut [WindowSegment], at: f64) {
+    for segment in window.iter_mut() {
+        segment.start = segment.start.min(at);
+        segment.end = segment.end.min(at).max(segment.start);
+        for word in segment.words.iter_mut().flatten() {
+            word.start = word.start.min(at);
+            word.end = word.end.min(at).max(word.start);
+        }
+    }
+}
+
 /// Where a window that would be skipped whole (it ended on a single
 /// timestamp, or had no timestamp pair: `consumed_frames` is `None`) goes
 /// on from, when its text ends `text_end` seconds into it and that is
@@ -619,7 +672,8 @@ const STOPPED_SHORT_S: f64 = 5.0;
 /// window. The loop asks with the last timestamp first, then with where
 /// the aligned text ends: a timestamp that ends before the speech it
 /// closes would have the next window hear that speech again. It does not
-/// ask for the last window, nor for a window that is itself such a rest.
+/// ask for the last window, nor for a window that is itself such a rest,
+/// unless the repetition guard cut the window's text (there was more).
 fn stopped_short(
     consumed_frames: Option<usize>,
     text_end: Option<f64>,
@@ -627,8 +681,9 @@ fn stopped_short(
 ) -> Option<usize> {
     let end = text_end?;
     let frame_s = HOP_LENGTH as f64 / SAMPLE_RATE as f64;
-    (consumed_frames.is_none() && end > 0.0 && duration - end >= STOPPED_SHORT_S)
-        .then(|| (end / frame_s).round() as usize)
+    let frames = (end / frame_s).round() as usize;
+    (consumed_frames.is_none() && frames >= MIN_ADVANCE_FRAMES && duration - end >= STOPPED_SHORT_S)
+        .then_some(frames)
 }
 
 /// The language a transcript reports: none when nothing was said, unless
@@ -693,5 +748,8 @@ mod tests {
         assert_eq!(stopped_short(None, None, 30.0), None);
         assert_eq!(stopped_short(None, Some(0.0), 30.0), None);
         assert_eq!(stopped_short(Some(150), Some(1.5), 30.0), None);
+        // Less than a second in: the loop would crawl; skipped.
+        assert_eq!(stopped_short(None, Some(0.5), 30.0), None);
+        assert_eq!(stopped_short(None, Some(1.0), 30.0), Some(100));
     }
 }
