@@ -202,3 +202,29 @@ fn batched_words_are_timed_on_the_recordings_timeline() {
         "{country:?} in {total:.2} s"
     );
 }
+
+/// A sentence said again within a chunk: JFK's clip five times over
+/// (55 s, two chunks), base, beam 5, batch 4. The repetition guard cuts
+/// each chunk before the sentence comes round again; the chunk's rest,
+/// from where that saying starts in the audio, is decoded as a piece of
+/// its own. Without that, the pieces went on past the cut: 81 words of 110.
+#[test]
+fn a_sentence_said_again_in_a_chunk_is_heard_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let jfk = samples(&testaudio::jfk().expect("fetch jfk"));
+    let pcm = jfk.repeat(5);
+    let whole = [SpeechRegion {
+        start: 0.0,
+        end: pcm.len() as f64 / SR as f64,
+    }];
+    let dir = fetch::install_cached("base").expect("install").path;
+    let m = WhisperModel::load(&dir, &Device::Cpu).expect("load");
+    let opts = DecodeOptions {
+        beam_size: 5,
+        ..DecodeOptions::default()
+    };
+    let t = batched(&m, &pcm, &whole, &opts, 4);
+    let reference = [testaudio::JFK_TEXT; 5].join(" ");
+    let w = wer(&reference, &t.text);
+    assert!(w <= 0.05, "WER {w}: {}", t.text);
+}

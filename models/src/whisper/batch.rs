@@ -26,7 +26,8 @@ use std::ops::Range;
 use candle_core::{IndexOp, Tensor};
 
 use super::decoding::{needs_fallback, SplitMix64, WindowResult};
-use super::transcribe::{finish, reported_language, ChunkSource, MIN_TAIL_SAMPLES};
+use super::guards::Cut;
+use super::transcribe::{end_window_at, finish, reported_language, ChunkSource, MIN_TAIL_SAMPLES};
 use super::{DecodeOptions, Progress, WhisperError, WhisperModel};
 use crate::mel::{self, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE};
 use crate::transcript::{LanguageCandidate, Segment, SpeechRegion, Transcript};
@@ -256,6 +257,21 @@ impl WhisperModel {
                             if split.consumed_frames.is_some() {
                                 consumed = ((end * sr) as usize).clamp(1, len);
                             }
+                        }
+                    }
+                }
+                // A sentence said again: the piece's rest, from where the
+                // copy starts in its audio, is decoded as a piece of its
+                // own (see the sequential loop).
+                if let Some(Cut::Repeat { copy }) = &result.cut {
+                    let mut state = self.decoder.start(&audio.i(i..i + 1)?)?;
+                    let start =
+                        self.aligned_copy_start(&window, copy, &mut state, &sot_sequence, frames)?;
+                    if let Some(start) = start {
+                        let at = ((start * sr) as usize).min(len);
+                        if at >= MIN_TAIL_SAMPLES && at < consumed {
+                            consumed = at;
+                            end_window_at(&mut window, start);
                         }
                     }
                 }

@@ -646,7 +646,7 @@ const MIN_ADVANCE_FRAMES: usize = MIN_TAIL_SAMPLES / HOP_LENGTH;
 
 /// Ends a window's segments, and their words, by `at` (seconds): the
 /// window goes on from there.
-fn end_window_at(window: &mut [WindowSegment], at: f64) {
+pub(super) fn end_window_at(window: &mut [WindowSegment], at: f64) {
     for segment in window.iter_mut() {
         segment.start = segment.start.min(at);
         segment.end = segment.end.min(at).max(segment.start);
