@@ -202,20 +202,18 @@ impl Store {
         rules: NewJob<'_>,
         announce: Box<dyn FnOnce(Event) + Send>,
     ) -> Result<Event, StoreError> {
-        let (outcome, enqueued) =
-            self.commit_transition(tenant, &job.id, Some(job.clone()), kind, rules, |_| true)?;
-        let (_, event) = outcome.ok_or(StoreError::NotFound)?;
-        let durable = event.clone();
-        self.commit.then(Box::new(move |flushed| {
-            if flushed.is_ok() {
-                announce(durable);
-            }
-        }));
-        self.flush().await?;
-        if enqueued > 0 {
-            self.outbox_signal.notify_one();
-        }
-        Ok(event)
+        let created = self
+            .flushed_transition(
+                tenant,
+                &job.id,
+                Some(job.clone()),
+                kind,
+                rules,
+                |_| true,
+                Some(announce),
+            )
+            .await?;
+        created.map(|(_, event)| event).ok_or(StoreError::NotFound)
     }
 
     /// Changes a job and appends the event that announces the change, in
@@ -236,12 +234,39 @@ impl Store {
         kind: EventType,
         change: impl FnMut(&mut Job) -> bool,
     ) -> Result<Option<(Job, Event)>, StoreError> {
+        self.flushed_transition(tenant, id, insert, kind, NewJob::default(), change, None)
+            .await
+    }
+
+    /// [`Store::commit_transition`], then a flush (when something was
+    /// written) before it answers; `announce`, if any, is called with the
+    /// event on the flushing thread once the flush succeeds.
+    #[allow(clippy::too_many_arguments)]
+    async fn flushed_transition(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        insert: Option<Job>,
+        kind: EventType,
+        rules: NewJob<'_>,
+        change: impl FnMut(&mut Job) -> bool,
+        announce: Option<Box<dyn FnOnce(Event) + Send>>,
+    ) -> Result<Option<(Job, Event)>, StoreError> {
         let (outcome, enqueued) =
-            self.commit_transition(tenant, id, insert, kind, NewJob::default(), change)?;
-        if outcome.is_some() {
-            self.flush().await?;
+            self.commit_transition(tenant, id, insert, kind, rules, change)?;
+        let Some((_, event)) = &outcome else {
+            return Ok(None);
+        };
+        if let Some(announce) = announce {
+            let durable = event.clone();
+            self.commit.then(Box::new(move |flushed| {
+                if flushed.is_ok() {
+                    announce(durable);
+                }
+            }));
         }
-        if outcome.is_some() && enqueued > 0 {
+        self.flush().await?;
+        if enqueued > 0 {
             self.outbox_signal.notify_one();
         }
         Ok(outcome)
