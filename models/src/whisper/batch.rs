@@ -266,7 +266,7 @@ impl WhisperModel {
                 if let Some(Cut::Repeat { copy }) = &result.cut {
                     let mut state = self.decoder.start(&audio.i(i..i + 1)?)?;
                     let start =
-                        self.aligned_copy_start(&window, copy, &mut state, &sot_sequence, frames)?;
+                        self.aligned_text_end(&window, copy, &mut state, &sot_sequence, frames)?;
                     if let Some(start) = start {
                         let at = ((start * sr) as usize).min(len);
                         if at >= MIN_TAIL_SAMPLES && at < consumed {

@@ -362,29 +362,16 @@ impl WhisperModel {
     /// Where a window's text ends in its audio, in seconds from the
     /// window's start: its text aligned to the audio in `state` over
     /// `frames` spectrogram frames (a decoder forward over the text, as for
-    /// word timestamps). `None` when it cannot be aligned.
+    /// word timestamps), followed by `after`: tokens said after it (the
+    /// start of a sentence said again that the repetition guard cut off),
+    /// or none. Aligned alone, a text that stops before the audio does is
+    /// stretched over the rest (JFK's sentence, said five times: one copy
+    /// timed over 30 s); with what follows, it ends where that starts.
+    /// `None` when it cannot be aligned.
     pub(super) fn aligned_text_end(
         &self,
         window: &[WindowSegment],
-        state: &mut DecoderState,
-        sot_sequence: &[u32],
-        frames: usize,
-    ) -> Result<Option<f64>, WhisperError> {
-        let text = text_tokens(window, self.specials.eot);
-        let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
-        Ok(aligned.map(|a| a.jump_times[text.len()]))
-    }
-
-    /// Where `copy`, the start of a sentence said again that the
-    /// repetition guard cut off a window's text, starts in the window's
-    /// audio (seconds from the window's start): the text and the copy
-    /// aligned together. Aligned alone, a text that stops before the
-    /// audio does is stretched over the rest (JFK's sentence, said five
-    /// times: one copy timed over 30 s).
-    pub(super) fn aligned_copy_start(
-        &self,
-        window: &[WindowSegment],
-        copy: &[u32],
+        after: &[u32],
         state: &mut DecoderState,
         sot_sequence: &[u32],
         frames: usize,
@@ -392,10 +379,7 @@ impl WhisperModel {
         let eot = self.specials.eot;
         let mut text = text_tokens(window, eot);
         let kept = text.len();
-        text.extend(copy.iter().copied().filter(|&t| t < eot));
-        if kept == 0 || text.len() == kept {
-            return Ok(None);
-        }
+        text.extend(after.iter().copied().filter(|&t| t < eot));
         let aligned = self.align_tokens(state, sot_sequence, &text, frames)?;
         Ok(aligned.map(|a| a.jump_times[kept]))
     }

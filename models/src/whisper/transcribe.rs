@@ -282,13 +282,8 @@ impl WhisperModel {
             // starts in its audio, its text's times kept before that.
             let mut heard_to_copy = false;
             if let Some(Cut::Repeat { copy }) = &result.cut {
-                let start = self.aligned_copy_start(
-                    &window,
-                    copy,
-                    &mut state,
-                    &sot_sequence,
-                    segment_size,
-                )?;
+                let start =
+                    self.aligned_text_end(&window, copy, &mut state, &sot_sequence, segment_size)?;
                 let frames = start.map_or(0, |s| (s / frame_s).round() as usize);
                 // Answered: the window's text is not aligned alone below.
                 heard_to_copy = frames >= MIN_ADVANCE_FRAMES;
@@ -321,8 +316,13 @@ impl WhisperModel {
                 if cut
                     || stopped_short(split.consumed_frames, stamped_end, segment_duration).is_some()
                 {
-                    let text_end =
-                        self.aligned_text_end(&window, &mut state, &sot_sequence, segment_size)?;
+                    let text_end = self.aligned_text_end(
+                        &window,
+                        &[],
+                        &mut state,
+                        &sot_sequence,
+                        segment_size,
+                    )?;
                     tracing::debug!(
                         window_start = time_offset,
                         stamped_end,
